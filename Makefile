@@ -1,0 +1,31 @@
+# Two commands do everything on a fresh machine: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8501
+
+.PHONY: setup prepare run test clean-cache
+
+setup: $(STAMP)
+
+# Reinstall whenever the dependencies change; torch/torchvision are pinned in pyproject.toml.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Generates the embedded phantom and trains its baseline once (instant afterwards).
+prepare: setup
+	$(VENV)/bin/hscc prepare
+
+run: prepare
+	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true
+
+test: setup
+	$(PY) -m pytest -q
+
+clean-cache:
+	rm -rf cache/runs cache/blobs cache/locks cache/phantom

@@ -1,0 +1,5 @@
+"""Commands that compress: compress, sweep, runs, pareto, bench (registered on the main parser)."""
+
+
+def register(sub, common) -> dict:
+    return {}

@@ -1,0 +1,228 @@
+"""The working context shared by the CLI and the app: which data, which cache, which baseline.
+
+A ``Workspace`` resolves the dataset (a user folder, or the embedded phantom generated on demand
+into the cache), decodes it once per input size (cached), and finds or trains the baseline
+checkpoint that matches the data, architecture, input size and recipe. Everything it stores goes
+through the run store under content hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import phantom
+from .data import DatasetIndex, ImageSet, decode_all, discover
+from .models import build_model, load_checkpoint, save_checkpoint
+from .store import RunStore, cache_key
+from .training import TrainConfig, TrainResult, train
+
+# Bump when decoding or training changes in a way that makes cached artefacts stale.
+DATA_VERSION = 1
+TRAIN_VERSION = 1
+
+REAL_INPUT_SIZE = 224
+# The phantom is small and trains in about two minutes on two CPU cores (docs/phantom.md).
+PHANTOM_SPEC = phantom.PhantomSpec()
+PHANTOM_INPUT_SIZE = 112
+PHANTOM_RECIPE = TrainConfig(epochs=8, batch_size=64, lr=3e-4, seed=0)
+REAL_RECIPE = TrainConfig(epochs=30, batch_size=64, lr=1e-4, seed=0)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def _quiet(stage: str, done: int, total: int) -> None:
+    return None
+
+
+@dataclass
+class Workspace:
+    """Data, cache and baseline selection for one session of work.
+
+    Attributes
+    ----------
+    data : Path or None
+        Dataset folder; None selects the embedded phantom.
+    cache_dir : Path
+        Root of the run store.
+    dedupe : bool
+        Drop leaked and duplicate files (see ``data.deduplicate``).
+    input_size : int or None
+        Model input side; None means 224 for user data and the phantom's own default.
+    arch : str
+        ``alexnet`` or ``tiny``.
+    checkpoint : Path or None
+        Use this checkpoint instead of the cached/trained baseline.
+    recipe : TrainConfig or None
+        Baseline training recipe; None picks the default for the data.
+    """
+
+    data: Path | None = None
+    cache_dir: Path = Path("cache")
+    dedupe: bool = False
+    input_size: int | None = None
+    arch: str = "alexnet"
+    checkpoint: Path | None = None
+    recipe: TrainConfig | None = None
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, data: str | None = None, env: dict | None = None) -> "Workspace":
+        """A workspace from ``HSCC_DATA``, ``HSCC_CACHE_DIR``, ``HSCC_ARCH``, ``HSCC_INPUT_SIZE`` and
+        ``HSCC_EPOCHS`` (the app's way to pick what the CLI picks with options); ``data``, when
+        given, overrides ``HSCC_DATA`` (empty string: the phantom)."""
+        env = os.environ if env is None else env
+        data = env.get("HSCC_DATA", "") if data is None else data
+        ws = cls(data=Path(data) if data.strip() else None,
+                 cache_dir=Path(env.get("HSCC_CACHE_DIR", "cache")),
+                 arch=env.get("HSCC_ARCH", "alexnet"),
+                 input_size=int(env["HSCC_INPUT_SIZE"]) if env.get("HSCC_INPUT_SIZE") else None)
+        if env.get("HSCC_EPOCHS"):
+            ws.recipe = TrainConfig(**{**ws.train_recipe.to_dict(), "epochs": int(env["HSCC_EPOCHS"])})
+        return ws
+
+    # ---- data -------------------------------------------------------------------------------
+    @property
+    def store(self) -> RunStore:
+        if "store" not in self._memo:
+            self._memo["store"] = RunStore(Path(self.cache_dir))
+        return self._memo["store"]
+
+    @property
+    def is_phantom(self) -> bool:
+        return self.data is None
+
+    @property
+    def size(self) -> int:
+        if self.input_size is not None:
+            return self.input_size
+        return PHANTOM_INPUT_SIZE if self.is_phantom else REAL_INPUT_SIZE
+
+    @property
+    def train_recipe(self) -> TrainConfig:
+        if self.recipe is not None:
+            return self.recipe
+        return PHANTOM_RECIPE if self.is_phantom else REAL_RECIPE
+
+    def data_label(self) -> str:
+        """Short name of the dataset for people."""
+        return "embedded MRI phantom" if self.is_phantom else str(self.data)
+
+    def data_root(self, progress: Progress = _quiet) -> Path:
+        """The dataset folder, generating the phantom into the cache when needed."""
+        if not self.is_phantom:
+            return Path(self.data).expanduser()
+        key = cache_key("phantom", {"spec": PHANTOM_SPEC.__dict__, "version": phantom.PHANTOM_VERSION})
+        root = Path(self.cache_dir) / "phantom" / key
+        return phantom.write_phantom_dataset(root, PHANTOM_SPEC,
+                                             progress=lambda d, t: progress("phantom", d, t))
+
+    def index(self, progress: Progress = _quiet) -> DatasetIndex:
+        if "index" not in self._memo:
+            self._memo["index"] = discover(self.data_root(progress), dedupe=self.dedupe)
+        return self._memo["index"]
+
+    def images(self, progress: Progress = _quiet) -> ImageSet:
+        """Decoded images at the model's input size (cached on disk per fingerprint and size)."""
+        if "images" in self._memo:
+            return self._memo["images"]
+        index = self.index(progress)
+        key = cache_key("images", {"data": index.fingerprint, "size": self.size, "version": DATA_VERSION})
+        path = self.store.blob_path("images", key, "npz")
+        if not self.store.verify_blob("images", key, "npz"):
+            images = decode_all(index, self.size, progress=lambda d, t: progress("decode", d, t))
+            self.store.put_blob_file("images", key, "npz", lambda p: _save_images(p, images))
+        images = _load_images(path, index, self.size)
+        self._memo["images"] = images
+        return images
+
+    # ---- baseline ---------------------------------------------------------------------------
+    def baseline_key(self) -> str:
+        index = self.index()
+        return cache_key("checkpoint", {"data": index.fingerprint, "arch": self.arch, "size": self.size,
+                                        "recipe": self.train_recipe.to_dict(), "version": TRAIN_VERSION})
+
+    def has_baseline(self) -> bool:
+        """True when a checkpoint for this data/architecture/recipe is in the cache (or given)."""
+        if self.checkpoint is not None:
+            return True
+        return self.store.verify_blob("checkpoints", self.baseline_key(), "pt")
+
+    def baseline(self, train_if_missing: bool = True, progress: Callable[[dict], None] | None = None
+                 ) -> tuple[nn.Module, dict]:
+        """The baseline model and its metadata, training it first when absent.
+
+        Raises
+        ------
+        FileNotFoundError
+            When there is no baseline and ``train_if_missing`` is False.
+        CheckpointError
+            When a given checkpoint does not fit the data.
+        """
+        if "baseline" in self._memo:
+            return self._memo["baseline"]
+        images = self.images()
+        if self.checkpoint is not None:
+            path = Path(self.checkpoint)
+        else:
+            key = self.baseline_key()
+            path = self.store.blob_path("checkpoints", key, "pt")
+            if not self.store.verify_blob("checkpoints", key, "pt"):
+                if not train_if_missing:
+                    raise FileNotFoundError("no baseline yet: run `hscc prepare` first")
+                result = self.train_baseline(progress)
+                meta = self._baseline_meta(result)
+                self.store.put_blob_file("checkpoints", key, "pt",
+                                         lambda p: save_checkpoint(p, result.model.cpu(), meta))
+        model, meta = load_checkpoint(path, classes=images.classes, input_size=self.size)
+        meta = dict(meta, fingerprint=_file_hash(path))
+        self._memo["baseline"] = (model, meta)
+        return model, meta
+
+    def train_baseline(self, progress: Callable[[dict], None] | None = None) -> TrainResult:
+        """Train a fresh baseline with the workspace's recipe (not stored; see ``baseline``)."""
+        images = self.images()
+        recipe = self.train_recipe
+        torch.manual_seed(recipe.seed)
+        model = build_model(self.arch, len(images.classes))
+        return train(model, images.x_train, images.y_train, images.mean, images.std,
+                     len(images.classes), recipe, progress=progress)
+
+    def _baseline_meta(self, result: TrainResult) -> dict:
+        images = self.images()
+        return {"arch": self.arch, "classes": list(images.classes), "input_size": self.size,
+                "mean": images.mean, "std": images.std, "data_fingerprint": images.fingerprint,
+                "recipe": self.train_recipe.to_dict(), "best_epoch": result.best_epoch,
+                "history": json.loads(json.dumps(result.history)), "train_seconds": result.seconds}
+
+
+def _save_images(path: Path, images: ImageSet) -> None:
+    with open(path, "wb") as fh:  # a file handle keeps numpy from appending ".npz" to the temp name
+        np.savez(fh, x_train=images.x_train, y_train=images.y_train, x_test=images.x_test,
+                 y_test=images.y_test, stats=np.array([images.mean, images.std]),
+                 train_paths=np.array(images.train_paths, dtype=str),
+                 test_paths=np.array(images.test_paths, dtype=str),
+                 skipped=np.array(images.skipped, dtype=str))
+
+
+def _load_images(path: Path, index: DatasetIndex, size: int) -> ImageSet:
+    with np.load(path, allow_pickle=False) as z:
+        mean, std = (float(v) for v in z["stats"])
+        return ImageSet(index, size, z["x_train"], z["y_train"], z["x_test"], z["y_test"], mean, std,
+                        z["skipped"].tolist(), z["train_paths"].tolist(), z["test_paths"].tolist())
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:24]

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny seeded image folders and a tiny trained workspace."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
+CLASSES = ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor")
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:
+    """A grey image whose bright blob sits in a class-specific quadrant (learnable in one epoch)."""
+    img = rng.normal(60, 12, (size, size))
+    cy, cx = [(0.3, 0.3), (0.3, 0.7), (0.7, 0.3), (0.7, 0.7)][label % 4]
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img += 150 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.01)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_png(path: Path, arr: np.ndarray, mode: str = "L") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).convert(mode).save(path)
+
+
+def make_imagefolder(root: Path, n_train: int = 12, n_test: int = 4, classes=CLASSES, seed: int = 0,
+                     split: bool = True, size: int = 40) -> Path:
+    """Write a small ImageFolder dataset with a learnable class signal."""
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        for split_name, n in (("Training", n_train), ("Testing", n_test)):
+            for i in range(n):
+                folder = root / split_name / name if split else root / name
+                write_png(folder / f"{split_name[:2]}{i}.png", class_image(k, rng, size))
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path) -> Path:
+    return make_imagefolder(tmp_path / "mri")
+
+
+def truncated_jpeg_bytes(seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(class_image(0, np.random.default_rng(seed), 64)).save(buf, format="JPEG")
+    return buf.getvalue()[: len(buf.getvalue()) // 2]
+
+
+@pytest.fixture(scope="session")
+def trained_workspace(tmp_path_factory):
+    """A tiny dataset with a tiny baseline trained once for the whole session."""
+    from hscc_core.workspace import Workspace
+
+    root = make_imagefolder(tmp_path_factory.mktemp("data") / "mri", n_train=16, n_test=6)
+    ws = Workspace.from_env(env=tiny_env(root, tmp_path_factory.mktemp("cache")))
+    ws.baseline()
+    return ws
+
+
+def tiny_env(data: Path, cache: Path, epochs: int = 4) -> dict[str, str]:
+    """Environment selecting a tiny model on ``data`` (what the app reads)."""
+    return {"HSCC_DATA": str(data), "HSCC_CACHE_DIR": str(cache), "HSCC_ARCH": "tiny",
+            "HSCC_INPUT_SIZE": "32", "HSCC_EPOCHS": str(epochs)}

@@ -1,0 +1,33 @@
+"""Tests for hscc_core.audit on planted duplicates, leaks, label conflicts and unreadable files."""
+
+import shutil
+
+from hscc_core.audit import audit, format_audit
+from hscc_core.data import discover
+from conftest import truncated_jpeg_bytes
+
+
+def test_audit_finds_planted_problems(tiny_folder):
+    tr = tiny_folder / "Training"
+    shutil.copy(tr / "glioma_tumor" / "Tr0.png", tr / "glioma_tumor" / "copy.png")  # within train
+    shutil.copy(tr / "glioma_tumor" / "Tr1.png", tiny_folder / "Testing" / "glioma_tumor" / "leak.png")
+    shutil.copy(tr / "no_tumor" / "Tr0.png", tr / "pituitary_tumor" / "mislabel.png")  # class conflict
+    (tr / "meningioma_tumor" / "bad.jpg").write_bytes(truncated_jpeg_bytes())
+    report = audit(discover(tiny_folder))
+    s = report["summary"]
+    assert report["counts"]["train"]["glioma_tumor"] == 13
+    assert report["duplicates_within"]["train"] == [
+        ["Training/glioma_tumor/Tr0.png", "Training/glioma_tumor/copy.png"],
+        ["Training/no_tumor/Tr0.png", "Training/pituitary_tumor/mislabel.png"]]
+    assert report["duplicates_across"] == [
+        {"train": ["Training/glioma_tumor/Tr1.png"], "test": ["Testing/glioma_tumor/leak.png"]}]
+    assert s["label_conflicts"] == 1 and s["test_files_also_in_train"] == 1
+    assert report["unreadable"] == ["Training/meningioma_tumor/bad.jpg"]
+    assert report["would_drop"] == ["Testing/glioma_tumor/leak.png", "Training/glioma_tumor/copy.png",
+                                    "Training/pituitary_tumor/mislabel.png"]
+    assert "test files also in train: 1" in format_audit(report)
+
+
+def test_clean_folder_has_nothing_to_drop(tiny_folder):
+    report = audit(discover(tiny_folder), check_readable=False)
+    assert report["would_drop"] == [] and report["summary"]["label_conflicts"] == 0

@@ -1,0 +1,103 @@
+"""The hscc command line: JSON contract, caching messages and bad input (one line, exit 2)."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from hscc_core.cli import main
+from conftest import make_imagefolder, truncated_jpeg_bytes
+
+TINY = ["--arch", "tiny", "--input-size", "32", "--epochs", "2", "--quiet"]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_imagefolder(tmp_path / "mri", n_train=8, n_test=3)
+
+
+def test_prepare_then_instant_second_run(capsys, folder, tmp_path):
+    args = ["prepare", "--data", str(folder), "--cache-dir", str(tmp_path / "c"), "--json", *TINY]
+    code, out, err = run_cli(capsys, *args)
+    first = json.loads(out)
+    assert code == 0 and first["trained"] is True and first["train_images"] == 32
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0 and json.loads(out)["trained"] is False
+    assert "already in the cache" in err and json.loads(out)["model_fingerprint"] == first["model_fingerprint"]
+
+
+def test_evaluate_json_fields(capsys, folder, tmp_path):
+    code, out, _ = run_cli(capsys, "evaluate", "--data", str(folder), "--cache-dir", str(tmp_path / "c"),
+                           "--json", *TINY)
+    run = json.loads(out)
+    assert code == 0
+    for field in ("method", "config", "cache_key", "cached", "accuracy", "accuracy_se", "macro_f1",
+                  "macro_f1_se", "per_class", "confusion_matrix", "flops", "params", "seconds"):
+        assert field in run
+    assert set(run["per_class"]) == {"glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"}
+    assert {"precision", "precision_se", "recall", "recall_se", "f1", "f1_se"} <= set(run["per_class"]["no_tumor"])
+    code, out, _ = run_cli(capsys, "evaluate", "--data", str(folder), "--cache-dir", str(tmp_path / "c"),
+                           "--json", *TINY)
+    assert json.loads(out)["cached"] is True and json.loads(out)["accuracy"] == run["accuracy"]
+
+
+def test_audit_json_and_dedupe_everywhere(capsys, folder, tmp_path):
+    shutil.copy(folder / "Training" / "no_tumor" / "Tr0.png", folder / "Testing" / "no_tumor" / "leak.png")
+    code, out, _ = run_cli(capsys, "audit", "--data", str(folder), "--json", "--quiet")
+    report = json.loads(out)
+    assert code == 0 and report["would_drop"] == ["Testing/no_tumor/leak.png"]
+    cache = str(tmp_path / "c")
+    _, out, _ = run_cli(capsys, "prepare", "--data", str(folder), "--cache-dir", cache, "--json", *TINY)
+    _, out2, _ = run_cli(capsys, "prepare", "--data", str(folder), "--cache-dir", cache, "--json", "--dedupe", *TINY)
+    assert json.loads(out)["test_images"] == 13 and json.loads(out2)["test_images"] == 12
+    assert json.loads(out)["data_fingerprint"] != json.loads(out2)["data_fingerprint"]
+
+
+@pytest.mark.parametrize("setup,match", [
+    (lambda root: None, "does not exist"),
+    (lambda root: root.mkdir(), "no class folders"),
+    (lambda root: (make_imagefolder(root, 4, 2), [p.unlink() for p in (root / "Testing" / "no_tumor").iterdir()]),
+     "class 'no_tumor' has no images"),
+    (lambda root: (make_imagefolder(root, 4, 2), shutil.rmtree(root / "Training" / "glioma_tumor")),
+     "different classes"),
+    (lambda root: (make_imagefolder(root, 4, 2),
+                   [p.write_bytes(truncated_jpeg_bytes()) for p in (root / "Training" / "no_tumor").iterdir()]),
+     "no readable train images"),
+])
+def test_bad_data_is_one_line_exit_2(capsys, tmp_path, setup, match):
+    root = tmp_path / "bad"
+    setup(root)
+    code, out, err = run_cli(capsys, "prepare", "--data", str(root), "--cache-dir", str(tmp_path / "c"), *TINY)
+    assert code == 2 and out == ""
+    lines = [line for line in err.splitlines() if line.startswith("hscc: error:")]
+    assert len(lines) == 1 and match in lines[0] and "Traceback" not in err
+
+
+def test_unreadable_files_are_skipped_and_counted(capsys, folder, tmp_path):
+    (folder / "Training" / "glioma_tumor" / "broken.jpg").write_bytes(truncated_jpeg_bytes())
+    code, out, _ = run_cli(capsys, "prepare", "--data", str(folder), "--cache-dir", str(tmp_path / "c"), "--json", *TINY)
+    assert code == 0 and json.loads(out)["skipped_files"] == ["Training/glioma_tumor/broken.jpg"]
+
+
+def test_mismatched_checkpoint_refused(capsys, folder, tmp_path):
+    other = make_imagefolder(tmp_path / "other", 4, 2, classes=("a", "b", "c", "d"))
+    cache = str(tmp_path / "c")
+    run_cli(capsys, "prepare", "--data", str(other), "--cache-dir", cache, *TINY)
+    ckpt = next((tmp_path / "c").rglob("*.pt"))
+    code, _, err = run_cli(capsys, "evaluate", "--data", str(folder), "--cache-dir", cache,
+                           "--checkpoint", str(ckpt), *TINY)
+    assert code == 2 and "do not match the data's classes" in err
+
+
+def test_console_script_usage_error_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "hscc_core.cli", "compress", "--nonsense"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("hscc: error:") and "Traceback" not in proc.stderr
