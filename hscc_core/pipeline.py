@@ -1,0 +1,298 @@
+"""Runs: evaluate the original model, or compress-evaluate-measure one configuration, and store it.
+
+A run is a JSON-ready dict with the fields of DESIGN.md section 5 plus arrays (test predictions,
+probabilities, per-layer cluster labels and ranks) kept beside it in the run store.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .baselines import (build_svd, build_tucker, plan_svd, plan_svd_macs, plan_tucker, plan_tucker_macs,
+                        svd_decompose, tucker_decompose)
+from .budgets import search_energy
+from .calibration import compute_stats, load_stats, save_stats
+from .data import calibration_indices
+from .evaluation import classification_metrics, fidelity, paired_comparison, predict_proba
+from .hscc import build_hscc, decompose_hscc, plan_from_decomposition, plan_macs
+from .measure import count_flops, count_params, layer_flops, measure_latency, speedup
+from .store import cache_key
+from .training import finetune_config, train
+from .workspace import Workspace
+
+ORIGINAL_VERSION = 1
+
+
+def original_run(ws: Workspace, progress=None) -> tuple[dict, dict[str, np.ndarray], bool]:
+    """Metrics of the baseline on the test split (cached).
+
+    Returns
+    -------
+    (run, arrays, cached)
+        ``arrays`` holds ``predictions`` and ``probabilities``.
+    """
+    model, meta = ws.baseline(progress=progress)
+    images = ws.images()
+    key = cache_key("original", {"model": meta["fingerprint"], "data": images.fingerprint,
+                                 "version": ORIGINAL_VERSION})
+
+    def compute():
+        start = time.perf_counter()
+        probs = predict_proba(model, images.x_test, to_input=images.to_tensor)
+        preds = probs.argmax(1)
+        shape = (1, 3, images.size, images.size)
+        flops, params = count_flops(model, shape), count_params(model)
+        run = {
+            "method": "original", "config": {}, "cache_key": key,
+            "data": ws.data_label(), "data_fingerprint": images.fingerprint,
+            "model_fingerprint": meta["fingerprint"], "arch": meta["arch"], "input_size": images.size,
+            "classes": list(images.classes), "dedupe": ws.dedupe,
+            **classification_metrics(images.y_test, preds, images.classes),
+            "flops": flops, "flops_original": flops, "params": params, "params_original": params,
+            "skipped_files": len(images.skipped), "seconds": time.perf_counter() - start,
+        }
+        return run, {"predictions": preds.astype(np.int64), "probabilities": probs.astype(np.float32)}
+
+    run, cached = ws.store.get_or_compute(key, compute)
+    return dict(run, cached=cached), ws.store.get_arrays(key), cached
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Compression runs
+
+METHODS = ("hscc", "svd", "tucker")
+RUN_VERSION = 1  # bump when the compression, evaluation or measurement of runs changes
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One compression run's configuration.
+
+    Attributes
+    ----------
+    method : {"hscc", "svd", "tucker"}
+    grid : int
+        HSCC region grid G >= 1 (ignored by the baselines).
+    clusters : int
+        HSCC cluster count K >= 1 (ignored by the baselines).
+    energy : float or None
+        Energy threshold tau in (0, 1]; None when ``budget`` chooses it.
+    budget : float or None
+        Compress the conv layers' FLOPs by this factor (> 1); tau found by bisection.
+    finetune_epochs : int
+        Fine-tuning epochs after compression (>= 0), same recipe for every method.
+    calib_size : int
+        Calibration images drawn (seeded) from the training split (>= 1).
+    seed : int
+        Seeds calibration sampling, k-means and fine-tuning.
+    """
+
+    method: str = "hscc"
+    grid: int = 2
+    clusters: int = 4
+    energy: float | None = 0.95
+    budget: float | None = None
+    finetune_epochs: int = 0
+    calib_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method '{self.method}' (allowed: {', '.join(METHODS)})")
+        if not isinstance(self.grid, int) or self.grid < 1:
+            raise ValueError(f"grid must be an integer >= 1, got {self.grid}")
+        if not isinstance(self.clusters, int) or self.clusters < 1:
+            raise ValueError(f"clusters must be an integer >= 1, got {self.clusters}")
+        if self.budget is None and self.energy is None:
+            raise ValueError("give either an energy threshold or a budget")
+        if self.budget is not None and self.energy is not None:
+            raise ValueError("give an energy threshold or a budget, not both")
+        if self.energy is not None and not 0 < self.energy <= 1:
+            raise ValueError(f"energy must be in (0, 1], got {self.energy}")
+        if self.budget is not None and not self.budget > 1:
+            raise ValueError(f"budget must be > 1 (a compression factor), got {self.budget}")
+        if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs must be an integer >= 0, got {self.finetune_epochs}")
+        if not isinstance(self.calib_size, int) or self.calib_size < 1:
+            raise ValueError(f"calib_size must be an integer >= 1, got {self.calib_size}")
+
+    def canonical(self) -> dict:
+        """The fields that matter for this method (baselines ignore grid and clusters)."""
+        d = asdict(self)
+        if self.method != "hscc":
+            d.pop("grid")
+            d.pop("clusters")
+            d.pop("calib_size")  # weight-only: no calibration data
+        return d
+
+    def label(self) -> str:
+        """Short human description, e.g. ``hscc G4 K8 tau=0.95``."""
+        parts = [self.method]
+        if self.method == "hscc":
+            parts += [f"G{self.grid}", f"K{self.clusters}"]
+        parts.append(f"{self.budget:g}x" if self.budget is not None else f"tau={self.energy:g}")
+        if self.finetune_epochs:
+            parts.append(f"ft{self.finetune_epochs}")
+        return " ".join(parts)
+
+
+def run_key(ws: Workspace, meta: dict, config: RunConfig) -> str:
+    """Cache key of a run: canonical config, model and data fingerprints, algorithm version."""
+    return cache_key("run", {"config": config.canonical(), "model": meta["fingerprint"],
+                             "data": ws.images().fingerprint, "version": RUN_VERSION})
+
+
+def calibration_stats(ws: Workspace, model, meta: dict, grid: int, calib_size: int, seed: int,
+                      progress=None) -> dict:
+    """Regional statistics for one grid, computed once per model/data/calibration set and stored.
+
+    Every cluster count and energy threshold on this grid reuses them (no forward pass).
+    """
+    images = ws.images()
+    key = cache_key("stats", {"model": meta["fingerprint"], "data": images.fingerprint, "grid": grid,
+                              "calib_size": calib_size, "seed": seed, "version": RUN_VERSION})
+
+    def write(path):
+        idx = calibration_indices(images.y_train, calib_size, seed)
+        x = images.to_tensor(images.x_train[idx])
+        save_stats(path, compute_stats(model, x, grid, progress=progress))
+
+    path, _ = ws.store.get_or_compute_blob("stats", key, "npz", write)
+    return load_stats(path)
+
+
+def _compressor(method: str, ws: Workspace, model, meta: dict, config: RunConfig, progress):
+    """(decomposition, plan(decomp, energy), macs(decomp, energy), build(model, plan))."""
+    shape = (1, 3, ws.size, ws.size)
+    if method == "hscc":
+        stats = calibration_stats(ws, model, meta, config.grid, config.calib_size, config.seed, progress)
+        return (decompose_hscc(model, stats, config.clusters, config.seed),
+                plan_from_decomposition, plan_macs, build_hscc)
+    if method == "svd":
+        return svd_decompose(model, input_shape=shape), plan_svd, plan_svd_macs, build_svd
+    return (tucker_decompose(model, input_shape=shape, seed=config.seed), plan_tucker, plan_tucker_macs,
+            build_tucker)
+
+
+def _latency_block(latency: dict, name: str) -> dict:
+    return {b: {"median": v["median_ms"], "p90": v["p90_ms"]} for b, v in latency["models"][name].items()}
+
+
+def compress_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: bool = True,
+                 latency_runs: int = 20) -> tuple[dict, bool]:
+    """Compress the baseline with ``config``, evaluate and measure it, store the run.
+
+    Parameters
+    ----------
+    ws : Workspace
+    config : RunConfig
+    progress : callable, optional
+        ``progress(stage, done, total)`` with stages calibrate, compress, finetune, evaluate, measure.
+    measure_speed : bool
+        Time original and compressed models (batch 1 and 32) in this process.
+    latency_runs : int
+        Timed runs per model and batch size (>= 20 for reported numbers).
+
+    Returns
+    -------
+    (run, cached)
+    """
+    progress = progress or (lambda stage, done, total: None)
+    model, meta = ws.baseline(train_if_missing=False)
+    images = ws.images()
+    key = run_key(ws, meta, config)
+
+    def compute():
+        start = time.perf_counter()
+        original, original_arrays, _ = original_run(ws)
+        progress("compress", 0, 1)
+        decomp, plan_fn, macs_fn, build_fn = _compressor(
+            config.method, ws, model, meta, config, lambda d, t: progress("calibrate", d, t))
+        if config.budget is not None:
+            budget = search_energy(lambda e: macs_fn(decomp, e), decomp.original_macs, config.budget)
+            energy = budget.energy
+        else:
+            budget, energy = None, config.energy
+        plan = plan_fn(decomp, energy)
+        compressed = build_fn(model, plan)
+        progress("compress", 1, 1)
+        if config.finetune_epochs:
+            tcfg = finetune_config(config.finetune_epochs, config.seed)
+            compressed = train(compressed, images.x_train, images.y_train, images.mean, images.std,
+                               len(images.classes), tcfg, device=torch.device("cpu"),
+                               progress=lambda i: progress("finetune", (i["epoch"] - 1) * i["batches"]
+                                                           + i["batch"], i["epochs"] * i["batches"])).model
+        compressed.eval()
+        progress("evaluate", 0, 1)
+        probs = predict_proba(compressed, images.x_test, to_input=images.to_tensor)
+        preds = probs.argmax(1)
+        metrics = classification_metrics(images.y_test, preds, images.classes)
+        paired = paired_comparison(images.y_test, original_arrays["predictions"], preds)
+        fid = fidelity(original_arrays["probabilities"].astype(np.float64), probs)
+        progress("evaluate", 1, 1)
+        progress("measure", 0, 1)
+        shape = (1, 3, images.size, images.size)
+        layers = list(plan.layers) if hasattr(plan, "layers") else list(plan.layer_summary())
+        layer_fl = layer_flops(compressed, layers, shape)
+        layer_fl_orig = layer_flops(model, layers, shape)
+        run = {
+            "method": config.method, "config": config.canonical(), "label": config.label(),
+            "data": ws.data_label(), "data_fingerprint": images.fingerprint,
+            "model_fingerprint": meta["fingerprint"], "arch": meta["arch"], "input_size": images.size,
+            "classes": list(images.classes), "dedupe": ws.dedupe,
+            "energy": float(energy),
+            "budget": None if budget is None else {
+                "target": config.budget, "met": budget.met, "message": budget.message,
+                "layer_flops_ratio": sum(layer_fl_orig.values()) / max(sum(layer_fl.values()), 1)},
+            **metrics,
+            "p_value_vs_original": paired["p_value"], "accuracy_delta": paired["accuracy_delta"],
+            "accuracy_delta_se": paired["accuracy_delta_se"], "discordant": paired["discordant"],
+            **fid,
+            "flops": count_flops(compressed, shape), "flops_original": original["flops"],
+            "layer_flops": layer_fl, "layer_flops_original": layer_fl_orig,
+            "analytical_layer_macs": int(plan.macs()),
+            "params": count_params(compressed), "params_original": original["params"],
+            "layers": _summaries_without_labels(plan.layer_summary()),
+        }
+        run["flops_ratio"] = run["flops_original"] / max(run["flops"], 1)
+        run["layer_flops_ratio"] = sum(layer_fl_orig.values()) / max(sum(layer_fl.values()), 1)
+        if measure_speed:
+            lat = measure_latency({"original": model, "compressed": compressed}, shape, runs=latency_runs)
+            run["latency_ms"] = {"original": _latency_block(lat, "original"),
+                                 "compressed": _latency_block(lat, "compressed"),
+                                 "device": lat["device"], "threads": lat["threads"], "runs": lat["runs"]}
+            run["speedup"] = {b: v for b, v in speedup(lat, "original", "compressed").items()}
+        else:
+            run["latency_ms"], run["speedup"] = None, None
+        progress("measure", 1, 1)
+        run["seconds"] = time.perf_counter() - start
+        arrays = {"predictions": preds.astype(np.int64), "probabilities": probs.astype(np.float32),
+                  **_plan_arrays(plan.layer_summary())}
+        return run, arrays
+
+    run, cached = ws.store.get_or_compute(key, compute)
+    return dict(run, cached=cached), cached
+
+
+def _summaries_without_labels(summary: dict) -> dict:
+    # Labels (one per channel and region) go to the arrays; the JSON keeps ranks and sizes.
+    return {name: {k: v for k, v in s.items() if k != "labels"} for name, s in summary.items()}
+
+
+def _plan_arrays(summary: dict) -> dict[str, np.ndarray]:
+    out = {}
+    for name, s in summary.items():
+        if "labels" in s:
+            out[f"labels.{name}"] = np.asarray(s["labels"], dtype=np.int32)
+        if "ranks" in s and s["ranks"] and isinstance(s["ranks"][0], list):
+            width = max(len(r) for r in s["ranks"])
+            padded = np.full((len(s["ranks"]), width), -1, dtype=np.int32)
+            for i, r in enumerate(s["ranks"]):
+                padded[i, :len(r)] = r
+            out[f"ranks.{name}"] = padded
+    return out

@@ -1,0 +1,62 @@
+"""Tests for hscc_core.measure: FlopCounterMode FLOPs, params, latency bookkeeping."""
+
+import pytest
+import torch
+from torch import nn
+
+from hscc_core.measure import count_flops, count_params, layer_flops, measure_latency, speedup
+
+torch.set_num_threads(2)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 16, 5, 2, 2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 8 * 8, 4))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_flops_closed_form():
+    net = Net()
+    c1 = 16 * 16 * 8 * 3 * 9
+    c2 = 8 * 8 * 16 * 8 * 25
+    fc = 16 * 8 * 8 * 4
+    assert count_flops(net, (1, 3, 16, 16)) == 2 * (c1 + c2 + fc)
+    assert count_flops(net, (3, 3, 16, 16)) == 6 * (c1 + c2 + fc)
+    assert layer_flops(net, ["features.0", "features.2", "head.1", "features"], (1, 3, 16, 16)) == {
+        "features.0": 2 * c1, "features.2": 2 * c2, "head.1": 2 * fc, "features": 2 * (c1 + c2)}
+
+
+def test_layer_flops_include_replaced_children():
+    net = Net()
+    net.features[2] = nn.Sequential(nn.Conv2d(8, 4, 5, 2, 2, bias=False), nn.Conv2d(4, 16, 1))
+    got = layer_flops(net, ["features.2"], (1, 3, 16, 16))["features.2"]
+    assert got == 2 * 8 * 8 * (4 * 8 * 25 + 16 * 4)
+
+
+def test_params():
+    assert count_params(Net()) == (8 * 27 + 8) + (16 * 200 + 16) + (1024 * 4 + 4)
+
+
+def test_latency_shape_and_modes():
+    a, b = Net().train(), nn.Sequential(Net().features, Net().head).eval()
+    lat = measure_latency({"original": a, "compressed": b}, (1, 3, 16, 16), batch_sizes=(1, 4), runs=5, warmup=1)
+    assert lat["device"] == "cpu" and lat["runs"] == 5
+    assert set(lat["models"]) == {"original", "compressed"}
+    for per in lat["models"].values():
+        assert set(per) == {"b1", "b4"}
+        for v in per.values():
+            assert 0 < v["median_ms"] <= v["p90_ms"]
+    assert a.training and not b.training  # modes restored
+    a.features[0].eval()
+    measure_latency({"a": a}, (1, 3, 16, 16), batch_sizes=(1,), runs=1, warmup=0)
+    assert a.training and not a.features[0].training  # mixed modes restored per module
+    s = speedup(lat, "original", "original")
+    assert s == {"b1": 1.0, "b4": 1.0}
+    assert set(speedup(lat, "original", "compressed")) == {"b1", "b4"}
+    with pytest.raises(ValueError):
+        measure_latency({"a": a}, (1, 3, 16, 16), runs=0)
