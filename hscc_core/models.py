@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import alexnet
 
 ARCHITECTURES = ("alexnet", "tiny")
 
@@ -39,6 +38,8 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
         With ``features`` (convolutions) and ``classifier`` (linear head) sub-modules.
     """
     if arch == "alexnet":
+        from torchvision.models import alexnet  # noqa: PLC0415 - torchvision is slow to import
+
         return alexnet(weights=None, num_classes=num_classes)
     if arch == "tiny":
         return TinyCNN(num_classes)

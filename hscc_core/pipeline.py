@@ -10,19 +10,12 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
-from .baselines import (build_svd, build_tucker, plan_svd, plan_svd_macs, plan_tucker, plan_tucker_macs,
-                        svd_decompose, tucker_decompose)
-from .budgets import search_energy
-from .calibration import compute_stats, load_stats, save_stats
-from .data import calibration_indices
-from .evaluation import classification_metrics, fidelity, paired_comparison, predict_proba
-from .hscc import build_hscc, decompose_hscc, plan_from_decomposition, plan_macs
-from .measure import count_flops, count_params, layer_flops, measure_latency, speedup
 from .store import cache_key
-from .training import finetune_config, train
 from .workspace import Workspace
+
+# The compression, evaluation and measurement modules (torch, scikit-learn, tensorly, scipy) are
+# imported inside the functions that use them: listing or fetching cached runs stays fast.
 
 ORIGINAL_VERSION = 1
 
@@ -35,13 +28,17 @@ def original_run(ws: Workspace, progress=None) -> tuple[dict, dict[str, np.ndarr
     (run, arrays, cached)
         ``arrays`` holds ``predictions`` and ``probabilities``.
     """
-    model, meta = ws.baseline(progress=progress)
-    images = ws.images()
-    key = cache_key("original", {"model": meta["fingerprint"], "data": images.fingerprint,
-                                 "version": ORIGINAL_VERSION})
+    if not ws.has_baseline():
+        ws.baseline(progress=progress)  # trains it
+    key = original_key(ws)
 
     def compute():
+        from .evaluation import classification_metrics, predict_proba  # noqa: PLC0415
+        from .measure import count_flops, count_params  # noqa: PLC0415
+
         start = time.perf_counter()
+        model, meta = ws.baseline()
+        images = ws.images()
         probs = predict_proba(model, images.x_test, to_input=images.to_tensor)
         preds = probs.argmax(1)
         shape = (1, 3, images.size, images.size)
@@ -59,6 +56,12 @@ def original_run(ws: Workspace, progress=None) -> tuple[dict, dict[str, np.ndarr
 
     run, cached = ws.store.get_or_compute(key, compute)
     return dict(run, cached=cached), ws.store.get_arrays(key), cached
+
+
+def original_key(ws: Workspace) -> str:
+    """Cache key of the original model's run (no model loading: fingerprints only)."""
+    return cache_key("original", {"model": ws.model_fingerprint(), "data": ws.index().fingerprint,
+                                  "version": ORIGINAL_VERSION})
 
 
 
@@ -120,6 +123,10 @@ class RunConfig:
             raise ValueError(f"finetune_epochs must be an integer >= 0, got {self.finetune_epochs}")
         if not isinstance(self.calib_size, int) or self.calib_size < 1:
             raise ValueError(f"calib_size must be an integer >= 1, got {self.calib_size}")
+        # 3 and 3.0 are the same budget: store floats so they share one cache key.
+        for name in ("energy", "budget"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, float(getattr(self, name)))
 
     def canonical(self) -> dict:
         """The fields that matter for this method (baselines ignore grid and clusters)."""
@@ -141,10 +148,15 @@ class RunConfig:
         return " ".join(parts)
 
 
-def run_key(ws: Workspace, meta: dict, config: RunConfig) -> str:
-    """Cache key of a run: canonical config, model and data fingerprints, algorithm version."""
-    return cache_key("run", {"config": config.canonical(), "model": meta["fingerprint"],
-                             "data": ws.images().fingerprint, "version": RUN_VERSION})
+def run_key(ws: Workspace, meta: dict | None, config: RunConfig) -> str:
+    """Cache key of a run: canonical config, model and data fingerprints, algorithm version.
+
+    ``meta`` (the loaded baseline's metadata) is optional: without it the checkpoint file is hashed
+    instead of loaded, which keeps cache look-ups cheap.
+    """
+    model = meta["fingerprint"] if meta is not None else ws.model_fingerprint()
+    return cache_key("run", {"config": config.canonical(), "model": model,
+                             "data": ws.index().fingerprint, "version": RUN_VERSION})
 
 
 def calibration_stats(ws: Workspace, model, meta: dict, grid: int, calib_size: int, seed: int,
@@ -153,6 +165,9 @@ def calibration_stats(ws: Workspace, model, meta: dict, grid: int, calib_size: i
 
     Every cluster count and energy threshold on this grid reuses them (no forward pass).
     """
+    from .calibration import compute_stats, load_stats, save_stats  # noqa: PLC0415
+    from .data import calibration_indices  # noqa: PLC0415
+
     images = ws.images()
     key = cache_key("stats", {"model": meta["fingerprint"], "data": images.fingerprint, "grid": grid,
                               "calib_size": calib_size, "seed": seed, "version": RUN_VERSION})
@@ -168,6 +183,10 @@ def calibration_stats(ws: Workspace, model, meta: dict, grid: int, calib_size: i
 
 def _compressor(method: str, ws: Workspace, model, meta: dict, config: RunConfig, progress):
     """(decomposition, plan(decomp, energy), macs(decomp, energy), build(model, plan))."""
+    from .baselines import (build_svd, build_tucker, plan_svd, plan_svd_macs, plan_tucker,  # noqa: PLC0415
+                            plan_tucker_macs, svd_decompose, tucker_decompose)
+    from .hscc import build_hscc, decompose_hscc, plan_from_decomposition, plan_macs  # noqa: PLC0415
+
     shape = (1, 3, ws.size, ws.size)
     if method == "hscc":
         stats = calibration_stats(ws, model, meta, config.grid, config.calib_size, config.seed, progress)
@@ -203,12 +222,19 @@ def compress_run(ws: Workspace, config: RunConfig, progress=None, measure_speed:
     (run, cached)
     """
     progress = progress or (lambda stage, done, total: None)
-    model, meta = ws.baseline(train_if_missing=False)
-    images = ws.images()
-    key = run_key(ws, meta, config)
+    key = run_key(ws, None, config)
 
     def compute():
+        import torch  # noqa: PLC0415
+
+        from .budgets import search_energy  # noqa: PLC0415
+        from .evaluation import classification_metrics, fidelity, paired_comparison, predict_proba  # noqa: PLC0415
+        from .measure import count_flops, count_params, layer_flops, measure_latency, speedup  # noqa: PLC0415
+        from .training import finetune_config, train  # noqa: PLC0415
+
         start = time.perf_counter()
+        model, meta = ws.baseline(train_if_missing=False)
+        images = ws.images()
         original, original_arrays, _ = original_run(ws)
         progress("compress", 0, 1)
         decomp, plan_fn, macs_fn, build_fn = _compressor(
@@ -246,7 +272,7 @@ def compress_run(ws: Workspace, config: RunConfig, progress=None, measure_speed:
             "model_fingerprint": meta["fingerprint"], "arch": meta["arch"], "input_size": images.size,
             "classes": list(images.classes), "dedupe": ws.dedupe,
             "energy": float(energy),
-            "budget": None if budget is None else {
+            "budget_search": None if budget is None else {
                 "target": config.budget, "met": budget.met, "message": budget.message,
                 "layer_flops_ratio": sum(layer_fl_orig.values()) / max(sum(layer_fl.values()), 1)},
             **metrics,

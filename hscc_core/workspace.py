@@ -89,6 +89,21 @@ class Workspace:
             ws.recipe = TrainConfig(**{**ws.train_recipe.to_dict(), "epochs": int(env["HSCC_EPOCHS"])})
         return ws
 
+    def spec(self) -> dict:
+        """Picklable description from which ``from_spec`` rebuilds this workspace in another process."""
+        return {"data": None if self.data is None else str(self.data), "cache_dir": str(self.cache_dir),
+                "dedupe": self.dedupe, "input_size": self.input_size, "arch": self.arch,
+                "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+                "recipe": None if self.recipe is None else self.recipe.to_dict()}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Workspace":
+        """Inverse of ``spec``."""
+        return cls(data=None if spec["data"] is None else Path(spec["data"]),
+                   cache_dir=Path(spec["cache_dir"]), dedupe=spec["dedupe"], input_size=spec["input_size"],
+                   arch=spec["arch"], checkpoint=None if spec["checkpoint"] is None else Path(spec["checkpoint"]),
+                   recipe=None if spec["recipe"] is None else TrainConfig(**spec["recipe"]))
+
     # ---- data -------------------------------------------------------------------------------
     @property
     def store(self) -> RunStore:
@@ -149,6 +164,22 @@ class Workspace:
         index = self.index()
         return cache_key("checkpoint", {"data": index.fingerprint, "arch": self.arch, "size": self.size,
                                         "recipe": self.train_recipe.to_dict(), "version": TRAIN_VERSION})
+
+    def model_fingerprint(self) -> str:
+        """Content hash of the baseline checkpoint, without loading it (memoised per file state).
+
+        Raises
+        ------
+        FileNotFoundError
+            When there is no baseline yet.
+        """
+        if "baseline" in self._memo:
+            return self._memo["baseline"][1]["fingerprint"]
+        if not self.has_baseline():
+            raise FileNotFoundError("no baseline yet: run `hscc prepare` first")
+        path = Path(self.checkpoint) if self.checkpoint is not None else \
+            self.store.blob_path("checkpoints", self.baseline_key(), "pt")
+        return _file_hash(path)
 
     def has_baseline(self) -> bool:
         """True when a checkpoint for this data/architecture/recipe is in the cache (or given)."""
@@ -220,7 +251,19 @@ def _load_images(path: Path, index: DatasetIndex, size: int) -> ImageSet:
                         z["skipped"].tolist(), z["train_paths"].tolist(), z["test_paths"].tolist())
 
 
+_HASHES: dict[tuple, str] = {}
+
+
 def _file_hash(path: Path) -> str:
+    # Checkpoints are large (230 MB for AlexNet): hash each file state once per process.
+    st = os.stat(path)
+    ident = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if ident not in _HASHES:
+        _HASHES[ident] = _hash_file(path)
+    return _HASHES[ident]
+
+
+def _hash_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

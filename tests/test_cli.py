@@ -101,3 +101,64 @@ def test_console_script_usage_error_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hscc_core.cli", "compress", "--nonsense"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("hscc: error:") and "Traceback" not in proc.stderr
+
+
+# ---- compression commands -------------------------------------------------------------------
+
+def _tiny_args(ws):
+    return ["--data", str(ws.data), "--cache-dir", str(ws.cache_dir), "--arch", "tiny", "--input-size", "32",
+            "--epochs", "4", "--quiet"]
+
+
+def test_compress_json_and_stderr_summary(capsys, trained_workspace):
+    args = _tiny_args(trained_workspace)
+    code, out, err = run_cli(capsys, "compress", *args, "--method", "svd", "--budget", "2", "--json",
+                             "--latency-runs", "2")
+    run = json.loads(out)
+    assert code == 0 and run["method"] == "svd" and run["config"]["budget"] == 2.0
+    assert "svd 2x" in err and len([l for l in err.splitlines() if "svd 2x" in l]) == 1
+    code, out, _ = run_cli(capsys, "compress", *args, "--method", "svd", "--budget", "2", "--json")
+    assert json.loads(out)["cached"] is True
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--grid", "0"], "grid must be"), (["--clusters", "0"], "clusters must be"),
+    (["--energy", "0"], "energy must be"), (["--energy", "1.5"], "energy must be"),
+    (["--budget", "1"], "budget must be > 1"), (["--method", "pca"], "invalid choice"),
+    (["--energy", "0.9", "--budget", "3"], "not allowed with")])
+def test_compress_bad_values(capsys, trained_workspace, extra, match):
+    code, out, err = run_cli(capsys, "compress", *_tiny_args(trained_workspace), *extra)
+    assert code == 2 and out == "" and match in err and "Traceback" not in err
+
+
+def test_sweep_runs_pareto_contract(capsys, trained_workspace):
+    args = _tiny_args(trained_workspace)
+    sweep = ["sweep", *args, "--methods", "hscc,svd", "--grid", "1", "--clusters", "1 2",
+             "--energy", "0.7 0.9", "--calib-size", "16", "--no-speed", "--json"]
+    code, out, _ = run_cli(capsys, *sweep)
+    first = json.loads(out)
+    assert code == 0 and len(first["runs"]) == 6 and first["computed"] + first["cached"] == 6
+    code, out, _ = run_cli(capsys, *sweep)
+    assert json.loads(out)["computed"] == 0 and json.loads(out)["cached"] == 6
+    code, out, _ = run_cli(capsys, "pareto", *args, "--x", "flops", "--y", "macro_f1", "--json")
+    front = json.loads(out)
+    assert code == 0 and front["original"]["method"] == "original" and front["runs"]
+    flops = [r["flops"] for r in front["runs"]]
+    assert flops == sorted(flops)
+    code, _, err = run_cli(capsys, "pareto", *args, "--y", "nonsense")
+    assert code == 2 and "unknown axis" in err
+    code, out, _ = run_cli(capsys, "runs", *args, "--method", "svd", "--json")
+    listed = json.loads(out)
+    assert code == 0 and all(r["method"] == "svd" for r in listed["runs"]) and listed["size_bytes"] > 0
+
+
+def test_bench_json_contract(capsys, trained_workspace):
+    code, out, _ = run_cli(capsys, "bench", *_tiny_args(trained_workspace), "--budgets", "2", "--bench-grid", "2",
+                           "--bench-clusters", "2", "--finetune-epochs", "1", "--calib-size", "16",
+                           "--no-speed", "--json")
+    bench = json.loads(out)
+    assert code == 0 and {"original", "rows", "ablation", "sweep", "machine", "command"} <= set(bench)
+    assert len(bench["rows"]) == 6 and {r["finetune_epochs"] for r in bench["rows"]} == {0, 1}
+    assert [a["step"].split(" (")[0] for a in bench["ablation"]] == [
+        "weight-only Global SVD", "data-aware global", "regions only", "clusters only", "full HSCC"]
+    assert all("budget" in r for r in bench["rows"])

@@ -1,0 +1,193 @@
+"""Sweeps: many compression runs over a Cartesian product of settings, resumable and cached.
+
+The sweep logic (expanding configurations, skipping what the store already holds, counting,
+reporting) is separate from *where* runs execute: an ``Executor`` maps a picklable task function over
+tasks and yields results as they finish. ``LocalExecutor`` runs them in this process or in a pool of
+local processes; a cluster engine (Ray, Dask) plugs in by implementing the same two-method protocol.
+
+Runs sharing a grid reuse its calibration statistics through the run store (computed once under a
+lock, whichever worker gets there first); tasks are ordered by grid so this happens early.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from .pipeline import METHODS, RunConfig, compress_run, run_key
+from .workspace import Workspace
+
+DEFAULT_GRIDS = (1, 2, 4)
+DEFAULT_CLUSTERS = (1, 2, 4, 8)
+DEFAULT_ENERGIES = (0.8, 0.9, 0.95, 0.98, 0.995)
+
+
+def expand(methods: Iterable[str] = METHODS, grids: Iterable[int] = DEFAULT_GRIDS,
+           clusters: Iterable[int] = DEFAULT_CLUSTERS, energies: Iterable[float] = DEFAULT_ENERGIES,
+           budgets: Iterable[float] = (), finetune_epochs: Iterable[int] = (0,), calib_size: int = 256,
+           seed: int = 0) -> list[RunConfig]:
+    """Every configuration of the product, once each, HSCC grids grouped together.
+
+    Baselines ignore grid and cluster count, so they get one run per energy/budget and fine-tuning
+    setting. Invalid values raise ``ValueError`` (from ``RunConfig``) before anything runs.
+    """
+    targets = [{"energy": float(e), "budget": None} for e in energies]
+    targets += [{"energy": None, "budget": float(b)} for b in budgets]
+    if not targets:
+        raise ValueError("a sweep needs at least one energy or budget")
+    seen, out = set(), []
+    for method in methods:
+        shapes = itertools.product(grids, clusters) if method == "hscc" else [(1, 1)]
+        for (g, k), t, ft in itertools.product(list(shapes), targets, finetune_epochs):
+            cfg = RunConfig(method=method, grid=int(g), clusters=int(k), finetune_epochs=int(ft),
+                            calib_size=calib_size, seed=seed, **t)
+            ident = tuple(sorted(cfg.canonical().items()))
+            if ident not in seen:
+                seen.add(ident)
+                out.append(cfg)
+    return sorted(out, key=lambda c: (c.method != "hscc", c.grid if c.method == "hscc" else 0))
+
+
+# ---- execution --------------------------------------------------------------------------------
+
+class Executor(Protocol):
+    """Where sweep tasks run. ``submit_all`` yields ``(task, result or exception)`` as tasks finish."""
+
+    def submit_all(self, fn: Callable[[Any], Any], tasks: list) -> Iterator[tuple[Any, Any]]: ...
+
+    def shutdown(self) -> None: ...
+
+
+class LocalExecutor:
+    """Run tasks in this process (``workers=1``) or in a pool of spawned local processes."""
+
+    def __init__(self, workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def submit_all(self, fn, tasks):
+        if self.workers == 1:
+            for task in tasks:
+                try:
+                    yield task, fn(task)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - reported per task, the sweep goes on
+                    yield task, exc
+            return
+        # spawn, not fork: forking a process that has started torch's thread pool can deadlock.
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+                                         initializer=_init_worker, initargs=(self.workers,))
+        pending = {self._pool.submit(fn, t): t for t in tasks}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                task = pending.pop(fut)
+                exc = fut.exception()
+                yield task, (exc if exc is not None else fut.result())
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _init_worker(workers: int) -> None:
+    import torch  # noqa: PLC0415
+
+    # Share the machine's cores between workers instead of oversubscribing them.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+@dataclass(frozen=True)
+class SweepTask:
+    """A picklable unit of work: the workspace description and one configuration."""
+
+    workspace: dict
+    config: dict
+    measure_speed: bool = True
+    latency_runs: int = 20
+
+
+_WORKSPACES: dict[str, Workspace] = {}
+
+
+def run_task(task: SweepTask) -> dict:
+    """Compute (or fetch) one run; the workspace is built once per process and reused."""
+    ident = repr(sorted(task.workspace.items()))
+    ws = _WORKSPACES.get(ident)
+    if ws is None:
+        ws = _WORKSPACES[ident] = Workspace.from_spec(task.workspace)
+    run, _ = compress_run(ws, RunConfig(**task.config), measure_speed=task.measure_speed,
+                          latency_runs=task.latency_runs)
+    return run
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: every run it covers, and how many were computed, cached or failed."""
+
+    runs: list[dict] = field(default_factory=list)
+    computed: int = 0
+    cached: int = 0
+    failed: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+
+def run_sweep(ws: Workspace, configs: list[RunConfig], executor: Executor | None = None,
+              progress: Callable[[int, int], None] | None = None, measure_speed: bool = True,
+              latency_runs: int = 20) -> SweepResult:
+    """Run every configuration not already stored; return all of them.
+
+    Parameters
+    ----------
+    ws : Workspace
+        Must have its baseline (``hscc prepare``).
+    configs : list of RunConfig
+    executor : Executor, optional
+        Default: ``LocalExecutor(1)``, in this process.
+    progress : callable, optional
+        ``progress(done, total)`` over the runs that need computing.
+
+    Returns
+    -------
+    SweepResult
+        On Ctrl-C the runs finished so far are returned with ``interrupted=True``; they are stored,
+        so running the same sweep again resumes where it stopped.
+    """
+    start = time.perf_counter()
+    executor = executor or LocalExecutor(1)
+    result = SweepResult()
+    todo: list[SweepTask] = []
+    for cfg in configs:
+        stored = ws.store.get_run(run_key(ws, None, cfg))
+        if stored is not None:
+            result.runs.append(dict(stored, cached=True))
+            result.cached += 1
+        else:
+            todo.append(SweepTask(ws.spec(), asdict(cfg), measure_speed, latency_runs))
+    if progress is not None:
+        progress(0, len(todo))
+    try:
+        for i, (task, outcome) in enumerate(executor.submit_all(run_task, todo), 1):
+            if isinstance(outcome, BaseException):
+                result.failed.append({"config": task.config, "error": f"{type(outcome).__name__}: {outcome}"})
+            else:
+                result.runs.append(dict(outcome, cached=False))
+                result.computed += 1
+            if progress is not None:
+                progress(i, len(todo))
+    except KeyboardInterrupt:
+        result.interrupted = True
+        executor.shutdown()
+    result.seconds = time.perf_counter() - start
+    return result

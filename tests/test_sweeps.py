@@ -1,0 +1,70 @@
+"""Sweeps: expansion, cache skipping, resumption after an interruption, pluggable executors."""
+
+import pytest
+
+from hscc_core.pipeline import RunConfig
+from hscc_core.sweeps import LocalExecutor, expand, run_sweep
+
+
+def test_expand_product_and_baselines_once():
+    cfgs = expand(["hscc", "svd"], grids=[1, 2], clusters=[1, 4], energies=[0.9, 0.95], budgets=[3])
+    hscc = [c for c in cfgs if c.method == "hscc"]
+    svd = [c for c in cfgs if c.method == "svd"]
+    assert len(hscc) == 2 * 2 * 3 and len(svd) == 3  # baselines ignore grid and clusters
+    assert [c.grid for c in hscc] == sorted(c.grid for c in hscc)  # grouped by grid
+    with pytest.raises(ValueError, match="grid"):
+        expand(["hscc"], grids=[0], clusters=[1], energies=[0.9])
+    with pytest.raises(ValueError, match="at least one energy or budget"):
+        expand(["svd"], energies=[], budgets=[])
+
+
+class InterruptAfter(LocalExecutor):
+    """Runs tasks in process and simulates Ctrl-C after ``n`` of them."""
+
+    def __init__(self, n):
+        super().__init__(1)
+        self.n = n
+
+    def submit_all(self, fn, tasks):
+        for i, item in enumerate(super().submit_all(fn, tasks)):
+            if i == self.n:
+                raise KeyboardInterrupt
+            yield item
+
+
+def test_interrupted_sweep_resumes_without_recomputing(trained_workspace):
+    ws = trained_workspace
+    cfgs = expand(["svd", "tucker"], energies=[0.6, 0.75, 0.85])
+    first = run_sweep(ws, cfgs, InterruptAfter(2), measure_speed=False)
+    assert first.interrupted and first.computed == 2
+    second = run_sweep(ws, cfgs, measure_speed=False)
+    # Runs finished before the interruption (including one that completed as it arrived) are kept.
+    assert not second.interrupted and second.cached >= 2 and second.computed + second.cached == 6
+    assert second.computed <= 4
+    third = run_sweep(ws, cfgs, measure_speed=False)
+    assert third.cached == 6 and third.computed == 0 and len(third.runs) == 6
+
+
+def test_failed_task_is_reported_and_sweep_goes_on(trained_workspace, monkeypatch):
+    import hscc_core.sweeps as sweeps
+
+    real = sweeps.compress_run
+
+    def flaky(ws, config, **kw):
+        if config.energy == 0.55:
+            raise RuntimeError("boom")
+        return real(ws, config, **kw)
+
+    monkeypatch.setattr(sweeps, "compress_run", flaky)
+    result = run_sweep(trained_workspace, expand(["svd"], energies=[0.55, 0.65]), measure_speed=False)
+    assert result.computed == 1 and len(result.failed) == 1 and "boom" in result.failed[0]["error"]
+
+
+def test_process_pool_gives_same_runs(trained_workspace):
+    cfgs = [RunConfig("svd", energy=0.66), RunConfig("tucker", energy=0.66)]
+    pooled = run_sweep(trained_workspace, cfgs, LocalExecutor(2), measure_speed=False)
+    assert pooled.computed == 2 and not pooled.failed
+    again = run_sweep(trained_workspace, cfgs, measure_speed=False)
+    assert again.cached == 2
+    by_key = {r["cache_key"]: r["accuracy"] for r in pooled.runs}
+    assert all(by_key[r["cache_key"]] == r["accuracy"] for r in again.runs)
