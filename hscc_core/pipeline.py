@@ -198,13 +198,38 @@ def _compressor(method: str, ws: Workspace, model, meta: dict, config: RunConfig
             build_tucker)
 
 
+def build_compressed(ws: Workspace, config: RunConfig, progress=None, model=None, meta=None):
+    """Compress the baseline with ``config`` (no evaluation, no fine-tuning, nothing stored).
+
+    Returns
+    -------
+    (model, plan, energy, budget_result)
+        The compressed model (a deep copy), its plan (``.macs()``, ``.layer_summary()``), the energy
+        threshold used and, in budget mode, the ``BudgetResult`` of the bisection (else None).
+    """
+    from .budgets import search_energy  # noqa: PLC0415
+
+    progress = progress or (lambda stage, done, total: None)
+    if model is None or meta is None:
+        model, meta = ws.baseline(train_if_missing=False)
+    decomp, plan_fn, macs_fn, build_fn = _compressor(
+        config.method, ws, model, meta, config, lambda d, t: progress("calibrate", d, t))
+    if config.budget is not None:
+        budget = search_energy(lambda e: macs_fn(decomp, e), decomp.original_macs, config.budget)
+        energy = budget.energy
+    else:
+        budget, energy = None, config.energy
+    plan = plan_fn(decomp, energy)
+    return build_fn(model, plan), plan, energy, budget
+
+
 def _latency_block(latency: dict, name: str) -> dict:
     return {b: {"median": v["median_ms"], "p90": v["p90_ms"]} for b, v in latency["models"][name].items()}
 
 
 def compress_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: bool = True,
                  latency_runs: int = 20) -> tuple[dict, bool]:
-    """Compress the baseline with ``config``, evaluate and measure it, store the run.
+    """Compress the baseline with ``config``, evaluate and measure it, store the run (cached).
 
     Parameters
     ----------
@@ -221,88 +246,88 @@ def compress_run(ws: Workspace, config: RunConfig, progress=None, measure_speed:
     -------
     (run, cached)
     """
-    progress = progress or (lambda stage, done, total: None)
     key = run_key(ws, None, config)
-
-    def compute():
-        import torch  # noqa: PLC0415
-
-        from .budgets import search_energy  # noqa: PLC0415
-        from .evaluation import classification_metrics, fidelity, paired_comparison, predict_proba  # noqa: PLC0415
-        from .measure import count_flops, count_params, layer_flops, measure_latency, speedup  # noqa: PLC0415
-        from .training import finetune_config, train  # noqa: PLC0415
-
-        start = time.perf_counter()
-        model, meta = ws.baseline(train_if_missing=False)
-        images = ws.images()
-        original, original_arrays, _ = original_run(ws)
-        progress("compress", 0, 1)
-        decomp, plan_fn, macs_fn, build_fn = _compressor(
-            config.method, ws, model, meta, config, lambda d, t: progress("calibrate", d, t))
-        if config.budget is not None:
-            budget = search_energy(lambda e: macs_fn(decomp, e), decomp.original_macs, config.budget)
-            energy = budget.energy
-        else:
-            budget, energy = None, config.energy
-        plan = plan_fn(decomp, energy)
-        compressed = build_fn(model, plan)
-        progress("compress", 1, 1)
-        if config.finetune_epochs:
-            tcfg = finetune_config(config.finetune_epochs, config.seed)
-            compressed = train(compressed, images.x_train, images.y_train, images.mean, images.std,
-                               len(images.classes), tcfg, device=torch.device("cpu"),
-                               progress=lambda i: progress("finetune", (i["epoch"] - 1) * i["batches"]
-                                                           + i["batch"], i["epochs"] * i["batches"])).model
-        compressed.eval()
-        progress("evaluate", 0, 1)
-        probs = predict_proba(compressed, images.x_test, to_input=images.to_tensor)
-        preds = probs.argmax(1)
-        metrics = classification_metrics(images.y_test, preds, images.classes)
-        paired = paired_comparison(images.y_test, original_arrays["predictions"], preds)
-        fid = fidelity(original_arrays["probabilities"].astype(np.float64), probs)
-        progress("evaluate", 1, 1)
-        progress("measure", 0, 1)
-        shape = (1, 3, images.size, images.size)
-        layers = list(plan.layers) if hasattr(plan, "layers") else list(plan.layer_summary())
-        layer_fl = layer_flops(compressed, layers, shape)
-        layer_fl_orig = layer_flops(model, layers, shape)
-        run = {
-            "method": config.method, "config": config.canonical(), "label": config.label(),
-            "data": ws.data_label(), "data_fingerprint": images.fingerprint,
-            "model_fingerprint": meta["fingerprint"], "arch": meta["arch"], "input_size": images.size,
-            "classes": list(images.classes), "dedupe": ws.dedupe,
-            "energy": float(energy),
-            "budget_search": None if budget is None else {
-                "target": config.budget, "met": budget.met, "message": budget.message,
-                "layer_flops_ratio": sum(layer_fl_orig.values()) / max(sum(layer_fl.values()), 1)},
-            **metrics,
-            "p_value_vs_original": paired["p_value"], "accuracy_delta": paired["accuracy_delta"],
-            "accuracy_delta_se": paired["accuracy_delta_se"], "discordant": paired["discordant"],
-            **fid,
-            "flops": count_flops(compressed, shape), "flops_original": original["flops"],
-            "layer_flops": layer_fl, "layer_flops_original": layer_fl_orig,
-            "analytical_layer_macs": int(plan.macs()),
-            "params": count_params(compressed), "params_original": original["params"],
-            "layers": _summaries_without_labels(plan.layer_summary()),
-        }
-        run["flops_ratio"] = run["flops_original"] / max(run["flops"], 1)
-        run["layer_flops_ratio"] = sum(layer_fl_orig.values()) / max(sum(layer_fl.values()), 1)
-        if measure_speed:
-            lat = measure_latency({"original": model, "compressed": compressed}, shape, runs=latency_runs)
-            run["latency_ms"] = {"original": _latency_block(lat, "original"),
-                                 "compressed": _latency_block(lat, "compressed"),
-                                 "device": lat["device"], "threads": lat["threads"], "runs": lat["runs"]}
-            run["speedup"] = {b: v for b, v in speedup(lat, "original", "compressed").items()}
-        else:
-            run["latency_ms"], run["speedup"] = None, None
-        progress("measure", 1, 1)
-        run["seconds"] = time.perf_counter() - start
-        arrays = {"predictions": preds.astype(np.int64), "probabilities": probs.astype(np.float32),
-                  **_plan_arrays(plan.layer_summary())}
-        return run, arrays
-
-    run, cached = ws.store.get_or_compute(key, compute)
+    run, cached = ws.store.get_or_compute(
+        key, lambda: compute_run(ws, config, progress, measure_speed, latency_runs))
     return dict(run, cached=cached), cached
+
+
+def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: bool = True,
+                latency_runs: int = 20) -> tuple[dict, dict[str, np.ndarray]]:
+    """Compress, fine-tune, evaluate and measure one configuration without storing anything.
+
+    Sweep workers call this and hand ``(run, arrays)`` to a single writer; ``compress_run`` is the
+    cached entry point for everything else. The original's run must be computable (baseline present).
+
+    Returns
+    -------
+    (run, arrays)
+    """
+    progress = progress or (lambda stage, done, total: None)
+    from .evaluation import classification_metrics, fidelity, paired_comparison, predict_proba  # noqa: PLC0415
+    from .measure import count_flops, count_params, layer_flops, measure_latency, speedup  # noqa: PLC0415
+    from .training import finetune_config, train  # noqa: PLC0415
+
+    start = time.perf_counter()
+    model, meta = ws.baseline(train_if_missing=False)
+    images = ws.images()
+    original, original_arrays, _ = original_run(ws)
+    progress("compress", 0, 1)
+    compressed, plan, energy, budget = build_compressed(ws, config, progress, model=model, meta=meta)
+    progress("compress", 1, 1)
+    if config.finetune_epochs:
+        tcfg = finetune_config(config.finetune_epochs, config.seed)
+        compressed = train(compressed, images.x_train, images.y_train, images.mean, images.std,
+                           len(images.classes), tcfg,
+                           progress=lambda i: progress("finetune", (i["epoch"] - 1) * i["batches"]
+                                                       + i["batch"], i["epochs"] * i["batches"])).model.cpu()
+    compressed.eval()
+    progress("evaluate", 0, 1)
+    probs = predict_proba(compressed, images.x_test, to_input=images.to_tensor)
+    preds = probs.argmax(1)
+    metrics = classification_metrics(images.y_test, preds, images.classes)
+    paired = paired_comparison(images.y_test, original_arrays["predictions"], preds)
+    fid = fidelity(original_arrays["probabilities"].astype(np.float64), probs)
+    progress("evaluate", 1, 1)
+    progress("measure", 0, 1)
+    shape = (1, 3, images.size, images.size)
+    layers = list(plan.layers) if hasattr(plan, "layers") else list(plan.layer_summary())
+    layer_fl = layer_flops(compressed, layers, shape)
+    layer_fl_orig = layer_flops(model, layers, shape)
+    run = {
+        "method": config.method, "config": config.canonical(), "label": config.label(),
+        "data": ws.data_label(), "data_fingerprint": images.fingerprint,
+        "model_fingerprint": meta["fingerprint"], "arch": meta["arch"], "input_size": images.size,
+        "classes": list(images.classes), "dedupe": ws.dedupe,
+        "energy": float(energy),
+        "budget_search": None if budget is None else {
+            "target": config.budget, "met": budget.met, "message": budget.message,
+            "layer_flops_ratio": sum(layer_fl_orig.values()) / max(sum(layer_fl.values()), 1)},
+        **metrics,
+        "p_value_vs_original": paired["p_value"], "accuracy_delta": paired["accuracy_delta"],
+        "accuracy_delta_se": paired["accuracy_delta_se"], "discordant": paired["discordant"],
+        **fid,
+        "flops": count_flops(compressed, shape), "flops_original": original["flops"],
+        "layer_flops": layer_fl, "layer_flops_original": layer_fl_orig,
+        "analytical_layer_macs": int(plan.macs()),
+        "params": count_params(compressed), "params_original": original["params"],
+        "layers": _summaries_without_labels(plan.layer_summary()),
+    }
+    run["flops_ratio"] = run["flops_original"] / max(run["flops"], 1)
+    run["layer_flops_ratio"] = sum(layer_fl_orig.values()) / max(sum(layer_fl.values()), 1)
+    if measure_speed:
+        lat = measure_latency({"original": model, "compressed": compressed}, shape, runs=latency_runs)
+        run["latency_ms"] = {"original": _latency_block(lat, "original"),
+                             "compressed": _latency_block(lat, "compressed"),
+                             "device": lat["device"], "threads": lat["threads"], "runs": lat["runs"]}
+        run["speedup"] = {b: v for b, v in speedup(lat, "original", "compressed").items()}
+    else:
+        run["latency_ms"], run["speedup"] = None, None
+    progress("measure", 1, 1)
+    run["seconds"] = time.perf_counter() - start
+    arrays = {"predictions": preds.astype(np.int64), "probabilities": probs.astype(np.float32),
+              **_plan_arrays(plan.layer_summary())}
+    return run, arrays
 
 
 def _summaries_without_labels(summary: dict) -> dict:

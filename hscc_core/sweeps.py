@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from .pipeline import METHODS, RunConfig, compress_run, run_key
+from .pipeline import METHODS, RunConfig, calibration_stats, compute_run, original_run, run_key
 from .workspace import Workspace
 
 DEFAULT_GRIDS = (1, 2, 4)
@@ -120,15 +120,26 @@ class SweepTask:
 _WORKSPACES: dict[str, Workspace] = {}
 
 
-def run_task(task: SweepTask) -> dict:
-    """Compute (or fetch) one run; the workspace is built once per process and reused."""
+def run_task(task: SweepTask) -> tuple[dict, dict]:
+    """Compute one run without storing it; returns ``(run, arrays)`` for the sweep's single writer.
+
+    The workspace is built once per worker process and reused across its tasks.
+    """
     ident = repr(sorted(task.workspace.items()))
     ws = _WORKSPACES.get(ident)
     if ws is None:
         ws = _WORKSPACES[ident] = Workspace.from_spec(task.workspace)
-    run, _ = compress_run(ws, RunConfig(**task.config), measure_speed=task.measure_speed,
-                          latency_runs=task.latency_runs)
-    return run
+    return compute_run(ws, RunConfig(**task.config), measure_speed=task.measure_speed,
+                       latency_runs=task.latency_runs)
+
+
+def prepare_shared(ws: Workspace, configs: list[RunConfig]) -> None:
+    """Compute, once and in this process, what every task reads: the original's run and the
+    calibration statistics of each HSCC grid (workers then only read them from the store)."""
+    original_run(ws)
+    model, meta = ws.baseline(train_if_missing=False)
+    for grid, calib, seed in sorted({(c.grid, c.calib_size, c.seed) for c in configs if c.method == "hscc"}):
+        calibration_stats(ws, model, meta, grid, calib, seed)
 
 
 @dataclass
@@ -178,11 +189,21 @@ def run_sweep(ws: Workspace, configs: list[RunConfig], executor: Executor | None
     if progress is not None:
         progress(0, len(todo))
     try:
+        if todo:
+            prepare_shared(ws, [RunConfig(**t.config) for t in todo])
         for i, (task, outcome) in enumerate(executor.submit_all(run_task, todo), 1):
             if isinstance(outcome, BaseException):
                 result.failed.append({"config": task.config, "error": f"{type(outcome).__name__}: {outcome}"})
             else:
-                result.runs.append(dict(outcome, cached=False))
+                # The one writer: workers compute, only this process stores.
+                run, arrays = outcome
+                key = run_key(ws, None, RunConfig(**task.config))
+                with ws.store.lock(key):
+                    stored = ws.store.get_run(key)
+                    if stored is None:
+                        ws.store.put_run(key, run, arrays)
+                        stored = ws.store.get_run(key)
+                result.runs.append(dict(stored, cached=False))
                 result.computed += 1
             if progress is not None:
                 progress(i, len(todo))

@@ -48,14 +48,14 @@ def test_interrupted_sweep_resumes_without_recomputing(trained_workspace):
 def test_failed_task_is_reported_and_sweep_goes_on(trained_workspace, monkeypatch):
     import hscc_core.sweeps as sweeps
 
-    real = sweeps.compress_run
+    real = sweeps.compute_run
 
     def flaky(ws, config, **kw):
         if config.energy == 0.55:
             raise RuntimeError("boom")
         return real(ws, config, **kw)
 
-    monkeypatch.setattr(sweeps, "compress_run", flaky)
+    monkeypatch.setattr(sweeps, "compute_run", flaky)
     result = run_sweep(trained_workspace, expand(["svd"], energies=[0.55, 0.65]), measure_speed=False)
     assert result.computed == 1 and len(result.failed) == 1 and "boom" in result.failed[0]["error"]
 
