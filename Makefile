@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8501
 
-.PHONY: setup prepare run test clean-cache
+.PHONY: setup prepare run test browser-deps clean-cache
 
 setup: $(STAMP)
 
@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,ray]'
 	touch $(STAMP)
 
 # Generates the embedded phantom and trains its baseline once (instant afterwards).
@@ -24,8 +24,13 @@ prepare: setup
 run: prepare
 	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true
 
-test: setup
+test: setup browser-deps
 	$(PY) -m pytest -q
+
+# The real-browser test drives Debian's Chromium (never a downloaded browser); it skips when absent.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+		|| echo "chromium could not be installed: tests/test_browser.py will skip"
 
 clean-cache:
 	rm -rf cache/runs cache/blobs cache/locks cache/phantom

@@ -3,9 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from pages.common import NOTICE, baseline_ready, baseline_run, current_workspace, sidebar, workspace_id
+from pages.common import (NOTICE, baseline_ready, baseline_run, current_workspace, page_context, show_selection,
+                          sidebar, workspace_id)
 
-sidebar()
+sidebar_slot = sidebar()
 
 st.title("Baseline model")
 ws = current_workspace()
@@ -32,4 +33,5 @@ else:
     st.subheader("Confusion matrix (rows: true class)")
     st.dataframe(pd.DataFrame(run["confusion_matrix"], index=run["classes"], columns=run["classes"]),
                  key="overview_confusion")
+show_selection(sidebar_slot, page_context() if ready else None)
 st.caption(NOTICE)

@@ -1,20 +1,96 @@
-"""AppTest of the Streamlit app on a tiny trained workspace."""
+"""AppTest of the Streamlit app on a tiny trained workspace: every page, the selection, cache hits."""
 
-import pytest
+from __future__ import annotations
 
-from conftest import make_imagefolder, tiny_env
+import math
+import shutil
+import statistics
+import time
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
-APP = Path(__file__).resolve().parents[1] / "app.py"
+from conftest import make_imagefolder, tiny_env
+from hscc_core import pipeline
+from hscc_core.pipeline import RunConfig, compress_run, run_key
+from hscc_core.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "app.py"
+PAGES = ["pages/overview.py", "pages/explorer.py", "pages/pareto.py", "pages/confusion.py", "pages/heatmaps.py",
+         "pages/report.py"]
+LOW = RunConfig(grid=2, clusters=2, energy=0.9)
+HIGH = RunConfig(grid=2, clusters=2, energy=0.99)
+SVD = RunConfig(method="svd", energy=0.9)
+
+
+@pytest.fixture(scope="module")
+def stored_runs(trained_workspace):
+    """Three real runs in the shared tiny workspace's store (no speed measurement: fast)."""
+    return {cfg: compress_run(trained_workspace, cfg, measure_speed=False)[0] for cfg in (LOW, HIGH, SVD)}
+
+
+def set_env(monkeypatch, data, cache) -> None:
+    for name, value in tiny_env(data, cache).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.syspath_prepend(str(ROOT))  # pages import pages.common when AppTest runs them directly
 
 
 @pytest.fixture
-def app_env(trained_workspace, monkeypatch):
-    for name, value in tiny_env(trained_workspace.data, trained_workspace.cache_dir).items():
-        monkeypatch.setenv(name, value)
+def app_env(trained_workspace, stored_runs, monkeypatch):
+    set_env(monkeypatch, trained_workspace.data, trained_workspace.cache_dir)
     return trained_workspace
+
+
+@pytest.fixture
+def counters(monkeypatch):
+    """Counts of compressions started and runs written while the app runs (same process)."""
+    counts = {"compress": 0, "put": 0}
+    real_compressor, real_put = pipeline._compressor, RunStore._put_run
+
+    def compressor(*args, **kwargs):
+        counts["compress"] += 1
+        return real_compressor(*args, **kwargs)
+
+    def put(self, *args, **kwargs):
+        counts["put"] += 1
+        return real_put(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_compressor", compressor)
+    monkeypatch.setattr(RunStore, "_put_run", put)
+    return counts
+
+
+def open_page(page: str, selected: str | None = None, timeout: float = 60) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=timeout)
+    if selected:
+        at.session_state["selected_run"] = selected
+    at.run()
+    assert not at.exception, at.exception
+    if page != PAGES[0]:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def explorer_config(at: AppTest, cfg: RunConfig) -> AppTest:
+    at.selectbox(key="explorer_method").set_value(cfg.method)
+    if cfg.method == "hscc":
+        at.slider(key="explorer_grid").set_value(cfg.grid)
+        at.slider(key="explorer_clusters").set_value(cfg.clusters)
+    at.select_slider(key="explorer_energy").set_value(cfg.energy)
+    at.number_input(key="explorer_seed").set_value(cfg.seed)
+    at.checkbox(key="explorer_measure").uncheck()
+    return at.run()
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+# --------------------------------------------------------------------------------------------
+# Shell and baseline
 
 
 def test_overview_shows_real_baseline_metrics(app_env):
@@ -43,6 +119,266 @@ def test_missing_baseline_offers_prepare_button(tmp_path, monkeypatch):
 def test_bad_data_path_is_a_visible_message(tmp_path, monkeypatch):
     monkeypatch.setenv("HSCC_DATA", str(tmp_path / "missing"))
     monkeypatch.setenv("HSCC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(ROOT))
     at = AppTest.from_file(str(APP), default_timeout=30).run()
     assert not at.exception
     assert any("does not exist" in e.value for e in at.error)
+    for page in PAGES[1:]:  # every page degrades to the same message
+        at.switch_page(page).run()
+        assert not at.exception
+        assert any("does not exist" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_with_a_selected_run(app_env, stored_runs, page):
+    run = stored_runs[LOW]
+    at = open_page(page, selected=run["cache_key"])
+    assert at.title, "page has a title"
+    # The sidebar shows the selected run on every page, and the research-tool notice is there.
+    assert f"**{run['label']}**" in texts(at.sidebar.markdown)
+    assert any("not a medical device" in c for c in texts(at.caption))
+
+
+def test_pages_without_a_selection_offer_a_picker(app_env, stored_runs):
+    for page in ("pages/confusion.py", "pages/heatmaps.py", "pages/report.py"):
+        at = open_page(page)
+        picker = at.selectbox(key=f"{page.split('/')[1][:-3]}_pick")
+        assert picker.value is None
+        picker.set_value(stored_runs[SVD]["cache_key"]).run()
+        assert not at.exception
+        assert at.session_state["selected_run"] == stored_runs[SVD]["cache_key"]
+
+
+# --------------------------------------------------------------------------------------------
+# Explorer
+
+
+def test_cached_run_is_shown_without_recomputation(app_env, stored_runs, counters):
+    at = explorer_config(open_page("pages/explorer.py"), LOW)
+    assert not at.exception
+    assert stored_runs[LOW]["label"] in texts(at.subheader)
+    assert any("nothing recomputed" in c for c in texts(at.caption))
+    assert counters == {"compress": 0, "put": 0}
+    labels = [m.label for m in at.main.metric]
+    for card in ("FLOPs (whole model)", "Parameters", "Measured speed-up", "Accuracy", "Macro F1", "vs original"):
+        assert card in labels
+    accuracy = [m for m in at.main.metric if m.label == "Accuracy"][0]
+    run = stored_runs[LOW]
+    assert accuracy.value == f"{100 * run['accuracy']:.2f} ± {100 * run['accuracy_se']:.2f} %"
+    assert at.session_state["selected_run"] == run["cache_key"]
+
+
+def test_moving_a_slider_changes_the_shown_run(app_env, stored_runs, counters):
+    at = explorer_config(open_page("pages/explorer.py"), LOW)
+    assert stored_runs[LOW]["label"] in texts(at.subheader)
+    at.select_slider(key="explorer_energy").set_value(0.99).run()
+    assert not at.exception
+    assert stored_runs[HIGH]["label"] in texts(at.subheader)
+    assert stored_runs[LOW]["label"] not in texts(at.subheader)
+    assert at.session_state["selected_run"] == stored_runs[HIGH]["cache_key"]
+    at.selectbox(key="explorer_method").set_value("svd")
+    at.select_slider(key="explorer_energy").set_value(0.9).run()
+    assert stored_runs[SVD]["label"] in texts(at.subheader)
+    assert at.slider(key="explorer_grid").disabled
+    assert counters == {"compress": 0, "put": 0}
+
+
+def test_run_button_computes_with_progress_and_then_hits_the_cache(app_env, counters):
+    cfg = RunConfig(grid=1, clusters=1, energy=0.9, seed=7)
+    at = explorer_config(open_page("pages/explorer.py"), cfg)
+    assert any("has not been computed" in i for i in texts(at.info))
+    assert counters["compress"] == 0
+    at.button(key="explorer_run").click().run()
+    assert not at.exception
+    assert counters == {"compress": 1, "put": 1}
+    assert any("Computed and stored" in s for s in texts(at.success))
+    assert cfg.label() in texts(at.subheader)
+    key = run_key(app_env, app_env.baseline()[1], cfg)
+    assert app_env.store.has_run(key)
+    # A fresh session finds it in the store: no second computation.
+    at2 = explorer_config(open_page("pages/explorer.py"), cfg)
+    assert cfg.label() in texts(at2.subheader)
+    assert counters == {"compress": 1, "put": 1}
+
+
+def test_failed_run_is_a_message_and_leaves_the_store_intact(app_env, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("decomposition exploded")
+
+    monkeypatch.setattr(pipeline, "_compressor", broken)
+    before = app_env.store.keys()
+    at = explorer_config(open_page("pages/explorer.py"), RunConfig(grid=3, clusters=2, energy=0.9, seed=8))
+    at.button(key="explorer_run").click().run()
+    assert not at.exception
+    assert any("decomposition exploded" in e for e in texts(at.error))
+    assert app_env.store.keys() == before
+    at.switch_page("pages/pareto.py").run()  # the app keeps working
+    assert not at.exception
+    assert at.get("plotly_chart")
+
+
+def test_budget_mode_needs_no_energy(app_env):
+    at = open_page("pages/explorer.py")
+    at.radio(key="explorer_mode").set_value("FLOPs budget").run()
+    assert not at.exception
+    assert at.select_slider(key="explorer_budget").value == 3.0
+    assert any("x3 has not been computed" in i or "3x" in i for i in texts(at.info))
+
+
+# --------------------------------------------------------------------------------------------
+# Pareto and the selection shared by every page
+
+
+def test_pareto_click_selects_the_run_for_every_page(app_env, stored_runs):
+    at = open_page("pages/pareto.py")
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    spec = charts[0].proto.spec
+    for run in stored_runs.values():
+        assert run["cache_key"] in spec  # every run is a point carrying its key
+    target = stored_runs[HIGH]
+    # What Streamlit reports when a point is clicked (on_select="rerun", selection_mode="points").
+    at.session_state["pareto_chart"] = {"selection": {"points": [{"curve_number": 0, "point_index": 0,
+                                                                  "customdata": [target["cache_key"], ""]}],
+                                                      "point_indices": [0], "box": [], "lasso": []}}
+    at.run()
+    assert not at.exception
+    assert at.session_state["selected_run"] == target["cache_key"]
+    assert f"**{target['label']}**" in texts(at.sidebar.markdown)
+    # The explorer loads the clicked run's configuration into its widgets.
+    at.switch_page("pages/explorer.py").run()
+    assert not at.exception
+    assert at.select_slider(key="explorer_energy").value == 0.99
+    assert target["label"] in texts(at.subheader)
+    at.switch_page("pages/confusion.py").run()
+    assert at.selectbox(key="confusion_pick").value == target["cache_key"]
+
+
+def test_pareto_axes_and_filters(app_env, stored_runs):
+    at = open_page("pages/pareto.py")
+    at.selectbox(key="pareto_y").set_value("kl_to_original")
+    at.selectbox(key="pareto_x").set_value("params")
+    at.checkbox(key="pareto_se").check().run()
+    assert not at.exception
+    at.multiselect(key="pareto_methods").set_value(["svd"]).run()
+    assert not at.exception
+    spec = at.get("plotly_chart")[0].proto.spec
+    assert stored_runs[SVD]["cache_key"] in spec
+    assert stored_runs[LOW]["cache_key"] not in spec
+    at.selectbox(key="pareto_x").set_value("latency").run()  # no run has latency: still renders
+    assert not at.exception
+
+
+def test_confusion_page_counts_and_normalised(app_env, stored_runs):
+    at = open_page("pages/confusion.py", selected=stored_runs[LOW]["cache_key"])
+    assert len(at.get("plotly_chart")) == 6  # original, run, difference, F1, precision, recall
+    at.radio(key="confusion_norm").set_value("row-normalised (recall per true class)").run()
+    assert not at.exception
+    assert "share of row" in at.get("plotly_chart")[0].proto.spec
+
+
+def test_heatmaps_page_draws_all_overlays(app_env, stored_runs):
+    run = stored_runs[LOW]
+    at = open_page("pages/heatmaps.py", selected=run["cache_key"])
+    assert not at.error, texts(at.error)
+    assert len(at.get("plotly_chart")) == 5  # regions, clusters, error, Grad-CAM x2
+    assert any("not a medical device" in i for i in texts(at.info))
+    at.radio(key="heatmaps_kind").set_value("FLOPs kept")
+    at.selectbox(key="heatmaps_layer").set_value(list(run["layers"])[1])
+    at.slider(key="heatmaps_opacity").set_value(0.8).run()
+    assert not at.exception and not at.error
+    assert "FLOPs kept" in at.get("plotly_chart")[0].proto.spec
+    # A baseline run has no clusters: a message replaces that map.
+    at.selectbox(key="heatmaps_pick").set_value(stored_runs[SVD]["cache_key"]).run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 4
+    assert any("HSCC runs only" in i for i in texts(at.info))
+
+
+def test_heatmaps_of_a_fine_tuned_run_ask_before_fine_tuning_again(trained_workspace, stored_runs, tmp_path,
+                                                                   monkeypatch, counters):
+    from hscc_core.workspace import Workspace
+
+    cache = tmp_path / "cache"
+    shutil.copytree(trained_workspace.cache_dir, cache)
+    ws = Workspace.from_env(env=tiny_env(trained_workspace.data, cache))
+    cfg = RunConfig(grid=2, clusters=2, energy=0.9, finetune_epochs=3)
+    base = stored_runs[LOW]
+    run = {k: v for k, v in base.items() if k not in ("cache_key", "cached")}
+    key = run_key(ws, ws.baseline()[1], cfg)
+    ws.store.put_run(key, dict(run, config=cfg.canonical(), label=cfg.label()), ws.store.get_arrays(base["cache_key"]))
+    set_env(monkeypatch, trained_workspace.data, cache)
+    at = open_page("pages/heatmaps.py", selected=key)
+    assert any("fine-tuned for 3 epoch" in w for w in texts(at.warning))
+    assert len(at.get("plotly_chart")) == 1  # the region map needs no model
+    assert counters["compress"] == 0  # nothing rebuilt until asked
+    assert at.button(key="heatmaps_finetune")
+
+
+def test_report_page_offers_html_and_png(app_env, stored_runs):
+    at = open_page("pages/report.py", selected=stored_runs[LOW]["cache_key"])
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Download HTML report", "Download PNG figures (zip)"]
+    at.selectbox(key="report_preview").set_value("Per-class F1").run()
+    assert not at.exception
+    assert len(at.get("image")) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Performance with many cached runs (recorded in docs/app-performance.md)
+
+ENERGIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999)
+
+
+def populate(ws, base: dict, arrays: dict, n: int = 120) -> list[RunConfig]:
+    """Store ``n`` runs under the keys of real HSCC configs (copies of ``base`` with varied metrics)."""
+    meta = ws.baseline()[1]
+    configs = [RunConfig(grid=g, clusters=k, energy=e) for g in (2, 3, 4, 1) for k in (2, 4, 8, 1, 16)
+               for e in ENERGIES][:n]
+    for i, cfg in enumerate(configs):
+        run = {k: v for k, v in base.items() if k not in ("cache_key", "cached")}
+        run.update(config=cfg.canonical(), label=cfg.label(), accuracy=0.4 + 0.5 * (i % 17) / 17,
+                   flops=int(base["flops"] * (0.3 + 0.7 * (i % 23) / 23)))
+        ws.store.put_run(run_key(ws, meta, cfg), run, arrays)
+    return configs
+
+
+@pytest.fixture
+def many_runs_env(trained_workspace, stored_runs, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    shutil.copytree(trained_workspace.cache_dir, cache)
+    from hscc_core.workspace import Workspace
+
+    ws = Workspace.from_env(env=tiny_env(trained_workspace.data, cache))
+    base = stored_runs[LOW]
+    populate(ws, base, ws.store.get_arrays(base["cache_key"]))
+    set_env(monkeypatch, trained_workspace.data, cache)
+    return ws
+
+
+def test_performance_with_100_cached_runs(many_runs_env, stored_runs, counters):
+    """Slider to a cached result <= 0.5 s and page switch <= 1 s (medians, in-process script runs)."""
+    assert len(many_runs_env.store.keys()) >= 100
+    at = open_page("pages/explorer.py", selected=stored_runs[LOW]["cache_key"])
+    at = explorer_config(at, RunConfig(grid=2, clusters=2, energy=0.9))
+    slider_times = []
+    for energy in (0.95, 0.96, 0.97, 0.98, 0.5, 0.6):
+        start = time.perf_counter()
+        at.select_slider(key="explorer_energy").set_value(energy).run()
+        slider_times.append(time.perf_counter() - start)
+        assert RunConfig(grid=2, clusters=2, energy=energy).label() in texts(at.subheader)
+    switch: dict[str, float] = {}
+    for page in PAGES[2:] + PAGES[:2]:  # first visits (warm-up of per-page caches) are not counted
+        at.switch_page(page).run()
+    for _ in range(2):  # best of two tours: the machine may be shared
+        for page in PAGES[2:] + PAGES[:2]:
+            start = time.perf_counter()
+            at.switch_page(page).run()
+            switch[page] = min(switch.get(page, math.inf), time.perf_counter() - start)
+            assert not at.exception
+    assert counters["put"] == 0  # (the heatmaps page rebuilt its model: a resource, not a run)
+    print(f"\nslider to cached result: median {statistics.median(slider_times):.3f} s, "
+          f"max {max(slider_times):.3f} s; page switch: "
+          + ", ".join(f"{p.split('/')[1][:-3]} {t:.3f} s" for p, t in switch.items()))
+    assert statistics.median(slider_times) <= 0.5
+    assert max(switch.values()) <= 1.0

@@ -1,0 +1,499 @@
+"""Plotly figure builders for the app and the reports: pure functions from runs/arrays to ``go.Figure``.
+
+Nothing here computes a metric or touches the store: builders take run dicts (the JSON of
+:mod:`hscc_core.pipeline`) and numpy arrays and return figures, so they are unit-tested directly and
+shared by the Streamlit pages and :mod:`hscc_core.report` (which also renders them to PNG).
+
+Colours follow the Okabe-Ito palette (Okabe and Ito 2008, "Color Universal Design"), which stays
+distinguishable under the common colour-vision deficiencies; every method also has its own marker
+symbol (and bars their own fill pattern), so no information is carried by colour alone. Layouts use
+readable fonts and titles that carry the configuration, so a screenshot stands on its own.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .pareto import axis_value, front_runs, get_axis
+
+__all__ = [
+    "METHOD_STYLE",
+    "OKABE_ITO",
+    "axis_se",
+    "class_label",
+    "confusion_difference_figure",
+    "confusion_figure",
+    "confusion_values",
+    "discrete_colorscale",
+    "key_from_selection",
+    "overlay_figure",
+    "pareto_figure",
+    "per_class_figure",
+    "run_hover",
+    "run_title",
+]
+
+#: The Okabe-Ito colour-blind-safe palette.
+OKABE_ITO = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky_blue": "#56B4E9",
+    "bluish_green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish_purple": "#CC79A7",
+}
+
+#: method -> (display name, colour, plotly marker symbol).
+METHOD_STYLE: dict[str, tuple[str, str, str]] = {
+    "hscc": ("HSCC", OKABE_ITO["blue"], "circle"),
+    "svd": ("Global SVD", OKABE_ITO["vermillion"], "square"),
+    "tucker": ("Tucker-2", OKABE_ITO["bluish_green"], "diamond"),
+    "original": ("Original", OKABE_ITO["black"], "star"),
+}
+_EXTRA_STYLES = [(OKABE_ITO["reddish_purple"], "triangle-up"), (OKABE_ITO["sky_blue"], "cross"),
+                 (OKABE_ITO["orange"], "x"), (OKABE_ITO["yellow"], "hexagon")]
+_BAR_COLOURS = [OKABE_ITO["orange"], OKABE_ITO["blue"], OKABE_ITO["bluish_green"], OKABE_ITO["vermillion"]]
+_BAR_PATTERNS = ["", "/", "x", "."]
+_FRONT_COLOUR = OKABE_ITO["orange"]
+
+FONT = {"family": "DejaVu Sans, Arial, sans-serif", "size": 15}
+_AXIS_FORMAT = {"flops": "~s", "params": "~s", "latency": ".3~f", "accuracy": ".1%", "agreement": ".1%",
+                "macro_f1": ".3f", "kl_to_original": ".2~e"}
+_SE_FIELDS = {"accuracy": "accuracy_se", "macro_f1": "macro_f1_se", "agreement": "agreement_se",
+              "kl_to_original": "kl_to_original_se"}
+
+
+def _style(method: str, extra_index: int = 0) -> tuple[str, str, str]:
+    if method in METHOD_STYLE:
+        return METHOD_STYLE[method]
+    colour, symbol = _EXTRA_STYLES[extra_index % len(_EXTRA_STYLES)]
+    return method, colour, symbol
+
+
+_GRID = "#E5E8EE"
+_AXIS = {"gridcolor": _GRID, "linecolor": "#888", "showline": True, "automargin": True}
+
+
+def _layout(fig: go.Figure, title: str, height: int = 520, **extra: Any) -> go.Figure:
+    # Plotly's named templates are deep-copied and validated into every figure (about 0.1 s each),
+    # which a page of six figures would feel on every rerun: "none" plus these few settings is cheap.
+    fig.update_layout(template="none", font=FONT, height=height, paper_bgcolor="white", plot_bgcolor="white",
+                      hoverlabel={"align": "left"},
+                      xaxis=_AXIS, yaxis=_AXIS,
+                      title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 18}},
+                      margin={"l": 70, "r": 30, "t": 110, "b": 60}, **extra)
+    return fig
+
+
+def class_label(name: str) -> str:
+    """Class folder name for people (``meningioma_tumor`` -> ``meningioma tumor``)."""
+    return str(name).replace("_", " ")
+
+
+def run_title(run: Mapping[str, Any]) -> str:
+    """Short description of a run for titles: its label plus the dataset and model."""
+    label = run.get("label") or ("original model" if run.get("method") == "original" else run.get("method", "run"))
+    bits = [str(label)]
+    if run.get("arch"):
+        bits.append(f"{run['arch']} {run.get('input_size', '')} px".strip())
+    if run.get("data"):
+        data = str(run["data"])
+        bits.append(data if len(data) <= 40 else "..." + data[-37:])
+    return " · ".join(bits)
+
+
+# --------------------------------------------------------------------------------------------
+# Pareto
+
+
+def axis_se(run: Mapping[str, Any], name: str) -> float:
+    """Bootstrap standard error of axis ``name`` for ``run``; NaN when the run has none."""
+    try:
+        if name in _SE_FIELDS:
+            value = run[_SE_FIELDS[name]]
+        elif name.endswith("_f1") and name not in ("macro_f1",):
+            value = run["per_class"][name[:-3]]["f1_se"]
+        else:
+            return math.nan
+    except (KeyError, TypeError):
+        return math.nan
+    return math.nan if value is None else float(value)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return format(value, spec)
+
+
+def _si(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    value = float(value)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.3g}"
+
+
+def run_hover(run: Mapping[str, Any]) -> str:
+    """HTML hover text of a run: configuration and headline metrics with their SEs."""
+    cfg = run.get("config") or {}
+    lines = [f"<b>{html.escape(str(run.get('label') or run.get('method', '')))}</b>"]
+    cfg_bits = [f"{k}={v}" for k, v in sorted(cfg.items()) if v is not None and k != "method"]
+    if cfg_bits:
+        lines.append(html.escape(", ".join(cfg_bits)))
+    if run.get("energy") is not None and cfg.get("energy") is None:
+        lines.append(f"energy found by budget search: {run['energy']:.4f}")
+    lines.append(f"accuracy {_fmt(run.get('accuracy'), '.2%')} ± {_fmt(run.get('accuracy_se'), '.2%')}")
+    lines.append(f"macro F1 {_fmt(run.get('macro_f1'), '.3f')} ± {_fmt(run.get('macro_f1_se'), '.3f')}")
+    if run.get("flops") is not None:
+        fo = run.get("flops_original") or run["flops"]
+        lines.append(f"FLOPs {_si(run['flops'])} ({_fmt(1 - run['flops'] / fo, '.1%')} fewer)")
+    if run.get("params") is not None:
+        lines.append(f"params {_si(run['params'])}")
+    sp = run.get("speedup") or {}
+    if sp.get("b1") is not None:
+        lines.append(f"speed-up x{sp['b1']:.2f} (batch 1), x{_fmt(sp.get('b32'), '.2f')} (batch 32)")
+    if run.get("agreement") is not None:
+        lines.append(f"agreement {_fmt(run['agreement'], '.1%')}, KL {_fmt(run.get('kl_to_original'), '.2e')}")
+    if run.get("p_value_vs_original") is not None:
+        lines.append(f"p vs original {_fmt(run['p_value_vs_original'], '.3g')}")
+    return "<br>".join(lines)
+
+
+def _axis_title(name: str) -> str:
+    axis = get_axis(name)
+    return f"{axis.label} ({'lower' if axis.direction == 'min' else 'higher'} is better)"
+
+
+def _original_value(original: Mapping[str, Any] | None, runs: Sequence[Mapping[str, Any]], name: str) -> float:
+    if original is None:
+        return math.nan
+    value = axis_value(original, name)
+    if math.isnan(value) and name == "latency":
+        # The original's latency is timed beside every compressed model (same process): use the median.
+        lat = [r["latency_ms"]["original"]["b1"]["median"] for r in runs
+               if isinstance(r.get("latency_ms"), Mapping) and r["latency_ms"].get("original")]
+        value = float(np.median(lat)) if lat else math.nan
+    return value
+
+
+def pareto_figure(
+    runs: Sequence[Mapping[str, Any]],
+    x: str = "flops",
+    y: str = "accuracy",
+    original: Mapping[str, Any] | None = None,
+    *,
+    show_front: bool = True,
+    error_bars: bool = False,
+    selected: str | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Scatter of runs over two named axes with the Pareto front as a step line.
+
+    Parameters
+    ----------
+    runs : sequence of run dicts
+        Compressed runs (any method); runs lacking either axis value are left out.
+    x, y : str
+        Axis names of :mod:`hscc_core.pareto` (``flops``, ``params``, ``latency``; ``accuracy``,
+        ``macro_f1``, ``<class>_f1``, ``agreement``, ``kl_to_original``).
+    original : run dict, optional
+        The baseline, drawn as a black star with dotted reference lines.
+    show_front : bool
+        Draw the non-dominated runs as a step line (the attainable region's border).
+    error_bars : bool
+        Vertical bootstrap SE bars where the y axis has them.
+    selected : str, optional
+        Cache key of a run to ring.
+    title : str, optional
+        Defaults to "<y> vs <x>" with the run count.
+
+    Returns
+    -------
+    go.Figure
+        One scatter trace per method (``customdata[i][0]`` is the run's cache key, used by
+        :func:`key_from_selection`), then "Pareto front", "Original" and "Selected" traces.
+    """
+    ax_x, ax_y = get_axis(x), get_axis(y)
+    plotted = [r for r in runs if not (math.isnan(axis_value(r, x)) or math.isnan(axis_value(r, y)))]
+    fig = go.Figure()
+    methods: list[str] = []
+    for r in plotted:
+        if r.get("method") not in methods:
+            methods.append(r.get("method"))
+    order = [m for m in ("hscc", "svd", "tucker") if m in methods] + [m for m in methods if m not in METHOD_STYLE]
+    for i, method in enumerate(order):
+        group = [r for r in plotted if r.get("method") == method]
+        name, colour, symbol = _style(method, i)
+        ys = [axis_value(r, y) for r in group]
+        err = [axis_se(r, y) for r in group] if error_bars else None
+        fig.add_trace(go.Scatter(
+            x=[axis_value(r, x) for r in group], y=ys, mode="markers", name=name,
+            marker={"color": colour, "symbol": symbol, "size": 11, "line": {"width": 1, "color": "white"}},
+            customdata=[[r.get("cache_key", ""), run_hover(r)] for r in group],
+            hovertemplate="%{customdata[1]}<extra></extra>",
+            error_y=({"type": "data", "array": [0 if math.isnan(e) else e for e in err], "visible": True,
+                      "thickness": 1.2, "width": 3, "color": colour} if err is not None else None),
+        ))
+    if show_front and plotted:
+        front = front_runs(plotted, x, y)
+        if front:
+            fx = [axis_value(r, x) for r in front]
+            fy = [axis_value(r, y) for r in front]
+            if ax_x.direction == "max":  # sort by x ascending still; the stair then climbs the other way
+                shape = "vh"
+            else:
+                shape = "hv"
+            fig.add_trace(go.Scatter(x=fx, y=fy, mode="lines+markers", name=f"Pareto front ({len(front)})",
+                                     line={"color": _FRONT_COLOUR, "width": 2.5, "dash": "dash", "shape": shape},
+                                     marker={"color": _FRONT_COLOUR, "symbol": "circle-open", "size": 17,
+                                             "line": {"width": 2}},
+                                     hoverinfo="skip"))
+    ox, oy = _original_value(original, plotted, x), _original_value(original, plotted, y)
+    if original is not None and not math.isnan(oy):
+        fig.add_hline(y=oy, line={"color": OKABE_ITO["black"], "width": 1, "dash": "dot"})
+    if original is not None and not math.isnan(ox):
+        fig.add_vline(x=ox, line={"color": OKABE_ITO["black"], "width": 1, "dash": "dot"})
+    if original is not None and not (math.isnan(ox) or math.isnan(oy)):
+        ose = axis_se(original, y) if error_bars else math.nan
+        fig.add_trace(go.Scatter(
+            x=[ox], y=[oy], mode="markers", name="Original",
+            marker={"color": OKABE_ITO["black"], "symbol": "star", "size": 16},
+            customdata=[["", run_hover(original)]], hovertemplate="%{customdata[1]}<extra></extra>",
+            error_y=({"type": "data", "array": [ose], "visible": True, "color": OKABE_ITO["black"]}
+                     if not math.isnan(ose) else None),
+        ))
+    chosen = [r for r in plotted if selected and r.get("cache_key") == selected]
+    if chosen:
+        r = chosen[0]
+        fig.add_trace(go.Scatter(
+            x=[axis_value(r, x)], y=[axis_value(r, y)], mode="markers", name="Selected run",
+            marker={"color": OKABE_ITO["black"], "symbol": "circle-open", "size": 22, "line": {"width": 3}},
+            customdata=[[r.get("cache_key", ""), run_hover(r)]], hovertemplate="%{customdata[1]}<extra></extra>",
+        ))
+    if title is None:
+        title = f"{ax_y.label} vs {ax_x.label} · {len(plotted)} runs"
+        if plotted and plotted[0].get("data"):
+            first = plotted[0]
+            sub = run_title({"label": "compressed runs", "arch": first.get("arch"),
+                             "input_size": first.get("input_size"), "data": first.get("data")})
+            title += f"<br><sup>{html.escape(sub)}</sup>"
+    _layout(fig, title, height=580,
+            legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "xanchor": "right", "x": 1.0},
+            clickmode="event+select", hovermode="closest")
+    fig.update_xaxes(title_text=_axis_title(x), tickformat=_AXIS_FORMAT.get(x, ""), showgrid=True)
+    fig.update_yaxes(title_text=_axis_title(y), tickformat=_AXIS_FORMAT.get(y, ".3f"), showgrid=True)
+    return fig
+
+
+def key_from_selection(points: Sequence[Mapping[str, Any]] | None, fig: go.Figure | None = None) -> str | None:
+    """The cache key of the first selected run in a plotly selection event of :func:`pareto_figure`.
+
+    Parameters
+    ----------
+    points : list of dict
+        ``event.selection.points`` as Streamlit reports it (``customdata``, or ``curve_number`` and
+        ``point_index``/``point_number``).
+    fig : go.Figure, optional
+        The figure, to resolve points that come without ``customdata``.
+
+    Returns
+    -------
+    str or None
+        None when nothing that is a run (the front, the original) was selected.
+    """
+    for p in points or []:
+        data = p.get("customdata")
+        key = None
+        if isinstance(data, (list, tuple)) and data:
+            key = data[0]
+        elif isinstance(data, str):
+            key = data
+        elif fig is not None:
+            curve = p.get("curve_number", p.get("curveNumber"))
+            index = p.get("point_index", p.get("point_number", p.get("pointIndex")))
+            if curve is not None and index is not None and 0 <= curve < len(fig.data):
+                cd = fig.data[curve].customdata
+                if cd is not None and 0 <= index < len(cd):
+                    key = cd[index][0]
+        if key:
+            return str(key)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Confusion matrices and per-class metrics
+
+
+def confusion_values(cm: Sequence[Sequence[float]] | np.ndarray, normalise: bool = False) -> np.ndarray:
+    """The matrix as floats, rows divided by their sums when ``normalise`` (empty rows stay 0)."""
+    m = np.asarray(cm, dtype=np.float64)
+    if not normalise:
+        return m
+    rows = m.sum(axis=1, keepdims=True)
+    return np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+
+
+def confusion_figure(cm, classes: Sequence[str], normalise: bool = False, title: str = "") -> go.Figure:
+    """Heatmap of a confusion matrix (rows: true class, columns: predicted), values printed in cells."""
+    z = confusion_values(cm, normalise)
+    labels = [class_label(c) for c in classes]
+    text = [[f"{v:.2f}" if normalise else f"{int(round(v))}" for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=labels, y=labels, colorscale="Blues", zmin=0, zmax=1 if normalise else max(float(z.max()), 1.0),
+        text=text, texttemplate="%{text}", textfont={"size": 16},
+        colorbar={"title": {"text": "share of row" if normalise else "images"}},
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+    ))
+    _layout(fig, title, height=480)
+    fig.update_xaxes(title_text="predicted class", side="bottom")
+    fig.update_yaxes(title_text="true class", autorange="reversed")
+    return fig
+
+
+def confusion_difference_figure(cm_new, cm_ref, classes: Sequence[str], normalise: bool = False,
+                                title: str = "") -> go.Figure:
+    """Heatmap of ``cm_new - cm_ref`` on a diverging scale centred on 0 (more: orange, fewer: blue)."""
+    z = confusion_values(cm_new, normalise) - confusion_values(cm_ref, normalise)
+    labels = [class_label(c) for c in classes]
+    text = [[f"{v:+.2f}" if normalise else f"{int(round(v)):+d}" for v in row] for row in z]
+    lim = max(float(np.abs(z).max()), 1e-9 if normalise else 1.0)
+    scale = [[0.0, OKABE_ITO["blue"]], [0.5, "#f7f7f7"], [1.0, OKABE_ITO["orange"]]]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=labels, y=labels, colorscale=scale, zmin=-lim, zmax=lim, zmid=0,
+        text=text, texttemplate="%{text}", textfont={"size": 16},
+        colorbar={"title": {"text": "change"}},
+        hovertemplate="true %{y}<br>predicted %{x}<br>change %{text}<extra></extra>",
+    ))
+    _layout(fig, title, height=480)
+    fig.update_xaxes(title_text="predicted class")
+    fig.update_yaxes(title_text="true class", autorange="reversed")
+    return fig
+
+
+def per_class_figure(runs: Mapping[str, Mapping[str, Any]], metric: str = "f1", title: str | None = None) -> go.Figure:
+    """Grouped bars of one per-class metric (precision, recall or f1) with bootstrap SE error bars.
+
+    Parameters
+    ----------
+    runs : dict name -> run
+        Usually ``{"original": ..., "<label>": ...}``; bar order follows the dict.
+    metric : {"precision", "recall", "f1"}
+    """
+    if metric not in ("precision", "recall", "f1"):
+        raise ValueError(f"metric must be precision, recall or f1, got {metric!r}")
+    fig = go.Figure()
+    for i, (name, run) in enumerate(runs.items()):
+        pc = run.get("per_class") or {}
+        classes = list(run.get("classes") or pc)
+        fig.add_trace(go.Bar(
+            x=[class_label(c) for c in classes], y=[pc[c][metric] for c in classes], name=name,
+            marker={"color": _BAR_COLOURS[i % len(_BAR_COLOURS)],
+                    "pattern": {"shape": _BAR_PATTERNS[i % len(_BAR_PATTERNS)]}},
+            error_y={"type": "data", "array": [pc[c].get(f"{metric}_se") or 0 for c in classes], "visible": True},
+            hovertemplate=f"{html.escape(name)}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
+        ))
+    label = {"f1": "F1", "precision": "precision", "recall": "recall"}[metric]
+    _layout(fig, title or f"Per-class {label} (± bootstrap SE)", height=440, barmode="group",
+            legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0})
+    fig.update_yaxes(title_text=label, range=[0, 1.08])
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Overlays on MRI slices
+
+
+def discrete_colorscale(n: int) -> list[list]:
+    """A stepped colourscale for integer labels 0..n-1 (Okabe-Ito colours, then repeats)."""
+    colours = [OKABE_ITO[k] for k in ("blue", "orange", "bluish_green", "vermillion", "sky_blue",
+                                      "reddish_purple", "yellow", "black")]
+    n = max(int(n), 1)
+    scale = []
+    for i in range(n):
+        c = colours[i % len(colours)]
+        scale += [[i / n, c], [(i + 1) / n, c]]
+    return scale
+
+
+def overlay_figure(
+    image: np.ndarray,
+    overlay: np.ndarray | None = None,
+    *,
+    opacity: float = 0.5,
+    colorscale: Any = "Viridis",
+    zmin: float | None = None,
+    zmax: float | None = None,
+    colorbar_title: str = "",
+    title: str = "",
+    regions: Sequence[Sequence[int]] | None = None,
+    region_text: Sequence[str] | None = None,
+    categories: int | None = None,
+    height: int = 460,
+) -> go.Figure:
+    """An MRI slice in grey with a map laid over it.
+
+    Parameters
+    ----------
+    image : ndarray (H, W)
+        The slice (any numeric range; shown in grey).
+    overlay : ndarray (h, w), optional
+        Values on a grid covering the whole slice (a layer's output map, or the image's own grid);
+        NaN cells are transparent.
+    opacity : float
+        Overlay opacity in [0, 1].
+    regions : list of (h0, h1, w0, w1), optional
+        Region bounds on the overlay grid, outlined in white.
+    region_text : list of str, optional
+        One label per region, printed at its centre.
+    categories : int, optional
+        Treat the overlay as integer labels 0..categories-1 with a stepped colourscale.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D (H, W), got shape {img.shape}")
+    hi, wi = img.shape
+    fig = go.Figure(go.Heatmap(z=img, colorscale="gray", showscale=False, hoverinfo="skip", name="slice"))
+    sy = sx = 1.0
+    if overlay is not None:
+        ov = np.asarray(overlay, dtype=np.float64)
+        if ov.ndim != 2:
+            raise ValueError(f"overlay must be 2-D, got shape {ov.shape}")
+        h, w = ov.shape
+        sy, sx = hi / h, wi / w
+        if categories is not None:
+            colorscale = discrete_colorscale(categories)
+            zmin, zmax = -0.5, categories - 0.5
+        fig.add_trace(go.Heatmap(
+            z=ov, x0=(sx - 1) / 2, dx=sx, y0=(sy - 1) / 2, dy=sy, colorscale=colorscale, zmin=zmin, zmax=zmax,
+            opacity=float(np.clip(opacity, 0.0, 1.0)), name="overlay", hoverongaps=False,
+            colorbar={"title": {"text": colorbar_title, "font": {"size": 13}}, "thickness": 14,
+                      **({"tickvals": list(range(categories)),
+                                                              "ticktext": [str(c) for c in range(categories)]}
+                                                           if categories else {})},
+            hovertemplate=f"{html.escape(colorbar_title) or 'value'} %{{z:.3g}}<extra></extra>",
+        ))
+        if regions is not None:
+            for i, (h0, h1, w0, w1) in enumerate(regions):
+                fig.add_shape(type="rect", x0=w0 * sx - 0.5, x1=w1 * sx - 0.5, y0=h0 * sy - 0.5,
+                              y1=h1 * sy - 0.5, line={"color": "white", "width": 2})
+                if region_text is not None and i < len(region_text):
+                    fig.add_annotation(x=(w0 + w1) / 2 * sx - 0.5, y=(h0 + h1) / 2 * sy - 0.5,
+                                       text=str(region_text[i]), showarrow=False,
+                                       font={"color": "white", "size": 13},
+                                       bgcolor="rgba(0,0,0,0.45)")
+    _layout(fig, title, height=height)
+    fig.update_layout(margin={"l": 10, "r": 10, "t": 80, "b": 10})
+    fig.update_xaxes(visible=False, range=[-0.5, wi - 0.5], constrain="domain")
+    fig.update_yaxes(visible=False, range=[hi - 0.5, -0.5], scaleanchor="x", constrain="domain")
+    return fig

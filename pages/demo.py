@@ -1,0 +1,213 @@
+"""Clinician demo page: one MRI slice in (a test slice or an upload), both models' answers out.
+
+For the original model and a compressed run side by side: the answer and its probability, the four
+class probabilities, Grad-CAM over the slice (where each model looked for its own answer), the time
+of this one inference, and one sentence on what the compression saved and whether the answers agree.
+Laid out to fit a 1920 x 1080 projector without scrolling, in large type and Okabe-Ito colours.
+
+Uploads stay in memory (Streamlit's upload buffer and this session's state); they are decoded by
+``hscc_core.imageio.load_slice`` from bytes, never written to disk, never unpickled, and their names are
+only shown back. All computation is in ``hscc_core.predict``.
+"""
+
+import hashlib
+
+import streamlit as st
+
+from hscc_core.imageio import MAX_BYTES, SliceError, load_slice
+from hscc_core.plots import METHOD_STYLE, OKABE_ITO, class_label, overlay_figure
+from hscc_core.predict import compare, probability_figure, rebuild_compressed
+from hscc_core.store import RunStore
+from pages.common import NOTICE, page_context, run_picker, show_selection, sidebar, workspace_for, workspace_id
+
+SOURCES = ("Test slice", "Upload a file")
+HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+RESULT = "demo_result"  # session key: (token, result) of the last comparison, so widgets do not recompute
+UPLOAD_TOKEN = "demo_upload_token"
+FIGURE_HEIGHT = 320
+
+# Projector-friendly type: larger body text, answers and alerts; a tighter top margin so the whole
+# page fits 1080 px. Static CSS written here (no user content in it).
+STYLE = """<style>
+[data-testid="stMainBlockContainer"] { padding-top: 2.2rem; padding-bottom: 1rem; }
+[data-testid="stMain"] [data-testid="stMarkdownContainer"] p { font-size: 1.15rem; }
+[data-testid="stMain"] [data-testid="stMetricValue"],
+[data-testid="stMain"] [data-testid="stMetricValue"] p { font-size: 2.2rem; line-height: 1.25; }
+[data-testid="stMain"] [data-testid="stMetricLabel"] p { font-size: 1.05rem; }
+[data-testid="stMain"] h1 { font-size: 2.2rem; padding-bottom: 0.2rem; }
+</style>"""
+
+
+@st.cache_resource(show_spinner="Rebuilding the compressed model...", max_entries=4)
+def compressed_model(data: str, cache_dir: str, key: str):
+    """The run's compressed model, rebuilt once per run (a loaded model: a resource)."""
+    return rebuild_compressed(workspace_for(data), RunStore(cache_dir).get_run(key))
+
+
+def pick_test_slice(ctx):
+    """Select box of the test split; returns (uint8 slice, token, caption) or None."""
+    images = ctx.ws.images()
+    classes = list(images.classes)
+    n = len(images.y_test)
+    index = st.selectbox("Test slice", range(n), key="demo_index",
+                         format_func=lambda i: f"#{i} · labelled {class_label(classes[images.y_test[i]])}")
+    if index is None:
+        return None
+    name = images.test_paths[index] if index < len(images.test_paths) else f"#{index}"
+    return (images.x_test[index], f"test:{index}",
+            f"Test slice #{index} ({name}), labelled **{class_label(classes[images.y_test[index]])}**.")
+
+
+def uploaded_slice():
+    """File uploader plus frame/window controls; returns (LoadedSlice, token, caption) or None."""
+    up = st.file_uploader(f"Upload one slice: PNG, JPEG, 16-bit PNG, TIFF or DICOM (up to {MAX_BYTES // 2**20} MB)",
+                          key="demo_upload", max_upload_size=MAX_BYTES // 2**20,
+                          help="The format is found from the content (DICOM files often have no extension). "
+                               "The file stays in memory and is discarded with the session.")
+    if up is None:
+        st.session_state.pop(UPLOAD_TOKEN, None)
+        return None
+    data = up.getvalue()
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    if st.session_state.get(UPLOAD_TOKEN) != digest:
+        # A new file: the previous file's frame and window do not apply to it.
+        for key in ("demo_frame", "demo_manual_window", "demo_center", "demo_width"):
+            st.session_state.pop(key, None)
+        st.session_state[UPLOAD_TOKEN] = digest
+    frame = st.session_state.get("demo_frame")
+    window = None
+    if st.session_state.get("demo_manual_window") and st.session_state.get("demo_width", 0) > 0:
+        window = (st.session_state["demo_center"], st.session_state["demo_width"])
+    try:
+        loaded = load_slice(data, up.name, frame=frame, window=window)
+    except SliceError as exc:
+        st.error(f"Cannot use this file: {exc}")
+        return None
+    meta = loaded.meta
+    if meta.get("frames", 1) > 1 or meta.get("format") == "DICOM" or meta.get("mode") in HIGH_DEPTH:
+        display_controls(loaded)
+    bits = [meta.get("format", "image"), f"{meta.get('width')} x {meta.get('height')} px"]
+    if meta.get("frames", 1) > 1:
+        bits.append(f"frame {meta['frame']} of {meta['frames']}")
+    if meta.get("modality"):
+        bits.insert(1, meta["modality"])
+    caption = f"Uploaded: {', '.join(str(b) for b in bits)}."
+    token = f"upload:{digest}:{meta.get('frame')}:{window}"
+    return loaded, token, caption
+
+
+def display_controls(loaded) -> None:
+    """Frame and manual window of a multi-frame, DICOM or high-bit-depth upload, in a popover."""
+    meta = loaded.meta
+    with st.popover("Frame and window", width="stretch"):
+        if meta.get("frames", 1) > 1:
+            st.session_state.setdefault("demo_frame", int(meta["frame"]))
+            st.number_input(f"Frame (1 to {meta['frames']})", min_value=1, max_value=int(meta["frames"]), step=1,
+                            key="demo_frame")
+        current = meta.get("window") or {}
+        lo, hi = (meta.get("value_range") or [0.0, 255.0])[:2]
+        st.session_state.setdefault("demo_center", float(current.get("center", (lo + hi) / 2)))
+        st.session_state.setdefault("demo_width", float(max(current.get("width", hi - lo), 1.0)))
+        st.checkbox("Manual window", key="demo_manual_window",
+                    help="Off: the file's own window (DICOM Window Center/Width), else its full range.")
+        c = st.columns(2)
+        c[0].number_input("Centre", key="demo_center", step=10.0, format="%.1f")
+        c[1].number_input("Width", key="demo_width", min_value=1.0, step=10.0, format="%.1f")
+        st.caption(f"Values in this frame: {lo:.6g} to {hi:.6g}"
+                   + (" (after rescale)" if meta.get("format") == "DICOM" else ""))
+
+
+def pick_run(ctx):
+    """The compressed run to compare (the app's selection by default); (run or None, message or None)."""
+    run = run_picker(ctx, "demo")
+    if run is None:
+        return None, None
+    epochs = int((run.get("config") or {}).get("finetune_epochs") or 0)
+    if epochs:
+        return None, (f"**{run['label']}** was fine-tuned ({epochs} epochs) and its trained weights are not "
+                      "stored, so this page cannot rebuild it: choose a run without fine-tuning.")
+    return run, None
+
+
+def results(ctx, result, run, opacity) -> None:
+    """Both models side by side: answer, time, Grad-CAM overlay and probability bars."""
+    o, c = result["original"], result["compressed"]
+    columns = st.columns(2, gap="large")
+    method = (run or {}).get("method", "hscc")
+    panels = [(columns[0], "Original model", o, OKABE_ITO["black"], None),
+              (columns[1], f"Compressed · {run['label']}" if run else "Compressed model", c,
+               METHOD_STYLE.get(method, METHOD_STYLE["hscc"])[1], o)]
+    for col, title, res, colour, ref in panels:
+        with col:
+            st.subheader(title, anchor=False)
+            if res is None:
+                st.info("No compressed run to compare: pick one above.")
+                continue
+            m = st.columns(2)
+            m[0].metric(f"Answer (p = {res['probabilities'][res['class']]:.2f})", class_label(res["class"]))
+            # The comparison goes in the label, not a delta line: both columns keep the same height.
+            label = "Time for this slice" + ("" if ref is None else f" (original {ref['ms']:.1f} ms)")
+            m[1].metric(label, f"{res['ms']:.1f} ms",
+                        help=f"median of {res['runs']} single-slice inferences after warm-up, {res['device']}; "
+                             "the two models' runs are interleaved so both see the same machine load")
+            f = st.columns([1, 1.15])
+            f[0].plotly_chart(overlay_figure(result["input"], res.get("cam"), opacity=opacity, colorscale="Inferno",
+                                             zmin=0, zmax=1, colorbar_title="Grad-CAM", height=FIGURE_HEIGHT,
+                                             title=f"Where it looked for <b>{class_label(res['class'])}</b>"),
+                              key=f"demo_cam_{'o' if ref is None else 'c'}", theme=None)
+            f[1].plotly_chart(probability_figure(res, colour, title="Class probabilities", height=FIGURE_HEIGHT),
+                              key=f"demo_probs_{'o' if ref is None else 'c'}", theme=None)
+
+
+def main(ctx) -> None:
+    st.markdown(STYLE, unsafe_allow_html=True)
+    st.warning(NOTICE, icon=":material/warning:")
+    top = st.columns([1.0, 2.3, 2.3, 1.0], vertical_alignment="top")
+    source = top[0].radio("Slice", SOURCES, key="demo_source")
+    with top[1]:
+        picked = pick_test_slice(ctx) if source == SOURCES[0] else uploaded_slice()
+    with top[2]:
+        run, message = pick_run(ctx)
+        if message:
+            st.warning(message)
+    opacity = top[3].slider("Grad-CAM opacity", 0.0, 1.0, 0.45, 0.05, key="demo_opacity")
+    if picked is None:
+        if source == SOURCES[1] and st.session_state.get("demo_upload") is None:
+            st.info("Upload one MRI slice to see both models' answers.")
+        return
+    slice_, token, caption = picked
+    key = run["cache_key"] if run else None
+    token = (workspace_id(), token, key)
+    memo = st.session_state.get(RESULT)
+    if memo is not None and memo[0] == token:
+        result = memo[1]
+    else:
+        try:
+            comp = compressed_model(workspace_id(), ctx.cache_dir, key) if run else None
+            with st.spinner("Running both models..."):
+                result = compare(ctx.ws, key, slice_, compressed=comp, run=run)
+        except (SliceError, ValueError) as exc:
+            st.error(f"Cannot compare on this slice: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - a demo shows a message, never a traceback
+            st.error(f"Could not run the models on this slice ({type(exc).__name__}: {exc})")
+            return
+        st.session_state[RESULT] = (token, result)
+    notes = getattr(slice_, "notes", [])
+    st.caption(caption + (" Converted: " + "; ".join(notes) + "." if notes else ""))
+    if result["agree"] is None:
+        st.info(result["summary"])
+    elif result["agree"]:
+        st.success(result["summary"], icon=":material/check_circle:")
+    else:  # the words say it too; colour is never the only cue
+        st.error(result["summary"], icon=":material/error:")
+    results(ctx, result, run, opacity)
+
+
+sidebar_slot = sidebar()
+st.title("Clinician demo", anchor=False)
+context = page_context()
+if context is not None:
+    main(context)
+show_selection(sidebar_slot, context)
+st.caption(NOTICE)

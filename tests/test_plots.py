@@ -1,0 +1,183 @@
+"""Tests of hscc_core.plots: pure figure builders on synthetic runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from hscc_core import plots
+from hscc_core.pareto import front_runs
+from hscc_core.plots import (METHOD_STYLE, OKABE_ITO, axis_se, confusion_difference_figure, confusion_figure,
+                             confusion_values, key_from_selection, overlay_figure, pareto_figure, per_class_figure)
+
+CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
+
+
+def fake_run(i: int, method: str = "hscc", flops: float = 1e6, accuracy: float = 0.8, **extra) -> dict:
+    per_class = {c: {"precision": 0.5 + 0.1 * k, "precision_se": 0.01, "recall": 0.6, "recall_se": 0.02,
+                     "f1": 0.55 + 0.05 * k, "f1_se": 0.03 + 0.01 * k, "support": 10} for k, c in enumerate(CLASSES)}
+    run = {"method": method, "cache_key": f"{i:024x}", "label": f"{method} run {i}",
+           "config": {"method": method, "grid": 2, "clusters": 4, "energy": 0.9}, "classes": CLASSES,
+           "accuracy": accuracy, "accuracy_se": 0.02, "macro_f1": accuracy - 0.05, "macro_f1_se": 0.03,
+           "agreement": 0.9, "agreement_se": 0.01, "kl_to_original": 0.01, "kl_to_original_se": 0.001,
+           "flops": flops, "flops_original": 2e6, "params": flops / 10, "per_class": per_class,
+           "confusion_matrix": [[5, 1, 0, 0], [1, 4, 1, 0], [0, 0, 6, 0], [0, 0, 0, 0]],
+           "latency_ms": {"original": {"b1": {"median": 2.0, "p90": 2.5}},
+                          "compressed": {"b1": {"median": 1.0 + flops / 1e6, "p90": 2.0}}},
+           "speedup": {"b1": 1.5, "b32": 1.4}, "p_value_vs_original": 0.3}
+    run.update(extra)
+    return run
+
+
+RUNS = [fake_run(0, "hscc", 0.5e6, 0.70), fake_run(1, "hscc", 1.0e6, 0.85), fake_run(2, "svd", 0.8e6, 0.60),
+        fake_run(3, "tucker", 1.2e6, 0.80), fake_run(4, "hscc", 1.5e6, 0.90)]
+ORIGINAL = fake_run(9, "original", 2e6, 0.88, label=None, config={}, latency_ms=None)
+
+
+def trace(fig: go.Figure, name: str):
+    matches = [t for t in fig.data if t.name == name or (t.name or "").startswith(name)]
+    assert matches, f"no trace {name!r} in {[t.name for t in fig.data]}"
+    return matches[0]
+
+
+def test_methods_get_distinct_okabe_ito_colours_and_symbols():
+    fig = pareto_figure(RUNS, "flops", "accuracy", ORIGINAL)
+    seen = set()
+    for method in ("hscc", "svd", "tucker"):
+        name, colour, symbol = METHOD_STYLE[method]
+        t = trace(fig, name)
+        assert t.marker.color == colour and t.marker.symbol == symbol
+        assert colour in OKABE_ITO.values()
+        seen.add((colour, symbol))
+    assert len(seen) == 3
+    assert len({s for _, _, s in METHOD_STYLE.values()}) == len(METHOD_STYLE)  # symbols differ too
+
+
+def test_points_carry_their_cache_key_and_hover_with_config_and_se():
+    fig = pareto_figure(RUNS, "flops", "accuracy")
+    hscc = trace(fig, "HSCC")
+    keys = [cd[0] for cd in hscc.customdata]
+    assert keys == [r["cache_key"] for r in RUNS if r["method"] == "hscc"]
+    hover = hscc.customdata[0][1]
+    assert "grid=2" in hover and "clusters=4" in hover and "± 2.00%" in hover and "FLOPs" in hover
+    assert list(hscc.x) == [0.5e6, 1.0e6, 1.5e6]
+
+
+def test_front_is_a_step_line_over_exactly_the_non_dominated_runs():
+    fig = pareto_figure(RUNS, "flops", "accuracy", ORIGINAL)
+    front = trace(fig, "Pareto front")
+    expected = front_runs(RUNS, "flops", "accuracy")
+    assert [r["cache_key"] for r in expected] == [RUNS[0]["cache_key"], RUNS[1]["cache_key"], RUNS[4]["cache_key"]]
+    assert list(front.x) == [r["flops"] for r in expected]
+    assert list(front.y) == [r["accuracy"] for r in expected]
+    assert front.line.shape == "hv"
+    assert front.name == "Pareto front (3)"
+    assert "Pareto front" not in [t.name for t in pareto_figure(RUNS, show_front=False).data]
+
+
+def test_original_is_a_reference_star_with_lines():
+    fig = pareto_figure(RUNS, "flops", "accuracy", ORIGINAL)
+    star = trace(fig, "Original")
+    assert star.marker.symbol == "star" and list(star.x) == [2e6] and list(star.y) == [0.88]
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert len(lines) == 2
+    # Latency of the original comes from the runs' own timings of it (median).
+    lat = pareto_figure(RUNS, "latency", "accuracy", ORIGINAL)
+    assert list(trace(lat, "Original").x) == [2.0]
+
+
+def test_error_bars_follow_the_y_axis_se():
+    fig = pareto_figure(RUNS, "flops", "meningioma_tumor_f1", error_bars=True)
+    hscc = trace(fig, "HSCC")
+    assert hscc.error_y.visible and list(hscc.error_y.array) == [pytest.approx(0.04)] * 3
+    assert list(hscc.y) == [pytest.approx(0.60)] * 3
+    assert trace(pareto_figure(RUNS, "flops", "accuracy"), "HSCC").error_y.array is None
+    assert axis_se(RUNS[0], "kl_to_original") == 0.001
+    assert math.isnan(axis_se(RUNS[0], "flops"))
+
+
+def test_runs_without_a_value_are_left_out_and_selection_is_ringed():
+    runs = RUNS + [fake_run(7, "hscc", 0.7e6, 0.75, latency_ms=None)]
+    fig = pareto_figure(runs, "latency", "accuracy", selected=RUNS[1]["cache_key"])
+    assert RUNS[1]["cache_key"] in [cd[0] for cd in trace(fig, "Selected").customdata]
+    assert "0" * 23 + "7" not in [cd[0] for t in fig.data if t.customdata is not None for cd in t.customdata]
+    assert "5 runs" in fig.layout.title.text
+    assert trace(fig, "Selected").marker.symbol == "circle-open"
+
+
+def test_empty_run_list_gives_an_empty_figure():
+    fig = pareto_figure([], "flops", "accuracy", ORIGINAL)
+    assert [t.name for t in fig.data] == ["Original"]
+    with pytest.raises(ValueError, match="unknown axis"):
+        pareto_figure(RUNS, "flops", "nonsense")
+
+
+def test_key_from_selection_reads_customdata_or_indices():
+    fig = pareto_figure(RUNS, "flops", "accuracy", ORIGINAL)
+    key = RUNS[4]["cache_key"]
+    assert key_from_selection([{"customdata": [key, "hover"]}]) == key
+    assert key_from_selection([{"curve_number": 0, "point_index": 2}], fig) == key
+    front_index = [t.name for t in fig.data].index("Pareto front (3)")
+    assert key_from_selection([{"curve_number": front_index, "point_index": 0}], fig) is None
+    original_index = [t.name for t in fig.data].index("Original")
+    assert key_from_selection([{"curve_number": original_index, "point_index": 0}], fig) is None
+    assert key_from_selection([], fig) is None and key_from_selection(None) is None
+
+
+def test_confusion_values_and_figures():
+    cm = RUNS[0]["confusion_matrix"]
+    norm = confusion_values(cm, True)
+    np.testing.assert_allclose(norm[0], [5 / 6, 1 / 6, 0, 0])
+    np.testing.assert_allclose(norm[3], 0)  # a class without support stays 0
+    fig = confusion_figure(cm, CLASSES, normalise=True, title="t")
+    hm = fig.data[0]
+    np.testing.assert_allclose(hm.z, norm)
+    assert hm.text[0][0] == "0.83" and hm.zmax == 1
+    assert list(hm.x) == ["glioma tumor", "meningioma tumor", "no tumor", "pituitary tumor"]
+    assert fig.layout.yaxis.autorange == "reversed"
+    counts = confusion_figure(cm, CLASSES)
+    assert counts.data[0].text[2][2] == "6"
+    other = [[6, 0, 0, 0], [1, 4, 1, 0], [0, 0, 5, 1], [0, 0, 0, 0]]
+    diff = confusion_difference_figure(other, cm, CLASSES)
+    np.testing.assert_allclose(diff.data[0].z, np.asarray(other) - np.asarray(cm))
+    assert diff.data[0].zmid == 0 and diff.data[0].zmin == -1 and diff.data[0].text[0][0] == "+1"
+
+
+def test_per_class_bars_have_se_error_bars_and_patterns():
+    fig = per_class_figure({"original": ORIGINAL, "hscc": RUNS[0]}, "f1")
+    assert [t.name for t in fig.data] == ["original", "hscc"]
+    assert list(fig.data[1].y) == [pytest.approx(0.55 + 0.05 * k) for k in range(4)]
+    assert list(fig.data[1].error_y.array) == [pytest.approx(0.03 + 0.01 * k) for k in range(4)]
+    assert fig.data[0].marker.pattern.shape != fig.data[1].marker.pattern.shape
+    assert fig.layout.barmode == "group"
+    with pytest.raises(ValueError):
+        per_class_figure({"x": RUNS[0]}, "auc")
+
+
+def test_overlay_places_a_coarse_map_over_the_slice():
+    image = np.arange(64 * 64).reshape(64, 64) % 255
+    overlay = np.array([[0.1, 0.2], [0.3, np.nan]])
+    fig = overlay_figure(image, overlay, opacity=0.3, regions=[(0, 1, 0, 2), (1, 2, 0, 2)],
+                         region_text=["a", "b"], title="x")
+    base, over = fig.data
+    assert np.asarray(base.z).shape == (64, 64) and base.colorscale[0][1].startswith("rgb(0")
+    assert over.dx == 32 and over.x0 == 15.5 and over.opacity == 0.3
+    assert len(fig.layout.shapes) == 2 and fig.layout.shapes[1].y0 == 31.5
+    assert [a.text for a in fig.layout.annotations] == ["a", "b"]
+    assert fig.layout.yaxis.scaleanchor == "x"
+    cats = overlay_figure(image, np.array([[0, 1], [2, 0]]), categories=3)
+    assert cats.data[1].zmin == -0.5 and cats.data[1].zmax == 2.5 and len(cats.data[1].colorscale) == 6
+    assert len(overlay_figure(image).data) == 1
+    with pytest.raises(ValueError):
+        overlay_figure(np.zeros((2, 2, 3)))
+
+
+def test_titles_are_readable_and_carry_the_run():
+    assert plots.run_title({"label": "hscc G2 K4 tau=0.95", "arch": "alexnet", "input_size": 224,
+                            "data": "phantom"}) == "hscc G2 K4 tau=0.95 · alexnet 224 px · phantom"
+    fig = pareto_figure(RUNS, "flops", "accuracy")
+    assert fig.layout.font.size >= 14 and fig.layout.title.font.size >= 16
+    assert "higher is better" in fig.layout.yaxis.title.text and "lower is better" in fig.layout.xaxis.title.text
