@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sub.add_parser(name, help=help_text, description=help_text))
     from . import cli_compress  # noqa: PLC0415 - keeps this module short; registers more commands
     COMMANDS.update(cli_compress.register(sub, _common))
+    from . import cli_predict  # noqa: PLC0415
+    COMMANDS.update(cli_predict.register(sub, _common))
     return parser
 
 
