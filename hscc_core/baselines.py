@@ -213,8 +213,35 @@ def plan_svd_macs(decomp: SVDDecomposition, energy: float) -> int:
     return plan_svd(decomp, energy).macs()
 
 
+def _needs_grad(module: nn.Module, x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+
+
+def _pointwise(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A 1x1 convolution as one GEMM over (image, position) rows, channels_last in and out.
+
+    oneDNN runs 1x1 convolutions with few channels poorly (NCHW especially); a plain GEMM with
+    the bias fused (``addmm``) does the same MACs, which FlopCounterMode counts alike.
+    """
+    n, c, h, w = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when x is channels_last
+    wt = conv.weight.view(conv.out_channels, c).t()
+    y = torch.addmm(conv.bias, rows, wt) if conv.bias is not None else torch.mm(rows, wt)
+    return y.view(n, h, w, conv.out_channels).permute(0, 3, 1, 2)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    # An RGB image stays NCHW: converting 3 channels costs more than oneDNN gains from it.
+    return x.contiguous(memory_format=torch.channels_last) if x.shape[1] >= 8 else x
+
+
 class LowRankConv2d(nn.Sequential):
-    """k-channel kh x kw convolution (original stride/padding/dilation) then a 1x1 convolution."""
+    """k-channel kh x kw convolution (original stride/padding/dilation) then a 1x1 convolution.
+
+    The inference forward runs the 1x1 map as one GEMM on channels_last rows (same care as
+    :class:`hscc_core.hscc.HSCCConv2d`, so speed comparisons are fair); with gradients it runs
+    the two modules as they are.
+    """
 
     def __init__(self, conv: nn.Conv2d, first: np.ndarray, second: np.ndarray, bias: torch.Tensor | None):
         k = first.shape[0]
@@ -224,11 +251,18 @@ class LowRankConv2d(nn.Sequential):
             dilation=conv.dilation, bias=False, padding_mode=conv.padding_mode, device=dev, dtype=dt,
         )
         expand = nn.Conv2d(k, conv.out_channels, 1, bias=bias is not None, device=dev, dtype=dt)
-        reduce.weight.data.copy_(torch.as_tensor(first.reshape(reduce.weight.shape), dtype=dt))
+        # channels_last weights make oneDNN produce channels_last maps (rows for the GEMM).
+        first_t = torch.as_tensor(first.reshape(reduce.weight.shape), dtype=dt, device=dev)
+        reduce.weight.data = first_t.contiguous(memory_format=torch.channels_last)
         expand.weight.data.copy_(torch.as_tensor(second.reshape(expand.weight.shape), dtype=dt))
         if bias is not None:
             expand.bias.data.copy_(bias.detach())
         super().__init__(reduce, expand)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _needs_grad(self, x):
+            return super().forward(x)
+        return _pointwise(self[0](_channels_last(x)), self[1])
 
 
 def build_svd(model: nn.Module, plan: SVDPlan) -> nn.Module:
@@ -348,7 +382,11 @@ def plan_tucker_macs(decomp: TuckerDecomposition, energy: float) -> int:
 
 
 class Tucker2Conv2d(nn.Sequential):
-    """1x1 (I -> r_in), kh x kw core (r_in -> r_out, original stride/padding), 1x1 (r_out -> O) + bias."""
+    """1x1 (I -> r_in), kh x kw core (r_in -> r_out, original stride/padding), 1x1 (r_out -> O) + bias.
+
+    The inference forward runs both 1x1 maps as GEMMs on channels_last rows and the core as a
+    channels_last convolution; with gradients it runs the three modules as they are.
+    """
 
     def __init__(self, conv: nn.Conv2d, core: np.ndarray, f_out: np.ndarray, f_in: np.ndarray):
         r_out, r_in = core.shape[:2]
@@ -360,11 +398,18 @@ class Tucker2Conv2d(nn.Sequential):
         )
         last = nn.Conv2d(r_out, conv.out_channels, 1, bias=conv.bias is not None, device=dev, dtype=dt)
         first.weight.data.copy_(torch.as_tensor(f_in.T.reshape(first.weight.shape), dtype=dt))
-        mid.weight.data.copy_(torch.as_tensor(np.ascontiguousarray(core), dtype=dt))
+        mid.weight.data = torch.as_tensor(np.ascontiguousarray(core), dtype=dt, device=dev).contiguous(
+            memory_format=torch.channels_last)
         last.weight.data.copy_(torch.as_tensor(f_out.reshape(last.weight.shape), dtype=dt))
         if conv.bias is not None:
             last.bias.data.copy_(conv.bias.detach())
         super().__init__(first, mid, last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _needs_grad(self, x):
+            return super().forward(x)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return _pointwise(self[1](_pointwise(x, self[0])), self[2])
 
 
 def build_tucker(model: nn.Module, plan: TuckerPlan) -> nn.Module:

@@ -19,6 +19,11 @@ of a region (relative variance <= 1e-12 of the region's largest: dead filters, c
 zeros, exactly constant outputs) "never activates" there. It carries no information beyond its
 mean, so it is left out of the clustering and outputs exactly b_o + mu_{r,o}, with no convolution.
 
+Speed: :class:`HSCCConv2d` runs a fast inference path (per region one stage-1 convolution or
+im2col GEMM, per block one in-place GEMM with its bias, one channel gather per region, channels_last
+output) and keeps the plain module-by-module path as :meth:`HSCCConv2d.forward_reference`; both
+compute the same thing and do exactly the analytical MACs (docs/performance.md).
+
 Exactness at tau = 1: every block keeps all directions with non-zero calibration energy, so the
 compressed layer reproduces the original on the calibration data. On other inputs it is exact only
 where the calibration Grams are full rank (then every block stays dense); with few calibration
@@ -54,6 +59,7 @@ __all__ = [
     "plan_hscc",
     "plan_macs",
     "replace_module",
+    "set_stage1_mode",
 ]
 
 _KMEANS_N_INIT = 4
@@ -384,30 +390,48 @@ def plan_hscc(
 
 
 class _RegionConv(nn.Module):
-    """One region's blocks: a stacked first-stage conv, per-block 1x1 maps, channel reorder, bias."""
+    """One region's blocks: a stacked first-stage conv, per-block 1x1 maps, channel reorder, bias.
+
+    The region's channels are kept in *sorted* order: the blocks one after the other in cluster
+    order, then the rank-0 channels. The stage-1 rows, the 1x1 maps and the bias all follow it, so
+    each block reads a slice of the stage-1 output (``splits``) and owns a slice of the bias
+    (``cols``). ``order[j]`` is the original channel of sorted slot j and ``perm`` its inverse.
+    """
 
     def __init__(
         self,
-        out_size: tuple[int, int],
+        bounds: tuple[int, int, int, int],
+        window: tuple[int, int, int, int],
         stage1: nn.Conv2d | None,
         splits: list[tuple[int, int]],
+        cols: list[tuple[int, int]],
         expands: list[nn.Module],
         n_const: int,
-        perm: torch.Tensor,
+        order: torch.Tensor,
         bias: torch.Tensor,
     ) -> None:
         super().__init__()
-        self.out_size = out_size
+        h0, h1, w0, w1 = bounds
+        self.bounds = bounds
+        self.out_size = (h1 - h0, w1 - w0)
+        self.window = window  # (top, bottom, left, right) in the zero-padded input
         self.stage1 = stage1
         self.splits = splits
+        self.cols = cols
         self.expands = nn.ModuleList(expands)
         self.n_const = n_const
+        order = order.to(torch.int64)
+        perm = torch.empty_like(order)
+        perm[order] = torch.arange(order.numel(), device=order.device)
+        self.register_buffer("order", order)
         self.register_buffer("perm", perm)
-        # Skip the reorder copy when the blocks already come in channel order (e.g. K = 1, dense).
-        self.reorder = not torch.equal(perm.cpu(), torch.arange(perm.numel()))
+        # Skip the reorder when the blocks already come in channel order (e.g. K = 1, dense).
+        self.reorder = not torch.equal(order.cpu(), torch.arange(order.numel()))
         self.bias = nn.Parameter(bias)
+        self.factorised = [isinstance(e, nn.Conv2d) for e in expands]
 
-    def forward(self, window: torch.Tensor) -> torch.Tensor:
+    def forward_reference(self, window: torch.Tensor) -> torch.Tensor:
+        """Reference: one module call per block, concatenation, bias, reorder (NCHW)."""
         n = window.shape[0]
         h, w = self.out_size
         parts = []
@@ -418,9 +442,49 @@ class _RegionConv(nn.Module):
         if self.n_const:
             parts.append(window.new_zeros(n, self.n_const, h, w))
         y = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        if self.reorder:
-            y = y.index_select(1, self.perm)
-        return y + self.bias.view(1, -1, 1, 1)
+        y = y + self.bias.view(1, -1, 1, 1)
+        return y.index_select(1, self.perm) if self.reorder else y
+
+    def rows_into(self, win: torch.Tensor, rows: torch.Tensor, layer: HSCCConv2d, use_gemm: bool) -> None:
+        """Write the region's outputs into ``rows`` (N h w, O): (image, position) rows in
+        row-major order, the region's *sorted* channels as columns.
+
+        ``win`` is the region's zero-padded input window (N, I, window h, window w). Every element
+        of ``rows`` is written exactly once (each channel belongs to one block or is rank 0), so it
+        may start uninitialised.
+        """
+        n = win.shape[0]
+        h, w = self.out_size
+        p = n * h * w
+        bias = self.bias
+        if self.stage1 is not None:
+            wt = self.stage1.weight  # channels_last: (R, kh, kw, I) in memory
+            if use_gemm:
+                # im2col as one strided copy of the window (kh kw I per row, I fastest since the
+                # window is channels_last), then one GEMM whose M dimension is every (image,
+                # position) row: far better blocking than a direct conv on a tiny map.
+                (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+                s_n, s_c, s_h, s_w = win.stride()
+                patches = win.as_strided(
+                    (n, h, w, kh, kw, win.shape[1]),
+                    (s_n, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c),
+                    win.storage_offset(),
+                )
+                z2 = torch.mm(patches.reshape(p, -1), wt.permute(0, 2, 3, 1).reshape(wt.shape[0], -1).t())
+            else:
+                # channels_last weights make oneDNN return a channels_last map, so z2 is a view.
+                z = F.conv2d(win, wt, None, layer.stride, 0, layer.dilation)
+                z2 = z.permute(0, 2, 3, 1).reshape(p, wt.shape[0])
+            for k, ((za, zb), (s, e), expand) in enumerate(zip(self.splits, self.cols, self.expands)):
+                if self.factorised[k]:
+                    # The block's 1x1 map with its bias fused, written in place.
+                    u = expand.weight.view(e - s, zb - za)
+                    torch.addmm(bias[s:e], z2[:, za:zb], u.t(), out=rows[:, s:e])
+                else:
+                    torch.add(z2[:, za:zb], bias[s:e], out=rows[:, s:e])
+        if self.n_const:
+            s = self.order.numel() - self.n_const
+            rows[:, s:].copy_(bias[s:].expand(p, -1))
 
     def macs_per_position(self) -> int:
         total = 0
@@ -433,12 +497,37 @@ class _RegionConv(nn.Module):
         return total
 
 
+STAGE1_MODES = ("auto", "conv", "gemm")
+# "auto" runs stage 1 as im2col + GEMM when a region's im2col matrix has at most this many
+# elements, else as a direct (oneDNN) convolution. Measured on the benchmark CPU (docs/performance.md):
+# GEMM wins on AlexNet's 3x3 layers at both batch sizes and on every layer at batch 1; the direct
+# conv wins where the copy gets large (conv1 and conv2 at batch 32, 2.3M and 2.5M elements).
+GEMM_MAX_ELEMENTS = 1 << 20
+# A direct-conv stage 1 reads inputs with fewer channels than this (an RGB image) as they come
+# (NCHW): converting a 3-channel map to channels_last costs more than the convolution saves.
+_MIN_CHANNELS_LAST = 8
+
+
 class HSCCConv2d(nn.Module):
     """A Conv2d replaced by per-region, per-cluster low-rank blocks (see module docstring).
 
-    Each region is computed from its own input window: the input is sliced to the rows/columns
-    the region's outputs read, zero-padded only where the window leaves the map, and convolved
-    with padding 0 and the original stride/dilation. Only real, factorised work is done.
+    Each region is computed from its own input window: the rows/columns the region's outputs
+    read, zero-padded only where the window leaves the map, convolved with padding 0 and the
+    original stride/dilation. Only real, factorised work is done.
+
+    Two forward paths give the same result (to float round-off):
+
+    * :meth:`forward` (fast, inference): per region, one stacked stage-1 product on the region's
+      zero-padded input window, either a direct convolution or im2col + one GEMM (``stage1_mode``:
+      ``"auto"``, ``"conv"`` or ``"gemm"``); then per factorised block one GEMM with its bias
+      fused, written in place into the region's row buffer (image x position rows, sorted
+      channels as columns); rank-0 channels are filled with their constant, no convolution. One
+      column gather restores the channel order and one copy puts the region in place in a
+      channels_last output. No concatenation, no separate bias pass; the FLOPs counted are
+      exactly :meth:`analytical_macs`.
+    * :meth:`forward_reference`: one module call per block, ``torch.cat``, reorder, per-region
+      padding; the readable specification the tests compare the fast path against, and the path
+      used whenever gradients are needed (fine-tuning), since in-place GEMMs have no autograd.
     """
 
     def __init__(self, conv: nn.Conv2d, plan: LayerPlan) -> None:
@@ -453,7 +542,8 @@ class HSCCConv2d(nn.Module):
         self.pads = conv_paddings(conv)
         self.out_hw = tuple(d.out_hw)
         self.grid_hw = tuple(d.grid_hw)
-        self.bounds = [reg.bounds for reg in d.regions]
+        self.bounds = [tuple(reg.bounds) for reg in d.regions]
+        self.stage1_mode = "auto"
         dev, dt = conv.weight.device, conv.weight.dtype
         w = conv.weight.detach().to(torch.float64).cpu().numpy().reshape(conv.out_channels, -1)
         b = (
@@ -462,6 +552,7 @@ class HSCCConv2d(nn.Module):
             else np.zeros(conv.out_channels)
         )
         kh, kw = self.kernel_size
+        (sh, sw), (dh, dw) = self.stride, self.dilation
 
         def tensor(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=dev)
@@ -470,7 +561,7 @@ class HSCCConv2d(nn.Module):
         for reg, ranks in zip(d.regions, plan.ranks):
             h0, h1, w0, w1 = reg.bounds
             bias = b.copy()
-            rows, splits, expands, order = [], [], [], []
+            rows, splits, cols, expands, order = [], [], [], [], []
             const = np.flatnonzero(reg.labels < 0).tolist()
             bias[const] += reg.mean[const]
             for blk, k in zip(reg.blocks, ranks):
@@ -492,6 +583,7 @@ class HSCCConv2d(nn.Module):
                     expands.append(e)
                     bias[ch] += blk.mean - u @ (u.T @ blk.mean)
                 splits.append((start, start + rows[-1].shape[0]))
+                cols.append((len(order), len(order) + ch.size))
                 order.extend(ch.tolist())
             stage1 = None
             if rows:
@@ -500,18 +592,134 @@ class HSCCConv2d(nn.Module):
                     d.in_channels, wt.shape[0], (kh, kw), stride=self.stride,
                     dilation=self.dilation, padding=0, bias=False, device=dev, dtype=dt,
                 )
-                stage1.weight.data.copy_(tensor(wt.reshape(-1, d.in_channels, kh, kw)))
+                # channels_last weights: the GEMM path reads them as an (R, kh kw I) matrix view.
+                stage1.weight.data = tensor(wt.reshape(-1, d.in_channels, kh, kw)).contiguous(
+                    memory_format=torch.channels_last)
             order.extend(const)
-            perm = np.empty(d.out_channels, dtype=np.int64)
-            perm[np.asarray(order, dtype=np.int64)] = np.arange(d.out_channels)
+            order_arr = np.asarray(order, dtype=np.int64)
+            # The window in the coordinates of the input padded once by the conv's own padding.
+            window = (h0 * sh, (h1 - 1) * sh + dh * (kh - 1) + 1, w0 * sw, (w1 - 1) * sw + dw * (kw - 1) + 1)
             regions.append(
                 _RegionConv(
-                    (h1 - h0, w1 - w0), stage1, splits, expands, len(const),
-                    torch.as_tensor(perm, device=dev), tensor(bias),
+                    tuple(reg.bounds), window, stage1, splits, cols, expands, len(const),
+                    torch.as_tensor(order_arr, device=dev), tensor(bias[order_arr]),
                 )
             )
         self.regions = nn.ModuleList(regions)
 
+    # ---- description without the plan (export) ---------------------------------------------
+    def spec(self) -> dict:
+        """JSON-able structure of the layer (no weights): what :meth:`from_spec` rebuilds."""
+        return {
+            "in_channels": self.in_channels, "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+            "dilation": list(self.dilation), "pads": list(self.pads), "out_hw": list(self.out_hw),
+            "grid_hw": list(self.grid_hw),
+            "regions": [
+                {
+                    "bounds": list(reg.bounds), "window": list(reg.window),
+                    "splits": [list(v) for v in reg.splits], "cols": [list(v) for v in reg.cols],
+                    # Rank of each factorised block's 1x1 map; None for a dense block.
+                    "ranks": [zb - za if f else None for (za, zb), f in zip(reg.splits, reg.factorised)],
+                    "n_const": reg.n_const, "order": reg.order.cpu().tolist(),
+                }
+                for reg in self.regions
+            ],
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict, device: torch.device | str | None = None,
+                  dtype: torch.dtype = torch.float32) -> HSCCConv2d:
+        """An :class:`HSCCConv2d` of the structure ``spec`` (from :meth:`spec`) with uninitialised
+        weights: load a state dict into it."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.in_channels, self.out_channels = int(spec["in_channels"]), int(spec["out_channels"])
+        self.kernel_size = tuple(int(v) for v in spec["kernel_size"])
+        self.stride = tuple(int(v) for v in spec["stride"])
+        self.dilation = tuple(int(v) for v in spec["dilation"])
+        self.pads = tuple(int(v) for v in spec["pads"])
+        self.out_hw = tuple(int(v) for v in spec["out_hw"])
+        self.grid_hw = tuple(int(v) for v in spec["grid_hw"])
+        self.stage1_mode = "auto"
+        regions = []
+        for r in spec["regions"]:
+            splits = [tuple(int(v) for v in x) for x in r["splits"]]
+            rows = splits[-1][1] if splits else 0
+            stage1 = None
+            if rows:
+                stage1 = nn.Conv2d(self.in_channels, rows, self.kernel_size, stride=self.stride,
+                                   dilation=self.dilation, padding=0, bias=False, device=device, dtype=dtype)
+                stage1.weight.data = stage1.weight.data.contiguous(memory_format=torch.channels_last)
+            expands = []
+            for (s, e), k in zip(r["cols"], r["ranks"]):
+                expands.append(nn.Identity() if k is None else
+                               nn.Conv2d(int(k), int(e) - int(s), 1, bias=False, device=device, dtype=dtype))
+            regions.append(_RegionConv(
+                tuple(int(v) for v in r["bounds"]), tuple(int(v) for v in r["window"]), stage1, splits,
+                [tuple(int(v) for v in x) for x in r["cols"]], expands, int(r["n_const"]),
+                torch.as_tensor(r["order"], dtype=torch.int64, device=device),
+                torch.zeros(self.out_channels, device=device, dtype=dtype),
+            ))
+        self.regions = nn.ModuleList(regions)
+        self.bounds = [reg.bounds for reg in regions]
+        return self
+
+    # ---- shared ---------------------------------------------------------------------------
+    def _out_hw(self, x: torch.Tensor) -> tuple[int, int]:
+        pt, pb, pl, pr = self.pads
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        ho = (x.shape[-2] + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        wo = (x.shape[-1] + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        if (ho, wo) != self.out_hw:
+            raise ValueError(
+                f"HSCCConv2d was calibrated for a {self.out_hw} output map, this input gives {(ho, wo)}"
+            )
+        return ho, wo
+
+    # ---- fast path --------------------------------------------------------------------------
+    def _use_gemm(self, n: int, reg: _RegionConv) -> bool:
+        if self.stage1_mode != "auto":
+            return self.stage1_mode == "gemm"
+        h, w = reg.out_size
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        return n * h * w * fan_in <= GEMM_MAX_ELEMENTS
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fast path (see class docstring); equals :meth:`forward_reference` to round-off."""
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return self.forward_reference(x)
+        ho, wo = self._out_hw(x)
+        n, o = x.shape[0], self.out_channels
+        gemm = [reg.stage1 is not None and self._use_gemm(n, reg) for reg in self.regions]
+        if self.in_channels >= _MIN_CHANNELS_LAST or any(gemm):
+            # The im2col copy reads (kh, kw, I) runs, contiguous only in channels_last; oneDNN
+            # also convolves channels_last maps without a reorder.
+            x = x.contiguous(memory_format=torch.channels_last)
+        pt, pb, pl, pr = self.pads
+        # The im2col path slices windows out of one padded copy; the conv path pads each window
+        # itself (one copy per window, which oneDNN then reads as it is).
+        xp = F.pad(x, (pl, pr, pt, pb)) if any(gemm) and (pt or pb or pl or pr) else x
+        single = len(self.regions) == 1
+        out = None if single else torch.empty((n, ho, wo, o), dtype=x.dtype, device=x.device)
+        for reg, use_gemm in zip(self.regions, gemm):
+            h0, h1, w0, w1 = reg.bounds
+            if use_gemm:
+                t, b, l, r = reg.window
+                win = xp[:, :, t:b, l:r]
+            else:
+                win = self._window(x, reg.bounds)
+            rows = torch.empty((n * (h1 - h0) * (w1 - w0), o), dtype=x.dtype, device=x.device)
+            reg.rows_into(win, rows, self, use_gemm)
+            # Back to channel order: a column gather (one pass), then into place (one copy).
+            y = rows.index_select(1, reg.perm) if reg.reorder else rows
+            if single:
+                out = y.view(n, ho, wo, o)
+            else:
+                out[:, h0:h1, w0:w1].copy_(y.view(n, h1 - h0, w1 - w0, o))
+        return out.permute(0, 3, 1, 2)  # (N, O, H, W) in channels_last memory
+
+    # ---- reference path ---------------------------------------------------------------------
     def _window(self, x: torch.Tensor, bounds: tuple[int, int, int, int]) -> torch.Tensor:
         h0, h1, w0, w1 = bounds
         pt, _, pl, _ = self.pads
@@ -526,20 +734,15 @@ class HSCCConv2d(nn.Module):
         pads = (c - left, right - e, a - top, bottom - b)
         return F.pad(out, pads) if any(pads) else out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pt, pb, pl, pr = self.pads
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        ho = (x.shape[-2] + pt + pb - dh * (kh - 1) - 1) // sh + 1
-        wo = (x.shape[-1] + pl + pr - dw * (kw - 1) - 1) // sw + 1
-        if (ho, wo) != self.out_hw:
-            raise ValueError(
-                f"HSCCConv2d was calibrated for a {self.out_hw} output map, this input gives {(ho, wo)}"
-            )
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Reference path: per-region window and modules, concatenation, reorder (NCHW)."""
+        self._out_hw(x)
         gh, gw = self.grid_hw
         rows = []
         for i in range(gh):
             cols = [
-                self.regions[i * gw + j](self._window(x, self.bounds[i * gw + j])) for j in range(gw)
+                self.regions[i * gw + j].forward_reference(self._window(x, self.bounds[i * gw + j]))
+                for j in range(gw)
             ]
             rows.append(torch.cat(cols, dim=3) if gw > 1 else cols[0])
         return torch.cat(rows, dim=2) if gh > 1 else rows[0]
@@ -553,6 +756,17 @@ class HSCCConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, grid={self.grid_hw}"
+
+
+def set_stage1_mode(model: nn.Module, mode: str) -> nn.Module:
+    """Set how every :class:`HSCCConv2d` in ``model`` runs stage 1 (``"auto"``, ``"conv"`` or
+    ``"gemm"``); returns ``model``. Results are identical; only the speed differs."""
+    if mode not in STAGE1_MODES:
+        raise ValueError(f"stage1 mode must be one of {', '.join(STAGE1_MODES)}, got {mode!r}")
+    for m in model.modules():
+        if isinstance(m, HSCCConv2d):
+            m.stage1_mode = mode
+    return model
 
 
 def build_hscc(model: nn.Module, plan: HSCCPlan) -> nn.Module:

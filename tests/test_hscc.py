@@ -1,4 +1,5 @@
-"""Tests for hscc_core.hscc: exactness at tau = 1, FLOPs, monotonicity, rank-0 blocks, clamping."""
+"""Tests for hscc_core.hscc: exactness at tau = 1, FLOPs, monotonicity, rank-0 blocks, clamping,
+and the fast forward against the reference forward."""
 
 import json
 
@@ -18,6 +19,7 @@ from hscc_core.hscc import (
     plan_from_decomposition,
     plan_macs,
     replace_module,
+    set_stage1_mode,
 )
 from hscc_core.measure import layer_flops
 
@@ -233,3 +235,105 @@ def test_replace_module_nested_and_grid_mismatch():
     with pytest.raises(ValueError, match="grid"):
         compress_hscc(m, stats, HSCCConfig(grid=3))
     assert np.isfinite(plan_macs(decompose_hscc(m, stats, 2), 0.5))
+
+
+# --------------------------------------------------------------------------- fast path
+
+
+def assert_fast_equals_reference(mod: HSCCConv2d, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        ref = mod.forward_reference(x)
+        for mode in ("conv", "gemm", "auto"):
+            mod.stage1_mode = mode
+            fast = mod(x)
+            assert fast.shape == ref.shape and fast.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5 * max(1.0, ref.abs().max().item()))
+    mod.stage1_mode = "auto"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_path_equals_reference_on_random_configs(seed):
+    """Random grids, clusters and energies (ranks from 0 to full, dense blocks) on every padding kind."""
+    rng = np.random.default_rng(seed)
+    model, x = tiny_cnn(seed), images(10, 40, seed)
+    grid, clusters = int(rng.integers(1, 5)), int(rng.integers(1, 6))
+    energy = float(rng.choice([0.2, 0.6, 0.9, 0.999, 1.0]))
+    stats = compute_stats(model, x, grid, batch_size=10)
+    plan = plan_from_decomposition(decompose_hscc(model, stats, clusters, seed=seed), energy)
+    comp = build_hscc(model, plan)
+    fresh = images(3, 40, seed + 100)
+    for name, mod in hscc_modules(comp).items():
+        assert_fast_equals_reference(mod, layer_output_input(model, name, fresh))
+    with torch.no_grad():
+        y_fast = comp(fresh)
+        set_stage1_mode(comp, "gemm")
+        torch.testing.assert_close(comp(fresh), y_fast, rtol=1e-5, atol=1e-5)
+
+
+def layer_output_input(model, name, x):
+    got = []
+    h = model.get_submodule(name).register_forward_hook(lambda m, i, o: got.append(i[0].detach()))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    return got[0]
+
+
+def test_fast_path_rank_zero_dense_and_full_rank_blocks():
+    """A plan mixing rank-0 channels, rank-0 blocks, dense blocks and factorised blocks."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 12, 3, 1, 1)
+    with torch.no_grad():
+        conv.weight[:3] = 0  # never active: rank-0 channels everywhere
+        conv.weight[3:6] = (torch.randn(3, 1) @ torch.randn(1, 36)).view(3, 4, 3, 3)  # rank 1
+    model = nn.Sequential(conv).eval()
+    x = torch.randn(20, 4, 10, 10)
+    stats = compute_stats(model, x, grid=2)
+    for energy in (0.3, 0.9, 1.0):
+        plan = plan_from_decomposition(decompose_hscc(model, stats, 3, seed=0), energy)
+        summ = plan.layer_summary()["0"]
+        assert all(n == 3 for n in summ["rank0_channels"])
+        mod = build_hscc(model, plan).get_submodule("0")
+        assert_fast_equals_reference(mod, torch.randn(5, 4, 10, 10))
+    assert any(any(r) for r in summ["dense"])  # tau = 1 keeps dense blocks dense
+
+
+def test_fast_path_counts_exactly_the_analytical_macs_and_trains_on_reference():
+    model, x = tiny_cnn(), images()
+    stats = compute_stats(model, x, 3, batch_size=24)
+    plan = plan_from_decomposition(decompose_hscc(model, stats, 3, seed=0), 0.7)
+    comp = build_hscc(model, plan)
+    for mode in ("conv", "gemm"):
+        set_stage1_mode(comp, mode)
+        counted = layer_flops(comp, list(plan.layers), (1, 3, 48, 48))
+        for name, mod in hscc_modules(comp).items():
+            assert counted[name] == 2 * mod.analytical_macs()  # no padded or masked work
+    # With gradients the reference path runs (in-place GEMMs have no autograd); same parameters.
+    comp.train()
+    out = comp(x[:4])
+    out.sum().backward()
+    mod = hscc_modules(comp)["2"]
+    assert mod.regions[0].stage1.weight.grad is not None and mod.regions[0].bias.grad is not None
+    with pytest.raises(ValueError, match="stage1"):
+        set_stage1_mode(comp, "bogus")
+
+
+def test_fast_path_follows_device_and_dtype():
+    model, x = tiny_cnn(), images(8)
+    stats = compute_stats(model, x, 2, batch_size=8)
+    comp = build_hscc(model, plan_from_decomposition(decompose_hscc(model, stats, 2, seed=0), 0.9))
+    comp64 = comp.double()
+    with torch.no_grad():
+        torch.testing.assert_close(comp64(x.double()).float(), comp.float()(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fast_path_on_cuda_equals_cpu():
+    model, x = tiny_cnn(), images(8)
+    stats = compute_stats(model, x, 2, batch_size=8)
+    comp = build_hscc(model, plan_from_decomposition(decompose_hscc(model, stats, 3, seed=0), 0.8))
+    with torch.no_grad():
+        cpu = comp(x)
+        gpu = comp.cuda()(x.cuda()).cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,149 @@
+"""Wall-clock speed of compressed models against the original: the ``hscc bench --speed`` table.
+
+For each method (HSCC, Vacavant et al. 2026, arXiv 2604.23375; Global SVD; Tucker-2) and each
+conv-FLOPs budget, the baseline is compressed exactly as a compression run does
+(:func:`hscc_core.pipeline.build_compressed`: same decomposition, same budget bisection, same
+builders), then original and compressed models are timed in this process, interleaved run by run
+after warm-up (:func:`hscc_core.measure.measure_latency`), at batch 1 and 32, on the CPU and on a
+GPU when one is present (CUDA events). Speed-up is the ratio of median latencies; the *speed-up
+efficiency* is that speed-up over the whole-model FLOPs ratio (the paper reached 1.38x on a 5.3x
+FLOPs cut, an efficiency of 0.26). See docs/performance.md for measured tables.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .measure import count_flops, layer_flops, measure_latency
+from .pipeline import RunConfig, build_compressed
+from .workspace import Workspace
+
+__all__ = ["default_devices", "machine_info", "speed_table"]
+
+BATCHES = (1, 32)
+
+
+def default_devices() -> list[str]:
+    """``["cpu"]``, plus ``"cuda"`` when a GPU is available."""
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def machine_info() -> dict:
+    """CPU model, logical cores, torch threads and version, GPU name (for reports)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _block(latency: dict, name: str) -> dict:
+    return {b: {"median": v["median_ms"], "p90": v["p90_ms"]} for b, v in latency["models"][name].items()}
+
+
+def speed_table(
+    ws: Workspace,
+    methods: Sequence[str] = ("hscc", "svd", "tucker"),
+    budgets: Sequence[float] = (3.0, 6.0),
+    hscc_grid: int = 2,
+    hscc_clusters: int = 4,
+    runs: int = 20,
+    devices: Sequence[str] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Time the original against each method at each budget.
+
+    Parameters
+    ----------
+    ws : Workspace
+        Its baseline must exist (``hscc prepare``).
+    methods : sequence of {"hscc", "svd", "tucker"}
+    budgets : sequence of float
+        Conv-FLOPs compression factors (> 1), met by bisection on the energy threshold.
+    hscc_grid, hscc_clusters : int
+        HSCC's G and K (the defaults of a compression run).
+    runs : int
+        Timed runs per model and batch size, after 3 warm-up runs (>= 20 for reported numbers).
+    devices : sequence of str, optional
+        Default :func:`default_devices`.
+    progress : callable(stage, done, total), optional
+        Stage ``"speed"`` once per (method, budget, device); the compression stages of
+        :func:`~hscc_core.pipeline.build_compressed` are passed through.
+
+    Returns
+    -------
+    dict
+        ``{"rows": [row, ...], "machine": machine_info(), "runs": runs, "input_shape": [...]}``
+        with one row per (method, budget, device)::
+
+            {"method", "budget", "energy", "budget_met", "device", "flops", "flops_original",
+             "flops_ratio", "layer_flops_ratio", "speedup_b1", "speedup_b32",
+             "speedup_p90_b1", "speedup_p90_b32", "efficiency_b1", "efficiency_b32",
+             "latency_ms": {"original": {"b1": {"median", "p90"}, "b32": {...}},
+                            "compressed": {...}, "threads": int, "runs": int}}
+
+        ``flops_ratio`` is whole-model FLOPs original / compressed, ``layer_flops_ratio`` the same
+        for the compressed layers only; ``efficiency_*`` is speed-up / ``flops_ratio``.
+    """
+    report = progress or (lambda stage, done, total: None)
+    devices = list(devices) if devices is not None else default_devices()
+    for d in devices:
+        if torch.device(d).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {d!r} requested but no GPU is available")
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    model, meta = ws.baseline(train_if_missing=False)
+    model = copy.deepcopy(model).cpu().eval()  # timing moves models; leave the cached one alone
+    shape = (1, 3, ws.size, ws.size)
+    flops_original = count_flops(model, shape)
+    total = len(methods) * len(budgets) * len(devices)
+    done = 0
+    rows = []
+    for method in methods:
+        for budget in budgets:
+            config = RunConfig(method=method, grid=hscc_grid, clusters=hscc_clusters,
+                               energy=None, budget=float(budget))
+            compressed, plan, energy, result = build_compressed(ws, config, progress, model=model, meta=meta)
+            compressed.eval()
+            layers = list(plan.layers) if hasattr(plan, "layers") else list(plan.layer_summary())
+            fl = count_flops(compressed, shape)
+            layer_fl = sum(layer_flops(compressed, layers, shape).values())
+            layer_fl_orig = sum(layer_flops(model, layers, shape).values())
+            for device in devices:
+                report("speed", done, total)
+                lat = measure_latency({"original": model, "compressed": compressed}, shape,
+                                      batch_sizes=BATCHES, runs=runs, device=device)
+                orig, comp = _block(lat, "original"), _block(lat, "compressed")
+                row = {
+                    "method": method, "budget": float(budget), "energy": float(energy),
+                    "budget_met": None if result is None else bool(result.met),
+                    "device": lat["device"], "flops": fl, "flops_original": flops_original,
+                    "flops_ratio": flops_original / max(fl, 1),
+                    "layer_flops_ratio": layer_fl_orig / max(layer_fl, 1),
+                }
+                for b in (f"b{n}" for n in BATCHES):
+                    row[f"speedup_{b}"] = orig[b]["median"] / comp[b]["median"]
+                    row[f"speedup_p90_{b}"] = orig[b]["p90"] / comp[b]["p90"]
+                    row[f"efficiency_{b}"] = row[f"speedup_{b}"] / row["flops_ratio"]
+                row["latency_ms"] = {"original": orig, "compressed": comp, "threads": lat["threads"],
+                                     "runs": lat["runs"]}
+                rows.append(row)
+                done += 1
+            # Back on the CPU for the next method's build and FLOPs count.
+            model.cpu()
+    report("speed", total, total)
+    return {"rows": rows, "machine": machine_info(), "runs": runs, "input_shape": list(shape)}

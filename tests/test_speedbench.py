@@ -1,0 +1,53 @@
+"""Tests for hscc_core.speedbench: the ``hscc bench --speed`` JSON contract on a tiny model."""
+
+import json
+
+import pytest
+import torch
+
+from hscc_core.speedbench import default_devices, machine_info, speed_table
+
+ROW_FIELDS = ("method", "budget", "flops_ratio", "layer_flops_ratio", "speedup_b1", "speedup_b32",
+              "latency_ms", "device", "efficiency_b32", "flops", "flops_original")
+
+
+def test_speed_table_contract(trained_workspace):
+    stages = []
+    table = speed_table(trained_workspace, budgets=(3.0,), runs=2, devices=["cpu"],
+                        progress=lambda stage, done, total: stages.append(stage))
+    json.dumps(table)
+    assert [r["method"] for r in table["rows"]] == ["hscc", "svd", "tucker"]
+    for row in table["rows"]:
+        for field in ROW_FIELDS:
+            assert field in row, field
+        assert row["budget"] == 3.0 and row["device"] == "cpu"
+        # The conv layers met the 3x budget (within 2 %); the whole model gains less.
+        assert row["layer_flops_ratio"] == pytest.approx(3.0, rel=0.05) or row["budget_met"] is False
+        assert 1.0 < row["flops_ratio"] <= row["layer_flops_ratio"] + 1e-9
+        for who in ("original", "compressed"):
+            for b in ("b1", "b32"):
+                lat = row["latency_ms"][who][b]
+                assert 0 < lat["median"] <= lat["p90"]
+        assert row["speedup_b32"] == pytest.approx(
+            row["latency_ms"]["original"]["b32"]["median"] / row["latency_ms"]["compressed"]["b32"]["median"])
+        assert row["efficiency_b32"] == pytest.approx(row["speedup_b32"] / row["flops_ratio"])
+    assert "speed" in stages and table["machine"]["torch"] == torch.__version__
+    # The workspace's cached baseline is left on the CPU and untouched.
+    model, _ = trained_workspace.baseline()
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_speed_table_validates(trained_workspace):
+    with pytest.raises(ValueError, match="runs"):
+        speed_table(trained_workspace, methods=("svd",), budgets=(3.0,), runs=0, devices=["cpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="GPU"):
+            speed_table(trained_workspace, methods=("svd",), devices=["cuda"])
+    assert default_devices()[0] == "cpu" and machine_info()["cores"] >= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_speed_table_on_gpu(trained_workspace):
+    table = speed_table(trained_workspace, methods=("hscc",), budgets=(3.0,), runs=2, devices=["cuda"])
+    assert table["rows"][0]["device"] != "cpu" and table["rows"][0]["speedup_b32"] > 0
