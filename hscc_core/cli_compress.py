@@ -12,10 +12,10 @@ import shlex
 import sys
 
 from .pareto import axis_value, front_runs, get_axis
-from .pipeline import METHODS, RunConfig, compress_run, original_run
+from .pipeline import ALLOCATIONS, CLUSTER_SIDES, METHODS, RunConfig, compress_run, original_run
 from .progress import StageBars, TrainBar, bars
-from .sweeps import (DEFAULT_CLUSTERS, DEFAULT_ENERGIES, DEFAULT_GRIDS, LocalExecutor, expand,
-                     run_sweep)
+from .executors import EXECUTORS, make_executor
+from .sweeps import DEFAULT_CLUSTERS, DEFAULT_ENERGIES, DEFAULT_GRIDS, expand, run_sweep
 
 
 def _float_list(text: str) -> list[float]:
@@ -52,6 +52,10 @@ def register(sub, common) -> dict:
     group.add_argument("--budget", type=float, default=None,
                        help="compress the conv layers' FLOPs by this factor (> 1); tau by bisection")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs (same recipe for all)")
+    p.add_argument("--cluster-side", choices=CLUSTER_SIDES, default="output",
+                   help="HSCC: cluster output channels (the paper) or input channels (HSCC+)")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
+                   help="HSCC ranks: one energy for every block, or greedy by energy per MAC (budget mode)")
     _run_options(p)
 
     p = sub.add_parser("sweep", help="many runs over a product of settings (resumable)",
@@ -63,7 +67,18 @@ def register(sub, common) -> dict:
     p.add_argument("--energy", type=_float_list, default=list(DEFAULT_ENERGIES), help="e.g. '0.9 0.95'")
     p.add_argument("--budgets", type=_float_list, default=[], help="e.g. '3 6'")
     p.add_argument("--finetune-epochs", type=_int_list, default=[0], help="e.g. '0 2'")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument("--cluster-sides", type=lambda t: t.replace(",", " ").split(), default=["output"],
+                   help="HSCC cluster sides, e.g. 'output input'")
+    p.add_argument("--allocations", type=lambda t: t.replace(",", " ").split(), default=["uniform"],
+                   help="HSCC allocations, e.g. 'uniform greedy' (greedy applies to budgets only)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes; with --executor ray and no --address, the CPUs of "
+                        "the Ray instance started here (default: all cores)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="where runs compute: local processes, or Ray tasks (docs/ray.md)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to use (auto, HOST:PORT or ray://HOST:PORT); default: "
+                        "RAY_ADDRESS, else a local Ray started on demand")
     _run_options(p)
 
     p = sub.add_parser("runs", help="list (or prune) cached runs of this data and model")
@@ -135,7 +150,8 @@ def _config(args, energy_default: float = 0.95) -> RunConfig:
     energy = args.energy if (args.energy is not None or args.budget is not None) else energy_default
     return RunConfig(method=args.method, grid=args.grid, clusters=args.clusters, energy=energy,
                      budget=args.budget, finetune_epochs=args.finetune_epochs,
-                     calib_size=args.calib_size, seed=args.seed)
+                     calib_size=args.calib_size, seed=args.seed, cluster_side=args.cluster_side,
+                     allocation=args.allocation)
 
 
 def _check_runs(args):
@@ -172,8 +188,8 @@ def cmd_sweep(args) -> int:
             raise ValueError(f"unknown method '{m}' (allowed: {', '.join(METHODS)})")
     _check_runs(args)
     configs = expand(args.methods, args.grid, args.clusters, args.energy, args.budgets,
-                     args.finetune_epochs, args.calib_size, args.seed)
-    executor = LocalExecutor(args.workers)
+                     args.finetune_epochs, args.calib_size, args.seed, args.cluster_sides, args.allocations)
+    executor = make_executor(args.executor, args.workers, args.address)  # bad address: exit 2 now
     ws = _ws_with_baseline(args)
     original_run(ws)  # computed once here rather than raced by the workers
     bar = None
@@ -266,6 +282,13 @@ def bench_configs(budgets, grid: int, clusters: int, finetune_epochs: int, calib
                 (f"regions only (G={grid}, K=1)", RunConfig(method="hscc", grid=grid, clusters=1, budget=top, **common)),
                 (f"clusters only (G=1, K={clusters})", RunConfig(method="hscc", grid=1, clusters=clusters, budget=top, **common)),
                 (f"full HSCC (G={grid}, K={clusters})", RunConfig(method="hscc", grid=grid, clusters=clusters, budget=top, **common))]
+    # HSCC+ (DESIGN 3.9): cluster side x rank allocation at the same budget.
+    for side in CLUSTER_SIDES:
+        for alloc in ALLOCATIONS:
+            if (side, alloc) != ("output", "uniform"):
+                ablation.append((f"HSCC+ {side} side, {alloc} (G={grid}, K={clusters})",
+                                 RunConfig(method="hscc", grid=grid, clusters=clusters, budget=top,
+                                           cluster_side=side, allocation=alloc, **common)))
     return rows, ablation
 
 

@@ -69,6 +69,8 @@ def original_key(ws: Workspace) -> str:
 # Compression runs
 
 METHODS = ("hscc", "svd", "tucker")
+CLUSTER_SIDES = ("output", "input")  # DESIGN 3.9: cluster output channels (the paper) or inputs
+ALLOCATIONS = ("uniform", "greedy")  # one energy for every block, or budget-greedy per MAC
 RUN_VERSION = 1  # bump when the compression, evaluation or measurement of runs changes
 
 
@@ -93,6 +95,11 @@ class RunConfig:
         Calibration images drawn (seeded) from the training split (>= 1).
     seed : int
         Seeds calibration sampling, k-means and fine-tuning.
+    cluster_side : {"output", "input"}
+        HSCC: cluster each region's output channels (the paper) or its input channels (HSCC+).
+    allocation : {"uniform", "greedy"}
+        HSCC ranks: one energy threshold for every block, or (budget mode only) directions bought
+        across all blocks by captured relative energy per MAC.
     """
 
     method: str = "hscc"
@@ -103,6 +110,8 @@ class RunConfig:
     finetune_epochs: int = 0
     calib_size: int = 256
     seed: int = 0
+    cluster_side: str = "output"
+    allocation: str = "uniform"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -123,6 +132,14 @@ class RunConfig:
             raise ValueError(f"finetune_epochs must be an integer >= 0, got {self.finetune_epochs}")
         if not isinstance(self.calib_size, int) or self.calib_size < 1:
             raise ValueError(f"calib_size must be an integer >= 1, got {self.calib_size}")
+        if self.cluster_side not in CLUSTER_SIDES:
+            raise ValueError(f"cluster_side must be one of {', '.join(CLUSTER_SIDES)}, got {self.cluster_side!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        if self.method != "hscc" and (self.cluster_side, self.allocation) != ("output", "uniform"):
+            raise ValueError("cluster_side and allocation apply to method 'hscc' only")
+        if self.allocation == "greedy" and self.budget is None:
+            raise ValueError("allocation 'greedy' needs a budget (it spends one)")
         # 3 and 3.0 are the same budget: store floats so they share one cache key.
         for name in ("energy", "budget"):
             if getattr(self, name) is not None:
@@ -135,6 +152,10 @@ class RunConfig:
             d.pop("grid")
             d.pop("clusters")
             d.pop("calib_size")  # weight-only: no calibration data
+        # Defaults are left out so the cache keys of earlier runs stay valid.
+        for name, default in (("cluster_side", "output"), ("allocation", "uniform")):
+            if d[name] == default:
+                d.pop(name)
         return d
 
     def label(self) -> str:
@@ -142,6 +163,10 @@ class RunConfig:
         parts = [self.method]
         if self.method == "hscc":
             parts += [f"G{self.grid}", f"K{self.clusters}"]
+            if self.cluster_side == "input":
+                parts.append("in")
+            if self.allocation == "greedy":
+                parts.append("greedy")
         parts.append(f"{self.budget:g}x" if self.budget is not None else f"tau={self.energy:g}")
         if self.finetune_epochs:
             parts.append(f"ft{self.finetune_epochs}")
@@ -181,6 +206,27 @@ def calibration_stats(ws: Workspace, model, meta: dict, grid: int, calib_size: i
     return load_stats(path)
 
 
+def input_calibration_stats(ws: Workspace, model, meta: dict, grid: int, clusters: int, calib_size: int,
+                            seed: int, progress=None) -> dict:
+    """Input-side statistics (DESIGN 3.9): per grid, cluster count and seed, since the input
+    clusters decide which partial outputs are accumulated. Stored like :func:`calibration_stats`."""
+    from .data import calibration_indices  # noqa: PLC0415
+    from .hscc_input import compute_input_stats, load_input_stats, save_input_stats  # noqa: PLC0415
+
+    images = ws.images()
+    key = cache_key("input-stats", {"model": meta["fingerprint"], "data": images.fingerprint, "grid": grid,
+                                    "clusters": clusters, "calib_size": calib_size, "seed": seed,
+                                    "version": RUN_VERSION})
+
+    def write(path):
+        idx = calibration_indices(images.y_train, calib_size, seed)
+        x = images.to_tensor(images.x_train[idx])
+        save_input_stats(path, compute_input_stats(model, x, grid, clusters, seed, progress=progress))
+
+    path, _ = ws.store.get_or_compute_blob("stats", key, "npz", write)
+    return load_input_stats(path)
+
+
 def _compressor(method: str, ws: Workspace, model, meta: dict, config: RunConfig, progress):
     """(decomposition, plan(decomp, energy), macs(decomp, energy), build(model, plan))."""
     from .baselines import (build_svd, build_tucker, plan_svd, plan_svd_macs, plan_tucker,  # noqa: PLC0415
@@ -188,6 +234,12 @@ def _compressor(method: str, ws: Workspace, model, meta: dict, config: RunConfig
     from .hscc import build_hscc, decompose_hscc, plan_from_decomposition, plan_macs  # noqa: PLC0415
 
     shape = (1, 3, ws.size, ws.size)
+    if method == "hscc" and config.cluster_side == "input":
+        from .hscc_input import build_hscc_input, decompose_hscc_input, plan_input, plan_input_macs  # noqa: PLC0415
+
+        stats = input_calibration_stats(ws, model, meta, config.grid, config.clusters, config.calib_size,
+                                        config.seed, progress)
+        return decompose_hscc_input(model, stats), plan_input, plan_input_macs, build_hscc_input
     if method == "hscc":
         stats = calibration_stats(ws, model, meta, config.grid, config.calib_size, config.seed, progress)
         return (decompose_hscc(model, stats, config.clusters, config.seed),
@@ -205,8 +257,10 @@ def build_compressed(ws: Workspace, config: RunConfig, progress=None, model=None
     -------
     (model, plan, energy, budget_result)
         The compressed model (a deep copy), its plan (``.macs()``, ``.layer_summary()``), the energy
-        threshold used and, in budget mode, the ``BudgetResult`` of the bisection (else None).
+        threshold used (None for greedy allocation) and, in budget mode, the ``BudgetResult`` of the
+        bisection or the ``GreedyBudget`` of the greedy allocation (else None).
     """
+    from .allocation import greedy_budget  # noqa: PLC0415
     from .budgets import search_energy  # noqa: PLC0415
 
     progress = progress or (lambda stage, done, total: None)
@@ -214,6 +268,9 @@ def build_compressed(ws: Workspace, config: RunConfig, progress=None, model=None
         model, meta = ws.baseline(train_if_missing=False)
     decomp, plan_fn, macs_fn, build_fn = _compressor(
         config.method, ws, model, meta, config, lambda d, t: progress("calibrate", d, t))
+    if config.allocation == "greedy":  # budget mode only (RunConfig checks)
+        plan, budget = greedy_budget(decomp, config.budget)
+        return build_fn(model, plan), plan, None, budget
     if config.budget is not None:
         budget = search_energy(lambda e: macs_fn(decomp, e), decomp.original_macs, config.budget)
         energy = budget.energy
@@ -265,6 +322,7 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
     """
     progress = progress or (lambda stage, done, total: None)
     from .evaluation import classification_metrics, fidelity, paired_comparison, predict_proba  # noqa: PLC0415
+    from .fidelity import layer_errors  # noqa: PLC0415
     from .measure import count_flops, count_params, layer_flops, measure_latency, speedup  # noqa: PLC0415
     from .training import finetune_config, train  # noqa: PLC0415
 
@@ -299,7 +357,8 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
         "data": ws.data_label(), "data_fingerprint": images.fingerprint,
         "model_fingerprint": meta["fingerprint"], "arch": meta["arch"], "input_size": images.size,
         "classes": list(images.classes), "dedupe": ws.dedupe,
-        "energy": float(energy),
+        "energy": None if energy is None else float(energy),
+        "cluster_side": config.cluster_side, "allocation": config.allocation,
         "budget_search": None if budget is None else {
             "target": config.budget, "met": budget.met, "message": budget.message,
             "layer_flops_ratio": sum(layer_fl_orig.values()) / max(sum(layer_fl.values()), 1)},
@@ -313,6 +372,14 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
         "params": count_params(compressed), "params_original": original["params"],
         "layers": _summaries_without_labels(plan.layer_summary()),
     }
+    # Per-layer relative reconstruction error (errors not compounded) on 64 training images held
+    # out of calibration (test images when calibration took the whole training split).
+    from .data import calibration_indices  # noqa: PLC0415
+    rest = np.setdiff1d(np.arange(len(images.y_train)),
+                        calibration_indices(images.y_train, config.calib_size, config.seed))
+    pool = images.x_train[rest] if rest.size else images.x_test
+    held = np.sort(np.random.default_rng(config.seed).permutation(len(pool))[:64])
+    run["layer_errors"] = layer_errors(model, compressed, layers, images.to_tensor(pool[held]))
     run["flops_ratio"] = run["flops_original"] / max(run["flops"], 1)
     run["layer_flops_ratio"] = sum(layer_fl_orig.values()) / max(sum(layer_fl.values()), 1)
     if measure_speed:

@@ -30,11 +30,13 @@ DEFAULT_ENERGIES = (0.8, 0.9, 0.95, 0.98, 0.995)
 def expand(methods: Iterable[str] = METHODS, grids: Iterable[int] = DEFAULT_GRIDS,
            clusters: Iterable[int] = DEFAULT_CLUSTERS, energies: Iterable[float] = DEFAULT_ENERGIES,
            budgets: Iterable[float] = (), finetune_epochs: Iterable[int] = (0,), calib_size: int = 256,
-           seed: int = 0) -> list[RunConfig]:
+           seed: int = 0, cluster_sides: Iterable[str] = ("output",),
+           allocations: Iterable[str] = ("uniform",)) -> list[RunConfig]:
     """Every configuration of the product, once each, HSCC grids grouped together.
 
-    Baselines ignore grid and cluster count, so they get one run per energy/budget and fine-tuning
-    setting. Invalid values raise ``ValueError`` (from ``RunConfig``) before anything runs.
+    Baselines ignore grid, cluster count, cluster side and allocation, so they get one run per
+    energy/budget and fine-tuning setting; greedy allocation only pairs with budgets. Invalid values
+    raise ``ValueError`` (from ``RunConfig``) before anything runs.
     """
     targets = [{"energy": float(e), "budget": None} for e in energies]
     targets += [{"energy": None, "budget": float(b)} for b in budgets]
@@ -43,9 +45,12 @@ def expand(methods: Iterable[str] = METHODS, grids: Iterable[int] = DEFAULT_GRID
     seen, out = set(), []
     for method in methods:
         shapes = itertools.product(grids, clusters) if method == "hscc" else [(1, 1)]
-        for (g, k), t, ft in itertools.product(list(shapes), targets, finetune_epochs):
+        variants = list(itertools.product(cluster_sides, allocations)) if method == "hscc" else [("output", "uniform")]
+        for (g, k), t, ft, (side, alloc) in itertools.product(list(shapes), targets, finetune_epochs, variants):
+            if alloc == "greedy" and t["budget"] is None:
+                continue  # greedy spends a budget; energy thresholds are the uniform rule
             cfg = RunConfig(method=method, grid=int(g), clusters=int(k), finetune_epochs=int(ft),
-                            calib_size=calib_size, seed=seed, **t)
+                            calib_size=calib_size, seed=seed, cluster_side=side, allocation=alloc, **t)
             ident = tuple(sorted(cfg.canonical().items()))
             if ident not in seen:
                 seen.add(ident)

@@ -160,5 +160,19 @@ def test_bench_json_contract(capsys, trained_workspace):
     assert code == 0 and {"original", "rows", "ablation", "sweep", "machine", "command"} <= set(bench)
     assert len(bench["rows"]) == 6 and {r["finetune_epochs"] for r in bench["rows"]} == {0, 1}
     assert [a["step"].split(" (")[0] for a in bench["ablation"]] == [
-        "weight-only Global SVD", "data-aware global", "regions only", "clusters only", "full HSCC"]
+        "weight-only Global SVD", "data-aware global", "regions only", "clusters only", "full HSCC",
+        "HSCC+ output side, greedy", "HSCC+ input side, uniform", "HSCC+ input side, greedy"]
     assert all("budget" in r for r in bench["rows"])
+
+
+def test_compress_hscc_plus_switches(capsys, trained_workspace):
+    args = _tiny_args(trained_workspace)
+    code, out, _ = run_cli(capsys, "compress", *args, "--grid", "2", "--clusters", "2", "--budget", "2",
+                           "--cluster-side", "input", "--allocation", "greedy", "--calib-size", "16",
+                           "--no-speed", "--json")
+    run = json.loads(out)
+    assert code == 0 and run["cluster_side"] == "input" and run["allocation"] == "greedy"
+    assert run["energy"] is None and run["layer_flops_ratio"] >= 2.0 * 0.999
+    assert set(run["layer_errors"]) == set(run["layer_flops"])
+    code, _, err = run_cli(capsys, "compress", *args, "--allocation", "greedy", "--energy", "0.9")
+    assert code == 2 and "needs a budget" in err

@@ -12,6 +12,10 @@ def test_expand_product_and_baselines_once():
     svd = [c for c in cfgs if c.method == "svd"]
     assert len(hscc) == 2 * 2 * 3 and len(svd) == 3  # baselines ignore grid and clusters
     assert [c.grid for c in hscc] == sorted(c.grid for c in hscc)  # grouped by grid
+    plus = expand(["hscc", "svd"], grids=[2], clusters=[2], energies=[0.9], budgets=[3],
+                  cluster_sides=["output", "input"], allocations=["uniform", "greedy"])
+    # Greedy pairs with budgets only; baselines are not multiplied by HSCC-only switches.
+    assert len([c for c in plus if c.method == "hscc"]) == 2 * 2 + 2 and len([c for c in plus if c.method == "svd"]) == 2
     with pytest.raises(ValueError, match="grid"):
         expand(["hscc"], grids=[0], clusters=[1], energies=[0.9])
     with pytest.raises(ValueError, match="at least one energy or budget"):

@@ -1,0 +1,152 @@
+"""Tests for hscc_core.allocation: greedy rank allocation meets budgets and beats the uniform rule."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hscc_core.allocation import _steps, captured_energy, greedy_budget, greedy_plan
+from hscc_core.budgets import search_energy
+from hscc_core.calibration import compute_stats
+from hscc_core.hscc import (HSCCConv2d, HSCCPlan, block_macs, build_hscc, decompose_hscc, energy_rank,
+                            plan_from_decomposition, plan_macs)
+from hscc_core.hscc_input import (HSCCInputConv2d, InputPlan, build_hscc_input, compute_input_stats,
+                                  decompose_hscc_input, input_block_macs, plan_input, plan_input_macs)
+from hscc_core.measure import layer_flops
+
+torch.set_num_threads(2)
+
+
+def random_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 12, 3, 1, 1), nn.ReLU(),
+        nn.Conv2d(12, 16, 5, 2, 2), nn.ReLU(),
+        nn.Conv2d(16, 20, 3, 1, 1), nn.ReLU(),
+    ).eval()
+
+
+X = torch.randn(20, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def decomps():
+    model = random_cnn()
+    out = decompose_hscc(model, compute_stats(model, X, 2), 3, seed=0)
+    inp = decompose_hscc_input(model, compute_input_stats(model, X, 2, 3, seed=0))
+    return model, {
+        "output": (out, plan_from_decomposition, plan_macs, build_hscc, HSCCConv2d),
+        "input": (inp, plan_input, plan_input_macs, build_hscc_input, HSCCInputConv2d),
+    }
+
+
+def next_step_costs(plan, side):
+    """For every block that still has energy left out: the MACs of its next purchase."""
+    out = []
+    for lp in plan.layers.values():
+        d = lp.decomp
+        for reg, ranks, dense in zip(d.regions, lp.ranks, lp.dense):
+            area = (reg.bounds[1] - reg.bounds[0]) * (reg.bounds[3] - reg.bounds[2])
+            for b, k, is_dense in zip(reg.blocks, ranks, dense):
+                if is_dense or energy_rank(b.ratio, 1.0) <= k:  # nothing left that tau = 1 keeps
+                    continue
+                n = b.channels.size
+                if side == "output":
+                    cost = lambda r: block_macs(r, n, d.fan_in)[0]  # noqa: E731
+                else:
+                    cost = lambda r: input_block_macs(r, n, d.kernel_area, d.out_channels)[0]  # noqa: E731
+                out.append(area * (cost(k + 1) - cost(k)))
+    return out
+
+
+@pytest.mark.parametrize("side", ["output", "input"])
+@pytest.mark.parametrize("budget", [1.5, 3.0, 6.0])
+def test_greedy_meets_budget_within_one_direction(decomps, side, budget):
+    model, d = decomps
+    decomp = d[side][0]
+    target = decomp.original_macs / budget
+    plan = greedy_plan(decomp, target)
+    assert isinstance(plan, HSCCPlan if side == "output" else InputPlan)
+    assert plan.energy is None
+    macs = plan.macs()
+    assert macs <= target
+    pending = next_step_costs(plan, side)
+    assert pending, "the budget should leave some energy out"
+    assert target - macs < min(pending)  # nothing that is left out would still fit
+    plan2, res = greedy_budget(decomp, budget)
+    assert plan2.macs() == res.macs == macs and res.met and res.energy is None
+    assert res.achieved_ratio == pytest.approx(decomp.original_macs / macs)
+
+
+@pytest.mark.parametrize("side", ["output", "input"])
+@pytest.mark.parametrize("budget", [2.0, 3.0, 6.0])
+def test_greedy_captures_more_energy_than_uniform_at_no_more_macs(decomps, side, budget):
+    model, d = decomps
+    decomp, plan_fn, macs_fn = d[side][:3]
+    found = search_energy(lambda e: macs_fn(decomp, e), decomp.original_macs, budget)
+    uniform = plan_fn(decomp, found.energy)
+    greedy = greedy_plan(decomp, uniform.macs())
+    assert greedy.macs() <= uniform.macs()
+    eu, eg = captured_energy(uniform), captured_energy(greedy)
+    assert sum(eg.values()) >= sum(eu.values())
+    assert all(0.0 <= v <= 1.0 for v in list(eu.values()) + list(eg.values()))
+
+
+@pytest.mark.parametrize("side", ["output", "input"])
+def test_greedy_plans_build_and_flops_agree(decomps, side):
+    model, d = decomps
+    decomp, _, _, build, cls = d[side]
+    plan = greedy_plan(decomp, decomp.original_macs / 4)
+    json.dumps(plan.layer_summary())
+    comp = build(model, plan)
+    counted = layer_flops(comp, list(plan.layers), (1, 3, 24, 24))
+    mods = {n: m for n, m in comp.named_modules() if isinstance(m, cls)}
+    assert set(mods) == set(plan.layers)
+    for name, mod in mods.items():
+        assert mod.analytical_macs() == plan.layers[name].macs
+        assert abs(counted[name] - 2 * mod.analytical_macs()) <= 0.01 * counted[name]
+    with torch.no_grad():
+        assert torch.isfinite(comp(X)).all()
+
+
+@pytest.mark.parametrize("side", ["output", "input"])
+def test_whole_budget_gives_every_energy_direction(decomps, side):
+    model, d = decomps
+    decomp, plan_fn = d[side][:2]
+    plan = greedy_plan(decomp, decomp.original_macs)
+    assert all(v == pytest.approx(1.0) for v in captured_energy(plan).values())
+    assert plan.macs() <= plan_fn(decomp, 1.0).macs() <= decomp.original_macs
+    assert greedy_plan(decomp, 1).macs() == 0  # nothing fits: every block at rank 0
+
+
+def test_budget_not_met_when_all_energy_is_cheap():
+    torch.manual_seed(3)
+    conv = nn.Conv2d(8, 16, 3, 1, 1)
+    with torch.no_grad():  # rank-2 weights: every block has two directions of energy
+        conv.weight.copy_((torch.randn(16, 2) @ torch.randn(2, 72)).view(16, 8, 3, 3))
+    model = nn.Sequential(conv).eval()
+    x = torch.randn(12, 8, 12, 12)
+    decomp = decompose_hscc(model, compute_stats(model, x, 2), 1)
+    plan, res = greedy_budget(decomp, 1.2)
+    assert not res.met and "not met" in res.message
+    assert plan.layer_summary()["0"]["ranks"] == [[2]] * 4
+    with pytest.raises(ValueError, match="budget"):
+        greedy_budget(decomp, 1.0)
+    with pytest.raises(ValueError, match="target"):
+        greedy_plan(decomp, 0)
+    with pytest.raises(TypeError):
+        greedy_plan(object(), 10)
+
+
+def test_steps_iron_the_jump_to_dense():
+    # k* = 3: two directions at 10 MACs, then dense for 25 - 20 = 5 MACs with the rest of the energy.
+    keys, costs, kstar = _steps(np.array([0.4, 0.3, 0.2, 0.1]), 10, 25)
+    assert kstar == 3 and costs.tolist() == [10, 10, 5] and costs.sum() == 25
+    # 0.3 energy for 5 MACs beats the directions: the whole block is worth 1.0 / 25 per MAC.
+    np.testing.assert_allclose(keys, [0.04, 0.04, 0.04])
+    keys, costs, kstar = _steps(np.array([0.9, 0.05, 0.03, 0.02]), 10, 35)
+    assert kstar == 4 and costs.tolist() == [10, 10, 10, 5]
+    np.testing.assert_allclose(keys, [0.09, 0.005, 0.05 / 15, 0.05 / 15])  # only the tail is pooled
+    assert np.all(np.diff(keys) <= 0)
