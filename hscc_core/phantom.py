@@ -46,7 +46,9 @@ __all__ = [
     "CLASSES",
     "PHANTOM_VERSION",
     "PhantomSpec",
+    "image_rng",
     "render_slice",
+    "render_slice_with_masks",
     "write_phantom_dataset",
 ]
 
@@ -60,6 +62,25 @@ SPLITS: tuple[str, ...] = ("Training", "Testing")
 MANIFEST = "phantom.json"
 
 _MIN_SIZE, _MAX_SIZE = 32, 1024
+
+# Lesion size (normalised units: 1 = half the field of view) and contrast (added to or removed
+# from the white-matter intensity, itself about 0.6) of a typical, conspicuous lesion. Together
+# with the subtle fraction below they set how hard the task is; they were calibrated so that a
+# briefly trained AlexNet is good but not perfect (see the module docstring).
+LESION_RANGES: dict[str, tuple[float, float]] = {
+    "glioma_radius": (0.13, 0.26),
+    "glioma_rim_contrast": (0.15, 0.38),
+    "glioma_low_grade_contrast": (0.15, 0.30),
+    "oedema_contrast": (0.08, 0.18),
+    "meningioma_radius": (0.10, 0.22),
+    "meningioma_contrast": (0.15, 0.38),
+    "pituitary_half_height": (0.065, 0.115),
+    "pituitary_contrast": (0.15, 0.32),
+}
+# A share of lesions is subtle: contrast scaled by a strength drawn from SUBTLE_STRENGTH and size
+# by (1 + strength) / 2. These are the cases a classifier may miss, as on real scans.
+SUBTLE_FRACTION = 0.15
+SUBTLE_STRENGTH = (0.25, 0.5)
 _MAX_PER_CLASS = 100_000
 _MAX_SEED = 2**63 - 1
 
@@ -139,6 +160,37 @@ def _mix(img: np.ndarray, mask: np.ndarray, value: np.ndarray | float) -> np.nda
 def render_slice(label: str, rng: np.random.Generator, size: int = 128) -> np.ndarray:
     """Draw one synthetic axial MRI slice of the given class.
 
+    Same as ``render_slice_with_masks(label, rng, size)[0]``.
+
+    Parameters
+    ----------
+    label : str
+        One of :data:`CLASSES`.
+    rng : numpy.random.Generator
+        Source of every random choice; the same generator state gives the same image.
+    size : int, default 128
+        Output height and width in pixels, in ``[32, 1024]``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` array of shape ``(size, size)``; background is near 0.
+
+    Raises
+    ------
+    ValueError
+        If ``label`` is not a known class or ``size`` is out of range.
+    """
+    return render_slice_with_masks(label, rng, size)[0]
+
+
+def render_slice_with_masks(
+    label: str, rng: np.random.Generator, size: int = 128
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Draw one synthetic axial MRI slice and the masks of what it shows.
+
+    The masks are ground truth for tests and for checking where an explanation heatmap points.
+
     Parameters
     ----------
     label : str
@@ -151,8 +203,12 @@ def render_slice(label: str, rng: np.random.Generator, size: int = 128) -> np.nd
 
     Returns
     -------
-    numpy.ndarray
+    image : numpy.ndarray
         ``uint8`` array of shape ``(size, size)``; background is near 0.
+    masks : dict of str to numpy.ndarray
+        Boolean ``(size, size)`` masks: ``"lesion"`` (the tumour itself, without oedema; empty for
+        ``no_tumor``), ``"intracranial"`` (inside the inner skull table) and ``"skull"`` (bone,
+        including the skull-base ridge).
 
     Raises
     ------
@@ -210,7 +266,7 @@ def render_slice(label: str, rng: np.random.Generator, size: int = 128) -> np.nd
     n_sulci = _smooth_noise(rng, size, 0.02 / px)
     cortex_t = rng.uniform(0.06, 0.1)
     # Grey matter: the cortical ribbon plus deep islands (basal-ganglia-like) from a noise field.
-    gm_mask = np.maximum(_soft(depth - cortex_t * (1 + 0.35 * n_wm), 0.01), _soft(-(n_wm - 1.3), 0.2) * 0.7)
+    gm_mask = np.maximum(_soft(depth - cortex_t * (1 + 0.35 * n_wm), 0.01), _soft(-(n_wm - 1.5), 0.2) * 0.4)
     tissue = wm + (gm - wm) * gm_mask
     # Sulci: thin CSF clefts in the outer cortex where a noise field crosses zero.
     sulci = np.exp(-(n_sulci / 0.22) ** 2) * _soft(depth - 0.8 * cortex_t, 0.01)
@@ -219,13 +275,15 @@ def render_slice(label: str, rng: np.random.Generator, size: int = 128) -> np.nd
     tissue = tissue * (1.0 + 0.03 * _smooth_noise(rng, size, 0.006 / px))
 
     # ---- lesion geometry is chosen first so that its mass effect can push normal anatomy ----
+    # Drawn for every class so that the random stream up to here does not depend on the label.
+    strength = 1.0 if rng.random() >= SUBTLE_FRACTION else rng.uniform(*SUBTLE_STRENGTH)
     disp_x = np.zeros_like(x)
     disp_y = np.zeros_like(y)
     lesion = None
     if label == "glioma_tumor":
-        lesion = _glioma_geometry(rng, head, x, y)
+        lesion = _glioma_geometry(rng, head, x, y, strength)
     elif label == "meningioma_tumor":
-        lesion = _meningioma_geometry(rng, head, x, y, r, psi, r_inner)
+        lesion = _meningioma_geometry(rng, head, x, y, r, psi, r_inner, strength)
     if lesion is not None:
         cx, cy, rad = lesion["cx"], lesion["cy"], lesion["radius"]
         dx, dy = x - cx, y - cy
@@ -266,14 +324,15 @@ def render_slice(label: str, rng: np.random.Generator, size: int = 128) -> np.nd
     gland_val = wm + rng.uniform(-0.02, 0.08)
     gland = _soft(_ellipse_dist(x, y, 0.0, p_cy - gland_b, gland_a, gland_b, 0.0), edge)
     tissue = _mix(tissue, gland, gland_val)
+    lesion_mask = np.zeros_like(x)
     if label == "pituitary_tumor":
-        tissue = _pituitary(rng, tissue, x, y, p_cy, gland_a, gland_b, wm, size, px, edge)
+        tissue, lesion_mask = _pituitary(rng, tissue, x, y, p_cy, gland_a, wm, size, px, edge, strength)
 
     # ---- the lesions -------------------------------------------------------------------------
     if label == "glioma_tumor":
-        tissue = _paint_glioma(rng, tissue, lesion, wm, gm, csf, size, px, edge, inside)
+        tissue, lesion_mask = _paint_glioma(rng, tissue, lesion, wm, csf, size, px, edge, inside)
     elif label == "meningioma_tumor":
-        tissue = _paint_meningioma(rng, tissue, lesion, wm, csf, size, px, edge)
+        tissue, lesion_mask = _paint_meningioma(rng, tissue, lesion, wm, csf, size, px, edge)
 
     # ---- class-independent distractors -------------------------------------------------------
     tissue = _distractors(rng, tissue, head, x, y, r, r_brain, wm, csf, edge)
@@ -293,13 +352,18 @@ def render_slice(label: str, rng: np.random.Generator, size: int = 128) -> np.nd
         axis = int(rng.integers(0, 2))
         img = img + rng.uniform(0.03, 0.08) * np.roll(img, shift, axis=axis)
     img = np.clip(img * rng.uniform(0.85, 1.15), 0.0, None) ** rng.uniform(0.8, 1.25)
-    sigma = rng.uniform(0.015, 0.05)
+    sigma = rng.uniform(0.01, 0.04)
     n1 = rng.standard_normal((size, size)) * sigma
     n2 = rng.standard_normal((size, size)) * sigma
     img = np.sqrt((img + n1) ** 2 + n2**2)  # magnitude of complex Gaussian noise = Rician
     # Window like a scanner export: the brightest structures saturate slightly.
     img = img / np.quantile(img, 0.998) * rng.uniform(0.9, 1.0)
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    masks = {
+        "lesion": lesion_mask > 0.5,
+        "intracranial": r < r_inner,
+        "skull": (r >= r_inner) & (r < r_head - t_scalp),
+    }
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), masks
 
 
 def _draw_head(rng: np.random.Generator) -> dict:
@@ -337,15 +401,16 @@ def _radii(head: dict, psi):
     return r_head, r_inner, r_inner - head["t_csf"]
 
 
-def _glioma_geometry(rng, head, x, y) -> dict:
+def _glioma_geometry(rng, head, x, y, strength) -> dict:
     """Position and irregular outline of an intra-axial glioma (deep, away from the skull)."""
     ang = rng.uniform(0, 2 * np.pi)
     # Avoid the skull-base ridge direction so the glioma is not mistaken for a sellar mass.
     if _angle_diff(ang, np.pi / 2) < 0.5:
         ang += np.pi
     rb = float(_radii(head, ang)[2])
-    radius = rng.uniform(0.05, 0.17)
-    dist = rng.uniform(0.05, max(0.06, rb - radius * 1.6 - 0.06))
+    radius = rng.uniform(*LESION_RANGES["glioma_radius"]) * (1.0 + strength) / 2.0
+    # Deep enough that even the most lobulated outline stays clear of the cortex and skull.
+    dist = rng.uniform(0.05, max(0.06, rb - 2.0 * radius - 0.05))
     cx, cy = dist * np.cos(ang), dist * np.sin(ang)
     dx, dy = x - cx, y - cy
     phi = np.arctan2(dy, dx)
@@ -358,46 +423,51 @@ def _glioma_geometry(rng, head, x, y) -> dict:
         "cy": cy,
         "radius": radius,
         "d": np.hypot(dx, dy) - radius * wob,  # signed distance-like field
-        "mass_effect": rng.uniform(0.1, 0.45),
+        "mass_effect": rng.uniform(0.1, 0.45) * strength,
+        "strength": strength,
     }
 
 
-def _paint_glioma(rng, tissue, lesion, wm, gm, csf, size, px, edge, inside) -> np.ndarray:
+def _paint_glioma(rng, tissue, lesion, wm, csf, size, px, edge, inside) -> tuple[np.ndarray, np.ndarray]:
     """Oedema halo plus a heterogeneous tumour: ring-enhancing or low-grade."""
     radius = lesion["radius"]
-    rough = _smooth_noise(rng, size, 0.015 / px)
-    d = lesion["d"] + 0.25 * radius * rough
+    # Lobulated, not fractal: the outline roughness varies over about a third of the radius.
+    rough = _smooth_noise(rng, size, max(0.3 * radius, 0.02) / px)
+    d = lesion["d"] + 0.2 * radius * rough
     # Oedema: a wider, more irregular halo, hypo-intense on T1, blurring grey/white contrast.
-    halo = rng.uniform(0.5, 1.3) * radius
+    k = lesion["strength"]
+    halo = rng.uniform(0.5, 1.3) * radius * k
     oedema = _soft(d - halo * (1 + 0.4 * _smooth_noise(rng, size, 0.03 / px)), 0.02) * inside
-    tissue = _mix(tissue, oedema * rng.uniform(0.4, 0.9), wm - rng.uniform(0.06, 0.16))
-    het = _smooth_noise(rng, size, 0.008 / px)
+    tissue = _mix(tissue, oedema * rng.uniform(0.4, 0.9), wm - k * rng.uniform(*LESION_RANGES["oedema_contrast"]))
+    het = _smooth_noise(rng, size, 0.015 / px)
     body = _soft(d, edge)
     if rng.random() < 0.65:
         # High grade: enhancing irregular rim around a dark necrotic core.
-        rim_val = wm + rng.uniform(0.04, 0.28)
-        core_val = csf + rng.uniform(0.08, 0.25)
-        core = _soft(d + radius * rng.uniform(0.25, 0.5), 0.01)
+        rim_val = wm + k * rng.uniform(*LESION_RANGES["glioma_rim_contrast"])
+        # A subtle tumour's core is closer to the surrounding tissue.
+        core_val = wm - k * (wm - csf - rng.uniform(0.08, 0.25))
+        core = _soft(d + radius * rng.uniform(0.3, 0.55), 0.01)
         tissue = _mix(tissue, body, rim_val * (1 + 0.12 * het))
         tissue = _mix(tissue, core, core_val * (1 + 0.15 * het))
     else:
         # Low grade: hypo-intense, non-enhancing, heterogeneous.
-        val = wm - rng.uniform(0.06, 0.22)
+        val = wm - k * rng.uniform(*LESION_RANGES["glioma_low_grade_contrast"])
         tissue = _mix(tissue, body, val * (1 + 0.15 * het))
-    return tissue
+    return tissue, body
 
 
-def _meningioma_geometry(rng, head, x, y, r, psi, r_inner) -> dict:
+def _meningioma_geometry(rng, head, x, y, r, psi, r_inner, strength) -> dict:
     """Position of an extra-axial meningioma: a round mass pressed against the inner skull."""
     ang = rng.uniform(0, 2 * np.pi)
     if _angle_diff(ang, np.pi / 2) < 0.6:
         ang += np.pi  # keep away from the sella: that is the pituitary's place
     ri = float(_radii(head, ang)[1])
-    radius = rng.uniform(0.045, 0.16)
-    # The centre sits just inside the inner table, so the mass touches (and flattens on) it.
-    dist = ri - radius * rng.uniform(0.55, 0.85)
-    cx, cy = dist * np.cos(ang), dist * np.sin(ang)
+    radius = rng.uniform(*LESION_RANGES["meningioma_radius"]) * (1.0 + strength) / 2.0
     flat = rng.uniform(0.7, 1.0)  # flattened against the skull (radial semi-axis shorter)
+    # The centre sits inside the inner table by less than the radial semi-axis, so the mass
+    # always reaches (and is cut flat by) the skull.
+    dist = ri - radius * flat * rng.uniform(0.55, 0.85)
+    cx, cy = dist * np.cos(ang), dist * np.sin(ang)
     d = _ellipse_dist(x, y, cx, cy, radius * flat, radius, ang)
     return {
         "cx": cx,
@@ -405,7 +475,8 @@ def _meningioma_geometry(rng, head, x, y, r, psi, r_inner) -> dict:
         "radius": radius,
         "angle": ang,
         "d": d,
-        "mass_effect": rng.uniform(0.15, 0.5),
+        "mass_effect": rng.uniform(0.15, 0.5) * strength,
+        "strength": strength,
         "inner": r - r_inner,  # > 0 beyond the inner table
         "psi": psi,
         "r": r,
@@ -413,14 +484,14 @@ def _meningioma_geometry(rng, head, x, y, r, psi, r_inner) -> dict:
     }
 
 
-def _paint_meningioma(rng, tissue, lesion, wm, csf, size, px, edge) -> np.ndarray:
+def _paint_meningioma(rng, tissue, lesion, wm, csf, size, px, edge) -> tuple[np.ndarray, np.ndarray]:
     """Homogeneous, sharply bounded enhancing mass with a CSF cleft and maybe a dural tail."""
     d = lesion["d"]
     within_skull = _soft(lesion["inner"], edge)
     # CSF cleft: a thin dark rim between tumour and brain, the sign of an extra-axial mass.
     cleft = _soft(d - rng.uniform(0.008, 0.02), edge) * (1.0 - _soft(d, edge))
     tissue = _mix(tissue, cleft * rng.uniform(0.3, 0.8), csf)
-    value = wm + rng.uniform(0.03, 0.3)
+    value = wm + lesion["strength"] * rng.uniform(*LESION_RANGES["meningioma_contrast"])
     value = value * (1.0 + 0.04 * _smooth_noise(rng, size, 0.01 / px))
     mask = _soft(d, edge) * within_skull
     if rng.random() < 0.5:
@@ -431,12 +502,12 @@ def _paint_meningioma(rng, tissue, lesion, wm, csf, size, px, edge) -> np.ndarra
         mask = np.maximum(mask, band * 0.8)
     lesion["mask"] = mask
     lesion["value"] = value
-    return _mix(tissue, mask, value)
+    return _mix(tissue, mask, value), mask
 
 
-def _pituitary(rng, tissue, x, y, p_cy, gland_a, gland_b, wm, size, px, edge) -> np.ndarray:
+def _pituitary(rng, tissue, x, y, p_cy, gland_a, wm, size, px, edge, strength) -> tuple[np.ndarray, np.ndarray]:
     """Pituitary adenoma: a small bright midline mass grown upwards out of the sella."""
-    h = rng.uniform(0.03, 0.085)  # half-height
+    h = rng.uniform(*LESION_RANGES["pituitary_half_height"]) * (1.0 + strength) / 2.0
     w = max(gland_a, h * rng.uniform(0.8, 1.2))
     cx = rng.uniform(-0.01, 0.01)
     d = _ellipse_dist(x, y, cx, p_cy - h, w, h, 0.0)
@@ -444,9 +515,10 @@ def _pituitary(rng, tissue, x, y, p_cy, gland_a, gland_b, wm, size, px, edge) ->
     if rng.random() < 0.4:
         top = _ellipse_dist(x, y, cx, p_cy - 2.0 * h, 0.8 * w, 0.7 * h, 0.0)
         d = np.minimum(d, top)
-    val = wm + rng.uniform(0.02, 0.26)
+    val = wm + strength * rng.uniform(*LESION_RANGES["pituitary_contrast"])
     val = val * (1.0 + 0.06 * _smooth_noise(rng, size, 0.008 / px))
-    return _mix(tissue, _soft(d, edge), val)
+    mask = _soft(d, edge)
+    return _mix(tissue, mask, val), mask
 
 
 def _distractors(rng, tissue, head, x, y, r, r_brain, wm, csf, edge) -> np.ndarray:

@@ -35,3 +35,12 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     path.write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_checkpoint(path)
+
+
+def test_alexnet_uses_he_initialisation():
+    torch.manual_seed(0)
+    model = build_model("alexnet", 4)
+    fc = model.classifier[-1]
+    assert abs(fc.weight.std().item() - 0.01) < 0.002 and torch.count_nonzero(fc.bias) == 0
+    conv = model.features[0]  # fan_out = 64 * 11 * 11
+    assert abs(conv.weight.std().item() - (2 / (64 * 121)) ** 0.5) < 0.002
