@@ -15,26 +15,14 @@ same quantity over output positions for heatmaps.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import nn
 
+from .measure import _eval  # eval mode with every submodule's flag restored (shared helper)
+
 __all__ = ["layer_error_map", "layer_errors"]
-
-
-@contextmanager
-def _eval(*models: nn.Module) -> Iterator[None]:
-    """Eval mode inside, every submodule's own train/eval flag restored afterwards."""
-    flags = [(m, m.training) for model in models for m in model.modules()]
-    for model in models:
-        model.eval()
-    try:
-        yield
-    finally:
-        for m, was in flags:
-            m.training = was
 
 
 class _Stop(Exception):
