@@ -125,7 +125,12 @@ class RayExecutor:
             ray.init(**kwargs)
         except (OSError, ValueError, RuntimeError) as exc:  # ConnectionError, TimeoutError, ...
             where = self.address or "a local instance"
-            raise ValueError(f"cannot start or reach the Ray cluster at {where}: {exc}") from None
+            hint = ""
+            if self.address not in (None, "auto") and not os.environ.get("RAY_AUTH_MODE"):
+                # Ray only reads its auth token by itself for `auto`; a token-protected cluster
+                # (the default of `ray start`) refuses an explicit address without it.
+                hint = " (a cluster with token authentication also needs RAY_AUTH_MODE=token: see docs/ray.md)"
+            raise ValueError(f"cannot start or reach the Ray cluster at {where}: {exc}{hint}") from None
         self._owned = True
         _route_ray_messages_to_stderr()
         return ray
