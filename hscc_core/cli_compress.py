@@ -54,8 +54,9 @@ def register(sub, common) -> dict:
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs (same recipe for all)")
     p.add_argument("--cluster-side", choices=CLUSTER_SIDES, default="output",
                    help="HSCC: cluster output channels (the paper) or input channels (HSCC+)")
-    p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
-                   help="HSCC ranks: one energy for every block, or greedy by energy per MAC (budget mode)")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
+                   help="HSCC ranks: one energy for every block, or greedy by energy per MAC (budget "
+                        "mode only; its default there, measured better on the real data: docs/results.md)")
     _run_options(p)
 
     p = sub.add_parser("sweep", help="many runs over a product of settings (resumable)",
@@ -64,13 +65,16 @@ def register(sub, common) -> dict:
     p.add_argument("--methods", type=lambda t: t.replace(",", " ").split(), default=list(METHODS))
     p.add_argument("--grid", type=_int_list, default=list(DEFAULT_GRIDS), help="e.g. '1 2 4'")
     p.add_argument("--clusters", type=_int_list, default=list(DEFAULT_CLUSTERS), help="e.g. '1 2 4 8'")
-    p.add_argument("--energy", type=_float_list, default=list(DEFAULT_ENERGIES), help="e.g. '0.9 0.95'")
+    p.add_argument("--energy", type=_float_list, default=None,
+                   help="e.g. '0.9 0.95' (default: " + " ".join(map(str, DEFAULT_ENERGIES))
+                        + ", or none when --budgets is given)")
     p.add_argument("--budgets", type=_float_list, default=[], help="e.g. '3 6'")
     p.add_argument("--finetune-epochs", type=_int_list, default=[0], help="e.g. '0 2'")
     p.add_argument("--cluster-sides", type=lambda t: t.replace(",", " ").split(), default=["output"],
                    help="HSCC cluster sides, e.g. 'output input'")
-    p.add_argument("--allocations", type=lambda t: t.replace(",", " ").split(), default=["uniform"],
-                   help="HSCC allocations, e.g. 'uniform greedy' (greedy applies to budgets only)")
+    p.add_argument("--allocations", type=lambda t: t.replace(",", " ").split(), default=None,
+                   help="HSCC allocations, e.g. 'uniform greedy' (greedy applies to budgets only; "
+                        "default: uniform for energies, greedy for budgets)")
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes; with --executor ray and no --address, the CPUs of "
                         "the Ray instance started here (default: all cores)")
@@ -103,6 +107,8 @@ def register(sub, common) -> dict:
                    help="epochs of the fine-tuned rows (0: no fine-tuned rows)")
     p.add_argument("--speed", action="store_true", help="only the speed table (original vs methods)")
     p.add_argument("--no-sweep", action="store_true", help="leave the stored sweep out of the JSON")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes for the table's runs (more than 1 needs --no-speed)")
     _run_options(p)
     return {"compress": cmd_compress, "sweep": cmd_sweep, "runs": cmd_runs, "pareto": cmd_pareto,
             "bench": cmd_bench}
@@ -151,7 +157,12 @@ def _config(args, energy_default: float = 0.95) -> RunConfig:
     return RunConfig(method=args.method, grid=args.grid, clusters=args.clusters, energy=energy,
                      budget=args.budget, finetune_epochs=args.finetune_epochs,
                      calib_size=args.calib_size, seed=args.seed, cluster_side=args.cluster_side,
-                     allocation=args.allocation)
+                     allocation=args.allocation or default_allocation(args.method, args.budget))
+
+
+def default_allocation(method: str, budget: float | None) -> str:
+    """Greedy for HSCC in budget mode (measured better on the real data), else uniform."""
+    return "greedy" if method == "hscc" and budget is not None else "uniform"
 
 
 def _check_runs(args):
@@ -187,7 +198,8 @@ def cmd_sweep(args) -> int:
         if m not in METHODS:
             raise ValueError(f"unknown method '{m}' (allowed: {', '.join(METHODS)})")
     _check_runs(args)
-    configs = expand(args.methods, args.grid, args.clusters, args.energy, args.budgets,
+    energies = args.energy if args.energy is not None else ([] if args.budgets else list(DEFAULT_ENERGIES))
+    configs = expand(args.methods, args.grid, args.clusters, energies, args.budgets,
                      args.finetune_epochs, args.calib_size, args.seed, args.cluster_sides, args.allocations)
     executor = make_executor(args.executor, args.workers, args.address)  # bad address: exit 2 now
     ws = _ws_with_baseline(args)
@@ -323,12 +335,23 @@ def cmd_bench(args) -> int:
                           f"b32 {r['speedup_b32']:.2f}x  ({r['device']})" for r in table["rows"])
         emit(args, dict(table, machine=machine_description(), command=command), human)
         return 0
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers > 1 and not args.no_speed:
+        # Runs timed while other runs share the cores would report a made-up speed-up.
+        raise ValueError("--workers above 1 needs --no-speed (parallel runs disturb latency timing)")
     original, _, _ = original_run(ws)
     rows_cfg, ablation_cfg = bench_configs(args.budgets, args.bench_grid, args.bench_clusters,
                                            args.finetune_epochs, args.calib_size, args.seed)
     configs = rows_cfg + [c for _, c in ablation_cfg]
-    result = run_sweep(ws, configs, measure_speed=not args.no_speed, latency_runs=args.latency_runs,
+    result = run_sweep(ws, configs, make_executor("local", args.workers), measure_speed=not args.no_speed,
+                       latency_runs=args.latency_runs,
                        progress=(lambda d, t: log(f"bench: {d}/{t} runs computed")) if not args.quiet else None)
+    if result.interrupted:
+        # A partial table would read like a complete one: say what is kept and stop.
+        log(f"bench interrupted after {result.computed} of its runs: they are stored; "
+            "run the same command to resume")
+        return 130
     if result.failed:
         for f in result.failed:
             log(f"run failed: {RunConfig(**f['config']).label()}: {f['error']}")

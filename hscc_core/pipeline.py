@@ -20,6 +20,23 @@ from .workspace import Workspace
 ORIGINAL_VERSION = 1
 
 
+def _eval_device():
+    """Where test-set predictions and layer errors run: the GPU when present.
+
+    On a GPU machine evaluating on the CPU would be most of a sweep's time. TF32 is switched off
+    so GPU convolutions round like float32 ones and CPU and GPU runs stay comparable.
+    """
+    import torch  # noqa: PLC0415
+
+    from .training import pick_device  # noqa: PLC0415
+
+    dev = pick_device()
+    if dev.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return dev
+
+
 def original_run(ws: Workspace, progress=None) -> tuple[dict, dict[str, np.ndarray], bool]:
     """Metrics of the baseline on the test split (cached).
 
@@ -39,7 +56,10 @@ def original_run(ws: Workspace, progress=None) -> tuple[dict, dict[str, np.ndarr
         start = time.perf_counter()
         model, meta = ws.baseline()
         images = ws.images()
-        probs = predict_proba(model, images.x_test, to_input=images.to_tensor)
+        try:
+            probs = predict_proba(model.to(_eval_device()), images.x_test, to_input=images.to_tensor)
+        finally:
+            model.cpu()  # the workspace shares this model; everything else expects it on the CPU
         preds = probs.argmax(1)
         shape = (1, 3, images.size, images.size)
         flops, params = count_flops(model, shape), count_params(model)
@@ -341,7 +361,9 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
                                                        + i["batch"], i["epochs"] * i["batches"])).model.cpu()
     compressed.eval()
     progress("evaluate", 0, 1)
-    probs = predict_proba(compressed, images.x_test, to_input=images.to_tensor)
+    dev = _eval_device()
+    probs = predict_proba(compressed.to(dev), images.x_test, to_input=images.to_tensor)
+    compressed.cpu()
     preds = probs.argmax(1)
     metrics = classification_metrics(images.y_test, preds, images.classes)
     paired = paired_comparison(images.y_test, original_arrays["predictions"], preds)
@@ -379,7 +401,12 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
                         calibration_indices(images.y_train, config.calib_size, config.seed))
     pool = images.x_train[rest] if rest.size else images.x_test
     held = np.sort(np.random.default_rng(config.seed).permutation(len(pool))[:64])
-    run["layer_errors"] = layer_errors(model, compressed, layers, images.to_tensor(pool[held]))
+    try:
+        run["layer_errors"] = layer_errors(model.to(dev), compressed.to(dev), layers,
+                                           images.to_tensor(pool[held]).to(dev))
+    finally:
+        model.cpu()
+        compressed.cpu()
     run["flops_ratio"] = run["flops_original"] / max(run["flops"], 1)
     run["layer_flops_ratio"] = sum(layer_fl_orig.values()) / max(sum(layer_fl.values()), 1)
     if measure_speed:

@@ -176,3 +176,32 @@ def test_compress_hscc_plus_switches(capsys, trained_workspace):
     assert set(run["layer_errors"]) == set(run["layer_flops"])
     code, _, err = run_cli(capsys, "compress", *args, "--allocation", "greedy", "--energy", "0.9")
     assert code == 2 and "needs a budget" in err
+
+
+def test_budget_mode_defaults_to_greedy_and_budget_sweeps_skip_energies(capsys, trained_workspace):
+    args = [*_tiny_args(trained_workspace), "--grid", "1", "--clusters", "1", "--calib-size", "16",
+            "--no-speed", "--json"]
+    code, out, _ = run_cli(capsys, "compress", *args, "--budget", "2")
+    assert code == 0 and json.loads(out)["allocation"] == "greedy"
+    code, out, _ = run_cli(capsys, "compress", *args, "--energy", "0.9")
+    assert code == 0 and json.loads(out)["allocation"] == "uniform"
+    code, out, _ = run_cli(capsys, "sweep", *args, "--methods", "hscc svd", "--budgets", "2")
+    runs = json.loads(out)["runs"]
+    assert code == 0 and len(runs) == 2 and all(r["config"]["budget"] == 2.0 for r in runs)
+    assert {r["method"]: r["allocation"] for r in runs} == {"hscc": "greedy", "svd": "uniform"}
+
+
+def test_interrupted_bench_says_so_without_a_table(capsys, trained_workspace, monkeypatch):
+    from hscc_core import cli_compress
+    from hscc_core.sweeps import SweepResult
+
+    monkeypatch.setattr(cli_compress, "run_sweep",
+                        lambda *a, **k: SweepResult(computed=3, interrupted=True))
+    code, out, err = run_cli(capsys, "bench", *_tiny_args(trained_workspace), "--no-speed", "--json")
+    assert code == 130 and out == "" and "Traceback" not in err
+    assert "bench interrupted after 3 of its runs" in err
+
+
+def test_parallel_bench_refuses_to_time_runs(capsys, trained_workspace):
+    code, out, err = run_cli(capsys, "bench", *_tiny_args(trained_workspace), "--workers", "2", "--json")
+    assert code == 2 and out == "" and "--workers above 1 needs --no-speed" in err

@@ -1,0 +1,7 @@
+"""``python -m hscc_core``: the ``hscc`` command line where the console script is not installed."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
