@@ -205,12 +205,26 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# Digests of large files by file state (device, inode, size, mtime): a sweep checks the 230 MB
+# checkpoint once per run key, and hashing it each time made a fully cached sweep take 11 s.
+# Blobs are replaced by rename (a new inode) and any write changes mtime, so a changed file is
+# always hashed again.
+_DIGESTS: dict[tuple, str] = {}
+
+
 def _sha256_file(path: Path) -> str:
+    st = os.stat(path)
+    ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if ident in _DIGESTS:
+        return _DIGESTS[ident]
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
-    return h.hexdigest()
+    if len(_DIGESTS) > 1024:
+        _DIGESTS.clear()
+    _DIGESTS[ident] = digest = h.hexdigest()
+    return digest
 
 
 def _fsync_dir(path: Path) -> None:
