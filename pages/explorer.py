@@ -6,7 +6,7 @@ import traceback
 import pandas as pd
 import streamlit as st
 
-from hscc_core.pipeline import METHODS, RunConfig, compress_run, run_key
+from hscc_core.pipeline import ALLOCATIONS, CLUSTER_SIDES, METHODS, RunConfig, compress_run, run_key
 from hscc_core.plots import METHOD_STYLE
 from pages.common import (EXPLORER_PENDING, NOTICE, load_run, page_context, select_run, show_selection,
                           sidebar)
@@ -19,7 +19,10 @@ MODES = ("energy threshold", "FLOPs budget")
 STAGES = ("calibrate", "compress", "finetune", "evaluate", "measure")
 DEFAULTS = {"explorer_method": "hscc", "explorer_mode": MODES[0], "explorer_grid": 2, "explorer_clusters": 4,
             "explorer_energy": 0.95, "explorer_budget": 3.0, "explorer_finetune": 0, "explorer_calib": 256,
-            "explorer_seed": 0, "explorer_measure": True}
+            "explorer_seed": 0, "explorer_measure": True, "explorer_side": "output",
+            "explorer_alloc": "greedy"}
+SIDE_LABELS = {"output": "output channels (paper)", "input": "input channels (HSCC+)"}
+ALLOC_LABELS = {"uniform": "uniform tau (paper)", "greedy": "greedy energy per FLOP (HSCC+)"}
 
 
 def widget_values(config: dict) -> dict:
@@ -28,13 +31,15 @@ def widget_values(config: dict) -> dict:
            "explorer_mode": MODES[0] if config.get("energy") is not None else MODES[1]}
     for field, key in (("grid", "explorer_grid"), ("clusters", "explorer_clusters"), ("energy", "explorer_energy"),
                        ("budget", "explorer_budget"), ("finetune_epochs", "explorer_finetune"),
-                       ("calib_size", "explorer_calib"), ("seed", "explorer_seed")):
+                       ("calib_size", "explorer_calib"), ("seed", "explorer_seed"),
+                       ("cluster_side", "explorer_side"), ("allocation", "explorer_alloc")):
         if config.get(field) is not None:
             out[key] = config[field]
     return out
 
 
-HANDLED = {"method", "grid", "clusters", "energy", "budget", "finetune_epochs", "calib_size", "seed"}
+HANDLED = {"method", "grid", "clusters", "energy", "budget", "finetune_epochs", "calib_size", "seed",
+           "cluster_side", "allocation"}
 
 
 def restore_state() -> None:
@@ -93,7 +98,7 @@ def headline(run: dict, original: dict) -> None:
 
 
 def details(run: dict) -> None:
-    budget = run.get("budget")
+    budget = run.get("budget_search")
     if isinstance(budget, dict):
         msg = (f"Budget x{budget['target']:g}: compressed layers x{budget['layer_flops_ratio']:.2f} fewer FLOPs "
                f"at energy threshold {run['energy']:.4f}. {budget.get('message', '')}")
@@ -139,6 +144,15 @@ def main(ctx) -> None:
                               format_func=lambda b: f"x{b:g}",
                               help="tau is found by bisection so the compressed layers' FLOPs are at most "
                                    "their original / B (within 2 %).")
+    side_cols = st.columns(2)
+    side_cols[0].radio("Cluster side", CLUSTER_SIDES, key="explorer_side", horizontal=True,
+                       format_func=SIDE_LABELS.get, disabled=not is_hscc,
+                       help="Cluster a region's output channels (each cluster repeats the k x k stage) or its "
+                            "input channels (clusters make the k x k stage cheaper); docs/results.md compares them.")
+    side_cols[1].radio("Rank allocation", ALLOCATIONS, key="explorer_alloc", horizontal=True,
+                       format_func=ALLOC_LABELS.get, disabled=not is_hscc or mode == MODES[0],
+                       help="Budget mode only: one tau for every block, or ranks chosen across all blocks by "
+                            "captured energy per FLOP (the default, measured better on the real data).")
     with st.expander("Advanced"):
         adv = st.columns(4)
         adv[0].number_input("Fine-tuning epochs", 0, 100, step=1, key="explorer_finetune")
@@ -161,7 +175,9 @@ def main(ctx) -> None:
             energy=float(st.session_state["explorer_energy"]) if mode == MODES[0] else None,
             budget=float(st.session_state["explorer_budget"]) if mode == MODES[1] else None,
             finetune_epochs=int(st.session_state["explorer_finetune"]),
-            calib_size=int(st.session_state["explorer_calib"]), seed=int(st.session_state["explorer_seed"]))
+            calib_size=int(st.session_state["explorer_calib"]), seed=int(st.session_state["explorer_seed"]),
+            cluster_side=st.session_state["explorer_side"] if is_hscc else "output",
+            allocation=st.session_state["explorer_alloc"] if is_hscc and mode == MODES[1] else "uniform")
     except ValueError as exc:
         st.error(str(exc))
         return

@@ -11,6 +11,10 @@ from pages.common import (NOTICE, SELECTED, compressed_runs, page_context, selec
 X_AXES = ("flops", "params", "latency")
 
 
+def _key(name: str, options) -> str:
+    return f"{name}_" + "_".join(str(v) for v in options)
+
+
 def main(ctx) -> None:
     runs = compressed_runs(ctx)
     if not runs:
@@ -29,18 +33,28 @@ def main(ctx) -> None:
                               format_func=lambda m: METHOD_STYLE.get(m, (m,))[0])
     grids = sorted({r["config"]["grid"] for r in runs if "grid" in r["config"]})
     clusters = sorted({r["config"]["clusters"] for r in runs if "clusters" in r["config"]})
-    grid_sel = c[3].multiselect("HSCC grid G", grids, default=grids, key="pareto_grids")
-    cluster_sel = c[4].multiselect("HSCC clusters K", clusters, default=clusters, key="pareto_clusters")
-    o = st.columns(3)
+    sides = sorted({r["config"].get("cluster_side", "output") for r in runs if r["method"] == "hscc"})
+    allocs = sorted({r["config"].get("allocation", "uniform") for r in runs if r["method"] == "hscc"})
+    # The options are part of the keys: when new runs bring a new value, the filter starts again
+    # with everything selected instead of silently hiding the new runs.
+    grid_sel = c[3].multiselect("HSCC grid G", grids, default=grids, key=_key("pareto_grids", grids))
+    cluster_sel = c[4].multiselect("HSCC clusters K", clusters, default=clusters,
+                                   key=_key("pareto_clusters", clusters))
+    o = st.columns([1, 1, 1, 1.5, 1.5])
     error_bars = o[0].checkbox("SE error bars", key="pareto_se")
     show_front = o[1].checkbox("Pareto front", value=True, key="pareto_front")
     show_original = o[2].checkbox("Original model", value=True, key="pareto_original")
+    side_sel = o[3].multiselect("HSCC cluster side", sides, default=sides, key=_key("pareto_sides", sides))
+    alloc_sel = o[4].multiselect("HSCC rank allocation", allocs, default=allocs,
+                                 key=_key("pareto_allocs", allocs))
 
     def keep(r):
         if r["method"] not in chosen:
             return False
         cfg = r["config"]
-        return r["method"] != "hscc" or (cfg.get("grid") in grid_sel and cfg.get("clusters") in cluster_sel)
+        return r["method"] != "hscc" or (
+            cfg.get("grid") in grid_sel and cfg.get("clusters") in cluster_sel
+            and cfg.get("cluster_side", "output") in side_sel and cfg.get("allocation", "uniform") in alloc_sel)
 
     shown = [r for r in runs if keep(r)]
     fig = pareto_figure(shown, x, y, ctx.original if show_original else None, show_front=show_front,

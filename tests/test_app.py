@@ -225,6 +225,20 @@ def test_budget_mode_needs_no_energy(app_env):
     assert any("x3 has not been computed" in i or "3x" in i for i in texts(at.info))
 
 
+def test_hscc_plus_switches_change_the_run(app_env, stored_runs):
+    at = open_page("pages/explorer.py")
+    assert at.radio(key="explorer_alloc").disabled  # energy thresholds are the uniform rule
+    at.radio(key="explorer_mode").set_value("FLOPs budget").run()
+    assert not at.exception
+    assert not at.radio(key="explorer_alloc").disabled and at.radio(key="explorer_alloc").value == "greedy"
+    assert any("greedy 3x** has not been computed" in i for i in texts(at.info))
+    at.radio(key="explorer_side").set_value("input").run()
+    assert not at.exception
+    assert any(" in greedy 3x** has not been computed" in i for i in texts(at.info))
+    at.radio(key="explorer_alloc").set_value("uniform").run()
+    assert any(" in 3x** has not been computed" in i for i in texts(at.info))
+
+
 # --------------------------------------------------------------------------------------------
 # Pareto and the selection shared by every page
 
@@ -267,6 +281,13 @@ def test_pareto_axes_and_filters(app_env, stored_runs):
     assert stored_runs[LOW]["cache_key"] not in spec
     at.selectbox(key="pareto_x").set_value("latency").run()  # no run has latency: still renders
     assert not at.exception
+    at.selectbox(key="pareto_x").set_value("flops")
+    at.multiselect(key="pareto_methods").set_value(["hscc", "svd"]).run()
+    sides = [m for m in at.multiselect if m.label == "HSCC cluster side"][0]
+    assert sides.value == ["output"]
+    sides.set_value([]).run()  # no HSCC side chosen: only the baseline is left
+    spec = at.get("plotly_chart")[0].proto.spec
+    assert stored_runs[SVD]["cache_key"] in spec and stored_runs[LOW]["cache_key"] not in spec
 
 
 def test_confusion_page_counts_and_normalised(app_env, stored_runs):
