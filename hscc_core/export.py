@@ -5,8 +5,8 @@ baseline) is saved as one ``torch.save`` file holding only plain data:
 
 * ``description``: a JSON string naming the base architecture (``alexnet`` or ``tiny`` from
   :mod:`hscc_core.models`), its class count, optional metadata (classes, input size,
-  normalisation) and, for every replaced layer, its type and structure (for HSCC: regions,
-  windows, block splits, ranks, channel order; for the baselines: ranks and geometry);
+  normalisation) and, for every replaced layer, its type and structure (for HSCC, output or input
+  side: regions, windows, block splits, ranks, channel order; for the baselines: ranks and geometry);
 * ``state_dict``: the weights.
 
 :func:`load_compressed` reads it with ``torch.load(..., weights_only=True)`` (nothing is
@@ -28,6 +28,7 @@ from torch import nn
 
 from .baselines import LowRankConv2d, Tucker2Conv2d
 from .hscc import HSCCConv2d, replace_module
+from .hscc_input import HSCCInputConv2d
 from .models import ARCHITECTURES, TinyCNN, build_model
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "describe", "export_torchscript", "load_compressed", "save_compressed"]
@@ -60,6 +61,8 @@ def _conv_geometry(conv: nn.Conv2d) -> dict:
 def _layer_spec(module: nn.Module) -> dict | None:
     if isinstance(module, HSCCConv2d):
         return {"type": "hscc", **module.spec()}
+    if isinstance(module, HSCCInputConv2d):
+        return {"type": "hscc_input", **module.spec()}
     if isinstance(module, LowRankConv2d):
         reduce, expand = module[0], module[1]
         return {"type": "lowrank", **_conv_geometry(reduce), "rank": reduce.out_channels,
@@ -85,8 +88,8 @@ def describe(model: nn.Module, meta: dict | None = None) -> dict:
             layers[name] = spec
             skip = (*skip, name + ".")
         elif module is not model and type(module).__module__.startswith("hscc_core"):
-            # E.g. an input-side HSCC layer: no description yet, so refuse rather than save a
-            # file that cannot be loaded.
+            # A layer type without a description: refuse rather than save a file that cannot
+            # be loaded.
             raise ValueError(f"cannot save layer {name!r} of type {type(module).__name__}")
     keep = ("classes", "input_size", "mean", "std", "arch", "fingerprint")
     return {"format": FORMAT, "version": FORMAT_VERSION, "arch": arch, "num_classes": num_classes,
@@ -120,6 +123,8 @@ def _build_layer(spec: dict) -> nn.Module:
     kind = spec.get("type")
     if kind == "hscc":
         return HSCCConv2d.from_spec(spec)
+    if kind == "hscc_input":
+        return HSCCInputConv2d.from_spec(spec)
     padding = spec["padding"] if isinstance(spec["padding"], str) else tuple(spec["padding"])
     if kind == "lowrank":
         conv = nn.Conv2d(spec["in_channels"], spec["out_channels"], tuple(spec["kernel_size"]),

@@ -918,6 +918,63 @@ class HSCCInputConv2d(nn.Module):
                                             expand, dense, dense_split, tensor(bias)))
         self.regions = nn.ModuleList(regions)
 
+    # ---- description without the plan (export) ---------------------------------------------
+    def spec(self) -> dict:
+        """JSON-able structure of the layer (no weights): what :meth:`from_spec` rebuilds."""
+        return {
+            "in_channels": self.in_channels, "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+            "dilation": list(self.dilation), "pads": list(self.pads), "out_hw": list(self.out_hw),
+            "grid_hw": list(self.grid_hw), "bounds": [list(b) for b in self.bounds],
+            "regions": [
+                {
+                    "n_inputs": reg.n_inputs,
+                    "perm": reg.perm.cpu().tolist() if reg.select else None,
+                    "splits": [list(v) for v in reg.splits],
+                    "ranks": [c.out_channels for c in reg.stage1],
+                    "dense_split": list(reg.dense_split) if reg.dense is not None else None,
+                }
+                for reg in self.regions
+            ],
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict, device: torch.device | str | None = None,
+                  dtype: torch.dtype = torch.float32) -> HSCCInputConv2d:
+        """An :class:`HSCCInputConv2d` of the structure ``spec`` (from :meth:`spec`) with
+        uninitialised weights: load a state dict into it."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.in_channels, self.out_channels = int(spec["in_channels"]), int(spec["out_channels"])
+        for name in ("kernel_size", "stride", "dilation", "pads", "out_hw", "grid_hw"):
+            setattr(self, name, tuple(int(v) for v in spec[name]))
+        self.bounds = [tuple(int(v) for v in b) for b in spec["bounds"]]
+        self.spans = [_window_span(b, self.kernel_size, self.stride, self.dilation, self.pads)
+                      for b in self.bounds]
+        o, (kh, kw) = self.out_channels, self.kernel_size
+
+        def new_conv(cin: int, cout: int, kernel) -> nn.Conv2d:
+            return nn.Conv2d(cin, cout, kernel, stride=self.stride if kernel != 1 else 1,
+                             dilation=self.dilation if kernel != 1 else 1, padding=0, bias=False,
+                             device=device, dtype=dtype)
+
+        regions = []
+        for (h0, h1, w0, w1), r in zip(self.bounds, spec["regions"]):
+            splits = [tuple(int(v) for v in x) for x in r["splits"]]
+            ranks = [int(k) for k in r["ranks"]]
+            stage1 = [new_conv(b - a, k, (kh, kw)) for (a, b), k in zip(splits, ranks)]
+            expand = new_conv(sum(ranks), o, 1) if ranks else None
+            dense, dense_split = None, (0, 0)
+            if r["dense_split"] is not None:
+                dense_split = tuple(int(v) for v in r["dense_split"])
+                dense = new_conv(dense_split[1] - dense_split[0], o, (kh, kw))
+            perm = None if r["perm"] is None else torch.as_tensor(r["perm"], dtype=torch.int64, device=device)
+            regions.append(_InputRegionConv(o, (h1 - h0, w1 - w0), int(r["n_inputs"]), perm, stage1, splits,
+                                            expand, dense, dense_split,
+                                            torch.zeros(o, device=device, dtype=dtype)))
+        self.regions = nn.ModuleList(regions)
+        return self
+
     def _check(self, x: torch.Tensor) -> None:
         pt, pb, pl, pr = self.pads
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation

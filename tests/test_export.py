@@ -10,6 +10,8 @@ from hscc_core.baselines import (build_svd, build_tucker, plan_svd, plan_tucker,
 from hscc_core.calibration import compute_stats
 from hscc_core.export import describe, export_torchscript, load_compressed, save_compressed
 from hscc_core.hscc import HSCCConfig, HSCCConv2d, compress_hscc
+from hscc_core.hscc_input import (HSCCInputConv2d, build_hscc_input, compute_input_stats,
+                                   decompose_hscc_input, plan_input)
 from hscc_core.models import build_model
 
 torch.set_num_threads(2)
@@ -28,7 +30,10 @@ def compressed_models():
     hscc, _ = compress_hscc(model, stats, HSCCConfig(2, 3, 0.8))
     svd = build_svd(model, plan_svd(svd_decompose(model, input_shape=SHAPE), 0.5))
     tucker = build_tucker(model, plan_tucker(tucker_decompose(model, input_shape=SHAPE), 0.6))
-    return x, {"hscc": hscc, "svd": svd, "tucker": tucker}
+    # Input side at 0.8: a mix of factorised, dense and rank-0 clusters and reordered channels.
+    hscc_input = build_hscc_input(model, plan_input(decompose_hscc_input(
+        model, compute_input_stats(model, x, 2, 3, seed=0)), 0.8))
+    return x, {"hscc": hscc, "svd": svd, "tucker": tucker, "hscc_input": hscc_input}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,7 @@ def models():
     return compressed_models()
 
 
-@pytest.mark.parametrize("method", ["hscc", "svd", "tucker"])
+@pytest.mark.parametrize("method", ["hscc", "svd", "tucker", "hscc_input"])
 def test_save_load_round_trip(tmp_path, models, method):
     x, ms = models
     comp = ms[method]
@@ -52,16 +57,16 @@ def test_save_load_round_trip(tmp_path, models, method):
     assert [type(m).__name__ for m in loaded.modules()] == [type(m).__name__ for m in comp.modules()]
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), comp(x), rtol=0, atol=0)
-        if method == "hscc":
+        if method.startswith("hscc"):
             # The rebuilt layers' reference path agrees too (structure restored, not just weights).
             for name, mod in loaded.named_modules():
-                if isinstance(mod, HSCCConv2d):
+                if isinstance(mod, (HSCCConv2d, HSCCInputConv2d)):
                     orig = comp.get_submodule(name)
                     xi = torch.randn(2, mod.in_channels, 40, 40)[..., : _in_side(orig), : _in_side(orig)]
                     torch.testing.assert_close(mod.forward_reference(xi), orig.forward_reference(xi))
 
 
-def _in_side(mod: HSCCConv2d) -> int:
+def _in_side(mod: HSCCConv2d | HSCCInputConv2d) -> int:
     """An input side giving the layer's calibrated output size (square maps, stride 1 or 2)."""
     (kh, _), (sh, _), (dh, _) = mod.kernel_size, mod.stride, mod.dilation
     pt, pb = mod.pads[:2]
@@ -69,7 +74,7 @@ def _in_side(mod: HSCCConv2d) -> int:
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
-@pytest.mark.parametrize("method", ["hscc", "svd", "tucker"])
+@pytest.mark.parametrize("method", ["hscc", "svd", "tucker", "hscc_input"])
 def test_torchscript_export_runs_without_the_package_at_any_batch(tmp_path, models, method):
     x, ms = models
     comp = ms[method]
