@@ -1,6 +1,9 @@
 """Tests for hscc_core.audit on planted duplicates, leaks, label conflicts and unreadable files."""
 
 import shutil
+from pathlib import Path
+
+import pytest
 
 from hscc_core.audit import audit, format_audit
 from hscc_core.data import discover
@@ -31,3 +34,15 @@ def test_audit_finds_planted_problems(tiny_folder):
 def test_clean_folder_has_nothing_to_drop(tiny_folder):
     report = audit(discover(tiny_folder), check_readable=False)
     assert report["would_drop"] == [] and report["summary"]["label_conflicts"] == 0
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL.is_dir(), reason="the real dataset is not on this machine")
+def test_audit_of_the_real_dataset_reports_its_duplicates_and_leaks():
+    s = audit(discover(REAL))["summary"]
+    # The counts hscc audit reported on this dataset (docs/results.md): what --dedupe drops.
+    assert s["test_files_also_in_train"] == 88 and s["extra_copies_within_test"] == 80
+    assert s["extra_copies_within_train"] == 93 and s["would_drop"] == 237
