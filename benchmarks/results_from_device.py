@@ -1,0 +1,100 @@
+"""Assemble docs/results.json and the real-data Pareto figure from a device run's result folders.
+
+``benchmarks/real_data.sh`` writes one JSON per step (prepare, evaluate, bench, sweeps) and
+``hscc runs --json`` lists every stored run; this script puts them together in the shape of
+``hscc bench --json`` (``original``, ``rows``, ``ablation``, ``sweep``, ``machine``, ``command``)
+plus ``original_dedupe`` and ``missing`` (table cells whose run was not computed in time), and
+draws accuracy against whole-model FLOPs for every stored run.
+
+Usage: python benchmarks/results_from_device.py RUNS_JSON EVALUATE_JSON EVALUATE_DEDUPE_JSON
+           MACHINE_TXT OUT_JSON OUT_PNG [--budgets 3 6] [--grid 4] [--clusters 4] [--finetune 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hscc_core.cli_compress import bench_configs  # noqa: E402
+from hscc_core.pareto import front_runs  # noqa: E402
+
+MARKERS = {"hscc": ("o", "#0072B2", "HSCC"), "svd": ("s", "#E69F00", "Global SVD"),
+           "tucker": ("^", "#009E73", "Tucker-2")}
+
+
+def assemble(runs: list[dict], original: dict, original_dedupe: dict, machine: str, budgets, grid, clusters,
+             finetune) -> dict:
+    by_label = {r["label"]: r for r in runs}
+    rows_cfg, ablation_cfg = bench_configs(budgets, grid, clusters, finetune, 256, 0)
+    rows, ablation, missing = [], [], []
+    for c in rows_cfg:
+        if c.label() in by_label:
+            rows.append(dict(by_label[c.label()], budget=c.budget, finetune_epochs=c.finetune_epochs))
+        else:
+            missing.append(c.label())
+    for name, c in ablation_cfg:
+        if c.label() in by_label:
+            ablation.append(dict(by_label[c.label()], step=name, budget=c.budget))
+        else:
+            missing.append(f"{name}: {c.label()}")
+    return {"original": original, "original_dedupe": original_dedupe, "rows": rows, "ablation": ablation,
+            "sweep": runs, "missing": missing, "machine": machine,
+            "command": "DATA=.realdata224 RESULTS=/tmp/res DEADLINE=540 WORKERS=6 FT=5 benchmarks/real_data.sh"}
+
+
+def figure(runs: list[dict], original: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
+    for method, (marker, colour, name) in MARKERS.items():
+        for tuned in (False, True):
+            pts = [r for r in runs if r["method"] == method and bool(r["config"].get("finetune_epochs")) == tuned]
+            if not pts:
+                continue
+            ax.errorbar([r["flops"] / 1e9 for r in pts], [100 * r["accuracy"] for r in pts],
+                        yerr=[100 * r["accuracy_se"] for r in pts], fmt=marker, ms=5, lw=0.6, capsize=1.5,
+                        color=colour, mfc=colour if tuned else "white",
+                        label=f"{name}{', fine-tuned' if tuned else ''} ({len(pts)})")
+    front = sorted(front_runs(runs, "flops", "accuracy"), key=lambda r: r["flops"])
+    if front:
+        ax.step([r["flops"] / 1e9 for r in front], [100 * r["accuracy"] for r in front], where="post",
+                color="0.3", lw=1, label="Pareto front")
+    ax.axhline(100 * original["accuracy"], color="crimson", ls="--", lw=1,
+               label=f"original {100 * original['accuracy']:.1f} % at {original['flops'] / 1e9:.2f} GFLOPs")
+    ax.set_xlabel("whole-model FLOPs (G, 2 x MACs, 224 x 224)")
+    ax.set_ylabel("test accuracy (%), bootstrap SE bars")
+    ax.set_title("Real brain-tumour MRI (394 test images): accuracy vs FLOPs of every stored run", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("runs", "evaluate", "evaluate_dedupe", "machine", "out_json", "out_png"):
+        p.add_argument(name, type=Path)
+    p.add_argument("--budgets", type=float, nargs="+", default=[3.0, 6.0])
+    p.add_argument("--grid", type=int, default=4)
+    p.add_argument("--clusters", type=int, default=4)
+    p.add_argument("--finetune", type=int, default=5)
+    a = p.parse_args()
+    runs = json.loads(a.runs.read_text())["runs"]
+    original = json.loads(a.evaluate.read_text())
+    result = assemble(runs, original, json.loads(a.evaluate_dedupe.read_text()),
+                      a.machine.read_text().strip(), a.budgets, a.grid, a.clusters, a.finetune)
+    a.out_json.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    figure(runs, original, a.out_png)
+    print(f"{len(result['rows'])} table rows, {len(result['ablation'])} ablation rows, {len(runs)} runs; "
+          f"missing: {', '.join(result['missing']) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
