@@ -36,13 +36,37 @@ def test_clean_folder_has_nothing_to_drop(tiny_folder):
     assert report["would_drop"] == [] and report["summary"]["label_conflicts"] == 0
 
 
+def test_audit_finds_test_images_equal_to_training_ones_once_decoded(tiny_folder):
+    from PIL import Image
+
+    src = tiny_folder / "Training" / "glioma_tumor" / "Tr1.png"
+    with Image.open(src) as img:
+        # Same pixels, other bytes (another compression level and a text chunk): not a byte copy.
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add_text("note", "re-encoded")
+        img.save(tiny_folder / "Testing" / "glioma_tumor" / "reencoded.png", compress_level=1, pnginfo=info)
+    index = discover(tiny_folder)
+    plain = audit(index)
+    assert plain["summary"]["test_files_also_in_train"] == 0
+    assert plain["pixel_copies_across"] is None
+    report = audit(index, pixel_size=16)
+    assert report["summary"]["test_images_equal_to_train_after_decoding"] == 1
+    assert report["pixel_copies_across"] == [{"train": ["Training/glioma_tumor/Tr1.png"],
+                                              "test": ["Testing/glioma_tumor/reencoded.png"]}]
+    assert "once decoded at 16 px: 1" in format_audit(report)
+    assert report["would_drop"] == []  # reported, not dropped
+
+
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
 
 
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL.is_dir(), reason="the real dataset is not on this machine")
 def test_audit_of_the_real_dataset_reports_its_duplicates_and_leaks():
-    s = audit(discover(REAL))["summary"]
+    s = audit(discover(REAL), pixel_size=224)["summary"]
     # The counts hscc audit reported on this dataset (docs/results.md): what --dedupe drops.
     assert s["test_files_also_in_train"] == 88 and s["extra_copies_within_test"] == 80
     assert s["extra_copies_within_train"] == 93 and s["would_drop"] == 237
+    assert s["test_images_equal_to_train_after_decoding"] == 251  # same pixels, other bytes
