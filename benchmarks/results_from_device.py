@@ -89,7 +89,7 @@ def main() -> int:
     original = json.loads(a.evaluate.read_text())
     result = assemble(runs, original, json.loads(a.evaluate_dedupe.read_text()),
                       a.machine.read_text().strip(), a.budgets, a.grid, a.clusters, a.finetune)
-    a.out_json.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    a.out_json.write_text(json.dumps(result, sort_keys=True, separators=(",", ":")) + "\n")
     figure(runs, original, a.out_png)
     print(f"{len(result['rows'])} table rows, {len(result['ablation'])} ablation rows, {len(runs)} runs; "
           f"missing: {', '.join(result['missing']) or 'none'}")
