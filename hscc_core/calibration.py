@@ -292,7 +292,14 @@ def save_stats(path: str | os.PathLike, stats: dict[str, LayerStats]) -> None:
         arrays[f"l{i}_gram"] = s.gram
         arrays[f"l{i}_desc"] = s.desc
         arrays[f"l{i}_count"] = s.count
-    arrays["meta"] = np.array([json.dumps(meta)])
+    write_npz(path, meta, arrays)
+
+
+def write_npz(path: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` plus ``meta`` (as a JSON string, so no pickles) to one ``.npz``, atomically:
+    a temporary file in the same folder, then a rename."""
+    path = Path(path)
+    arrays = dict(arrays, meta=np.array([json.dumps(meta)]))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:

@@ -135,6 +135,45 @@ def conv_paddings(conv: nn.Conv2d) -> tuple[int, int, int, int]:
     return (ph, ph, pw, pw)
 
 
+def check_out_hw(layer: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """The output size ``layer`` (an HSCC layer, either side) gives for ``x``, refused unless it is
+    the map size the layer was calibrated for (its regions are fixed positions of that map)."""
+    pt, pb, pl, pr = layer.pads
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    ho = (x.shape[-2] + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (x.shape[-1] + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if (ho, wo) != tuple(layer.out_hw):
+        raise ValueError(f"{type(layer).__name__} was calibrated for a {tuple(layer.out_hw)} output map, "
+                         f"this input gives {(ho, wo)}")
+    return ho, wo
+
+
+def plan_summary(decomp, ranks, dense, macs: int) -> dict:
+    """JSON-able record of one layer's plan, shared by both cluster sides: grid and cluster
+    clamping, regions, per-channel labels, cluster sizes, ranks, dense flags, channels left out
+    (``rank0_channels``) and MACs."""
+    d = decomp
+    used = [len(reg.blocks) for reg in d.regions]
+    return {
+        "grid": d.grid,
+        "grid_hw": list(d.grid_hw),
+        "grid_clamped": d.grid_hw != (d.grid, d.grid),
+        "clusters": d.clusters,
+        "clusters_used": used,
+        # Some region formed fewer clusters than asked (K > active channels, or duplicates).
+        "clusters_clamped": any(u < d.clusters for u in used),
+        "out_hw": list(d.out_hw),
+        "regions": [list(reg.bounds) for reg in d.regions],
+        "labels": [reg.labels.tolist() for reg in d.regions],
+        "cluster_sizes": [[int(b.channels.size) for b in reg.blocks] for reg in d.regions],
+        "ranks": [list(r) for r in ranks],
+        "dense": [list(x) for x in dense],
+        "rank0_channels": [int((reg.labels < 0).sum()) for reg in d.regions],
+        "macs": int(macs),
+        "original_macs": int(d.original_macs),
+    }
+
+
 def _relabel(labels: np.ndarray) -> np.ndarray:
     """Number clusters by first appearance so equal partitions give equal labels."""
     out = np.empty_like(labels)
@@ -316,26 +355,7 @@ class LayerPlan:
         return total
 
     def summary(self) -> dict:
-        d = self.decomp
-        used = [len(reg.blocks) for reg in d.regions]
-        return {
-            "grid": d.grid,
-            "grid_hw": list(d.grid_hw),
-            "grid_clamped": d.grid_hw != (d.grid, d.grid),
-            "clusters": d.clusters,
-            "clusters_used": used,
-            # Some region formed fewer clusters than asked (K > active channels, or duplicates).
-            "clusters_clamped": any(u < d.clusters for u in used),
-            "out_hw": list(d.out_hw),
-            "regions": [list(reg.bounds) for reg in d.regions],
-            "labels": [reg.labels.tolist() for reg in d.regions],
-            "cluster_sizes": [[int(b.channels.size) for b in reg.blocks] for reg in d.regions],
-            "ranks": [list(r) for r in self.ranks],
-            "dense": [list(x) for x in self.dense],
-            "rank0_channels": [int((reg.labels < 0).sum()) for reg in d.regions],
-            "macs": int(self.macs),
-            "original_macs": int(d.original_macs),
-        }
+        return plan_summary(self.decomp, self.ranks, self.dense, self.macs)
 
 
 @dataclass(frozen=True, eq=False)
@@ -667,15 +687,7 @@ class HSCCConv2d(nn.Module):
 
     # ---- shared ---------------------------------------------------------------------------
     def _out_hw(self, x: torch.Tensor) -> tuple[int, int]:
-        pt, pb, pl, pr = self.pads
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        ho = (x.shape[-2] + pt + pb - dh * (kh - 1) - 1) // sh + 1
-        wo = (x.shape[-1] + pl + pr - dw * (kw - 1) - 1) // sw + 1
-        if (ho, wo) != self.out_hw:
-            raise ValueError(
-                f"HSCCConv2d was calibrated for a {self.out_hw} output map, this input gives {(ho, wo)}"
-            )
-        return ho, wo
+        return check_out_hw(self, x)
 
     # ---- fast path --------------------------------------------------------------------------
     def _use_gemm(self, n: int, reg: _RegionConv) -> bool:

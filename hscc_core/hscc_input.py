@@ -47,7 +47,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +57,8 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from .calibration import compress_candidates, region_bounds
-from .hscc import _cluster, conv_paddings, energy_rank, replace_module
+from .calibration import compress_candidates, region_bounds, write_npz
+from .hscc import _cluster, check_out_hw, conv_paddings, energy_rank, plan_summary, replace_module
 
 __all__ = [
     "HSCCInputConv2d",
@@ -465,17 +464,7 @@ def save_input_stats(path: str | os.PathLike, stats: dict[str, InputLayerStats])
         arrays[f"l{i}_channels"] = np.concatenate([b.channels for b in flat] or [np.zeros(0, np.int64)])
         arrays[f"l{i}_mean"] = np.concatenate([b.mean for b in flat] or [np.zeros(0)])
         arrays[f"l{i}_scatter"] = np.concatenate([b.scatter.ravel() for b in flat] or [np.zeros(0)])
-    arrays["meta"] = np.array([json.dumps(meta)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_npz(path, meta, arrays)
 
 
 def load_input_stats(path: str | os.PathLike) -> dict[str, InputLayerStats]:
@@ -672,28 +661,10 @@ class InputLayerPlan:
         """JSON-able record; the keys of :meth:`hscc_core.hscc.LayerPlan.summary`, labels per
         *input* channel, plus ``cluster_side``, ``in_channels`` and ``out_channels``."""
         d = self.decomp
-        used = [len(reg.blocks) for reg in d.regions]
-        return {
-            "cluster_side": "input",
-            "grid": d.grid,
-            "grid_hw": list(d.grid_hw),
-            "grid_clamped": d.grid_hw != (d.grid, d.grid),
-            "clusters": d.clusters,
-            "clusters_used": used,
-            "clusters_clamped": any(u < d.clusters for u in used),
-            "in_channels": d.in_channels,
-            "out_channels": d.out_channels,
-            "out_hw": list(d.out_hw),
-            "regions": [list(reg.bounds) for reg in d.regions],
-            "labels": [reg.labels.tolist() for reg in d.regions],
-            "cluster_sizes": [[int(b.channels.size) for b in reg.blocks] for reg in d.regions],
-            "ranks": [list(r) for r in self.ranks],
-            "dense": [list(x) for x in self.dense],
-            # Input channels left out in each region (zero over its whole receptive window).
-            "rank0_channels": [int((reg.labels < 0).sum()) for reg in d.regions],
-            "macs": int(self.macs),
-            "original_macs": int(d.original_macs),
-        }
+        # rank0_channels counts the input channels left out in each region (zero over its whole
+        # receptive window).
+        return {"cluster_side": "input", "in_channels": d.in_channels, "out_channels": d.out_channels,
+                **plan_summary(d, self.ranks, self.dense, self.macs)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -976,14 +947,7 @@ class HSCCInputConv2d(nn.Module):
         return self
 
     def _check(self, x: torch.Tensor) -> None:
-        pt, pb, pl, pr = self.pads
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        ho = (x.shape[-2] + pt + pb - dh * (kh - 1) - 1) // sh + 1
-        wo = (x.shape[-1] + pl + pr - dw * (kw - 1) - 1) // sw + 1
-        if (ho, wo) != self.out_hw:
-            raise ValueError(
-                f"HSCCInputConv2d was calibrated for a {self.out_hw} output map, this input gives {(ho, wo)}"
-            )
+        check_out_hw(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per region the GEMM path (:meth:`_InputRegionConv.forward_rows`), or the module path

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from hscc_core.calibration import compute_stats, region_bounds
-from hscc_core.hscc import HSCCConv2d, decompose_hscc, plan_from_decomposition
+from hscc_core.hscc import HSCCConv2d, build_hscc, decompose_hscc, plan_from_decomposition
 from hscc_core.hscc_input import (
     HSCCInputConv2d,
     build_hscc_input,
@@ -315,3 +315,15 @@ def test_fast_paths_match_reference_and_support_autograd(monkeypatch):
     comp.train()
     comp(x).sum().backward()
     assert all(p.grad is not None for p in comp.get_submodule("2").parameters())
+
+
+def test_both_sides_refuse_an_input_of_another_size():
+    model, x = tiny_cnn(), images()
+    inp = build_hscc_input(model, plan_input(decompose_hscc_input(
+        model, compute_input_stats(model, x, 2, 2, seed=0)), 0.9))
+    out = build_hscc(model, plan_from_decomposition(
+        decompose_hscc(model, compute_stats(model, x, 2), 2), 0.9))
+    bigger = images(2, size=64)
+    for comp, name in ((inp, "HSCCInputConv2d"), (out, "HSCCConv2d")):
+        with pytest.raises(ValueError, match=f"{name} was calibrated for a \\(48, 48\\) output map"):
+            comp(bigger)
