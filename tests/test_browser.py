@@ -8,6 +8,7 @@ Screenshots go to a temporary folder; set ``HSCC_SCREENSHOTS=DIR`` to keep them 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -63,35 +64,42 @@ def server(trained_workspace, stored_runs, tmp_path):  # noqa: F811 - the import
     ws = Workspace.from_env(env=tiny_env(trained_workspace.data, cache))
     base = stored_runs[LOW]
     populate(ws, base, ws.store.get_arrays(base["cache_key"]))
-    port = free_port()
     env = dict(os.environ, **tiny_env(trained_workspace.data, cache), PYTHONUNBUFFERED="1")
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text()[-3000:])
-            time.sleep(0.3)
+    with streamlit_server(ROOT / "app.py", env, tmp_path / "streamlit.log") as url:
         yield url
-    finally:
-        proc.terminate()
+
+
+@contextlib.contextmanager
+def streamlit_server(script: Path, env: dict, log_path: Path, start_timeout: float = 90):
+    """Run ``streamlit run script`` headless on a free 127.0.0.1 port until the block ends; yields
+    its URL once the health check answers (the test fails with the log's end if it never does)."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats",
+             "false", "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            deadline = time.monotonic() + start_timeout
+            while True:
+                try:
+                    if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail("streamlit did not start:\n" + log_path.read_text()[-3000:])
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def wait_idle(page, timeout=60_000) -> None:

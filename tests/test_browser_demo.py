@@ -2,8 +2,8 @@
 
 Reuses tests/test_browser.py's helpers (Debian's Chromium through Playwright's ``executable_path``;
 no browser is ever downloaded) and skips cleanly when Chromium or Playwright is missing. The app is
-served on a free localhost port from a copy of the tiny workspace's cache. When app.py does not
-register the demo page yet, a two-line entry script in the test's temporary folder serves it.
+served on a free localhost port from a copy of the tiny workspace's cache, and the demo page is
+opened from the navigation.
 
 Checks what a projector needs: the research-tool notice is visible, both models' answers and the
 four figures are there, and the page fits a 1920 x 1080 screen without scrolling. Screenshots go to
@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import tiny_env
+from test_browser import CHROMIUM_FLAGS, chromium, streamlit_server, wait_idle
 from hscc_core.pipeline import RunConfig, compress_run
 
 pytestmark = pytest.mark.browser
@@ -31,44 +28,6 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 RUN = RunConfig(grid=2, clusters=2, energy=0.9)
 VIEWPORT = {"width": 1920, "height": 1080}
-
-try:  # the other engineer's helpers, when their module is there
-    from test_browser import CHROMIUM_FLAGS, chromium, free_port, wait_idle
-except ImportError:  # pragma: no cover - fall back to the same few lines
-    import socket
-
-    CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                      "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-    def chromium() -> str:
-        for candidate in (os.environ.get("HSCC_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
-            if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-                return candidate
-        pytest.skip("no Chromium binary (looked for chromium and /usr/bin/chromium)")
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    def wait_idle(page, timeout=60_000) -> None:
-        page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
-                               timeout=timeout)
-
-
-def entry_script(tmp_path: Path) -> tuple[Path, str | None]:
-    """(script to run, title of the demo page in the navigation): app.py once it lists the page,
-    else a stand-in whose only (default) page is the demo (title None: it opens at the root)."""
-    app = ROOT / "app.py"
-    if "pages/demo.py" in app.read_text(encoding="utf-8"):
-        return app, "Demo"
-    script = tmp_path / "demo_app.py"
-    script.write_text(
-        "import streamlit as st\n"
-        "st.set_page_config(page_title='hscc-explorer demo', layout='wide')\n"
-        f"st.navigation([st.Page({str(ROOT / 'pages' / 'demo.py')!r}, title='Demo')]).run()\n",
-        encoding="utf-8")
-    return script, None
 
 
 @pytest.fixture
@@ -82,37 +41,10 @@ def demo_server(trained_workspace, tmp_path):
     shutil.copytree(trained_workspace.cache_dir, cache)
     ws = Workspace.from_env(env=tiny_env(trained_workspace.data, cache))
     run = compress_run(ws, RUN, measure_speed=False)[0]
-    script, nav_title = entry_script(tmp_path)
-    port = free_port()
     env = dict(os.environ, **tiny_env(trained_workspace.data, cache), PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    log_path = tmp_path / "streamlit.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
-             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    pytest.fail("streamlit did not start:\n" + log_path.read_text()[-3000:])
-                time.sleep(0.3)
-            yield {"url": url, "nav_title": nav_title, "run": run, "exe": exe, "ws": ws}
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with streamlit_server(ROOT / "app.py", env, tmp_path / "streamlit.log") as url:
+        yield {"url": url, "run": run, "exe": exe, "ws": ws}
 
 
 def overflow(page) -> int:
@@ -145,10 +77,10 @@ def test_demo_in_headless_chromium(demo_server, tmp_path):
             page = browser.new_page(viewport=VIEWPORT)
             page.set_default_timeout(60_000)
             page.goto(demo_server["url"])
-            if demo_server["nav_title"]:  # the real app: open the page from the navigation, as a user does
-                page.locator("h1", has_text="Baseline model").wait_for()
-                wait_idle(page)  # a click during the first script run can lose the navigation
-                page.locator('[data-testid="stSidebarNav"] a', has_text=demo_server["nav_title"]).first.click()
+            # Open the page from the navigation, as a user does.
+            page.locator("h1", has_text="Baseline model").wait_for()
+            wait_idle(page)  # a click during the first script run can lose the navigation
+            page.locator('[data-testid="stSidebarNav"] a', has_text="Demo").first.click()
             page.locator("h1", has_text="Clinician demo").wait_for()
             wait_idle(page)
             assert page.get_by_text("not a medical device").first.is_visible()
