@@ -32,6 +32,9 @@ def main() -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--quality", type=int, default=95)
     args = p.parse_args()
+    if not args.src.is_dir():
+        print(f"pack_dataset: {args.src} is not a folder", file=sys.stderr)
+        return 2
     written, skipped, total = 0, 0, 0
     for f in sorted(args.src.rglob("*")):
         if not f.is_file() or f.name.startswith("."):
