@@ -332,7 +332,9 @@ def cmd_bench(args) -> int:
                             hscc_clusters=args.bench_clusters, runs=args.latency_runs)
         human = "\n".join(f"{r['method']:7s} {r['budget']:>4g}x  conv FLOPs /{r['layer_flops_ratio']:.2f}  "
                           f"model FLOPs /{r['flops_ratio']:.2f}  speed-up b1 {r['speedup_b1']:.2f}x  "
-                          f"b32 {r['speedup_b32']:.2f}x  ({r['device']})" for r in table["rows"])
+                          f"b32 {r['speedup_b32']:.2f}x  ({r['device']})"
+                          + (f"; CUDA graphs b1 {r['speedup_graph_b1']:.2f}x b32 {r['speedup_graph_b32']:.2f}x"
+                             if "speedup_graph_b32" in r else "") for r in table["rows"])
         emit(args, dict(table, machine=machine_description(), command=command), human)
         return 0
     if args.workers < 1:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_flops", "count_params", "layer_flops", "measure_latency", "speedup"]
+__all__ = ["count_flops", "count_params", "flop_profile", "layer_flops", "measure_latency", "speedup"]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -61,13 +61,22 @@ def layer_flops(
     submodule's work to all of its ancestors, so each entry is the named module's whole cost.
     A module that does not run (or runs no counted op) gets 0.
     """
-    counts = _flop_counts(model, input_shape).get_flop_counts()
+    return flop_profile(model, layer_names, input_shape)[1]
+
+
+def flop_profile(
+    model: nn.Module, layer_names: list[str], input_shape: tuple[int, ...] = (1, 3, 224, 224)
+) -> tuple[int, dict[str, int]]:
+    """:func:`count_flops` and :func:`layer_flops` from one counted forward pass (a counted pass
+    of a region-heavy HSCC model at 224 px takes seconds on a CPU)."""
+    counter = _flop_counts(model, input_shape)
+    counts = counter.get_flop_counts()
     root = type(model).__name__
     out = {}
     for name in layer_names:
         model.get_submodule(name)  # KeyError-like failure for a wrong name
         out[name] = int(sum(counts.get(f"{root}.{name}", {}).values()))
-    return out
+    return int(counter.get_total_flops()), out
 
 
 def count_params(model: nn.Module) -> int:
@@ -89,6 +98,7 @@ def measure_latency(
     warmup: int = 3,
     device: str | torch.device | None = None,
     seed: int = 0,
+    cuda_graphs: bool = True,
 ) -> dict:
     """Time forward passes of several models under the same conditions.
 
@@ -105,12 +115,19 @@ def measure_latency(
         Where to time; default the first model's device. Models are moved there if needed.
     seed : int
         Seed of the random input.
+    cuda_graphs : bool
+        On a GPU, also time every model replayed from a captured CUDA graph, which removes the
+        per-kernel launch cost of the Python forward (a deployment would do the same). Every model
+        gets the same treatment; when one model cannot be captured, no model's graph timing is
+        reported for that batch size. Ignored on the CPU.
 
     Returns
     -------
     dict
-        ``{"device": str, "runs": int, "warmup": int, "threads": int,
+        ``{"device": str, "runs": int, "warmup": int, "threads": int, "cuda_graphs": bool,
         "models": {name: {"b1": {"median_ms": float, "p90_ms": float}, "b32": {...}}}}``.
+        On a GPU with ``cuda_graphs``, each batch entry also has ``"graph_median_ms"`` and
+        ``"graph_p90_ms"`` (absent for a batch size where a capture failed).
     """
     if not models:
         raise ValueError("no model to time")
@@ -123,6 +140,7 @@ def measure_latency(
         "runs": runs,
         "warmup": warmup,
         "threads": torch.get_num_threads(),
+        "cuda_graphs": bool(cuda_graphs and dev.type == "cuda"),
         "models": {name: {} for name in models},
     }
     with _eval(*models.values()):
@@ -139,24 +157,63 @@ def measure_latency(
                 for name, m in moved.items():
                     times[name].append(_time_once(m, x, dev))
             for name, t in times.items():
-                a = np.asarray(t)
-                result["models"][name][f"b{bs}"] = {
-                    "median_ms": float(np.median(a)),
-                    "p90_ms": float(np.percentile(a, 90)),
-                }
+                result["models"][name][f"b{bs}"] = _stats(t)
+            if result["cuda_graphs"]:
+                graph_times = _time_graphs(moved, x, runs, warmup)
+                for name, t in (graph_times or {}).items():
+                    g = _stats(t)
+                    result["models"][name][f"b{bs}"].update(graph_median_ms=g["median_ms"], graph_p90_ms=g["p90_ms"])
     return result
 
 
-def _time_once(model: nn.Module, x: torch.Tensor, dev: torch.device) -> float:
+def _stats(times: list[float]) -> dict[str, float]:
+    a = np.asarray(times)
+    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90))}
+
+
+def _time_graphs(models: dict[str, nn.Module], x: torch.Tensor, runs: int, warmup: int) -> dict | None:
+    """Per model, ``runs`` timings (ms) of one CUDA-graph replay of ``model(x)``, interleaved like
+    the eager timings; None when any model cannot be captured (then none is reported)."""
+    graphs = {}
+    try:
+        for name, m in models.items():
+            # Warm-up on a side stream, as torch.cuda.graphs asks before a capture.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(max(warmup, 1)):
+                    m(x)
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                m(x)
+            graphs[name] = g
+    except Exception:  # noqa: BLE001 - any capture failure means "no graph timing", not a crash
+        torch.cuda.synchronize()
+        return None
+    for g in graphs.values():
+        for _ in range(warmup):
+            g.replay()
+    torch.cuda.synchronize()
+    times: dict[str, list[float]] = {name: [] for name in graphs}
+    for _ in range(runs):
+        for name, g in graphs.items():
+            times[name].append(_time_once(g.replay, None, x.device))
+    return times
+
+
+def _time_once(fn, x: torch.Tensor | None, dev: torch.device) -> float:
+    """Milliseconds of one ``fn(x)`` (``fn()`` when ``x`` is None): CUDA events on a GPU."""
+    call = fn if x is None else (lambda: fn(x))
     if dev.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        model(x)
+        call()
         end.record()
         end.synchronize()
         return float(start.elapsed_time(end))
     t0 = time.perf_counter()
-    model(x)
+    call()
     return (time.perf_counter() - t0) * 1e3
 
 

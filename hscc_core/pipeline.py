@@ -343,7 +343,7 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
     progress = progress or (lambda stage, done, total: None)
     from .evaluation import classification_metrics, fidelity, paired_comparison, predict_proba  # noqa: PLC0415
     from .fidelity import layer_errors  # noqa: PLC0415
-    from .measure import count_flops, count_params, layer_flops, measure_latency, speedup  # noqa: PLC0415
+    from .measure import count_params, flop_profile, measure_latency, speedup  # noqa: PLC0415
     from .training import finetune_config, train  # noqa: PLC0415
 
     start = time.perf_counter()
@@ -372,8 +372,8 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
     progress("measure", 0, 1)
     shape = (1, 3, images.size, images.size)
     layers = list(plan.layers) if hasattr(plan, "layers") else list(plan.layer_summary())
-    layer_fl = layer_flops(compressed, layers, shape)
-    layer_fl_orig = layer_flops(model, layers, shape)
+    flops, layer_fl = flop_profile(compressed, layers, shape)
+    layer_fl_orig = _original_layer_flops(model, meta["fingerprint"], tuple(layers), shape)
     run = {
         "method": config.method, "config": config.canonical(), "label": config.label(),
         "data": ws.data_label(), "data_fingerprint": images.fingerprint,
@@ -388,7 +388,7 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
         "p_value_vs_original": paired["p_value"], "accuracy_delta": paired["accuracy_delta"],
         "accuracy_delta_se": paired["accuracy_delta_se"], "discordant": paired["discordant"],
         **fid,
-        "flops": count_flops(compressed, shape), "flops_original": original["flops"],
+        "flops": flops, "flops_original": original["flops"],
         "layer_flops": layer_fl, "layer_flops_original": layer_fl_orig,
         "analytical_layer_macs": int(plan.macs()),
         "params": count_params(compressed), "params_original": original["params"],
@@ -422,6 +422,19 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
     arrays = {"predictions": preds.astype(np.int64), "probabilities": probs.astype(np.float32),
               **_plan_arrays(plan.layer_summary())}
     return run, arrays
+
+
+_ORIGINAL_LAYER_FLOPS: dict[tuple, dict[str, int]] = {}
+
+
+def _original_layer_flops(model, fingerprint: str, layers: tuple[str, ...], shape: tuple) -> dict[str, int]:
+    # The same for every run of a sweep on one baseline: counted once per process.
+    from .measure import layer_flops  # noqa: PLC0415
+
+    key = (fingerprint, layers, tuple(shape))
+    if key not in _ORIGINAL_LAYER_FLOPS:
+        _ORIGINAL_LAYER_FLOPS[key] = layer_flops(model, list(layers), shape)
+    return dict(_ORIGINAL_LAYER_FLOPS[key])
 
 
 def _summaries_without_labels(summary: dict) -> dict:

@@ -52,7 +52,12 @@ def machine_info() -> dict:
 
 
 def _block(latency: dict, name: str) -> dict:
-    return {b: {"median": v["median_ms"], "p90": v["p90_ms"]} for b, v in latency["models"][name].items()}
+    out = {}
+    for b, v in latency["models"][name].items():
+        out[b] = {"median": v["median_ms"], "p90": v["p90_ms"]}
+        if "graph_median_ms" in v:
+            out[b].update(graph_median=v["graph_median_ms"], graph_p90=v["graph_p90_ms"])
+    return out
 
 
 def speed_table(
@@ -97,7 +102,10 @@ def speed_table(
                             "compressed": {...}, "threads": int, "runs": int}}
 
         ``flops_ratio`` is whole-model FLOPs original / compressed, ``layer_flops_ratio`` the same
-        for the compressed layers only; ``efficiency_*`` is speed-up / ``flops_ratio``.
+        for the compressed layers only; ``efficiency_*`` is speed-up / ``flops_ratio``. GPU rows
+        also carry ``speedup_graph_b1``/``_b32`` and ``efficiency_graph_*``: both models replayed
+        from captured CUDA graphs (see :func:`~hscc_core.measure.measure_latency`), with
+        ``graph_median``/``graph_p90`` in their latency blocks; absent where a capture failed.
     """
     report = progress or (lambda stage, done, total: None)
     devices = list(devices) if devices is not None else default_devices()
@@ -139,6 +147,10 @@ def speed_table(
                     row[f"speedup_{b}"] = orig[b]["median"] / comp[b]["median"]
                     row[f"speedup_p90_{b}"] = orig[b]["p90"] / comp[b]["p90"]
                     row[f"efficiency_{b}"] = row[f"speedup_{b}"] / row["flops_ratio"]
+                    if "graph_median" in orig[b] and "graph_median" in comp[b]:
+                        # Both models replayed from CUDA graphs (no kernel-launch cost).
+                        row[f"speedup_graph_{b}"] = orig[b]["graph_median"] / comp[b]["graph_median"]
+                        row[f"efficiency_graph_{b}"] = row[f"speedup_graph_{b}"] / row["flops_ratio"]
                 row["latency_ms"] = {"original": orig, "compressed": comp, "threads": lat["threads"],
                                      "runs": lat["runs"]}
                 rows.append(row)

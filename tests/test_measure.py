@@ -45,12 +45,13 @@ def test_params():
 def test_latency_shape_and_modes():
     a, b = Net().train(), nn.Sequential(Net().features, Net().head).eval()
     lat = measure_latency({"original": a, "compressed": b}, (1, 3, 16, 16), batch_sizes=(1, 4), runs=5, warmup=1)
-    assert lat["device"] == "cpu" and lat["runs"] == 5
+    assert lat["device"] == "cpu" and lat["runs"] == 5 and lat["cuda_graphs"] is False
     assert set(lat["models"]) == {"original", "compressed"}
     for per in lat["models"].values():
         assert set(per) == {"b1", "b4"}
         for v in per.values():
             assert 0 < v["median_ms"] <= v["p90_ms"]
+            assert "graph_median_ms" not in v  # CUDA graphs are a GPU-only timing
     assert a.training and not b.training  # modes restored
     a.features[0].eval()
     measure_latency({"a": a}, (1, 3, 16, 16), batch_sizes=(1,), runs=1, warmup=0)
@@ -60,3 +61,14 @@ def test_latency_shape_and_modes():
     assert set(speedup(lat, "original", "compressed")) == {"b1", "b4"}
     with pytest.raises(ValueError):
         measure_latency({"a": a}, (1, 3, 16, 16), runs=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_latency_on_gpu_times_eager_and_cuda_graphs():
+    a, b = Net().cuda(), nn.Sequential(Net().features, Net().head).cuda()
+    lat = measure_latency({"original": a, "compressed": b}, (1, 3, 16, 16), batch_sizes=(1, 4), runs=3, warmup=1)
+    assert lat["device"] != "cpu" and lat["cuda_graphs"] is True
+    for per in lat["models"].values():
+        for v in per.values():
+            assert 0 < v["median_ms"] <= v["p90_ms"] and 0 < v["graph_median_ms"] <= v["graph_p90_ms"]

@@ -49,5 +49,6 @@ def test_speed_table_validates(trained_workspace):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_speed_table_on_gpu(trained_workspace):
-    table = speed_table(trained_workspace, methods=("hscc",), budgets=(3.0,), runs=2, devices=["cuda"])
-    assert table["rows"][0]["device"] != "cpu" and table["rows"][0]["speedup_b32"] > 0
+    table = speed_table(trained_workspace, budgets=(3.0,), runs=2, devices=["cuda"])
+    for row in table["rows"]:  # every layer type can be captured in a CUDA graph
+        assert row["device"] != "cpu" and row["speedup_b32"] > 0 and row["speedup_graph_b32"] > 0
