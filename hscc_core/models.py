@@ -18,6 +18,16 @@ import torch
 from torch import nn
 
 ARCHITECTURES = ("alexnet", "tiny")
+# Smallest input side each architecture can run: below it a pooling layer's output is empty
+# (tested at the boundary in tests/test_models.py).
+MIN_INPUT_SIZE = {"alexnet": 63, "tiny": 7}
+
+
+def check_input_size(arch: str, size: int) -> None:
+    """Raise ValueError, in one readable line, when ``arch`` cannot run on ``size`` x ``size`` inputs."""
+    low = MIN_INPUT_SIZE.get(arch)
+    if low is not None and size < low:
+        raise ValueError(f"input size {size} is too small for {arch} (at least {low} px)")
 
 
 class CheckpointError(ValueError):

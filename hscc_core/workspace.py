@@ -21,7 +21,7 @@ from torch import nn
 
 from . import phantom
 from .data import DatasetIndex, ImageSet, decode_all, discover
-from .models import build_model, load_checkpoint, save_checkpoint
+from .models import build_model, check_input_size, load_checkpoint, save_checkpoint
 from .store import RunStore, cache_key
 from .training import TrainConfig, TrainResult, train
 
@@ -75,6 +75,10 @@ class Workspace:
     checkpoint: Path | None = None
     recipe: TrainConfig | None = None
     _memo: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.input_size is not None:
+            check_input_size(self.arch, self.input_size)
 
     @classmethod
     def from_env(cls, data: str | None = None, env: dict | None = None) -> "Workspace":

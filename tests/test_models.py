@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from hscc_core.models import CheckpointError, build_model, conv_layer_names, load_checkpoint, save_checkpoint
+from hscc_core.models import (MIN_INPUT_SIZE, CheckpointError, build_model, check_input_size, conv_layer_names,
+                              load_checkpoint, save_checkpoint)
+from hscc_core.workspace import Workspace
 
 
 def test_alexnet_four_classes_small_input():
@@ -44,3 +46,18 @@ def test_alexnet_uses_he_initialisation():
     assert abs(fc.weight.std().item() - 0.01) < 0.002 and torch.count_nonzero(fc.bias) == 0
     conv = model.features[0]  # fan_out = 64 * 11 * 11
     assert abs(conv.weight.std().item() - (2 / (64 * 121)) ** 0.5) < 0.002
+
+
+@pytest.mark.parametrize("arch", sorted(MIN_INPUT_SIZE))
+def test_min_input_size_is_the_real_boundary(arch):
+    low = MIN_INPUT_SIZE[arch]
+    model = build_model(arch, 4).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, low, low)).shape == (1, 4)
+        with pytest.raises(RuntimeError):
+            model(torch.zeros(1, 3, low - 1, low - 1))
+    check_input_size(arch, low)
+    with pytest.raises(ValueError, match=f"input size {low - 1} is too small for {arch}"):
+        check_input_size(arch, low - 1)
+    with pytest.raises(ValueError, match="too small"):  # refused before any data is read or trained
+        Workspace(data=None, input_size=low - 1, arch=arch)
