@@ -1,5 +1,9 @@
 """Sweeps: expansion, cache skipping, resumption after an interruption, pluggable executors."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from hscc_core.pipeline import RunConfig
@@ -81,3 +85,14 @@ def test_process_pool_gives_same_runs(trained_workspace):
     assert again.cached == 2
     by_key = {r["cache_key"]: r["accuracy"] for r in pooled.runs}
     assert all(by_key[r["cache_key"]] == r["accuracy"] for r in again.runs)
+
+
+def test_sweep_workers_limit_torch_and_blas_threads():
+    # A worker must not start one BLAS/OpenMP thread per core next to its siblings (oversubscribed
+    # Tucker-2 and SVD runs were several times slower); checked in a fresh process.
+    code = ("import os, torch; from threadpoolctl import threadpool_info; from hscc_core.sweeps import _init_worker; "
+            "_init_worker(os.cpu_count()); "
+            "print(torch.get_num_threads(), max(i['num_threads'] for i in threadpool_info()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == ["1", "1"]
