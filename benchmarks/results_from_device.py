@@ -3,11 +3,22 @@
 ``benchmarks/real_data.sh`` writes one JSON per step (prepare, evaluate, bench, sweeps) and
 ``hscc runs --json`` lists every stored run; this script puts them together in the shape of
 ``hscc bench --json`` (``original``, ``rows``, ``ablation``, ``sweep``, ``machine``, ``command``)
-plus ``original_dedupe`` and ``missing`` (table cells whose run was not computed in time), and
-draws accuracy against whole-model FLOPs for every stored run.
+plus ``original_dedupe``, ``missing`` (table cells whose run was not computed in time) and
+``speed`` (``hscc bench --speed --json`` outputs, as given), and draws accuracy against
+whole-model FLOPs for every stored run.
 
-Usage: python benchmarks/results_from_device.py RUNS_JSON EVALUATE_JSON EVALUATE_DEDUPE_JSON
-           MACHINE_TXT OUT_JSON OUT_PNG [--budgets 3 6] [--grid 4] [--clusters 4] [--finetune 5]
+Runs may come from several device sessions (a lent machine's time runs out; the next one retrains
+the baseline). They are merged only when they are runs of the same model: identical accuracy and KL divergence
+to the original for every configuration that two sources both computed; otherwise the script
+refuses. (On the H100 with torch 2.11 the 30-epoch training
+reproduced bit for bit: the checkpoint hash still differs, since it stores the training time.)
+
+Usage: python benchmarks/results_from_device.py --runs RUNS [RUNS ...] --evaluate EVALUATE_JSON
+           --evaluate-dedupe EVALUATE_DEDUPE_JSON --machine MACHINE_TXT --out-json OUT_JSON
+           --out-png OUT_PNG [--speed SPEED_JSON ...] [--budgets 3 6] [--grid 4] [--clusters 4]
+           [--finetune 5] [--command TEXT]
+
+Each RUNS is ``hscc runs --json`` output or a run-store ``runs/`` folder (``<key>/run.json``).
 """
 
 from __future__ import annotations
@@ -25,8 +36,31 @@ MARKERS = {"hscc": ("o", "#0072B2", "HSCC"), "svd": ("s", "#E69F00", "Global SVD
            "tucker": ("^", "#009E73", "Tucker-2")}
 
 
+def load_runs(path: Path) -> list[dict]:
+    """Compressed runs (not the original's) from ``hscc runs --json`` output or a ``runs/`` folder."""
+    if path.is_dir():
+        runs = [json.loads(f.read_text()) for f in sorted(path.glob("*/run.json"))]
+    else:
+        runs = json.loads(path.read_text())["runs"]
+    return [r for r in runs if r.get("method") != "original"]
+
+
+def merge_sources(sources: list[list[dict]]) -> list[dict]:
+    """One run per label; refuse sources whose shared configurations disagree (other model)."""
+    by_label: dict[str, dict] = {}
+    for runs in sources:
+        for r in runs:
+            seen = by_label.get(r["label"])
+            if seen is not None and (seen["accuracy"], seen["kl_to_original"]) != (r["accuracy"], r["kl_to_original"]):
+                raise SystemExit(f"{r['label']}: accuracy/KL differ between sources "
+                                 f"({seen['accuracy']}, {seen['kl_to_original']} vs {r['accuracy']}, "
+                                 f"{r['kl_to_original']}): not the same baseline, not merged")
+            by_label.setdefault(r["label"], r)
+    return list(by_label.values())
+
+
 def assemble(runs: list[dict], original: dict, original_dedupe: dict, machine: str, budgets, grid, clusters,
-             finetune) -> dict:
+             finetune, command: str) -> dict:
     by_label = {r["label"]: r for r in runs}
     rows_cfg, ablation_cfg = bench_configs(budgets, grid, clusters, finetune, 256, 0)
     rows, ablation, missing = [], [], []
@@ -41,8 +75,7 @@ def assemble(runs: list[dict], original: dict, original_dedupe: dict, machine: s
         else:
             missing.append(f"{name}: {c.label()}")
     return {"original": original, "original_dedupe": original_dedupe, "rows": rows, "ablation": ablation,
-            "sweep": runs, "missing": missing, "machine": machine,
-            "command": "DATA=.realdata224 RESULTS=/tmp/res DEADLINE=540 WORKERS=6 FT=5 benchmarks/real_data.sh"}
+            "sweep": runs, "missing": missing, "machine": machine, "command": command}
 
 
 def figure(runs: list[dict], original: dict, path: Path) -> None:
@@ -78,17 +111,21 @@ def figure(runs: list[dict], original: dict, path: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("runs", "evaluate", "evaluate_dedupe", "machine", "out_json", "out_png"):
-        p.add_argument(name, type=Path)
+    p.add_argument("--runs", type=Path, nargs="+", required=True)
+    for name in ("evaluate", "evaluate-dedupe", "machine", "out-json", "out-png"):
+        p.add_argument(f"--{name}", type=Path, required=True)
+    p.add_argument("--speed", type=Path, nargs="*", default=[])
     p.add_argument("--budgets", type=float, nargs="+", default=[3.0, 6.0])
     p.add_argument("--grid", type=int, default=4)
     p.add_argument("--clusters", type=int, default=4)
     p.add_argument("--finetune", type=int, default=5)
+    p.add_argument("--command", default="DATA=.realdata224 RESULTS=/tmp/res benchmarks/real_data.sh")
     a = p.parse_args()
-    runs = json.loads(a.runs.read_text())["runs"]
+    runs = merge_sources([load_runs(path) for path in a.runs])
     original = json.loads(a.evaluate.read_text())
     result = assemble(runs, original, json.loads(a.evaluate_dedupe.read_text()),
-                      a.machine.read_text().strip(), a.budgets, a.grid, a.clusters, a.finetune)
+                      a.machine.read_text().strip(), a.budgets, a.grid, a.clusters, a.finetune, a.command)
+    result["speed"] = [json.loads(path.read_text()) for path in a.speed]
     a.out_json.write_text(json.dumps(result, sort_keys=True, separators=(",", ":")) + "\n")
     figure(runs, original, a.out_png)
     print(f"{len(result['rows'])} table rows, {len(result['ablation'])} ablation rows, {len(runs)} runs; "

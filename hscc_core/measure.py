@@ -39,6 +39,22 @@ def _eval(*models: nn.Module) -> Iterator[None]:
             m.training = was
 
 
+@contextmanager
+def _float32_math() -> Iterator[None]:
+    """Plain float32 convolutions and matmuls inside (TF32 off), the previous settings restored.
+
+    PyTorch's defaults let cuDNN convolutions use TF32 but not matmuls, so an original model (all
+    convolutions) would get TF32 while the factorised layers' GEMMs would not: timings would
+    compare two precisions. Everything is timed in float32 instead.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _flop_counts(model: nn.Module, input_shape: tuple[int, ...]) -> FlopCounterMode:
     x = torch.zeros(tuple(input_shape), device=_device(model))
     counter = FlopCounterMode(display=False)
@@ -124,7 +140,7 @@ def measure_latency(
     Returns
     -------
     dict
-        ``{"device": str, "runs": int, "warmup": int, "threads": int, "cuda_graphs": bool,
+        ``{"device": str, "runs": int, "warmup": int, "threads": int, "cuda_graphs": bool, "tf32": False,
         "models": {name: {"b1": {"median_ms": float, "p90_ms": float}, "b32": {...}}}}``.
         On a GPU with ``cuda_graphs``, each batch entry also has ``"graph_median_ms"`` and
         ``"graph_p90_ms"`` (absent for a batch size where a capture failed).
@@ -141,9 +157,10 @@ def measure_latency(
         "warmup": warmup,
         "threads": torch.get_num_threads(),
         "cuda_graphs": bool(cuda_graphs and dev.type == "cuda"),
+        "tf32": False,  # see _float32_math
         "models": {name: {} for name in models},
     }
-    with _eval(*models.values()):
+    with _eval(*models.values()), _float32_math():
         moved = {name: m.to(dev) if _device(m) != dev else m for name, m in models.items()}
         for bs in batch_sizes:
             x = torch.randn((bs, *tuple(input_shape)[1:]), generator=gen).to(dev)

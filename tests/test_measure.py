@@ -45,7 +45,7 @@ def test_params():
 def test_latency_shape_and_modes():
     a, b = Net().train(), nn.Sequential(Net().features, Net().head).eval()
     lat = measure_latency({"original": a, "compressed": b}, (1, 3, 16, 16), batch_sizes=(1, 4), runs=5, warmup=1)
-    assert lat["device"] == "cpu" and lat["runs"] == 5 and lat["cuda_graphs"] is False
+    assert lat["device"] == "cpu" and lat["runs"] == 5 and lat["cuda_graphs"] is False and lat["tf32"] is False
     assert set(lat["models"]) == {"original", "compressed"}
     for per in lat["models"].values():
         assert set(per) == {"b1", "b4"}
@@ -72,3 +72,21 @@ def test_latency_on_gpu_times_eager_and_cuda_graphs():
     for per in lat["models"].values():
         for v in per.values():
             assert 0 < v["median_ms"] <= v["p90_ms"] and 0 < v["graph_median_ms"] <= v["graph_p90_ms"]
+
+
+def test_latency_is_timed_in_float32_and_restores_tf32_flags():
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return x
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        measure_latency({"probe": Probe()}, (1, 3, 4, 4), batch_sizes=(1,), runs=2, warmup=1)
+        assert seen and set(seen) == {(False, False)}  # every model alike, whatever the defaults
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # restored
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
