@@ -222,7 +222,9 @@ class RegionDecomp:
 
 
 @dataclass(frozen=True, eq=False)
-class LayerDecomp:
+class LayerGeometry:
+    """What both cluster sides know about one decomposed convolution besides its regions."""
+
     name: str
     in_channels: int
     out_channels: int
@@ -231,15 +233,23 @@ class LayerDecomp:
     grid: int
     grid_hw: tuple[int, int]
     clusters: int
-    regions: tuple[RegionDecomp, ...]
+
+    @property
+    def kernel_area(self) -> int:
+        return self.kernel_size[0] * self.kernel_size[1]
 
     @property
     def fan_in(self) -> int:
-        return self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        return self.in_channels * self.kernel_area
 
     @property
     def original_macs(self) -> int:
         return self.out_hw[0] * self.out_hw[1] * self.out_channels * self.fan_in
+
+
+@dataclass(frozen=True, eq=False)
+class LayerDecomp(LayerGeometry):
+    regions: tuple[RegionDecomp, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -337,35 +347,30 @@ def _decompose_layer(model: nn.Module, s: LayerStats, name: str, clusters: int, 
 
 
 @dataclass(frozen=True, eq=False)
-class LayerPlan:
-    """Ranks of one layer's blocks at one energy: ``ranks[r][c]``, ``dense[r][c]``."""
+class RankedLayer:
+    """Ranks of one layer's blocks, ``ranks[r][c]`` and ``dense[r][c]``, on either cluster side;
+    a side defines :meth:`block_macs`, the MACs per output position of one block."""
 
-    decomp: LayerDecomp
+    decomp: LayerGeometry
     ranks: tuple[tuple[int, ...], ...]
     dense: tuple[tuple[bool, ...], ...]
 
+    def block_macs(self, block, rank: int) -> int:
+        raise NotImplementedError
+
     @property
     def macs(self) -> int:
-        d = self.decomp
         total = 0
-        for reg, ranks in zip(d.regions, self.ranks):
+        for reg, ranks in zip(self.decomp.regions, self.ranks):
             h0, h1, w0, w1 = reg.bounds
-            per_pos = sum(block_macs(k, b.channels.size, d.fan_in)[0] for b, k in zip(reg.blocks, ranks))
-            total += (h1 - h0) * (w1 - w0) * per_pos
+            total += (h1 - h0) * (w1 - w0) * sum(self.block_macs(b, k) for b, k in zip(reg.blocks, ranks))
         return total
 
-    def summary(self) -> dict:
-        return plan_summary(self.decomp, self.ranks, self.dense, self.macs)
 
+class PlanTotals:
+    """Totals over a plan's ``layers`` (name to :class:`RankedLayer`), for both cluster sides."""
 
-@dataclass(frozen=True, eq=False)
-class HSCCPlan:
-    """Per-layer HSCC ranks at one energy threshold; build it with :func:`build_hscc`."""
-
-    layers: dict[str, LayerPlan]
-    energy: float
-    clusters: int
-    seed: int
+    layers: dict
 
     def macs(self) -> int:
         """Analytical MACs of the compressed layers at batch 1."""
@@ -377,6 +382,27 @@ class HSCCPlan:
     def layer_summary(self) -> dict:
         """JSON-able per-layer record (grid, clamping, K, ranks, labels, MACs)."""
         return {name: lp.summary() for name, lp in self.layers.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class LayerPlan(RankedLayer):
+    """Ranks of one layer's output-cluster blocks at one energy."""
+
+    def block_macs(self, block: BlockDecomp, rank: int) -> int:
+        return block_macs(rank, block.channels.size, self.decomp.fan_in)[0]
+
+    def summary(self) -> dict:
+        return plan_summary(self.decomp, self.ranks, self.dense, self.macs)
+
+
+@dataclass(frozen=True, eq=False)
+class HSCCPlan(PlanTotals):
+    """Per-layer HSCC ranks at one energy threshold; build it with :func:`build_hscc`."""
+
+    layers: dict[str, LayerPlan]
+    energy: float
+    clusters: int
+    seed: int
 
 
 def plan_from_decomposition(decomp: HSCCDecomposition, energy: float) -> HSCCPlan:

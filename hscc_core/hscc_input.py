@@ -58,7 +58,8 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from .calibration import compress_candidates, region_bounds, write_npz
-from .hscc import _cluster, check_out_hw, conv_paddings, energy_rank, plan_summary, replace_module
+from .hscc import (LayerGeometry, PlanTotals, RankedLayer, _cluster, check_out_hw, conv_paddings, energy_rank,
+                   plan_summary, replace_module)
 
 __all__ = [
     "HSCCInputConv2d",
@@ -522,28 +523,8 @@ class InputRegionDecomp:
 
 
 @dataclass(frozen=True, eq=False)
-class InputLayerDecomp:
-    name: str
-    in_channels: int
-    out_channels: int
-    kernel_size: tuple[int, int]
-    out_hw: tuple[int, int]
-    grid: int
-    grid_hw: tuple[int, int]
-    clusters: int
+class InputLayerDecomp(LayerGeometry):
     regions: tuple[InputRegionDecomp, ...]
-
-    @property
-    def kernel_area(self) -> int:
-        return self.kernel_size[0] * self.kernel_size[1]
-
-    @property
-    def fan_in(self) -> int:
-        return self.in_channels * self.kernel_area
-
-    @property
-    def original_macs(self) -> int:
-        return self.out_hw[0] * self.out_hw[1] * self.out_channels * self.fan_in
 
 
 @dataclass(frozen=True, eq=False)
@@ -637,25 +618,12 @@ def _decompose_layer(model: nn.Module, s: InputLayerStats, name: str) -> InputLa
 
 
 @dataclass(frozen=True, eq=False)
-class InputLayerPlan:
+class InputLayerPlan(RankedLayer):
     """Ranks of one layer's input-cluster blocks: ``ranks[r][c]``, ``dense[r][c]``."""
 
-    decomp: InputLayerDecomp
-    ranks: tuple[tuple[int, ...], ...]
-    dense: tuple[tuple[bool, ...], ...]
-
-    @property
-    def macs(self) -> int:
+    def block_macs(self, block: InputBlockDecomp, rank: int) -> int:
         d = self.decomp
-        total = 0
-        for reg, ranks in zip(d.regions, self.ranks):
-            h0, h1, w0, w1 = reg.bounds
-            per_pos = sum(
-                input_block_macs(k, b.channels.size, d.kernel_area, d.out_channels)[0]
-                for b, k in zip(reg.blocks, ranks)
-            )
-            total += (h1 - h0) * (w1 - w0) * per_pos
-        return total
+        return input_block_macs(rank, block.channels.size, d.kernel_area, d.out_channels)[0]
 
     def summary(self) -> dict:
         """JSON-able record; the keys of :meth:`hscc_core.hscc.LayerPlan.summary`, labels per
@@ -668,7 +636,7 @@ class InputLayerPlan:
 
 
 @dataclass(frozen=True, eq=False)
-class InputPlan:
+class InputPlan(PlanTotals):
     """Per-layer input-side ranks; build it with :func:`build_hscc_input`.
 
     ``energy`` is the uniform threshold, or None for a budget-greedy plan
@@ -680,16 +648,6 @@ class InputPlan:
     clusters: int
     seed: int
     cluster_side: str = "input"
-
-    def macs(self) -> int:
-        """Analytical MACs of the compressed layers at batch 1."""
-        return sum(lp.macs for lp in self.layers.values())
-
-    def original_macs(self) -> int:
-        return sum(lp.decomp.original_macs for lp in self.layers.values())
-
-    def layer_summary(self) -> dict:
-        return {name: lp.summary() for name, lp in self.layers.items()}
 
 
 def input_layer_plan(ld: InputLayerDecomp, ranks) -> InputLayerPlan:
