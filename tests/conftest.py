@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
 CLASSES = ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor")
@@ -69,3 +70,30 @@ def tiny_env(data: Path, cache: Path, epochs: int = 4) -> dict[str, str]:
     """Environment selecting a tiny model on ``data`` (what the app reads)."""
     return {"HSCC_DATA": str(data), "HSCC_CACHE_DIR": str(cache), "HSCC_ARCH": "tiny",
             "HSCC_INPUT_SIZE": "32", "HSCC_EPOCHS": str(epochs)}
+
+
+def conv_stack(seed: int = 0) -> nn.Module:
+    """Padding/stride variety: k3 s1 p1, k5 s2 p2, k11 s4 p2 (AlexNet's first), 'same' dilated."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(),
+        nn.Conv2d(8, 16, 5, 2, 2), nn.ReLU(),
+        nn.Conv2d(16, 12, 11, 4, 2), nn.ReLU(),
+        nn.Conv2d(12, 10, 3, padding="same", dilation=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 4),
+    ).eval()
+
+
+def random_images(m: int = 24, size: int = 48, seed: int = 1) -> torch.Tensor:
+    return torch.randn(m, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def layer_tensor(model: nn.Module, name: str, x: torch.Tensor, side: str = "output") -> torch.Tensor:
+    """What the submodule ``name`` receives (``side="input"``) or returns during ``model(x)``."""
+    out = []
+    h = model.get_submodule(name).register_forward_hook(
+        lambda m, i, o: out.append((i[0] if side == "input" else o).detach()))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    return out[0]

@@ -9,6 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
+from conftest import conv_stack, layer_tensor, random_images
 from hscc_core.calibration import compute_stats
 from hscc_core.hscc import (
     HSCCConfig,
@@ -26,33 +27,8 @@ from hscc_core.measure import layer_flops
 torch.set_num_threads(2)
 
 
-def tiny_cnn(seed: int = 0) -> nn.Module:
-    """Padding/stride variety: k3 s1 p1, k5 s2 p2, k11 s4 p2 (AlexNet's first), 'same' dilated."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(),
-        nn.Conv2d(8, 16, 5, 2, 2), nn.ReLU(),
-        nn.Conv2d(16, 12, 11, 4, 2), nn.ReLU(),
-        nn.Conv2d(12, 10, 3, padding="same", dilation=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 4),
-    ).eval()
-
-
-def images(m: int = 24, size: int = 48, seed: int = 1) -> torch.Tensor:
-    return torch.randn(m, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
 def hscc_modules(model):
     return {n: m for n, m in model.named_modules() if isinstance(m, HSCCConv2d)}
-
-
-def layer_output(model, name, x):
-    out = []
-    h = model.get_submodule(name).register_forward_hook(lambda m, i, o: out.append(o.detach()))
-    with torch.no_grad():
-        model(x)
-    h.remove()
-    return out[0]
 
 
 def test_config_validation():
@@ -64,20 +40,20 @@ def test_config_validation():
 
 @pytest.mark.parametrize("grid,clusters", [(1, 1), (2, 3), (4, 4)])
 def test_energy_one_reproduces_tiny_cnn(grid, clusters):
-    model, x = tiny_cnn(), images()
+    model, x = conv_stack(), random_images()
     stats = compute_stats(model, x, grid, batch_size=16)
     comp, plan = compress_hscc(model, stats, HSCCConfig(grid, clusters, 1.0))
     assert set(hscc_modules(comp)) == {"0", "2", "4", "6"}
     with torch.no_grad():
         torch.testing.assert_close(comp(x), model(x), rtol=1e-5, atol=1e-5)
-        fresh = images(4, seed=7)
+        fresh = random_images(4, seed=7)
         torch.testing.assert_close(comp(fresh), model(fresh), rtol=1e-5, atol=1e-5)
 
 
 def test_energy_one_reproduces_alexnet_on_calibration_images():
     torch.manual_seed(0)
     model = torchvision.models.alexnet(num_classes=4).eval()
-    x = images(6, 64)
+    x = random_images(6, 64)
     stats = compute_stats(model, x, grid=2)
     comp, plan = compress_hscc(model, stats, HSCCConfig(2, 2, 1.0))
     assert list(plan.layers) == ["features.0", "features.3", "features.6", "features.8", "features.10"]
@@ -110,7 +86,7 @@ def test_factorised_blocks_exact_for_low_rank_weights():
 
 @pytest.mark.parametrize("energy", [0.3, 0.95])
 def test_counted_flops_equal_closed_form(energy):
-    model, x = tiny_cnn(), images()
+    model, x = conv_stack(), random_images()
     stats = compute_stats(model, x, 3, batch_size=24)
     plan = plan_from_decomposition(decompose_hscc(model, stats, 3, seed=0), energy)
     comp = build_hscc(model, plan)
@@ -127,15 +103,15 @@ def test_counted_flops_equal_closed_form(energy):
 
 @pytest.mark.parametrize("name", ["2", "4"])
 def test_monotone_in_energy(name):
-    model, x = tiny_cnn(), images()
+    model, x = conv_stack(), random_images()
     stats = compute_stats(model, x, 2, layers=[name], batch_size=24)
     decomp = decompose_hscc(model, stats, 3, seed=0)
-    ref = layer_output(model, name, x)
+    ref = layer_tensor(model, name, x, side="output")
     flops, errs = [], []
     for e in [0.1, 0.4, 0.7, 0.9, 0.99, 1.0]:
         comp = build_hscc(model, plan_from_decomposition(decomp, e))
         flops.append(layer_flops(comp, [name], (1, 3, 48, 48))[name])
-        errs.append(((layer_output(comp, name, x) - ref).double() ** 2).sum().item())
+        errs.append(((layer_tensor(comp, name, x, side="output") - ref).double() ** 2).sum().item())
         assert flops[-1] == 2 * plan_macs(decomp, e)
     assert all(a <= b for a, b in zip(flops, flops[1:]))
     assert all(b <= a * (1 + 1e-4) + 1e-6 for a, b in zip(errs, errs[1:]))
@@ -198,7 +174,7 @@ def test_window_entirely_in_padding_and_asymmetric_same_padding():
 
 
 def test_grid_and_cluster_clamping_reported():
-    model, x = tiny_cnn(), images(12)
+    model, x = conv_stack(), random_images(12)
     stats = compute_stats(model, x, grid=6, batch_size=12)
     comp, plan = compress_hscc(model, stats, HSCCConfig(6, 100, 1.0))
     summ = plan.layer_summary()
@@ -214,7 +190,7 @@ def test_grid_and_cluster_clamping_reported():
 
 
 def test_same_seed_same_plan_and_input_untouched():
-    model, x = tiny_cnn(), images()
+    model, x = conv_stack(), random_images()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     stats = compute_stats(model, x, 2, batch_size=24)
     a = plan_from_decomposition(decompose_hscc(model, stats, 3, seed=5), 0.9).layer_summary()
@@ -230,7 +206,7 @@ def test_replace_module_nested_and_grid_mismatch():
     model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 1, 1)))
     replace_module(model, "0.0", nn.Identity())
     assert isinstance(model[0][0], nn.Identity)
-    m, x = tiny_cnn(), images(4)
+    m, x = conv_stack(), random_images(4)
     stats = compute_stats(m, x, 2)
     with pytest.raises(ValueError, match="grid"):
         compress_hscc(m, stats, HSCCConfig(grid=3))
@@ -255,13 +231,13 @@ def assert_fast_equals_reference(mod: HSCCConv2d, x: torch.Tensor) -> None:
 def test_fast_path_equals_reference_on_random_configs(seed):
     """Random grids, clusters and energies (ranks from 0 to full, dense blocks) on every padding kind."""
     rng = np.random.default_rng(seed)
-    model, x = tiny_cnn(seed), images(10, 40, seed)
+    model, x = conv_stack(seed), random_images(10, 40, seed)
     grid, clusters = int(rng.integers(1, 5)), int(rng.integers(1, 6))
     energy = float(rng.choice([0.2, 0.6, 0.9, 0.999, 1.0]))
     stats = compute_stats(model, x, grid, batch_size=10)
     plan = plan_from_decomposition(decompose_hscc(model, stats, clusters, seed=seed), energy)
     comp = build_hscc(model, plan)
-    fresh = images(3, 40, seed + 100)
+    fresh = random_images(3, 40, seed + 100)
     for name, mod in hscc_modules(comp).items():
         assert_fast_equals_reference(mod, layer_output_input(model, name, fresh))
     with torch.no_grad():
@@ -299,7 +275,7 @@ def test_fast_path_rank_zero_dense_and_full_rank_blocks():
 
 
 def test_fast_path_counts_exactly_the_analytical_macs_and_trains_on_reference():
-    model, x = tiny_cnn(), images()
+    model, x = conv_stack(), random_images()
     stats = compute_stats(model, x, 3, batch_size=24)
     plan = plan_from_decomposition(decompose_hscc(model, stats, 3, seed=0), 0.7)
     comp = build_hscc(model, plan)
@@ -319,7 +295,7 @@ def test_fast_path_counts_exactly_the_analytical_macs_and_trains_on_reference():
 
 
 def test_fast_path_follows_device_and_dtype():
-    model, x = tiny_cnn(), images(8)
+    model, x = conv_stack(), random_images(8)
     stats = compute_stats(model, x, 2, batch_size=8)
     comp = build_hscc(model, plan_from_decomposition(decompose_hscc(model, stats, 2, seed=0), 0.9))
     comp64 = comp.double()
@@ -330,7 +306,7 @@ def test_fast_path_follows_device_and_dtype():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fast_path_on_cuda_equals_cpu():
-    model, x = tiny_cnn(), images(8)
+    model, x = conv_stack(), random_images(8)
     stats = compute_stats(model, x, 2, batch_size=8)
     comp = build_hscc(model, plan_from_decomposition(decompose_hscc(model, stats, 3, seed=0), 0.8))
     with torch.no_grad():

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from conftest import conv_stack, layer_tensor, random_images
 from hscc_core.calibration import compute_stats, region_bounds
 from hscc_core.hscc import HSCCConv2d, build_hscc, decompose_hscc, plan_from_decomposition
 from hscc_core.hscc_input import (
@@ -27,38 +28,13 @@ from hscc_core.measure import layer_flops
 torch.set_num_threads(2)
 
 
-def tiny_cnn(seed: int = 0) -> nn.Module:
-    """Padding/stride variety: k3 s1 p1, k5 s2 p2, k11 s4 p2 (AlexNet's first), 'same' dilated."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(),
-        nn.Conv2d(8, 16, 5, 2, 2), nn.ReLU(),
-        nn.Conv2d(16, 12, 11, 4, 2), nn.ReLU(),
-        nn.Conv2d(12, 10, 3, padding="same", dilation=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 4),
-    ).eval()
-
-
-def images(m: int = 24, size: int = 48, seed: int = 1) -> torch.Tensor:
-    return torch.randn(m, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
 def input_modules(model):
     return {n: m for n, m in model.named_modules() if isinstance(m, HSCCInputConv2d)}
 
 
-def layer_input(model, name, x):
-    out = []
-    h = model.get_submodule(name).register_forward_hook(lambda m, i, o: out.append(i[0].detach()))
-    with torch.no_grad():
-        model(x)
-    h.remove()
-    return out[0]
-
-
 @pytest.mark.parametrize("grid,clusters", [(1, 1), (4, 3)])
 def test_energy_one_reproduces_tiny_cnn(grid, clusters):
-    model, x = tiny_cnn(), images()
+    model, x = conv_stack(), random_images()
     stats = compute_input_stats(model, x, grid, clusters, seed=0, batch_size=16)
     plan = plan_input(decompose_hscc_input(model, stats), 1.0)
     comp = build_hscc_input(model, plan)
@@ -66,7 +42,7 @@ def test_energy_one_reproduces_tiny_cnn(grid, clusters):
     with torch.no_grad():
         torch.testing.assert_close(comp(x), model(x), rtol=1e-5, atol=1e-5)
         if plan.macs() == plan.original_macs():  # every block dense: exact on any input
-            fresh = images(4, seed=7)
+            fresh = random_images(4, seed=7)
             torch.testing.assert_close(comp(fresh), model(fresh), rtol=1e-5, atol=1e-5)
 
 
@@ -74,7 +50,7 @@ def test_energy_one_reproduces_alexnet_on_calibration_images():
     torch.manual_seed(0)
     model = torchvision.models.alexnet(num_classes=4).eval()
     model.classifier = nn.Linear(256 * 6 * 6, 4)  # the head is not compressed; keep copies cheap
-    x = images(6, 64)
+    x = random_images(6, 64)
     stats = compute_input_stats(model, x, grid=2, clusters=3, seed=0)
     plan = plan_input(decompose_hscc_input(model, stats), 1.0)
     assert list(plan.layers) == ["features.0", "features.3", "features.6", "features.8", "features.10"]
@@ -121,7 +97,7 @@ def test_streaming_block_statistics_match_brute_force():
 
 
 def test_counted_flops_equal_closed_form():
-    model, x = tiny_cnn(), images()
+    model, x = conv_stack(), random_images()
     stats = compute_input_stats(model, x, 3, 3, seed=0, batch_size=24)
     decomp = decompose_hscc_input(model, stats)
     for energy in (0.3, 0.9):
@@ -137,10 +113,10 @@ def test_counted_flops_equal_closed_form():
 
 
 def test_macs_monotone_in_energy_and_error_vanishes():
-    model, x = tiny_cnn(), images()
+    model, x = conv_stack(), random_images()
     stats = compute_input_stats(model, x, 2, 3, seed=0, layers=["2"], batch_size=24)
     decomp = decompose_hscc_input(model, stats)
-    xin = layer_input(model, "2", x)
+    xin = layer_tensor(model, "2", x, side="input")
     with torch.no_grad():
         ref = model[2](xin)
     macs, errs = [], []
@@ -217,7 +193,7 @@ def test_window_entirely_in_padding_and_asymmetric_same_padding():
 
 
 def test_summary_matches_output_side_keys_and_clamping():
-    model, x = tiny_cnn(), images(8)
+    model, x = conv_stack(), random_images(8)
     stats = compute_input_stats(model, x, grid=6, clusters=100, seed=0, layers=["0", "4"])
     plan = plan_input(decompose_hscc_input(model, stats), 0.9)
     summ = plan.layer_summary()
@@ -238,8 +214,8 @@ def test_summary_matches_output_side_keys_and_clamping():
 
 
 def test_same_seed_same_plan_model_untouched_and_progress():
-    model = tiny_cnn().train()
-    x = images()
+    model = conv_stack().train()
+    x = random_images()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     calls = []
     a = compute_input_stats(model, x, 2, 3, seed=5, batch_size=10, progress=lambda d, t: calls.append((d, t)))
@@ -256,7 +232,7 @@ def test_same_seed_same_plan_model_untouched_and_progress():
 
 
 def test_save_load_round_trip(tmp_path):
-    model, x = tiny_cnn(), images(8)
+    model, x = conv_stack(), random_images(8)
     stats = compute_input_stats(model, x, grid=3, clusters=3, seed=0)
     path = tmp_path / "sub" / "input_stats.npz"
     save_input_stats(path, stats)
@@ -282,7 +258,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_validation_errors():
-    model, x = tiny_cnn(), images(2)
+    model, x = conv_stack(), random_images(2)
     for bad in (dict(grid=0, clusters=1), dict(grid=1, clusters=0)):
         with pytest.raises(ValueError, match="must be"):
             compute_input_stats(model, x, seed=0, **bad)
@@ -292,18 +268,18 @@ def test_validation_errors():
     with pytest.raises(ValueError, match="energy"):
         plan_input(decompose_hscc_input(model, stats), 0.0)
     with pytest.raises(ValueError, match="do not match"):
-        decompose_hscc_input(tiny_cnn(), {"2": stats["0"]})
+        decompose_hscc_input(conv_stack(), {"2": stats["0"]})
 
 
 def test_fast_paths_match_reference_and_support_autograd(monkeypatch):
     """Convolution-only and GEMM-only forwards equal the module path and count the same FLOPs."""
     import hscc_core.hscc_input as hi
 
-    model, x = tiny_cnn(), images(12)
+    model, x = conv_stack(), random_images(12)
     stats = compute_input_stats(model, x, 3, 3, seed=0)
     plan = plan_input(decompose_hscc_input(model, stats), 0.6)
     comp = build_hscc_input(model, plan)
-    inputs = {name: layer_input(model, name, x) for name in plan.layers}
+    inputs = {name: layer_tensor(model, name, x, side="input") for name in plan.layers}
     for limit in (0, 1 << 40):  # every region as convolutions, then every region as GEMMs
         monkeypatch.setattr(hi, "_GEMM_MAX_ELEMENTS", limit)
         for name, mod in input_modules(comp).items():
@@ -318,12 +294,12 @@ def test_fast_paths_match_reference_and_support_autograd(monkeypatch):
 
 
 def test_both_sides_refuse_an_input_of_another_size():
-    model, x = tiny_cnn(), images()
+    model, x = conv_stack(), random_images()
     inp = build_hscc_input(model, plan_input(decompose_hscc_input(
         model, compute_input_stats(model, x, 2, 2, seed=0)), 0.9))
     out = build_hscc(model, plan_from_decomposition(
         decompose_hscc(model, compute_stats(model, x, 2), 2), 0.9))
-    bigger = images(2, size=64)
+    bigger = random_images(2, size=64)
     for comp, name in ((inp, "HSCCInputConv2d"), (out, "HSCCConv2d")):
         with pytest.raises(ValueError, match=f"{name} was calibrated for a \\(48, 48\\) output map"):
             comp(bigger)
