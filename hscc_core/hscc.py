@@ -252,17 +252,23 @@ class LayerDecomp(LayerGeometry):
     regions: tuple[RegionDecomp, ...]
 
 
+class DecompositionTotals:
+    """``original_macs`` over a decomposition's ``layers``, for both cluster sides."""
+
+    layers: dict
+
+    @property
+    def original_macs(self) -> int:
+        return sum(ld.original_macs for ld in self.layers.values())
+
+
 @dataclass(frozen=True, eq=False)
-class HSCCDecomposition:
+class HSCCDecomposition(DecompositionTotals):
     """Everything HSCC needs that does not depend on tau (one per statistics, K and seed)."""
 
     layers: dict[str, LayerDecomp]
     clusters: int
     seed: int
-
-    @property
-    def original_macs(self) -> int:
-        return sum(ld.original_macs for ld in self.layers.values())
 
 
 def decompose_hscc(

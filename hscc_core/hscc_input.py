@@ -58,8 +58,8 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from .calibration import compress_candidates, region_bounds, write_npz
-from .hscc import (LayerGeometry, PlanTotals, RankedLayer, _cluster, check_out_hw, conv_paddings, energy_rank,
-                   plan_summary, replace_module)
+from .hscc import (DecompositionTotals, LayerGeometry, PlanTotals, RankedLayer, _cluster, check_out_hw,
+                   conv_paddings, energy_rank, plan_summary, replace_module)
 
 __all__ = [
     "HSCCInputConv2d",
@@ -528,17 +528,13 @@ class InputLayerDecomp(LayerGeometry):
 
 
 @dataclass(frozen=True, eq=False)
-class InputDecomposition:
+class InputDecomposition(DecompositionTotals):
     """Everything input-side HSCC needs that does not depend on tau (one per statistics)."""
 
     layers: dict[str, InputLayerDecomp]
     clusters: int
     seed: int
     cluster_side: str = "input"
-
-    @property
-    def original_macs(self) -> int:
-        return sum(ld.original_macs for ld in self.layers.values())
 
 
 def _eig_desc(scatter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
