@@ -148,6 +148,19 @@ def check_out_hw(layer: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     return ho, wo
 
 
+def tile_regions(outs: list[torch.Tensor], grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Region outputs (NCHW, row-major over the grid) put together into the layer's output map."""
+    gh, gw = grid_hw
+    rows = [torch.cat(outs[i * gw:(i + 1) * gw], dim=3) if gw > 1 else outs[i * gw] for i in range(gh)]
+    return torch.cat(rows, dim=2) if gh > 1 else rows[0]
+
+
+def grid_macs(bounds, regions, batch: int = 1) -> int:
+    """MACs of a region layer: positions of each region times its ``macs_per_position()``."""
+    return batch * sum((h1 - h0) * (w1 - w0) * reg.macs_per_position()
+                       for (h0, h1, w0, w1), reg in zip(bounds, regions))
+
+
 def plan_summary(decomp, ranks, dense, macs: int) -> dict:
     """JSON-able record of one layer's plan, shared by both cluster sides: grid and cluster
     clamping, regions, per-channel labels, cluster sizes, ranks, dense flags, channels left out
@@ -781,22 +794,12 @@ class HSCCConv2d(nn.Module):
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Reference path: per-region window and modules, concatenation, reorder (NCHW)."""
         self._out_hw(x)
-        gh, gw = self.grid_hw
-        rows = []
-        for i in range(gh):
-            cols = [
-                self.regions[i * gw + j].forward_reference(self._window(x, self.bounds[i * gw + j]))
-                for j in range(gw)
-            ]
-            rows.append(torch.cat(cols, dim=3) if gw > 1 else cols[0])
-        return torch.cat(rows, dim=2) if gh > 1 else rows[0]
+        return tile_regions([reg.forward_reference(self._window(x, b)) for reg, b in zip(self.regions, self.bounds)],
+                            self.grid_hw)
 
     def analytical_macs(self, batch: int = 1) -> int:
         """sum_r |r| sum_c (k I kh kw + |c| k), dense cost for dense blocks, times ``batch``."""
-        total = 0
-        for (h0, h1, w0, w1), reg in zip(self.bounds, self.regions):
-            total += (h1 - h0) * (w1 - w0) * reg.macs_per_position()
-        return batch * total
+        return grid_macs(self.bounds, self.regions, batch)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, grid={self.grid_hw}"

@@ -59,7 +59,7 @@ from torch import nn
 
 from .calibration import compress_candidates, region_bounds, write_npz
 from .hscc import (DecompositionTotals, LayerGeometry, PlanTotals, RankedLayer, _cluster, check_out_hw,
-                   conv_paddings, energy_rank, plan_summary, replace_module)
+                   conv_paddings, energy_rank, grid_macs, plan_summary, replace_module, tile_regions)
 
 __all__ = [
     "HSCCInputConv2d",
@@ -930,20 +930,12 @@ class HSCCInputConv2d(nn.Module):
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Module path for every region (per-cluster convolutions), concatenated (NCHW)."""
         self._check(x)
-        gh, gw = self.grid_hw
-        rows = []
-        for i in range(gh):
-            cols = [self.regions[i * gw + j].forward_reference(_window(x, self.spans[i * gw + j]))
-                    for j in range(gw)]
-            rows.append(torch.cat(cols, dim=3) if gw > 1 else cols[0])
-        return torch.cat(rows, dim=2) if gh > 1 else rows[0]
+        return tile_regions([reg.forward_reference(_window(x, span)) for reg, span in zip(self.regions, self.spans)],
+                            self.grid_hw)
 
     def analytical_macs(self, batch: int = 1) -> int:
         """sum_r |r| (sum_c k_c (|c| kh kw + O) + O |dense| kh kw), times ``batch``."""
-        total = 0
-        for (h0, h1, w0, w1), reg in zip(self.bounds, self.regions):
-            total += (h1 - h0) * (w1 - w0) * reg.macs_per_position()
-        return batch * total
+        return grid_macs(self.bounds, self.regions, batch)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
