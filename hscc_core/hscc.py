@@ -148,6 +148,22 @@ def check_out_hw(layer: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     return ho, wo
 
 
+_GEOMETRY_TUPLES = ("kernel_size", "stride", "dilation", "pads", "out_hw", "grid_hw")
+
+
+def geometry_spec(layer: nn.Module) -> dict:
+    """The JSON-able geometry both region layer types put at the head of their ``spec()``."""
+    return {"in_channels": layer.in_channels, "out_channels": layer.out_channels,
+            **{name: list(getattr(layer, name)) for name in _GEOMETRY_TUPLES}}
+
+
+def set_geometry(layer: nn.Module, spec: dict) -> None:
+    """Inverse of :func:`geometry_spec`: set the attributes on ``layer`` (in ``from_spec``)."""
+    layer.in_channels, layer.out_channels = int(spec["in_channels"]), int(spec["out_channels"])
+    for name in _GEOMETRY_TUPLES:
+        setattr(layer, name, tuple(int(v) for v in spec[name]))
+
+
 def tile_regions(outs: list[torch.Tensor], grid_hw: tuple[int, int]) -> torch.Tensor:
     """Region outputs (NCHW, row-major over the grid) put together into the layer's output map."""
     gh, gw = grid_hw
@@ -676,10 +692,7 @@ class HSCCConv2d(nn.Module):
     def spec(self) -> dict:
         """JSON-able structure of the layer (no weights): what :meth:`from_spec` rebuilds."""
         return {
-            "in_channels": self.in_channels, "out_channels": self.out_channels,
-            "kernel_size": list(self.kernel_size), "stride": list(self.stride),
-            "dilation": list(self.dilation), "pads": list(self.pads), "out_hw": list(self.out_hw),
-            "grid_hw": list(self.grid_hw),
+            **geometry_spec(self),
             "regions": [
                 {
                     "bounds": list(reg.bounds), "window": list(reg.window),
@@ -699,13 +712,7 @@ class HSCCConv2d(nn.Module):
         weights: load a state dict into it."""
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        self.in_channels, self.out_channels = int(spec["in_channels"]), int(spec["out_channels"])
-        self.kernel_size = tuple(int(v) for v in spec["kernel_size"])
-        self.stride = tuple(int(v) for v in spec["stride"])
-        self.dilation = tuple(int(v) for v in spec["dilation"])
-        self.pads = tuple(int(v) for v in spec["pads"])
-        self.out_hw = tuple(int(v) for v in spec["out_hw"])
-        self.grid_hw = tuple(int(v) for v in spec["grid_hw"])
+        set_geometry(self, spec)
         self.stage1_mode = "auto"
         regions = []
         for r in spec["regions"]:

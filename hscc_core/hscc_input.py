@@ -59,7 +59,8 @@ from torch import nn
 
 from .calibration import compress_candidates, region_bounds, write_npz
 from .hscc import (DecompositionTotals, LayerGeometry, PlanTotals, RankedLayer, _cluster, check_out_hw,
-                   conv_paddings, energy_rank, grid_macs, plan_summary, replace_module, tile_regions)
+                   conv_paddings, energy_rank, geometry_spec, grid_macs, plan_summary, replace_module,
+                   set_geometry, tile_regions)
 
 __all__ = [
     "HSCCInputConv2d",
@@ -847,10 +848,7 @@ class HSCCInputConv2d(nn.Module):
     def spec(self) -> dict:
         """JSON-able structure of the layer (no weights): what :meth:`from_spec` rebuilds."""
         return {
-            "in_channels": self.in_channels, "out_channels": self.out_channels,
-            "kernel_size": list(self.kernel_size), "stride": list(self.stride),
-            "dilation": list(self.dilation), "pads": list(self.pads), "out_hw": list(self.out_hw),
-            "grid_hw": list(self.grid_hw), "bounds": [list(b) for b in self.bounds],
+            **geometry_spec(self), "bounds": [list(b) for b in self.bounds],
             "regions": [
                 {
                     "n_inputs": reg.n_inputs,
@@ -870,9 +868,7 @@ class HSCCInputConv2d(nn.Module):
         uninitialised weights: load a state dict into it."""
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        self.in_channels, self.out_channels = int(spec["in_channels"]), int(spec["out_channels"])
-        for name in ("kernel_size", "stride", "dilation", "pads", "out_hw", "grid_hw"):
-            setattr(self, name, tuple(int(v) for v in spec[name]))
+        set_geometry(self, spec)
         self.bounds = [tuple(int(v) for v in b) for b in spec["bounds"]]
         self.spans = [_window_span(b, self.kernel_size, self.stride, self.dilation, self.pads)
                       for b in self.bounds]
