@@ -14,7 +14,7 @@ refuses. (On the H100 with torch 2.11 the 30-epoch training
 reproduced bit for bit: the checkpoint hash still differs, since it stores the training time.)
 
 Usage: python benchmarks/results_from_device.py --runs RUNS [RUNS ...] --evaluate EVALUATE_JSON
-           --evaluate-dedupe EVALUATE_DEDUPE_JSON --machine MACHINE_TXT --out-json OUT_JSON
+           [--evaluate-dedupe EVALUATE_DEDUPE_JSON] --machine MACHINE_TXT --out-json OUT_JSON
            --out-png OUT_PNG [--speed SPEED_JSON ...] [--budgets 3 6] [--grid 4] [--clusters 4]
            [--finetune 5] [--command TEXT]
 
@@ -78,7 +78,8 @@ def assemble(runs: list[dict], original: dict, original_dedupe: dict, machine: s
             "sweep": runs, "missing": missing, "machine": machine, "command": command}
 
 
-def figure(runs: list[dict], original: dict, path: Path) -> None:
+def figure(runs: list[dict], original: dict, path: Path,
+           title: str = "Real brain-tumour MRI (394 test images): accuracy vs FLOPs of every stored run") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,7 +103,7 @@ def figure(runs: list[dict], original: dict, path: Path) -> None:
                label=f"original {100 * original['accuracy']:.1f} % at {original['flops'] / 1e9:.2f} GFLOPs")
     ax.set_xlabel("whole-model FLOPs (G, 2 x MACs, 224 x 224)")
     ax.set_ylabel("test accuracy (%), bootstrap SE bars")
-    ax.set_title("Real brain-tumour MRI (394 test images): accuracy vs FLOPs of every stored run", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -112,22 +113,25 @@ def figure(runs: list[dict], original: dict, path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=Path, nargs="+", required=True)
-    for name in ("evaluate", "evaluate-dedupe", "machine", "out-json", "out-png"):
+    for name in ("evaluate", "machine", "out-json", "out-png"):
         p.add_argument(f"--{name}", type=Path, required=True)
+    p.add_argument("--evaluate-dedupe", type=Path, default=None, help="the --dedupe baseline, when computed")
     p.add_argument("--speed", type=Path, nargs="*", default=[])
     p.add_argument("--budgets", type=float, nargs="+", default=[3.0, 6.0])
     p.add_argument("--grid", type=int, default=4)
     p.add_argument("--clusters", type=int, default=4)
     p.add_argument("--finetune", type=int, default=5)
+    p.add_argument("--title", default=None, help="the figure's title")
     p.add_argument("--command", default="DATA=.realdata224 RESULTS=/tmp/res benchmarks/real_data.sh")
     a = p.parse_args()
     runs = merge_sources([load_runs(path) for path in a.runs])
     original = json.loads(a.evaluate.read_text())
-    result = assemble(runs, original, json.loads(a.evaluate_dedupe.read_text()),
+    dedupe = json.loads(a.evaluate_dedupe.read_text()) if a.evaluate_dedupe is not None else None
+    result = assemble(runs, original, dedupe,
                       a.machine.read_text().strip(), a.budgets, a.grid, a.clusters, a.finetune, a.command)
     result["speed"] = [json.loads(path.read_text()) for path in a.speed]
     a.out_json.write_text(json.dumps(result, sort_keys=True, separators=(",", ":")) + "\n")
-    figure(runs, original, a.out_png)
+    figure(runs, original, a.out_png, *([a.title] if a.title else []))
     print(f"{len(result['rows'])} table rows, {len(result['ablation'])} ablation rows, {len(runs)} runs; "
           f"missing: {', '.join(result['missing']) or 'none'}")
     return 0
