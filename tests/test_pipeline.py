@@ -1,5 +1,7 @@
 """Compression runs end to end on a tiny trained workspace: fields, caching, budgets, clamping."""
 
+from collections import OrderedDict
+
 import pytest
 
 import hscc_core.calibration as calibration
@@ -47,6 +49,7 @@ def test_cache_hit_and_calibration_reuse(trained_workspace, monkeypatch):
 
     monkeypatch.setattr(calibration, "compute_stats", counting_stats)
     monkeypatch.setattr(pipeline, "_compressor", counting_compressor)
+    monkeypatch.setattr(pipeline, "_DECOMPOSITIONS", OrderedDict())  # nothing kept from other tests
     cfg = RunConfig("hscc", grid=3, clusters=2, energy=0.8, calib_size=20)
     compress_run(ws, cfg, measure_speed=False)
     assert calls == {"stats": 1, "compress": 1}
@@ -108,3 +111,29 @@ def test_budget_int_and_float_share_a_key(trained_workspace):
     assert run_key(trained_workspace, None, a) == run_key(trained_workspace, None, b)
     # Baselines ignore HSCC-only settings.
     assert RunConfig("svd", grid=4).canonical() == RunConfig("svd", grid=1).canonical()
+
+
+def test_decomposition_reused_across_energies_not_across_configurations(trained_workspace, monkeypatch):
+    ws, calls = trained_workspace, []
+    real = pipeline._compressor
+
+    def counting(method, *a, **k):
+        calls.append(method)
+        return real(method, *a, **k)
+
+    monkeypatch.setattr(pipeline, "_compressor", counting)
+    monkeypatch.setattr(pipeline, "_DECOMPOSITIONS", OrderedDict())
+    fresh = {}
+    for e in (0.6, 0.9):  # a sweep's energies of one configuration: one decomposition
+        plan = pipeline.build_compressed(ws, RunConfig("hscc", grid=2, clusters=2, energy=e, calib_size=20))[1]
+        fresh[e] = plan.macs()
+    assert calls == ["hscc"] and fresh[0.6] < fresh[0.9]
+    pipeline.build_compressed(ws, RunConfig("hscc", grid=2, clusters=3, energy=0.9, calib_size=20))
+    pipeline.build_compressed(ws, RunConfig("svd", energy=0.9))
+    pipeline.build_compressed(ws, RunConfig("svd", energy=0.5))
+    assert calls == ["hscc", "hscc", "svd"]
+    # Only the last two are kept, and a kept decomposition gives what a new one gives.
+    assert len(pipeline._DECOMPOSITIONS) == 2
+    monkeypatch.setattr(pipeline, "_DECOMPOSITIONS", OrderedDict())
+    again = pipeline.build_compressed(ws, RunConfig("hscc", grid=2, clusters=2, energy=0.6, calib_size=20))[1]
+    assert again.macs() == fresh[0.6] and calls[-1] == "hscc"
