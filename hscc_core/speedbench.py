@@ -66,6 +66,7 @@ def speed_table(
     budgets: Sequence[float] = (3.0, 6.0),
     hscc_grid: int = 2,
     hscc_clusters: int = 4,
+    hscc_allocation: str = "uniform",
     runs: int = 20,
     devices: Sequence[str] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -81,6 +82,8 @@ def speed_table(
         Conv-FLOPs compression factors (> 1), met by bisection on the energy threshold.
     hscc_grid, hscc_clusters : int
         HSCC's G and K (the defaults of a compression run).
+    hscc_allocation : {"uniform", "greedy"}
+        HSCC's rank allocation (uniform: the paper's rule, the bench table's).
     runs : int
         Timed runs per model and batch size, after 3 warm-up runs (>= 20 for reported numbers).
     devices : sequence of str, optional
@@ -123,8 +126,9 @@ def speed_table(
     rows = []
     for method in methods:
         for budget in budgets:
-            config = RunConfig(method=method, grid=hscc_grid, clusters=hscc_clusters,
-                               energy=None, budget=float(budget))
+            config = RunConfig(method=method, grid=hscc_grid, clusters=hscc_clusters, energy=None,
+                               budget=float(budget),
+                               allocation=hscc_allocation if method == "hscc" else "uniform")
             compressed, plan, energy, result = build_compressed(ws, config, progress, model=model, meta=meta)
             compressed.eval()
             layers = list(plan.layers) if hasattr(plan, "layers") else list(plan.layer_summary())
@@ -137,7 +141,7 @@ def speed_table(
                                       batch_sizes=BATCHES, runs=runs, device=device)
                 orig, comp = _block(lat, "original"), _block(lat, "compressed")
                 row = {
-                    "method": method, "budget": float(budget), "energy": float(energy),
+                    "method": method, "budget": float(budget), "energy": None if energy is None else float(energy),
                     "budget_met": None if result is None else bool(result.met),
                     "device": lat["device"], "flops": fl, "flops_original": flops_original,
                     "flops_ratio": flops_original / max(fl, 1),

@@ -52,3 +52,12 @@ def test_speed_table_on_gpu(trained_workspace):
     table = speed_table(trained_workspace, budgets=(3.0,), runs=2, devices=["cuda"])
     for row in table["rows"]:  # every layer type can be captured in a CUDA graph
         assert row["device"] != "cpu" and row["speedup_b32"] > 0 and row["speedup_graph_b32"] > 0
+
+
+def test_speed_table_times_greedy_hscc(trained_workspace):
+    table = speed_table(trained_workspace, methods=("hscc",), budgets=(3.0,), runs=2, devices=["cpu"],
+                        hscc_allocation="greedy")
+    row = table["rows"][0]
+    # Greedy allocation has no single energy threshold; the budget is met all the same.
+    assert row["energy"] is None and row["budget_met"] is not False
+    assert row["layer_flops_ratio"] == pytest.approx(3.0, rel=0.05) and row["speedup_b32"] > 0
