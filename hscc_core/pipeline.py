@@ -273,9 +273,9 @@ def _compressor(method: str, ws: Workspace, model, meta: dict, config: RunConfig
 
 # The last decompositions (k-means, eigendecompositions, SVD, Tucker-2 mode spectra: everything that
 # does not depend on the energy threshold; Tucker-2's HOOI runs at the planned ranks), kept per
-# process: a sweep's runs of one configuration at several
-# energies come one after the other (``sweeps.expand`` groups them), and re-decomposing a G = 8,
-# K = 16 AlexNet took 6.6 s of a 24-s run on the 2-core CPU. Nothing mutates a decomposition.
+# process: a sweep's runs of one configuration at several energies come one after the other
+# (``sweeps.expand`` groups them), and re-decomposing a G = 8, K = 16 AlexNet took 6.6 s of a 24-s
+# run on the 2-core CPU. Nothing mutates a decomposition.
 _DECOMPOSITIONS: OrderedDict = OrderedDict()
 _DECOMPOSITIONS_KEPT = 2
 
