@@ -72,6 +72,14 @@ def tiny_env(data: Path, cache: Path, epochs: int = 4) -> dict[str, str]:
             "HSCC_INPUT_SIZE": "32", "HSCC_EPOCHS": str(epochs)}
 
 
+def use_tiny_app_env(monkeypatch, data: Path, cache: Path) -> None:
+    """Point the app (run in this process by AppTest) at a tiny model on ``data``; the pages import
+    ``pages.common``, so the repository root goes on ``sys.path``."""
+    for name, value in tiny_env(data, cache).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+
+
 def conv_stack(seed: int = 0) -> nn.Module:
     """Padding/stride variety: k3 s1 p1, k5 s2 p2, k11 s4 p2 (AlexNet's first), 'same' dilated."""
     torch.manual_seed(seed)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import make_imagefolder, tiny_env
+from conftest import make_imagefolder, tiny_env, use_tiny_app_env
 from hscc_core import pipeline
 from hscc_core.pipeline import RunConfig, compress_run, run_key
 from hscc_core.store import RunStore
@@ -31,15 +31,9 @@ def stored_runs(trained_workspace):
     return {cfg: compress_run(trained_workspace, cfg, measure_speed=False)[0] for cfg in (LOW, HIGH, SVD)}
 
 
-def set_env(monkeypatch, data, cache) -> None:
-    for name, value in tiny_env(data, cache).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.syspath_prepend(str(ROOT))  # pages import pages.common when AppTest runs them directly
-
-
 @pytest.fixture
 def app_env(trained_workspace, stored_runs, monkeypatch):
-    set_env(monkeypatch, trained_workspace.data, trained_workspace.cache_dir)
+    use_tiny_app_env(monkeypatch, trained_workspace.data, trained_workspace.cache_dir)
     return trained_workspace
 
 
@@ -328,7 +322,7 @@ def test_heatmaps_of_a_fine_tuned_run_ask_before_fine_tuning_again(trained_works
     run = {k: v for k, v in base.items() if k not in ("cache_key", "cached")}
     key = run_key(ws, ws.baseline()[1], cfg)
     ws.store.put_run(key, dict(run, config=cfg.canonical(), label=cfg.label()), ws.store.get_arrays(base["cache_key"]))
-    set_env(monkeypatch, trained_workspace.data, cache)
+    use_tiny_app_env(monkeypatch, trained_workspace.data, cache)
     at = open_page("pages/heatmaps.py", selected=key)
     assert any("fine-tuned for 3 epoch" in w for w in texts(at.warning))
     assert len(at.get("plotly_chart")) == 1  # the region map needs no model
@@ -373,7 +367,7 @@ def many_runs_env(trained_workspace, stored_runs, tmp_path, monkeypatch):
     ws = Workspace.from_env(env=tiny_env(trained_workspace.data, cache))
     base = stored_runs[LOW]
     populate(ws, base, ws.store.get_arrays(base["cache_key"]))
-    set_env(monkeypatch, trained_workspace.data, cache)
+    use_tiny_app_env(monkeypatch, trained_workspace.data, cache)
     return ws
 
 

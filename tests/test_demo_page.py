@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import tiny_env
+from conftest import tiny_env, use_tiny_app_env
 from hscc_core import predict
 from hscc_core.pipeline import RunConfig, compress_run
 from test_imageio import dicom_bytes, image_bytes
@@ -28,15 +28,9 @@ def stored(trained_workspace):
     return compress_run(trained_workspace, RUN, measure_speed=False)[0]
 
 
-def set_env(monkeypatch, data, cache) -> None:
-    for name, value in tiny_env(data, cache).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.syspath_prepend(str(ROOT))  # the page imports pages.common
-
-
 @pytest.fixture
 def page_env(trained_workspace, stored, monkeypatch):
-    set_env(monkeypatch, trained_workspace.data, trained_workspace.cache_dir)
+    use_tiny_app_env(monkeypatch, trained_workspace.data, trained_workspace.cache_dir)
     return trained_workspace
 
 
@@ -115,7 +109,7 @@ def test_fine_tuned_run_is_explained_not_rebuilt(trained_workspace, stored, tmp_
     tuned = {k: v for k, v in stored.items() if k not in ("cache_key", "cached")}
     tuned.update(config=dict(stored["config"], finetune_epochs=2), label="hscc G2 K2 tau=0.9 ft2")
     ws.store.put_run(key, tuned, ws.store.get_arrays(stored["cache_key"]))
-    set_env(monkeypatch, trained_workspace.data, cache)
+    use_tiny_app_env(monkeypatch, trained_workspace.data, cache)
     at = open_demo(selected=key)
     assert any("fine-tuned" in w.value and "without fine-tuning" in w.value for w in at.warning)
     assert len(metrics(at)["Answer"]) == 1 and notice_shown(at)
@@ -177,6 +171,6 @@ def test_bad_data_path_and_missing_baseline_are_messages(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     at = open_demo()
     assert any("does not exist" in e.value for e in at.error) and "Answer" not in metrics(at)
-    set_env(monkeypatch, make_imagefolder(tmp_path / "d", n_train=2, n_test=2), tmp_path / "cache2")
+    use_tiny_app_env(monkeypatch, make_imagefolder(tmp_path / "d", n_train=2, n_test=2), tmp_path / "cache2")
     at = open_demo()
     assert any("Prepare the baseline" in i.value for i in at.info) and "Answer" not in metrics(at)
