@@ -42,8 +42,16 @@ def _settings() -> tuple[str, ...]:
 
 
 def current_workspace() -> Workspace:
-    """The workspace selected in the sidebar (data path from ``HSCC_DATA`` by default)."""
-    return workspace_for(workspace_id())
+    """The workspace selected in the sidebar (data path from ``HSCC_DATA`` by default).
+
+    Settings no workspace can have (``HSCC_INPUT_SIZE=abc``, an input too small for the model)
+    stop the page with one visible message instead of a traceback.
+    """
+    try:
+        return workspace_for(workspace_id())
+    except USER_ERRORS as exc:
+        st.error(f"Cannot open this workspace: {exc}")
+        st.stop()
 
 
 def workspace_for(data: str) -> Workspace:

@@ -397,3 +397,16 @@ def test_performance_with_100_cached_runs(many_runs_env, stored_runs, counters):
           + ", ".join(f"{p.split('/')[1][:-3]} {t:.3f} s" for p, t in switch.items()))
     assert statistics.median(slider_times) <= 0.5
     assert max(switch.values()) <= 1.0
+
+
+@pytest.mark.parametrize("size", ["5", "abc"])
+def test_bad_input_size_setting_is_a_visible_message(tmp_path, monkeypatch, size):
+    use_tiny_app_env(monkeypatch, make_imagefolder(tmp_path / "d", n_train=2, n_test=2), tmp_path / "cache")
+    monkeypatch.setenv("HSCC_INPUT_SIZE", size)
+    at = AppTest.from_file(str(APP), default_timeout=30).run()
+    assert not at.exception
+    assert any("Cannot open this workspace" in e.value for e in at.error)
+    for page in PAGES[1:]:  # every page stops at the same message
+        at.switch_page(page).run()
+        assert not at.exception
+        assert any("Cannot open this workspace" in e.value for e in at.error)

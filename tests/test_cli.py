@@ -81,6 +81,14 @@ def test_bad_data_is_one_line_exit_2(capsys, tmp_path, setup, match):
     assert len(lines) == 1 and match in lines[0] and "Traceback" not in err
 
 
+def test_input_size_too_small_is_one_line_exit_2(capsys, folder, tmp_path):
+    code, out, err = run_cli(capsys, "prepare", "--data", str(folder), "--cache-dir", str(tmp_path / "c"),
+                             "--input-size", "48")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.strip() == "hscc: error: input size 48 is too small for alexnet (at least 63 px)"
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.pt"))  # nothing trained
+
+
 def test_unreadable_files_are_skipped_and_counted(capsys, folder, tmp_path):
     (folder / "Training" / "glioma_tumor" / "broken.jpg").write_bytes(truncated_jpeg_bytes())
     code, out, _ = run_cli(capsys, "prepare", "--data", str(folder), "--cache-dir", str(tmp_path / "c"), "--json", *TINY)
