@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .measure import count_flops, layer_flops, measure_latency
+from .measure import count_flops, flop_profile, layer_flops, measure_latency
 from .pipeline import RunConfig, build_compressed
 from .workspace import Workspace
 
@@ -121,6 +121,7 @@ def speed_table(
     model = copy.deepcopy(model).cpu().eval()  # timing moves models; leave the cached one alone
     shape = (1, 3, ws.size, ws.size)
     flops_original = count_flops(model, shape)
+    orig_layer_fl: dict[tuple, int] = {}
     total = len(methods) * len(budgets) * len(devices)
     done = 0
     rows = []
@@ -132,16 +133,19 @@ def speed_table(
             compressed, plan, energy, result = build_compressed(ws, config, progress, model=model, meta=meta)
             compressed.eval()
             layers = list(plan.layers) if hasattr(plan, "layers") else list(plan.layer_summary())
-            fl = count_flops(compressed, shape)
-            layer_fl = sum(layer_flops(compressed, layers, shape).values())
-            layer_fl_orig = sum(layer_flops(model, layers, shape).values())
+            fl, per_layer = flop_profile(compressed, layers, shape)  # one counted pass for both
+            layer_fl = sum(per_layer.values())
+            if tuple(layers) not in orig_layer_fl:  # the same layers for every method: count once
+                orig_layer_fl[tuple(layers)] = sum(layer_flops(model, layers, shape).values())
+            layer_fl_orig = orig_layer_fl[tuple(layers)]
             for device in devices:
                 report("speed", done, total)
                 lat = measure_latency({"original": model, "compressed": compressed}, shape,
                                       batch_sizes=BATCHES, runs=runs, device=device)
                 orig, comp = _block(lat, "original"), _block(lat, "compressed")
                 row = {
-                    "method": method, "budget": float(budget), "energy": None if energy is None else float(energy),
+                    "method": method, "budget": float(budget),
+                    "energy": None if energy is None else float(energy),  # None: greedy allocation
                     "budget_met": None if result is None else bool(result.met),
                     "device": lat["device"], "flops": fl, "flops_original": flops_original,
                     "flops_ratio": flops_original / max(fl, 1),
