@@ -1,0 +1,79 @@
+"""The benchmark scripts: results_from_device.py merges runs of several device sessions only when
+they are runs of the same model; real_data.sh runs the steps it is given, in order, within its
+deadline."""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "results_from_device.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("results_from_device", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(label, accuracy, kl):
+    return {"label": label, "method": "hscc", "accuracy": accuracy, "kl_to_original": kl}
+
+
+def test_sources_merge_when_shared_runs_agree_and_refuse_otherwise(tmp_path):
+    m = load_script()
+    a = [run("hscc G4 K4 3x", 0.67, 0.18), run("svd 3x", 0.39, 1.0)]
+    b = [run("hscc G4 K4 3x", 0.67, 0.18), run("tucker 6x", 0.34, 1.1)]
+    merged = m.merge_sources([a, b])
+    assert sorted(r["label"] for r in merged) == ["hscc G4 K4 3x", "svd 3x", "tucker 6x"]
+    with pytest.raises(SystemExit, match="not the same baseline"):
+        m.merge_sources([a, [run("svd 3x", 0.39, 0.99)]])
+
+
+def test_runs_load_from_a_listing_or_a_run_store_folder(tmp_path):
+    m = load_script()
+    listing = tmp_path / "runs.json"
+    listing.write_text(json.dumps({"runs": [run("svd 3x", 0.4, 1.0), {"method": "original"}]}))
+    folder = tmp_path / "runs"
+    (folder / "k1").mkdir(parents=True)
+    (folder / "k1" / "run.json").write_text(json.dumps(run("svd 6x", 0.3, 1.2)))
+    (folder / "k2").mkdir()
+    (folder / "k2" / "run.json").write_text(json.dumps({"method": "original", "accuracy": 0.7}))
+    assert [r["label"] for r in m.load_runs(listing)] == ["svd 3x"]  # the original is not a run
+    assert [r["label"] for r in m.load_runs(folder)] == ["svd 6x"]
+
+
+def run_real_data(tmp_path, steps):
+    """real_data.sh with a stand-in for hscc that records its arguments."""
+    fake = tmp_path / "fake_hscc"
+    fake.write_text('#!/usr/bin/env bash\necho "$1" >> "$CALLS"\necho "{}"\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, DATA=str(tmp_path / "data"), RESULTS=str(tmp_path / "res"), HSCC=str(fake),
+               CALLS=str(tmp_path / "calls.txt"), STEPS=steps, DEADLINE="300")
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "real_data.sh")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    calls = (tmp_path / "calls.txt").read_text().split() if (tmp_path / "calls.txt").exists() else []
+    return proc, calls
+
+
+def test_real_data_runs_only_the_chosen_steps_in_order(tmp_path):
+    proc, calls = run_real_data(tmp_path, "sweep prepare bench_speed")
+    assert proc.returncode == 0, proc.stderr
+    assert calls == ["prepare", "bench", "sweep"]  # the script's order, not the list's
+    log = (tmp_path / "res" / "log.txt").read_text()
+    assert "start bench_speed" in log and "bench_table" not in log
+    # prepare may use what is left of the 300 s minus the least the two later steps need (40 + 40 s).
+    budget = int(re.search(r"start prepare \(up to (\d+)s\)", log).group(1))
+    assert 200 < budget <= 220
+
+
+def test_real_data_refuses_an_unknown_step(tmp_path):
+    proc, calls = run_real_data(tmp_path, "prepare sweeep")
+    assert proc.returncode == 2 and calls == []
+    assert "unknown step 'sweeep'" in proc.stderr
