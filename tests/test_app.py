@@ -114,13 +114,18 @@ def test_bad_data_path_is_a_visible_message(tmp_path, monkeypatch):
     monkeypatch.setenv("HSCC_DATA", str(tmp_path / "missing"))
     monkeypatch.setenv("HSCC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.syspath_prepend(str(ROOT))
+    assert_every_page_shows_error("does not exist")
+
+
+def assert_every_page_shows_error(text: str) -> None:
+    """The app and every page run without an exception and show ``text`` in an error box."""
     at = AppTest.from_file(str(APP), default_timeout=30).run()
     assert not at.exception
-    assert any("does not exist" in e.value for e in at.error)
+    assert any(text in e.value for e in at.error)
     for page in PAGES[1:]:  # every page degrades to the same message
         at.switch_page(page).run()
         assert not at.exception
-        assert any("does not exist" in e.value for e in at.error)
+        assert any(text in e.value for e in at.error)
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -403,10 +408,4 @@ def test_performance_with_100_cached_runs(many_runs_env, stored_runs, counters):
 def test_bad_input_size_setting_is_a_visible_message(tmp_path, monkeypatch, size):
     use_tiny_app_env(monkeypatch, make_imagefolder(tmp_path / "d", n_train=2, n_test=2), tmp_path / "cache")
     monkeypatch.setenv("HSCC_INPUT_SIZE", size)
-    at = AppTest.from_file(str(APP), default_timeout=30).run()
-    assert not at.exception
-    assert any("Cannot open this workspace" in e.value for e in at.error)
-    for page in PAGES[1:]:  # every page stops at the same message
-        at.switch_page(page).run()
-        assert not at.exception
-        assert any("Cannot open this workspace" in e.value for e in at.error)
+    assert_every_page_shows_error("Cannot open this workspace")
