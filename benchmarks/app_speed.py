@@ -26,8 +26,8 @@ PAGES = ["pages/overview.py", "pages/explorer.py", "pages/pareto.py", "pages/con
 def main() -> int:
     from streamlit.testing.v1 import AppTest
 
-    from hscc_core.pipeline import RunConfig, run_key
-    from hscc_core.workspace import Workspace
+    from hscc_core.runs.pipeline import RunConfig, run_key
+    from hscc_core.runs.workspace import Workspace
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--grid", type=int, default=2)

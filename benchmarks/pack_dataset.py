@@ -2,7 +2,7 @@
 
 The real-data benchmark runs on a lent GPU machine that takes at most 64 MiB of files along; the
 brain-tumour dataset is 96 MB. Each image is decoded exactly as training decodes it
-(:func:`hscc_core.data.decode_image`: grey, bilinear resize) and saved as a grey JPEG at quality
+(:func:`hscc_core.data.folders.decode_image`: grey, bilinear resize) and saved as a grey JPEG at quality
 95, so the copy differs from what training would see by JPEG rounding only (a few grey levels).
 Each copy carries the SHA-256 of its original file as a JPEG comment: files that were different
 stay different even where their pixels become equal at this size (this dataset has many such
@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hscc_core.data import decode_image  # noqa: E402
+from hscc_core.data.folders import decode_image  # noqa: E402
 
 
 def main() -> int:

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:
-    from hscc_core.speedbench import speed_table
-    from hscc_core.workspace import Workspace
+    from hscc_core.runs.speed import speed_table
+    from hscc_core.runs.workspace import Workspace
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=6.0)

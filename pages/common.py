@@ -18,11 +18,11 @@ from typing import Any
 
 import streamlit as st
 
-from hscc_core.data import DataError
-from hscc_core.models import CheckpointError
-from hscc_core.report import NOTICE
-from hscc_core.store import RunStore
-from hscc_core.workspace import Workspace
+from hscc_core.data.folders import DataError
+from hscc_core.nn.models import CheckpointError
+from hscc_core.present.report import NOTICE
+from hscc_core.runs.store import RunStore
+from hscc_core.runs.workspace import Workspace
 
 __all__ = ["NOTICE", "Context", "SELECTED", "baseline_ready", "baseline_run", "compressed_runs", "current_workspace",
            "load_arrays", "load_run", "page_context", "prepare_with_progress", "run_picker", "select_run",
@@ -84,7 +84,7 @@ def baseline_run(data: str) -> dict:
 
 @st.cache_data(show_spinner=False)
 def _baseline_run(data: str, settings: tuple[str, ...]) -> dict:
-    from hscc_core.pipeline import original_run
+    from hscc_core.runs.pipeline import original_run
 
     run, _, _ = original_run(_workspace(data, settings))
     return run

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from hscc_core.plots import confusion_difference_figure, confusion_figure, per_class_figure
+from hscc_core.present.plots import confusion_difference_figure, confusion_figure, per_class_figure
 from pages.common import NOTICE, page_context, run_picker, show_selection, sidebar
 
 

@@ -6,18 +6,18 @@ of this one inference, and one sentence on what the compression saved and whethe
 Laid out to fit a 1920 x 1080 projector without scrolling, in large type and Okabe-Ito colours.
 
 Uploads stay in memory (Streamlit's upload buffer and this session's state); they are decoded by
-``hscc_core.imageio.load_slice`` from bytes, never written to disk, never unpickled, and their names are
-only shown back. All computation is in ``hscc_core.predict``.
+``hscc_core.data.imageio.load_slice`` from bytes, never written to disk, never unpickled, and their names are
+only shown back. All computation is in ``hscc_core.present.predict``.
 """
 
 import hashlib
 
 import streamlit as st
 
-from hscc_core.imageio import MAX_BYTES, SliceError, load_slice
-from hscc_core.plots import METHOD_STYLE, OKABE_ITO, class_label, overlay_figure
-from hscc_core.predict import compare, probability_figure, rebuild_compressed
-from hscc_core.store import RunStore
+from hscc_core.data.imageio import MAX_BYTES, SliceError, load_slice
+from hscc_core.present.plots import METHOD_STYLE, OKABE_ITO, class_label, overlay_figure
+from hscc_core.present.predict import compare, probability_figure, rebuild_compressed
+from hscc_core.runs.store import RunStore
 from pages.common import NOTICE, page_context, run_picker, show_selection, sidebar, workspace_for, workspace_id
 
 SOURCES = ("Test slice", "Upload a file")

@@ -6,8 +6,8 @@ import traceback
 import pandas as pd
 import streamlit as st
 
-from hscc_core.pipeline import ALLOCATIONS, CLUSTER_SIDES, METHODS, RunConfig, compress_run, run_key
-from hscc_core.plots import METHOD_STYLE
+from hscc_core.runs.pipeline import ALLOCATIONS, CLUSTER_SIDES, METHODS, RunConfig, compress_run, run_key
+from hscc_core.present.plots import METHOD_STYLE
 from pages.common import (EXPLORER_PENDING, NOTICE, load_run, page_context, select_run, show_selection,
                           sidebar)
 

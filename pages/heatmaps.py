@@ -3,10 +3,10 @@
 import numpy as np
 import streamlit as st
 
-from hscc_core import heatmaps
-from hscc_core.calibration import compress_candidates
-from hscc_core.plots import class_label, overlay_figure
-from hscc_core.store import RunStore
+from hscc_core.present import heatmaps
+from hscc_core.compress.calibration import compress_candidates
+from hscc_core.present.plots import class_label, overlay_figure
+from hscc_core.runs.store import RunStore
 from pages.common import (NOTICE, load_arrays, page_context, run_picker, show_selection, sidebar,
                           workspace_for, workspace_id)
 

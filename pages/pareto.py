@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from hscc_core.pareto import front_runs, get_axis
-from hscc_core.plots import METHOD_STYLE, class_label, key_from_selection, pareto_figure
+from hscc_core.runs.pareto import front_runs, get_axis
+from hscc_core.present.plots import METHOD_STYLE, class_label, key_from_selection, pareto_figure
 from pages.common import (NOTICE, SELECTED, compressed_runs, page_context, select_run, show_selection,
                           sidebar)
 

@@ -5,10 +5,10 @@ import re
 import pandas as pd
 import streamlit as st
 
-from hscc_core.heatmaps import region_value_map
-from hscc_core.plots import (confusion_difference_figure, confusion_figure, overlay_figure, pareto_figure,
+from hscc_core.present.heatmaps import region_value_map
+from hscc_core.present.plots import (confusion_difference_figure, confusion_figure, overlay_figure, pareto_figure,
                              per_class_figure)
-from hscc_core.report import environment_info, figure_png, figures_zip, metrics_rows, report_html
+from hscc_core.present.report import environment_info, figure_png, figures_zip, metrics_rows, report_html
 from pages.common import NOTICE, compressed_runs, page_context, run_picker, show_selection, sidebar
 
 

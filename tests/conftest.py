@@ -58,7 +58,7 @@ def truncated_jpeg_bytes(seed: int = 0) -> bytes:
 @pytest.fixture(scope="session")
 def trained_workspace(tmp_path_factory):
     """A tiny dataset with a tiny baseline trained once for the whole session."""
-    from hscc_core.workspace import Workspace
+    from hscc_core.runs.workspace import Workspace
 
     root = make_imagefolder(tmp_path_factory.mktemp("data") / "mri", n_train=16, n_test=6)
     ws = Workspace.from_env(env=tiny_env(root, tmp_path_factory.mktemp("cache")))

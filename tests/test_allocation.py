@@ -1,4 +1,4 @@
-"""Tests for hscc_core.allocation: greedy rank allocation meets budgets and beats the uniform rule."""
+"""Tests for hscc_core.compress.allocation: greedy rank allocation meets budgets and beats the uniform rule."""
 
 import json
 
@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from hscc_core.allocation import _steps, captured_energy, greedy_budget, greedy_plan
-from hscc_core.budgets import search_energy
-from hscc_core.calibration import compute_stats
-from hscc_core.hscc import (HSCCConv2d, HSCCPlan, block_macs, build_hscc, decompose_hscc, energy_rank,
+from hscc_core.compress.allocation import _steps, captured_energy, greedy_budget, greedy_plan
+from hscc_core.compress.budgets import search_energy
+from hscc_core.compress.calibration import compute_stats
+from hscc_core.compress.hscc import (HSCCConv2d, HSCCPlan, block_macs, build_hscc, decompose_hscc, energy_rank,
                             plan_from_decomposition, plan_macs)
-from hscc_core.hscc_input import (HSCCInputConv2d, InputPlan, build_hscc_input, compute_input_stats,
+from hscc_core.compress.hscc_input import (HSCCInputConv2d, InputPlan, build_hscc_input, compute_input_stats,
                                   decompose_hscc_input, input_block_macs, plan_input, plan_input_macs)
-from hscc_core.measure import layer_flops
+from hscc_core.measure.costs import layer_flops
 
 torch.set_num_threads(2)
 

@@ -12,9 +12,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import make_imagefolder, tiny_env, use_tiny_app_env
-from hscc_core import pipeline
-from hscc_core.pipeline import RunConfig, compress_run, run_key
-from hscc_core.store import RunStore
+from hscc_core.runs import pipeline
+from hscc_core.runs.pipeline import RunConfig, compress_run, run_key
+from hscc_core.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
@@ -88,7 +88,7 @@ def texts(elements) -> list[str]:
 
 
 def test_overview_shows_real_baseline_metrics(app_env):
-    from hscc_core.pipeline import original_run
+    from hscc_core.runs.pipeline import original_run
 
     at = AppTest.from_file(str(APP), default_timeout=60).run()
     assert not at.exception
@@ -317,7 +317,7 @@ def test_heatmaps_page_draws_all_overlays(app_env, stored_runs):
 
 def test_heatmaps_of_a_fine_tuned_run_ask_before_fine_tuning_again(trained_workspace, stored_runs, tmp_path,
                                                                    monkeypatch, counters):
-    from hscc_core.workspace import Workspace
+    from hscc_core.runs.workspace import Workspace
 
     cache = tmp_path / "cache"
     shutil.copytree(trained_workspace.cache_dir, cache)
@@ -367,7 +367,7 @@ def populate(ws, base: dict, arrays: dict, n: int = 120) -> list[RunConfig]:
 def many_runs_env(trained_workspace, stored_runs, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     shutil.copytree(trained_workspace.cache_dir, cache)
-    from hscc_core.workspace import Workspace
+    from hscc_core.runs.workspace import Workspace
 
     ws = Workspace.from_env(env=tiny_env(trained_workspace.data, cache))
     base = stored_runs[LOW]

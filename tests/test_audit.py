@@ -1,12 +1,12 @@
-"""Tests for hscc_core.audit on planted duplicates, leaks, label conflicts and unreadable files."""
+"""Tests for hscc_core.data.audit on planted duplicates, leaks, label conflicts and unreadable files."""
 
 import shutil
 from pathlib import Path
 
 import pytest
 
-from hscc_core.audit import audit, format_audit
-from hscc_core.data import discover
+from hscc_core.data.audit import audit, format_audit
+from hscc_core.data.folders import discover
 from conftest import truncated_jpeg_bytes
 
 

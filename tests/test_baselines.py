@@ -1,4 +1,4 @@
-"""Tests for hscc_core.baselines: Global SVD and Tucker-2 as real factorised modules."""
+"""Tests for hscc_core.compress.baselines: Global SVD and Tucker-2 as real factorised modules."""
 
 import json
 
@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from hscc_core.baselines import (
+from hscc_core.compress.baselines import (
     LowRankConv2d,
     Tucker2Conv2d,
     build_svd,
@@ -21,7 +21,7 @@ from hscc_core.baselines import (
     svd_decompose,
     tucker_decompose,
 )
-from hscc_core.measure import layer_flops
+from hscc_core.measure.costs import layer_flops
 
 torch.set_num_threads(2)
 SHAPE = (1, 3, 32, 32)

@@ -57,7 +57,7 @@ def free_port() -> int:
 @pytest.fixture
 def server(trained_workspace, stored_runs, tmp_path):  # noqa: F811 - the imported fixture
     """The app on 127.0.0.1 with a store of 100+ runs; yields its URL."""
-    from hscc_core.workspace import Workspace
+    from hscc_core.runs.workspace import Workspace
 
     cache = tmp_path / "cache"
     shutil.copytree(trained_workspace.cache_dir, cache)

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import tiny_env
 from test_browser import CHROMIUM_FLAGS, chromium, streamlit_server, wait_idle
-from hscc_core.pipeline import RunConfig, compress_run
+from hscc_core.runs.pipeline import RunConfig, compress_run
 
 pytestmark = pytest.mark.browser
 
@@ -35,7 +35,7 @@ def demo_server(trained_workspace, tmp_path):
     """The app on 127.0.0.1 over a copy of the tiny workspace's cache with one stored run."""
     pytest.importorskip("playwright.sync_api", reason="playwright (the Python package) is not installed")
     exe = chromium()  # skips when absent
-    from hscc_core.workspace import Workspace
+    from hscc_core.runs.workspace import Workspace
 
     cache = tmp_path / "cache"
     shutil.copytree(trained_workspace.cache_dir, cache)

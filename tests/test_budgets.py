@@ -1,4 +1,4 @@
-"""Tests for hscc_core.budgets: bisection on step-function cost curves, per method."""
+"""Tests for hscc_core.compress.budgets: bisection on step-function cost curves, per method."""
 
 import math
 
@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from hscc_core.baselines import (
+from hscc_core.compress.baselines import (
     build_svd, build_tucker, plan_svd, plan_svd_macs, plan_tucker, plan_tucker_macs, svd_decompose,
     tucker_decompose,
 )
-from hscc_core.budgets import MIN_ENERGY, BudgetResult, search_energy
-from hscc_core.calibration import compute_stats
-from hscc_core.hscc import build_hscc, decompose_hscc, plan_from_decomposition, plan_macs
-from hscc_core.measure import layer_flops
+from hscc_core.compress.budgets import MIN_ENERGY, BudgetResult, search_energy
+from hscc_core.compress.calibration import compute_stats
+from hscc_core.compress.hscc import build_hscc, decompose_hscc, plan_from_decomposition, plan_macs
+from hscc_core.measure.costs import layer_flops
 
 torch.set_num_threads(2)
 

@@ -1,4 +1,4 @@
-"""Tests for hscc_core.calibration: regions, streaming regional statistics, save/load."""
+"""Tests for hscc_core.compress.calibration: regions, streaming regional statistics, save/load."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from hscc_core.calibration import (
+from hscc_core.compress.calibration import (
     LayerStats,
     compress_candidates,
     compute_stats,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hscc_core.cli import main
+from hscc_core.cli.main import main
 from conftest import make_imagefolder, truncated_jpeg_bytes
 
 TINY = ["--arch", "tiny", "--input-size", "32", "--epochs", "2", "--quiet"]
@@ -106,7 +106,7 @@ def test_mismatched_checkpoint_refused(capsys, folder, tmp_path):
 
 
 def test_console_script_usage_error_has_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "hscc_core.cli", "compress", "--nonsense"],
+    proc = subprocess.run([sys.executable, "-m", "hscc_core.cli.main", "compress", "--nonsense"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("hscc: error:") and "Traceback" not in proc.stderr
 
@@ -200,8 +200,8 @@ def test_budget_mode_defaults_to_greedy_and_budget_sweeps_skip_energies(capsys, 
 
 
 def test_interrupted_bench_says_so_without_a_table(capsys, trained_workspace, monkeypatch):
-    from hscc_core import cli_compress
-    from hscc_core.sweeps import SweepResult
+    from hscc_core.cli import compress as cli_compress
+    from hscc_core.runs.sweeps import SweepResult
 
     monkeypatch.setattr(cli_compress, "run_sweep",
                         lambda *a, **k: SweepResult(computed=3, interrupted=True))

@@ -1,4 +1,4 @@
-"""Tests for hscc_core.data: discovery, odd images, splits, fingerprints, de-duplication."""
+"""Tests for hscc_core.data.folders: discovery, odd images, splits, fingerprints, de-duplication."""
 
 import shutil
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hscc_core.data import (DataError, calibration_indices, decode_all, decode_image, discover,
+from hscc_core.data.folders import (DataError, calibration_indices, decode_all, decode_image, discover,
                             normalise, stratified_holdout)
 from conftest import class_image, make_imagefolder, truncated_jpeg_bytes, write_png
 

@@ -14,8 +14,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import tiny_env, use_tiny_app_env
-from hscc_core import predict
-from hscc_core.pipeline import RunConfig, compress_run
+from hscc_core.present import predict
+from hscc_core.runs.pipeline import RunConfig, compress_run
 from test_imageio import dicom_bytes, image_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_without_selection_pick_a_run_from_the_box(page_env, stored):
 
 
 def test_fine_tuned_run_is_explained_not_rebuilt(trained_workspace, stored, tmp_path, monkeypatch):
-    from hscc_core.workspace import Workspace
+    from hscc_core.runs.workspace import Workspace
 
     cache = tmp_path / "cache"
     shutil.copytree(trained_workspace.cache_dir, cache)

@@ -1,10 +1,10 @@
-"""Tests for hscc_core.evaluation: metrics, bootstrap SEs, paired tests, fidelity."""
+"""Tests for hscc_core.measure.metrics: metrics, bootstrap SEs, paired tests, fidelity."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-from hscc_core.evaluation import classification_metrics, fidelity, paired_comparison
+from hscc_core.measure.metrics import classification_metrics, fidelity, paired_comparison
 
 CLASSES = ("a", "b", "c", "d")
 

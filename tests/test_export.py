@@ -1,18 +1,18 @@
-"""Tests for hscc_core.export: save/load round trip without unpickling, TorchScript export."""
+"""Tests for hscc_core.compress.export: save/load round trip without unpickling, TorchScript export."""
 
 import json
 
 import pytest
 import torch
 
-from hscc_core.baselines import (build_svd, build_tucker, plan_svd, plan_tucker, svd_decompose,
+from hscc_core.compress.baselines import (build_svd, build_tucker, plan_svd, plan_tucker, svd_decompose,
                                  tucker_decompose)
-from hscc_core.calibration import compute_stats
-from hscc_core.export import describe, export_torchscript, load_compressed, save_compressed
-from hscc_core.hscc import HSCCConfig, HSCCConv2d, compress_hscc
-from hscc_core.hscc_input import (HSCCInputConv2d, build_hscc_input, compute_input_stats,
+from hscc_core.compress.calibration import compute_stats
+from hscc_core.compress.export import describe, export_torchscript, load_compressed, save_compressed
+from hscc_core.compress.hscc import HSCCConfig, HSCCConv2d, compress_hscc
+from hscc_core.compress.hscc_input import (HSCCInputConv2d, build_hscc_input, compute_input_stats,
                                    decompose_hscc_input, plan_input)
-from hscc_core.models import build_model
+from hscc_core.nn.models import build_model
 
 torch.set_num_threads(2)
 SHAPE = (1, 3, 32, 32)

@@ -1,4 +1,4 @@
-"""Tests for hscc_core.fidelity: per-layer relative reconstruction errors and error maps."""
+"""Tests for hscc_core.measure.fidelity: per-layer relative reconstruction errors and error maps."""
 
 import copy
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from hscc_core.calibration import compute_stats
-from hscc_core.fidelity import layer_error_map, layer_errors
-from hscc_core.hscc import build_hscc, decompose_hscc, plan_from_decomposition
-from hscc_core.hscc_input import build_hscc_input, compute_input_stats, decompose_hscc_input, plan_input
+from hscc_core.compress.calibration import compute_stats
+from hscc_core.measure.fidelity import layer_error_map, layer_errors
+from hscc_core.compress.hscc import build_hscc, decompose_hscc, plan_from_decomposition
+from hscc_core.compress.hscc_input import build_hscc_input, compute_input_stats, decompose_hscc_input, plan_input
 
 torch.set_num_threads(2)
 

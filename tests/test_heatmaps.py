@@ -1,4 +1,4 @@
-"""Tests of hscc_core.heatmaps: region maps, cluster maps, output errors, Grad-CAM, model rebuild."""
+"""Tests of hscc_core.present.heatmaps: region maps, cluster maps, output errors, Grad-CAM, model rebuild."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from hscc_core import heatmaps
-from hscc_core.calibration import compute_stats
-from hscc_core.hscc import decompose_hscc, plan_from_decomposition
-from hscc_core.models import TinyCNN
+from hscc_core.present import heatmaps
+from hscc_core.compress.calibration import compute_stats
+from hscc_core.compress.hscc import decompose_hscc, plan_from_decomposition
+from hscc_core.nn.models import TinyCNN
 
 # Two regions of a 2 x 4 map, 6 output channels, fan-in 10 (original MACs 2*4*6*10 = 480).
 HSCC_LAYER = {"out_hw": [2, 4], "regions": [[0, 2, 0, 2], [0, 2, 2, 4]], "ranks": [[1, 2], [0]],
@@ -145,8 +145,8 @@ def test_grad_cam_is_upsampled_and_bounded_on_a_cnn():
 
 
 def test_compressed_model_rebuilds_the_stored_run(trained_workspace):
-    from hscc_core.evaluation import predict_proba
-    from hscc_core.pipeline import RunConfig, compress_run, original_run
+    from hscc_core.measure.metrics import predict_proba
+    from hscc_core.runs.pipeline import RunConfig, compress_run, original_run
 
     ws = trained_workspace
     run, _ = compress_run(ws, RunConfig(grid=2, clusters=2, energy=0.9), measure_speed=False)

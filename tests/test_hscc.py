@@ -1,4 +1,4 @@
-"""Tests for hscc_core.hscc: exactness at tau = 1, FLOPs, monotonicity, rank-0 blocks, clamping,
+"""Tests for hscc_core.compress.hscc: exactness at tau = 1, FLOPs, monotonicity, rank-0 blocks, clamping,
 and the fast forward against the reference forward."""
 
 import json
@@ -10,8 +10,8 @@ import torchvision
 from torch import nn
 
 from conftest import conv_stack, layer_tensor, random_images
-from hscc_core.calibration import compute_stats
-from hscc_core.hscc import (
+from hscc_core.compress.calibration import compute_stats
+from hscc_core.compress.hscc import (
     HSCCConfig,
     HSCCConv2d,
     build_hscc,
@@ -22,7 +22,7 @@ from hscc_core.hscc import (
     replace_module,
     set_stage1_mode,
 )
-from hscc_core.measure import layer_flops
+from hscc_core.measure.costs import layer_flops
 
 torch.set_num_threads(2)
 

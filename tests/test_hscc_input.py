@@ -1,4 +1,4 @@
-"""Tests for hscc_core.hscc_input: statistics, exactness at tau = 1, FLOPs, inactive inputs, I/O."""
+"""Tests for hscc_core.compress.hscc_input: statistics, exactness at tau = 1, FLOPs, inactive inputs, I/O."""
 
 import json
 
@@ -10,9 +10,9 @@ import torchvision
 from torch import nn
 
 from conftest import conv_stack, layer_tensor, random_images
-from hscc_core.calibration import compute_stats, region_bounds
-from hscc_core.hscc import HSCCConv2d, build_hscc, decompose_hscc, plan_from_decomposition
-from hscc_core.hscc_input import (
+from hscc_core.compress.calibration import compute_stats, region_bounds
+from hscc_core.compress.hscc import HSCCConv2d, build_hscc, decompose_hscc, plan_from_decomposition
+from hscc_core.compress.hscc_input import (
     HSCCInputConv2d,
     build_hscc_input,
     compute_input_stats,
@@ -23,7 +23,7 @@ from hscc_core.hscc_input import (
     plan_input_macs,
     save_input_stats,
 )
-from hscc_core.measure import layer_flops
+from hscc_core.measure.costs import layer_flops
 
 torch.set_num_threads(2)
 
@@ -273,7 +273,7 @@ def test_validation_errors():
 
 def test_fast_paths_match_reference_and_support_autograd(monkeypatch):
     """Convolution-only and GEMM-only forwards equal the module path and count the same FLOPs."""
-    import hscc_core.hscc_input as hi
+    import hscc_core.compress.hscc_input as hi
 
     model, x = conv_stack(), random_images(12)
     stats = compute_input_stats(model, x, 3, 3, seed=0)

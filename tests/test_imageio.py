@@ -1,4 +1,4 @@
-"""hscc_core.imageio: PNG/JPEG/16-bit/colour conversion and DICOM done properly, from bytes in memory.
+"""hscc_core.data.imageio: PNG/JPEG/16-bit/colour conversion and DICOM done properly, from bytes in memory.
 
 DICOM files are generated here with pydicom (no test data is downloaded): rescale, window presets,
 manual window, MONOCHROME1, multi-frame (classic and enhanced), no pixel data, RLE (decoded) and
@@ -17,9 +17,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, RLELossless, generate_uid
 
-from hscc_core import imageio
-from hscc_core.data import decode_image
-from hscc_core.imageio import LoadedSlice, SliceError, apply_window, load_slice
+from hscc_core.data import imageio
+from hscc_core.data.folders import decode_image
+from hscc_core.data.imageio import LoadedSlice, SliceError, apply_window, load_slice
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""Tests for hscc_core.measure: FlopCounterMode FLOPs, params, latency bookkeeping."""
+"""Tests for hscc_core.measure.costs: FlopCounterMode FLOPs, params, latency bookkeeping."""
 
 import pytest
 import torch
 from torch import nn
 
-from hscc_core.measure import count_flops, count_params, layer_flops, measure_latency, speedup
+from hscc_core.measure.costs import count_flops, count_params, layer_flops, measure_latency, speedup
 
 torch.set_num_threads(2)
 

@@ -1,11 +1,11 @@
-"""Tests for hscc_core.models: architectures and checkpoint checks."""
+"""Tests for hscc_core.nn.models: architectures and checkpoint checks."""
 
 import pytest
 import torch
 
-from hscc_core.models import (MIN_INPUT_SIZE, CheckpointError, build_model, check_input_size, conv_layer_names,
+from hscc_core.nn.models import (MIN_INPUT_SIZE, CheckpointError, build_model, check_input_size, conv_layer_names,
                               load_checkpoint, save_checkpoint)
-from hscc_core.workspace import Workspace
+from hscc_core.runs.workspace import Workspace
 
 
 def test_alexnet_four_classes_small_input():

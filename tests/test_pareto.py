@@ -1,4 +1,4 @@
-"""Tests of hscc_core.pareto: exact fronts against brute force, directions, axes."""
+"""Tests of hscc_core.runs.pareto: exact fronts against brute force, directions, axes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from hscc_core import pareto
-from hscc_core.pareto import AXES, axis_value, front_runs, get_axis, pareto_front, register_axis
+from hscc_core.runs import pareto
+from hscc_core.runs.pareto import AXES, axis_value, front_runs, get_axis, pareto_front, register_axis
 
 
 def brute_front(points: np.ndarray, minimise_x: bool, maximise_y: bool) -> set[int]:

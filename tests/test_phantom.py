@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hscc_core import phantom
-from hscc_core.phantom import (
+from hscc_core.data import phantom
+from hscc_core.data.phantom import (
     CLASSES,
     PhantomSpec,
     render_slice,

@@ -4,9 +4,9 @@ from collections import OrderedDict
 
 import pytest
 
-import hscc_core.calibration as calibration
-from hscc_core import pipeline
-from hscc_core.pipeline import RunConfig, compress_run, original_run, run_key
+import hscc_core.compress.calibration as calibration
+from hscc_core.runs import pipeline
+from hscc_core.runs.pipeline import RunConfig, compress_run, original_run, run_key
 
 RUN_FIELDS = ("method", "config", "cache_key", "cached", "accuracy", "accuracy_se", "macro_f1", "macro_f1_se",
               "per_class", "confusion_matrix", "flops", "flops_original", "layer_flops", "layer_flops_original",

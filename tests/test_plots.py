@@ -1,4 +1,4 @@
-"""Tests of hscc_core.plots: pure figure builders on synthetic runs."""
+"""Tests of hscc_core.present.plots: pure figure builders on synthetic runs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from hscc_core import plots
-from hscc_core.pareto import front_runs
-from hscc_core.plots import (METHOD_STYLE, OKABE_ITO, axis_se, confusion_difference_figure, confusion_figure,
+from hscc_core.present import plots
+from hscc_core.runs.pareto import front_runs
+from hscc_core.present.plots import (METHOD_STYLE, OKABE_ITO, axis_se, confusion_difference_figure, confusion_figure,
                              confusion_values, key_from_selection, overlay_figure, pareto_figure, per_class_figure)
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]

@@ -1,4 +1,4 @@
-"""hscc_core.predict and ``hscc predict``: one slice through both models, on every supported format.
+"""hscc_core.present.predict and ``hscc predict``: one slice through both models, on every supported format.
 
 Uses the session's tiny trained workspace and one stored HSCC run (no speed measurement: fast).
 """
@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from hscc_core import cli_predict, predict
-from hscc_core.cli import main
-from hscc_core.evaluation import predict_proba
-from hscc_core.imageio import MAX_BYTES, LoadedSlice, load_slice
-from hscc_core.pipeline import RunConfig, compress_run, original_run
-from hscc_core.predict import (NOTICE, compare, json_ready, predict_slice, probability_figure, rebuild_compressed,
+from hscc_core.cli import predict as cli_predict
+from hscc_core.present import predict
+from hscc_core.cli.main import main
+from hscc_core.measure.metrics import predict_proba
+from hscc_core.data.imageio import MAX_BYTES, LoadedSlice, load_slice
+from hscc_core.runs.pipeline import RunConfig, compress_run, original_run
+from hscc_core.present.predict import (NOTICE, compare, json_ready, predict_slice, probability_figure, rebuild_compressed,
                                resolve_run, savings_sentence)
 from test_imageio import dicom_bytes, image_bytes
 

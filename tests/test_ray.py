@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hscc_core.executors import RAY_MISSING, RayExecutor, make_executor
-from hscc_core.pipeline import RunConfig
-from hscc_core.sweeps import LocalExecutor, expand, run_sweep
-from hscc_core.workspace import Workspace
+from hscc_core.runs.executors import RAY_MISSING, RayExecutor, make_executor
+from hscc_core.runs.pipeline import RunConfig
+from hscc_core.runs.sweeps import LocalExecutor, expand, run_sweep
+from hscc_core.runs.workspace import Workspace
 
 ray = pytest.importorskip("ray")
 
@@ -70,7 +70,7 @@ def test_ray_gives_the_same_stored_runs_and_a_rerun_computes_nothing(ray_cluster
 def _flaky(counter: Path, fail_energy: float):
     """A task function that fails every attempt on one configuration, counting attempts in a file
     (retries run in other processes). A closure, so Ray ships it by value to the workers."""
-    from hscc_core.sweeps import run_task
+    from hscc_core.runs.sweeps import run_task
 
     def fn(task):
         if task.config["energy"] == fail_energy:
@@ -123,7 +123,7 @@ def test_make_executor_and_bad_input(monkeypatch):
 
 
 def test_cli_reports_a_bad_address_in_one_line(capsys):
-    from hscc_core.cli import main
+    from hscc_core.cli.main import main
 
     assert main(["sweep", "--executor", "ray", "--address", "127.0.0.1:1", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,4 +1,4 @@
-"""Tests of hscc_core.report: self-contained HTML, offline PNG rendering, metric tables."""
+"""Tests of hscc_core.present.report: self-contained HTML, offline PNG rendering, metric tables."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hscc_core import report
-from hscc_core.plots import (confusion_difference_figure, confusion_figure, overlay_figure, pareto_figure,
+from hscc_core.present import report
+from hscc_core.present.plots import (confusion_difference_figure, confusion_figure, overlay_figure, pareto_figure,
                              per_class_figure)
 from test_plots import CLASSES, ORIGINAL, RUNS
 

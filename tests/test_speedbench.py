@@ -1,11 +1,11 @@
-"""Tests for hscc_core.speedbench: the ``hscc bench --speed`` JSON contract on a tiny model."""
+"""Tests for hscc_core.runs.speed: the ``hscc bench --speed`` JSON contract on a tiny model."""
 
 import json
 
 import pytest
 import torch
 
-from hscc_core.speedbench import default_devices, machine_info, speed_table
+from hscc_core.runs.speed import default_devices, machine_info, speed_table
 
 ROW_FIELDS = ("method", "budget", "flops_ratio", "layer_flops_ratio", "speedup_b1", "speedup_b32",
               "latency_ms", "device", "efficiency_b32", "flops", "flops_original")

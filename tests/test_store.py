@@ -1,4 +1,4 @@
-"""Tests of hscc_core.store: round trips, cache hits, corruption, races, pruning, path safety."""
+"""Tests of hscc_core.runs.store: round trips, cache hits, corruption, races, pruning, path safety."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import filelock
 import numpy as np
 import pytest
 
-from hscc_core import store as store_mod
-from hscc_core.store import RunStore, StoreWarning, cache_key, canonical_json, jsonable
+from hscc_core.runs import store as store_mod
+from hscc_core.runs.store import RunStore, StoreWarning, cache_key, canonical_json, jsonable
 
 
 def make_run(i: int = 0, method: str = "hscc", data: str = "d0") -> dict:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hscc_core.pipeline import RunConfig
-from hscc_core.sweeps import LocalExecutor, expand, run_sweep
+from hscc_core.runs.pipeline import RunConfig
+from hscc_core.runs.sweeps import LocalExecutor, expand, run_sweep
 
 
 def test_expand_product_and_baselines_once():
@@ -63,7 +63,7 @@ def test_interrupted_sweep_resumes_without_recomputing(trained_workspace):
 
 
 def test_failed_task_is_reported_and_sweep_goes_on(trained_workspace, monkeypatch):
-    import hscc_core.sweeps as sweeps
+    import hscc_core.runs.sweeps as sweeps
 
     real = sweeps.compute_run
 
@@ -90,7 +90,7 @@ def test_process_pool_gives_same_runs(trained_workspace):
 def test_sweep_workers_limit_torch_and_blas_threads():
     # A worker must not start one BLAS/OpenMP thread per core next to its siblings (oversubscribed
     # Tucker-2 and SVD runs were several times slower); checked in a fresh process.
-    code = ("import os, torch; from threadpoolctl import threadpool_info; from hscc_core.sweeps import _init_worker; "
+    code = ("import os, torch; from threadpoolctl import threadpool_info; from hscc_core.runs.sweeps import _init_worker; "
             "_init_worker(os.cpu_count()); "
             "print(torch.get_num_threads(), max(i['num_threads'] for i in threadpool_info()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

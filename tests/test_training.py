@@ -1,12 +1,12 @@
-"""Tests for hscc_core.training: a tiny model learns, training is seeded, configs are validated."""
+"""Tests for hscc_core.nn.training: a tiny model learns, training is seeded, configs are validated."""
 
 import numpy as np
 import pytest
 import torch
 
-from hscc_core.data import decode_all, discover
-from hscc_core.models import build_model
-from hscc_core.training import TrainConfig, augment_batch, train
+from hscc_core.data.folders import decode_all, discover
+from hscc_core.nn.models import build_model
+from hscc_core.nn.training import TrainConfig, augment_batch, train
 
 
 def _fit(folder, seed=0, epochs=4):

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .hscc import HSCCDecomposition, HSCCPlan, LayerPlan, block_macs, energy_rank
-from .hscc_input import InputDecomposition, InputPlan, input_layer_plan
+from hscc_core.compress.hscc import HSCCDecomposition, HSCCPlan, LayerPlan, block_macs, energy_rank
+from hscc_core.compress.hscc_input import InputDecomposition, InputPlan, input_layer_plan
 
 __all__ = ["GreedyBudget", "captured_energy", "greedy_budget", "greedy_plan"]
 
@@ -129,8 +129,8 @@ def greedy_plan(decomp, target_macs: float):
     Parameters
     ----------
     decomp : HSCCDecomposition or InputDecomposition
-        Output-side (:func:`hscc_core.hscc.decompose_hscc`) or input-side
-        (:func:`hscc_core.hscc_input.decompose_hscc_input`) decomposition.
+        Output-side (:func:`hscc_core.compress.hscc.decompose_hscc`) or input-side
+        (:func:`hscc_core.compress.hscc_input.decompose_hscc_input`) decomposition.
     target_macs : float
         MAC budget of the compressed layers at batch 1 (> 0).
 
@@ -138,7 +138,7 @@ def greedy_plan(decomp, target_macs: float):
     -------
     HSCCPlan or InputPlan
         Of the decomposition's side, with ``energy=None``; build it with
-        :func:`hscc_core.hscc.build_hscc` or :func:`hscc_core.hscc_input.build_hscc_input`.
+        :func:`hscc_core.compress.hscc.build_hscc` or :func:`hscc_core.compress.hscc_input.build_hscc_input`.
         ``plan.macs() <= target_macs``, and ``target_macs - plan.macs()`` is below the cost of
         one more direction whenever any direction with energy is left out.
     """
@@ -248,8 +248,8 @@ def greedy_budget(decomp, budget: float, tol: float = 0.02):
 def captured_energy(plan) -> dict[str, float]:
     """Per layer, the fraction of its calibration energy the plan keeps (dense blocks keep all).
 
-    Works for output-side (:class:`hscc_core.hscc.HSCCPlan`) and input-side
-    (:class:`hscc_core.hscc_input.InputPlan`) plans alike; this is what greedy allocation maximises
+    Works for output-side (:class:`hscc_core.compress.hscc.HSCCPlan`) and input-side
+    (:class:`hscc_core.compress.hscc_input.InputPlan`) plans alike; this is what greedy allocation maximises
     (summed over layers) for a MAC budget.
     """
     out = {}

@@ -3,7 +3,7 @@
 * :func:`report_html` writes the run's configuration, metrics with bootstrap SEs against the
   original, the interactive figures (plotly.js embedded inline once, so the file opens without a
   network) and the environment (versions, machine). Every string from a run or a user is escaped.
-* :func:`figure_png` renders a figure of :mod:`hscc_core.plots` to PNG with matplotlib (Agg, no
+* :func:`figure_png` renders a figure of :mod:`hscc_core.present.plots` to PNG with matplotlib (Agg, no
   browser): plotly's own static export (kaleido) needs a Chrome download, which is not possible
   offline. Scatter (markers, lines, step lines, error bars), bar (grouped, error bars, hatches),
   heatmap (colourscales, cell text, placed grids) traces, reference lines, rectangles and
@@ -332,7 +332,7 @@ def _draw_heatmap(ax, t) -> None:
 
 
 def figure_png(fig: go.Figure, width: int | None = None, height: int | None = None, dpi: int = 110) -> bytes:
-    """Render a figure of :mod:`hscc_core.plots` to PNG bytes with matplotlib (offline, no browser).
+    """Render a figure of :mod:`hscc_core.present.plots` to PNG bytes with matplotlib (offline, no browser).
 
     Parameters
     ----------

@@ -655,7 +655,7 @@ class PhantomSpec:
 
     def manifest(self) -> dict:
         """The content of ``phantom.json``: generator, version and spec."""
-        return {"generator": "hscc_core.phantom", "version": PHANTOM_VERSION, "spec": asdict(self)}
+        return {"generator": "hscc_core.data.phantom", "version": PHANTOM_VERSION, "spec": asdict(self)}
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> None:

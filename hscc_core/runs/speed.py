@@ -2,9 +2,9 @@
 
 For each method (HSCC, Vacavant et al. 2026, arXiv 2604.23375; Global SVD; Tucker-2) and each
 conv-FLOPs budget, the baseline is compressed exactly as a compression run does
-(:func:`hscc_core.pipeline.build_compressed`: same decomposition, same budget bisection, same
+(:func:`hscc_core.runs.pipeline.build_compressed`: same decomposition, same budget bisection, same
 builders), then original and compressed models are timed in this process, interleaved run by run
-after warm-up (:func:`hscc_core.measure.measure_latency`), at batch 1 and 32, on the CPU and on a
+after warm-up (:func:`hscc_core.measure.costs.measure_latency`), at batch 1 and 32, on the CPU and on a
 GPU when one is present (CUDA events). Speed-up is the ratio of median latencies; the *speed-up
 efficiency* is that speed-up over the whole-model FLOPs ratio (the paper reached 1.38x on a 5.3x
 FLOPs cut, an efficiency of 0.26). See docs/performance.md for measured tables.
@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .measure import count_flops, flop_profile, layer_flops, measure_latency
-from .pipeline import RunConfig, build_compressed
-from .workspace import Workspace
+from hscc_core.measure.costs import count_flops, flop_profile, layer_flops, measure_latency
+from hscc_core.runs.pipeline import RunConfig, build_compressed
+from hscc_core.runs.workspace import Workspace
 
 __all__ = ["default_devices", "machine_info", "speed_table"]
 
@@ -90,7 +90,7 @@ def speed_table(
         Default :func:`default_devices`.
     progress : callable(stage, done, total), optional
         Stage ``"speed"`` once per (method, budget, device); the compression stages of
-        :func:`~hscc_core.pipeline.build_compressed` are passed through.
+        :func:`~hscc_core.runs.pipeline.build_compressed` are passed through.
 
     Returns
     -------
@@ -107,7 +107,7 @@ def speed_table(
         ``flops_ratio`` is whole-model FLOPs original / compressed, ``layer_flops_ratio`` the same
         for the compressed layers only; ``efficiency_*`` is speed-up / ``flops_ratio``. GPU rows
         also carry ``speedup_graph_b1``/``_b32`` and ``efficiency_graph_*``: both models replayed
-        from captured CUDA graphs (see :func:`~hscc_core.measure.measure_latency`), with
+        from captured CUDA graphs (see :func:`~hscc_core.measure.costs.measure_latency`), with
         ``graph_median``/``graph_p90`` in their latency blocks; absent where a capture failed.
     """
     report = progress or (lambda stage, done, total: None)

@@ -1,6 +1,6 @@
 """Executors for sweeps: where the runs of ``hscc sweep`` compute (this machine, or a Ray cluster).
 
-Both implement the two-method ``Executor`` protocol of :mod:`hscc_core.sweeps` (``submit_all``
+Both implement the two-method ``Executor`` protocol of :mod:`hscc_core.runs.sweeps` (``submit_all``
 yields ``(task, result or exception)`` as tasks finish; ``shutdown`` stops early), so the sweep
 logic, the run store and the results do not depend on the engine. ``run_sweep`` stays the single
 writer: workers only compute and return ``(run, arrays)``.
@@ -19,7 +19,7 @@ import os
 import socket
 from typing import Any, Callable, Iterator
 
-from .sweeps import LocalExecutor
+from hscc_core.runs.sweeps import LocalExecutor
 
 EXECUTORS = ("local", "ray")
 RAY_MISSING = "the ray executor needs the optional dependency: pip install 'hscc-explorer[ray]'"

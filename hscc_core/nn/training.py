@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import normalise, stratified_holdout
+from hscc_core.data.folders import normalise, stratified_holdout
 
 
 @dataclass(frozen=True)

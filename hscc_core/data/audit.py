@@ -17,7 +17,7 @@ from typing import Callable
 
 from PIL import Image
 
-from .data import DatasetIndex, FileRecord, deduplicate, decode_image, DataError
+from hscc_core.data.folders import DatasetIndex, FileRecord, deduplicate, decode_image, DataError
 
 
 def _decoded_hash(path, size: int | None) -> str | None:

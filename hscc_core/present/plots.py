@@ -1,8 +1,8 @@
 """Plotly figure builders for the app and the reports: pure functions from runs/arrays to ``go.Figure``.
 
 Nothing here computes a metric or touches the store: builders take run dicts (the JSON of
-:mod:`hscc_core.pipeline`) and numpy arrays and return figures, so they are unit-tested directly and
-shared by the Streamlit pages and :mod:`hscc_core.report` (which also renders them to PNG).
+:mod:`hscc_core.runs.pipeline`) and numpy arrays and return figures, so they are unit-tested directly and
+shared by the Streamlit pages and :mod:`hscc_core.present.report` (which also renders them to PNG).
 
 Colours follow the Okabe-Ito palette (Okabe and Ito 2008, "Color Universal Design"), which stays
 distinguishable under the common colour-vision deficiencies; every method also has its own marker
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from .pareto import axis_value, front_runs, get_axis
+from hscc_core.runs.pareto import axis_value, front_runs, get_axis
 
 __all__ = [
     "METHOD_STYLE",
@@ -205,7 +205,7 @@ def pareto_figure(
     runs : sequence of run dicts
         Compressed runs (any method); runs lacking either axis value are left out.
     x, y : str
-        Axis names of :mod:`hscc_core.pareto` (``flops``, ``params``, ``latency``; ``accuracy``,
+        Axis names of :mod:`hscc_core.runs.pareto` (``flops``, ``params``, ``latency``; ``accuracy``,
         ``macro_f1``, ``<class>_f1``, ``agreement``, ``kl_to_original``).
     original : run dict, optional
         The baseline, drawn as a black star with dotted reference lines.

@@ -25,8 +25,8 @@ import torch
 from tensorly.decomposition import partial_tucker
 from torch import nn
 
-from .calibration import compress_candidates
-from .hscc import energy_rank, replace_module
+from hscc_core.compress.calibration import compress_candidates
+from hscc_core.compress.hscc import energy_rank, replace_module
 
 __all__ = [
     "LowRankConv2d",
@@ -239,7 +239,7 @@ class LowRankConv2d(nn.Sequential):
     """k-channel kh x kw convolution (original stride/padding/dilation) then a 1x1 convolution.
 
     The inference forward runs the 1x1 map as one GEMM on channels_last rows (same care as
-    :class:`hscc_core.hscc.HSCCConv2d`, so speed comparisons are fair); with gradients it runs
+    :class:`hscc_core.compress.hscc.HSCCConv2d`, so speed comparisons are fair); with gradients it runs
     the two modules as they are.
     """
 

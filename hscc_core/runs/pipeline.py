@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .store import cache_key
-from .workspace import Workspace
+from hscc_core.runs.store import cache_key
+from hscc_core.runs.workspace import Workspace
 
 # The compression, evaluation and measurement modules (torch, scikit-learn, tensorly, scipy) are
 # imported inside the functions that use them: listing or fetching cached runs stays fast.
@@ -29,7 +29,7 @@ def _eval_device():
     """
     import torch  # noqa: PLC0415
 
-    from .training import pick_device  # noqa: PLC0415
+    from hscc_core.nn.training import pick_device  # noqa: PLC0415
 
     dev = pick_device()
     if dev.type == "cuda":
@@ -51,8 +51,8 @@ def original_run(ws: Workspace, progress=None) -> tuple[dict, dict[str, np.ndarr
     key = original_key(ws)
 
     def compute():
-        from .evaluation import classification_metrics, predict_proba  # noqa: PLC0415
-        from .measure import count_flops, count_params  # noqa: PLC0415
+        from hscc_core.measure.metrics import classification_metrics, predict_proba  # noqa: PLC0415
+        from hscc_core.measure.costs import count_flops, count_params  # noqa: PLC0415
 
         start = time.perf_counter()
         model, meta = ws.baseline()
@@ -211,8 +211,8 @@ def calibration_stats(ws: Workspace, model, meta: dict, grid: int, calib_size: i
 
     Every cluster count and energy threshold on this grid reuses them (no forward pass).
     """
-    from .calibration import compute_stats, load_stats, save_stats  # noqa: PLC0415
-    from .data import calibration_indices  # noqa: PLC0415
+    from hscc_core.compress.calibration import compute_stats, load_stats, save_stats  # noqa: PLC0415
+    from hscc_core.data.folders import calibration_indices  # noqa: PLC0415
 
     images = ws.images()
     key = cache_key("stats", {"model": meta["fingerprint"], "data": images.fingerprint, "grid": grid,
@@ -231,8 +231,8 @@ def input_calibration_stats(ws: Workspace, model, meta: dict, grid: int, cluster
                             seed: int, progress=None) -> dict:
     """Input-side statistics (DESIGN 3.9): per grid, cluster count and seed, since the input
     clusters decide which partial outputs are accumulated. Stored like :func:`calibration_stats`."""
-    from .data import calibration_indices  # noqa: PLC0415
-    from .hscc_input import compute_input_stats, load_input_stats, save_input_stats  # noqa: PLC0415
+    from hscc_core.data.folders import calibration_indices  # noqa: PLC0415
+    from hscc_core.compress.hscc_input import compute_input_stats, load_input_stats, save_input_stats  # noqa: PLC0415
 
     images = ws.images()
     key = cache_key("input-stats", {"model": meta["fingerprint"], "data": images.fingerprint, "grid": grid,
@@ -250,13 +250,13 @@ def input_calibration_stats(ws: Workspace, model, meta: dict, grid: int, cluster
 
 def _compressor(method: str, ws: Workspace, model, meta: dict, config: RunConfig, progress):
     """(decomposition, plan(decomp, energy), macs(decomp, energy), build(model, plan))."""
-    from .baselines import (build_svd, build_tucker, plan_svd, plan_svd_macs, plan_tucker,  # noqa: PLC0415
+    from hscc_core.compress.baselines import (build_svd, build_tucker, plan_svd, plan_svd_macs, plan_tucker,  # noqa: PLC0415
                             plan_tucker_macs, svd_decompose, tucker_decompose)
-    from .hscc import build_hscc, decompose_hscc, plan_from_decomposition, plan_macs  # noqa: PLC0415
+    from hscc_core.compress.hscc import build_hscc, decompose_hscc, plan_from_decomposition, plan_macs  # noqa: PLC0415
 
     shape = (1, 3, ws.size, ws.size)
     if method == "hscc" and config.cluster_side == "input":
-        from .hscc_input import build_hscc_input, decompose_hscc_input, plan_input, plan_input_macs  # noqa: PLC0415
+        from hscc_core.compress.hscc_input import build_hscc_input, decompose_hscc_input, plan_input, plan_input_macs  # noqa: PLC0415
 
         stats = input_calibration_stats(ws, model, meta, config.grid, config.clusters, config.calib_size,
                                         config.seed, progress)
@@ -298,8 +298,8 @@ def build_compressed(ws: Workspace, config: RunConfig, progress=None, model=None
         threshold used (None for greedy allocation) and, in budget mode, the ``BudgetResult`` of the
         bisection or the ``GreedyBudget`` of the greedy allocation (else None).
     """
-    from .allocation import greedy_budget  # noqa: PLC0415
-    from .budgets import search_energy  # noqa: PLC0415
+    from hscc_core.compress.allocation import greedy_budget  # noqa: PLC0415
+    from hscc_core.compress.budgets import search_energy  # noqa: PLC0415
 
     progress = progress or (lambda stage, done, total: None)
     if model is None or meta is None:
@@ -366,10 +366,10 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
     (run, arrays)
     """
     progress = progress or (lambda stage, done, total: None)
-    from .evaluation import classification_metrics, fidelity, paired_comparison, predict_proba  # noqa: PLC0415
-    from .fidelity import layer_errors  # noqa: PLC0415
-    from .measure import count_params, flop_profile, measure_latency, speedup  # noqa: PLC0415
-    from .training import finetune_config, train  # noqa: PLC0415
+    from hscc_core.measure.metrics import classification_metrics, fidelity, paired_comparison, predict_proba  # noqa: PLC0415
+    from hscc_core.measure.fidelity import layer_errors  # noqa: PLC0415
+    from hscc_core.measure.costs import count_params, flop_profile, measure_latency, speedup  # noqa: PLC0415
+    from hscc_core.nn.training import finetune_config, train  # noqa: PLC0415
 
     start = time.perf_counter()
     model, meta = ws.baseline(train_if_missing=False)
@@ -421,7 +421,7 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
     }
     # Per-layer relative reconstruction error (errors not compounded) on 64 training images held
     # out of calibration (test images when calibration took the whole training split).
-    from .data import calibration_indices  # noqa: PLC0415
+    from hscc_core.data.folders import calibration_indices  # noqa: PLC0415
     rest = np.setdiff1d(np.arange(len(images.y_train)),
                         calibration_indices(images.y_train, config.calib_size, config.seed))
     pool = images.x_train[rest] if rest.size else images.x_test
@@ -454,7 +454,7 @@ _ORIGINAL_LAYER_FLOPS: dict[tuple, dict[str, int]] = {}
 
 def _original_layer_flops(model, fingerprint: str, layers: tuple[str, ...], shape: tuple) -> dict[str, int]:
     # The same for every run of a sweep on one baseline: counted once per process.
-    from .measure import layer_flops  # noqa: PLC0415
+    from hscc_core.measure.costs import layer_flops  # noqa: PLC0415
 
     key = (fingerprint, layers, tuple(shape))
     if key not in _ORIGINAL_LAYER_FLOPS:

@@ -12,11 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-from .data import DataError
-from .models import ARCHITECTURES, CheckpointError
-from .progress import TrainBar, bars
-from .training import TrainConfig
-from .workspace import Workspace
+from hscc_core.data.folders import DataError
+from hscc_core.nn.models import ARCHITECTURES, CheckpointError
+from hscc_core.cli.progress import TrainBar, bars
+from hscc_core.nn.training import TrainConfig
+from hscc_core.runs.workspace import Workspace
 
 EXIT_BAD_INPUT = 2
 
@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                             ("audit", "duplicates within and across splits, class counts, unreadable files"),
                             ("evaluate", "metrics of the baseline")):
         _common(sub.add_parser(name, help=help_text, description=help_text))
-    from . import cli_compress  # noqa: PLC0415 - keeps this module short; registers more commands
+    from hscc_core.cli import compress as cli_compress  # noqa: PLC0415 - keeps this module short; registers more commands
     COMMANDS.update(cli_compress.register(sub, _common))
-    from . import cli_predict  # noqa: PLC0415
+    from hscc_core.cli import predict as cli_predict  # noqa: PLC0415
     COMMANDS.update(cli_predict.register(sub, _common))
     return parser
 
@@ -122,8 +122,8 @@ def format_metrics(run: dict) -> str:
 
 
 def cmd_audit(args) -> int:
-    from .audit import audit, format_audit  # noqa: PLC0415
-    from .data import discover  # noqa: PLC0415
+    from hscc_core.data.audit import audit, format_audit  # noqa: PLC0415
+    from hscc_core.data.folders import discover  # noqa: PLC0415
 
     ws = workspace_from(args)
     with bars(not args.quiet) as progress:
@@ -164,7 +164,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .pipeline import original_run  # noqa: PLC0415
+    from hscc_core.runs.pipeline import original_run  # noqa: PLC0415
 
     ws = workspace_from(args)
     with bars(not args.quiet) as progress:

@@ -16,7 +16,7 @@ costs |r| (|c| kh kw + O) MACs, so more clusters make the k x k stage cheaper in
 it. A block whose factorised cost reaches its dense cost O |c| kh kw runs densely (all dense blocks
 of a region share one convolution over their channels); a block with no energy is its mean.
 
-Pipeline, mirroring :mod:`hscc_core.hscc`:
+Pipeline, mirroring :mod:`hscc_core.compress.hscc`:
 
 1. :func:`compute_input_stats`: pass 1 collects, per region, each input channel's mean over the
    region's receptive window per calibration image (the k-means descriptor, centred and
@@ -57,8 +57,8 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from .calibration import compress_candidates, region_bounds, write_npz
-from .hscc import (DecompositionTotals, LayerGeometry, PlanTotals, RankedLayer, _cluster, check_out_hw,
+from hscc_core.compress.calibration import compress_candidates, region_bounds, write_npz
+from hscc_core.compress.hscc import (DecompositionTotals, LayerGeometry, PlanTotals, RankedLayer, _cluster, check_out_hw,
                    conv_paddings, energy_rank, geometry_spec, grid_macs, plan_summary, replace_module,
                    set_geometry, tile_regions)
 
@@ -623,7 +623,7 @@ class InputLayerPlan(RankedLayer):
         return input_block_macs(rank, block.channels.size, d.kernel_area, d.out_channels)[0]
 
     def summary(self) -> dict:
-        """JSON-able record; the keys of :meth:`hscc_core.hscc.LayerPlan.summary`, labels per
+        """JSON-able record; the keys of :meth:`hscc_core.compress.hscc.LayerPlan.summary`, labels per
         *input* channel, plus ``cluster_side``, ``in_channels`` and ``out_channels``."""
         d = self.decomp
         # rank0_channels counts the input channels left out in each region (zero over its whole
@@ -637,7 +637,7 @@ class InputPlan(PlanTotals):
     """Per-layer input-side ranks; build it with :func:`build_hscc_input`.
 
     ``energy`` is the uniform threshold, or None for a budget-greedy plan
-    (:func:`hscc_core.allocation.greedy_plan`).
+    (:func:`hscc_core.compress.allocation.greedy_plan`).
     """
 
     layers: dict[str, InputLayerPlan]
@@ -762,7 +762,7 @@ class HSCCInputConv2d(nn.Module):
 
     Each region is computed from its own input window (the rows/columns its outputs read,
     zero-padded only where the window leaves the map, convolved with padding 0 and the original
-    stride/dilation), exactly as :class:`hscc_core.hscc.HSCCConv2d` cuts them. The window's active
+    stride/dilation), exactly as :class:`hscc_core.compress.hscc.HSCCConv2d` cuts them. The window's active
     input channels are reordered once so that each factorised cluster is a contiguous slice read
     by its own k_c-channel stage; the clusters' k_c channels are concatenated and mapped to all O
     outputs by one 1x1 map (cost exactly sum_c k_c O); dense clusters share one convolution.

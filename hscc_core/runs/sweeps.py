@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from .pipeline import METHODS, RunConfig, calibration_stats, compute_run, original_run, run_key
-from .workspace import Workspace
+from hscc_core.runs.pipeline import METHODS, RunConfig, calibration_stats, compute_run, original_run, run_key
+from hscc_core.runs.workspace import Workspace
 
 DEFAULT_GRIDS = (1, 2, 4)
 DEFAULT_CLUSTERS = (1, 2, 4, 8)

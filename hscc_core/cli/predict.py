@@ -39,7 +39,7 @@ def register(sub, common) -> dict:
 
 def read_image(path: Path) -> bytes:
     """The file's bytes, refusing a missing, non-regular or oversized file before reading it."""
-    from .imageio import MAX_BYTES  # noqa: PLC0415
+    from hscc_core.data.imageio import MAX_BYTES  # noqa: PLC0415
 
     if not path.exists():
         raise ValueError(f"image not found: {path}")
@@ -59,10 +59,10 @@ def _probs(result: dict) -> str:
 
 
 def cmd_predict(args) -> int:
-    from .cli import emit, log  # noqa: PLC0415 - avoid an import cycle
-    from .cli_compress import _ws_with_baseline  # noqa: PLC0415
-    from .imageio import load_slice  # noqa: PLC0415
-    from .predict import NOTICE, compare, json_ready  # noqa: PLC0415
+    from hscc_core.cli.main import emit, log  # noqa: PLC0415 - avoid an import cycle
+    from hscc_core.cli.compress import _ws_with_baseline  # noqa: PLC0415
+    from hscc_core.data.imageio import load_slice  # noqa: PLC0415
+    from hscc_core.present.predict import NOTICE, compare, json_ready  # noqa: PLC0415
 
     if args.timing_runs < 1:
         raise ValueError(f"--timing-runs must be >= 1, got {args.timing_runs}")
@@ -90,6 +90,6 @@ def cmd_predict(args) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover - use the `hscc` script
-    from .cli import main
+    from hscc_core.cli.main import main
 
     sys.exit(main(["predict", *sys.argv[1:]]))

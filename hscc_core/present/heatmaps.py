@@ -289,7 +289,7 @@ def compressed_model(ws, run: Mapping[str, Any], progress=None) -> nn.Module:
     ----------
     ws : Workspace
     run : dict
-        A run of :func:`hscc_core.pipeline.compress_run` (its ``config`` is used).
+        A run of :func:`hscc_core.runs.pipeline.compress_run` (its ``config`` is used).
     progress : callable(stage, done, total), optional
 
     Raises
@@ -297,7 +297,7 @@ def compressed_model(ws, run: Mapping[str, Any], progress=None) -> nn.Module:
     ValueError
         For the original model's run, or a run of another baseline model than ``ws``'s.
     """
-    from . import pipeline
+    from hscc_core.runs import pipeline
 
     if run.get("method") == "original" or not run.get("config"):
         raise ValueError("the original model's run has no compressed model")
@@ -308,7 +308,7 @@ def compressed_model(ws, run: Mapping[str, Any], progress=None) -> nn.Module:
     built = pipeline.build_compressed(ws, config, progress)
     compressed = built[0] if isinstance(built, tuple) else built
     if config.finetune_epochs:
-        from .training import finetune_config, train
+        from hscc_core.nn.training import finetune_config, train
 
         images = ws.images()
         tcfg = finetune_config(config.finetune_epochs, config.seed)

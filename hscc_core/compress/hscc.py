@@ -1,7 +1,7 @@
 """Hierarchical Spatio-Channel Clustering (HSCC) compression of convolutions.
 
 Vacavant et al. 2026, "Hierarchical Spatio-Channel Clustering ...", arXiv 2604.23375 (DESIGN 3.3-3.6).
-Given the regional statistics of :mod:`hscc_core.calibration`, every compressed convolution is split
+Given the regional statistics of :mod:`hscc_core.compress.calibration`, every compressed convolution is split
 into output regions; in each region the output channels are clustered with k-means on their
 per-image activation descriptors, and each (region, cluster) block keeps the top-k eigenvectors of
 its centred Gram. A factorised block is a k-channel convolution with weight U_k^T W_c followed by a
@@ -44,7 +44,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from .calibration import LayerStats
+from hscc_core.compress.calibration import LayerStats
 
 __all__ = [
     "HSCCConfig",
@@ -314,7 +314,7 @@ def decompose_hscc(
     model : nn.Module
         The original model (read only; used for layer shapes).
     stats : dict of str to LayerStats
-        From :func:`hscc_core.calibration.compute_stats`.
+        From :func:`hscc_core.compress.calibration.compute_stats`.
     clusters : int
         Requested K (>= 1); clamped per region to the number of active channels.
     seed : int

@@ -4,7 +4,7 @@
 plus plain-language notes on every conversion it made (colour to grey, transparency, 16-bit
 scaling, DICOM rescale and window, MONOCHROME1 inversion, the frame chosen) and a small metadata
 dict. :meth:`LoadedSlice.resized` then gives the model's input exactly as the training images were
-made (:func:`hscc_core.data.decode_image`: grey, then Pillow bilinear resize), so an uploaded copy of
+made (:func:`hscc_core.data.folders.decode_image`: grey, then Pillow bilinear resize), so an uploaded copy of
 a test image gets the same pixels, hence the same prediction, as the cached test set.
 
 DICOM (PS3.3 C.7.6.3 Image Pixel, C.11.1 Modality LUT, C.11.2 VOI LUT) is read with pydicom:

@@ -4,7 +4,7 @@ A compressed model (HSCC, Vacavant et al. 2026, arXiv 2604.23375; or a Global SV
 baseline) is saved as one ``torch.save`` file holding only plain data:
 
 * ``description``: a JSON string naming the base architecture (``alexnet`` or ``tiny`` from
-  :mod:`hscc_core.models`), its class count, optional metadata (classes, input size,
+  :mod:`hscc_core.nn.models`), its class count, optional metadata (classes, input size,
   normalisation) and, for every replaced layer, its type and structure (for HSCC, output or input
   side: regions, windows, block splits, ranks, channel order; for the baselines: ranks and geometry);
 * ``state_dict``: the weights.
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .baselines import LowRankConv2d, Tucker2Conv2d
-from .hscc import HSCCConv2d, replace_module
-from .hscc_input import HSCCInputConv2d
-from .models import ARCHITECTURES, TinyCNN, build_model
+from hscc_core.compress.baselines import LowRankConv2d, Tucker2Conv2d
+from hscc_core.compress.hscc import HSCCConv2d, replace_module
+from hscc_core.compress.hscc_input import HSCCInputConv2d
+from hscc_core.nn.models import ARCHITECTURES, TinyCNN, build_model
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "describe", "export_torchscript", "load_compressed", "save_compressed"]
 
@@ -38,7 +38,7 @@ FORMAT_VERSION = 1
 
 
 def _arch_of(model: nn.Module) -> tuple[str, int]:
-    """(architecture name, class count) of a model built by :func:`hscc_core.models.build_model`."""
+    """(architecture name, class count) of a model built by :func:`hscc_core.nn.models.build_model`."""
     from torchvision.models import AlexNet  # noqa: PLC0415
 
     if isinstance(model, AlexNet):
@@ -47,7 +47,7 @@ def _arch_of(model: nn.Module) -> tuple[str, int]:
         arch = "tiny"
     else:
         raise ValueError(f"cannot describe a {type(model).__name__}: only {', '.join(ARCHITECTURES)} "
-                         "models (hscc_core.models.build_model) can be saved")
+                         "models (hscc_core.nn.models.build_model) can be saved")
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     return arch, int(last.out_features)
 

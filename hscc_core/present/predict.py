@@ -8,15 +8,15 @@ The clinician demo (``pages/demo.py``) and ``hscc predict`` are thin layers over
 * :func:`resolve_run` finds a stored compression run by its cache key (or a unique prefix) and
   checks that it belongs to the workspace's data and baseline;
 * :func:`rebuild_compressed` rebuilds the run's compressed model (through
-  :func:`hscc_core.heatmaps.compressed_model`, i.e. ``pipeline.build_compressed``). Fine-tuned runs
+  :func:`hscc_core.present.heatmaps.compressed_model`, i.e. ``pipeline.build_compressed``). Fine-tuned runs
   (``finetune_epochs > 0``) are refused: their weights come from training that is not stored, and
   re-training for a demo would take minutes and not be bit-identical;
 * :func:`compare` runs both models on the same input, adds Grad-CAM maps (Selvaraju et al. 2017,
-  via :func:`hscc_core.heatmaps.grad_cam`, each model explaining its own answer) and
+  via :func:`hscc_core.present.heatmaps.grad_cam`, each model explaining its own answer) and
   :func:`savings_sentence`, one sentence on what the compression saved and whether the answers agree.
 
 The input of both models is exactly what training used: grey ``uint8`` at the model's input size
-(:meth:`hscc_core.imageio.LoadedSlice.resized`), normalised with the training split's statistics.
+(:meth:`hscc_core.data.imageio.LoadedSlice.resized`), normalised with the training split's statistics.
 A research tool, not a medical device: every result carries :data:`NOTICE`.
 """
 
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import normalise
-from .imageio import LoadedSlice
-from .report import NOTICE  # one wording of the research-tool notice everywhere
+from hscc_core.data.folders import normalise
+from hscc_core.data.imageio import LoadedSlice
+from hscc_core.present.report import NOTICE  # one wording of the research-tool notice everywhere
 
 __all__ = ["DEFAULT_RUNS", "NOTICE", "cam_layer", "compare", "json_ready", "model_input", "model_input_array",
            "predict_slice", "probability_figure", "rebuild_compressed", "resolve_run", "savings_sentence"]
@@ -193,7 +193,7 @@ def rebuild_compressed(ws, run: Mapping[str, Any]) -> nn.Module:
     ValueError
         For a fine-tuned run (its trained weights are not stored) or the original's run.
     """
-    from .heatmaps import compressed_model  # noqa: PLC0415 - torch-only, but keeps imports light
+    from hscc_core.present.heatmaps import compressed_model  # noqa: PLC0415 - torch-only, but keeps imports light
 
     config = run.get("config") or {}
     epochs = int(config.get("finetune_epochs") or 0)
@@ -263,7 +263,7 @@ def savings_sentence(run: Mapping[str, Any], original: Mapping[str, Any], compre
 
 def cam_layer(model: nn.Module) -> str:
     """The layer Grad-CAM explains: the last conv layer (the same name exists in compressed models)."""
-    from .calibration import compress_candidates  # noqa: PLC0415
+    from hscc_core.compress.calibration import compress_candidates  # noqa: PLC0415
 
     names = compress_candidates(model)
     if not names:
@@ -321,7 +321,7 @@ def compare(ws, run_key: str | None, slice_: LoadedSlice | np.ndarray, *, compre
                           f"({100 * o['probabilities'][o['class']]:.0f} %) in {o['ms']:.1f} ms; "
                           "no compressed run was chosen.")
     if cams:
-        from .heatmaps import grad_cam  # noqa: PLC0415
+        from hscc_core.present.heatmaps import grad_cam  # noqa: PLC0415
 
         layer = cam_layer(model)
         out["cam_layer"] = layer
@@ -357,7 +357,7 @@ def probability_figure(result: Mapping[str, Any], colour: str, title: str = "", 
     result : dict
         A :func:`predict_slice` result.
     colour : str
-        Bar colour (use an Okabe-Ito colour, ``hscc_core.plots.OKABE_ITO``).
+        Bar colour (use an Okabe-Ito colour, ``hscc_core.present.plots.OKABE_ITO``).
     """
     import plotly.graph_objects as go  # noqa: PLC0415 - only the app draws
 

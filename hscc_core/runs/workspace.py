@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import phantom
-from .data import DatasetIndex, ImageSet, decode_all, discover
-from .models import build_model, check_input_size, load_checkpoint, save_checkpoint
-from .store import RunStore, cache_key
-from .training import TrainConfig, TrainResult, train
+from hscc_core.data import phantom
+from hscc_core.data.folders import DatasetIndex, ImageSet, decode_all, discover
+from hscc_core.nn.models import build_model, check_input_size, load_checkpoint, save_checkpoint
+from hscc_core.runs.store import RunStore, cache_key
+from hscc_core.nn.training import TrainConfig, TrainResult, train
 
 # Bump when decoding or training changes in a way that makes cached artefacts stale.
 DATA_VERSION = 1

@@ -11,11 +11,11 @@ import platform
 import shlex
 import sys
 
-from .pareto import axis_value, front_runs, get_axis
-from .pipeline import ALLOCATIONS, CLUSTER_SIDES, METHODS, RunConfig, compress_run, original_run
-from .progress import StageBars, TrainBar, bars
-from .executors import EXECUTORS, make_executor
-from .sweeps import DEFAULT_CLUSTERS, DEFAULT_ENERGIES, DEFAULT_GRIDS, expand, run_sweep
+from hscc_core.runs.pareto import axis_value, front_runs, get_axis
+from hscc_core.runs.pipeline import ALLOCATIONS, CLUSTER_SIDES, METHODS, RunConfig, compress_run, original_run
+from hscc_core.cli.progress import StageBars, TrainBar, bars
+from hscc_core.runs.executors import EXECUTORS, make_executor
+from hscc_core.runs.sweeps import DEFAULT_CLUSTERS, DEFAULT_ENERGIES, DEFAULT_GRIDS, expand, run_sweep
 
 
 def _float_list(text: str) -> list[float]:
@@ -115,7 +115,7 @@ def register(sub, common) -> dict:
 
 
 def _ws_with_baseline(args):
-    from .cli import workspace_from  # noqa: PLC0415 - avoid an import cycle
+    from hscc_core.cli.main import workspace_from  # noqa: PLC0415 - avoid an import cycle
 
     ws = workspace_from(args)
     if ws.has_baseline():
@@ -171,7 +171,7 @@ def _check_runs(args):
 
 
 def cmd_compress(args) -> int:
-    from .cli import emit, log  # noqa: PLC0415
+    from hscc_core.cli.main import emit, log  # noqa: PLC0415
 
     config = _config(args)  # validates before any work
     _check_runs(args)
@@ -191,7 +191,7 @@ def cmd_compress(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .cli import emit, log  # noqa: PLC0415
+    from hscc_core.cli.main import emit, log  # noqa: PLC0415
     from tqdm import tqdm  # noqa: PLC0415
 
     for m in args.methods:
@@ -244,7 +244,7 @@ def _stored_runs(args, ws) -> list[dict]:
 
 
 def cmd_runs(args) -> int:
-    from .cli import emit, log, workspace_from  # noqa: PLC0415
+    from hscc_core.cli.main import emit, log, workspace_from  # noqa: PLC0415
 
     ws = workspace_from(args)
     runs = _stored_runs(args, ws)
@@ -261,7 +261,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_pareto(args) -> int:
-    from .cli import emit, workspace_from  # noqa: PLC0415
+    from hscc_core.cli.main import emit, workspace_from  # noqa: PLC0415
 
     ws = workspace_from(args)
     if args.x not in ("flops", "params", "latency"):
@@ -320,13 +320,13 @@ def machine_description() -> str:
 
 
 def cmd_bench(args) -> int:
-    from .cli import emit, log  # noqa: PLC0415
+    from hscc_core.cli.main import emit, log  # noqa: PLC0415
 
     _check_runs(args)
     command = "hscc " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hscc bench"
     ws = _ws_with_baseline(args)
     if args.speed:
-        from .speedbench import speed_table  # noqa: PLC0415
+        from hscc_core.runs.speed import speed_table  # noqa: PLC0415
 
         table = speed_table(ws, budgets=tuple(args.budgets), hscc_grid=args.bench_grid,
                             hscc_clusters=args.bench_clusters, runs=args.latency_runs)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .measure import _eval  # eval mode with every submodule's flag restored (shared helper)
+from hscc_core.measure.costs import _eval  # eval mode with every submodule's flag restored (shared helper)
 
 __all__ = ["layer_error_map", "layer_errors"]
 
