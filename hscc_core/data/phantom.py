@@ -273,10 +273,43 @@ def render_slice_with_masks(
     size = int(size)
     px = 2.0 / size  # one pixel in normalised units
     edge = 0.6 * px  # anti-aliasing ramp
+    # Every step draws from ``rng`` in a fixed order (the same seed gives the same bytes): the
+    # steps below must run in this order and each must keep its own order of draws.
+    x, y, r, psi, frame = _pose(rng, size)
+    head = _draw_head(rng)
+    r_head, r_inner, r_brain = _radii(head, psi)
+    wm, gm, csf, img = _skull(rng, size, head, r, r_head, r_inner, edge)
+    tissue, inside = _brain(rng, size, px, edge, r, r_brain, wm, gm, csf)
+    # Lesion geometry is chosen first so that its mass effect can push normal anatomy.
+    strength, lesion, xs, ys = _mass_effect(rng, label, head, x, y, r, psi, r_inner)
+    tissue = _ventricles(rng, tissue, frame, xs, ys, wm, csf, edge)
+    tissue, lesion_mask = _sella(rng, label, tissue, frame, head, x, wm, csf, edge, strength)
 
+    # ---- the lesions -------------------------------------------------------------------------
+    if label == "glioma_tumor":
+        tissue, lesion_mask = _paint_glioma(rng, tissue, lesion, wm, csf, size, px, edge, inside)
+    elif label == "meningioma_tumor":
+        tissue, lesion_mask = _paint_meningioma(rng, tissue, lesion, wm, csf, size, px, edge)
+
+    # ---- class-independent distractors -------------------------------------------------------
+    _distractors(rng, tissue, frame, head, r, r_brain, wm, csf, edge)
+
+    img = _mix(img, inside, tissue)
+    # Meningioma sits outside the brain surface too (in the CSF layer): paint its extra part.
+    if label == "meningioma_tumor":
+        img = _mix(img, lesion["mask"] * (1.0 - inside), lesion["value"])
+    img = _acquisition(rng, img, size, px)
+    masks = {
+        "lesion": lesion_mask > 0.5,
+        "intracranial": r < r_inner,
+        "skull": (r >= r_inner) & (r < r_head - head["t_scalp"]),
+    }
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), masks
+
+
+def _pose(rng: np.random.Generator, size: int):
+    """The head is rotated, scaled and shifted in the field of view: (x, y, r, psi, frame)."""
     X, Y = _grid(size)
-
-    # ---- pose: the head is rotated, scaled and shifted in the field of view -----------------
     theta = rng.uniform(-0.22, 0.22)
     scale = rng.uniform(0.86, 1.0)
     tx, ty = rng.uniform(-0.06, 0.06, size=2)
@@ -285,15 +318,14 @@ def render_slice_with_masks(
     y = (-s * (X - tx) + c * (Y - ty)) / scale
     r = np.hypot(x, y)
     psi = np.arctan2(y, x)  # polar angle; +pi/2 points down, towards the skull base
-    frame = _Frame(size, x, y, float(tx), float(ty), float(c), float(s), float(scale))
+    return x, y, r, psi, _Frame(size, x, y, float(tx), float(ty), float(c), float(s), float(scale))
 
-    # ---- head outline: an ellipse with low-order wobble, so no two skulls are alike ----------
-    head = _draw_head(rng)
-    r_head, r_inner, r_brain = _radii(head, psi)
+
+def _skull(rng, size, head, r, r_head, r_inner, edge):
+    """Tissue intensities (T1 post-contrast-like, jittered per subject), scalp, bone, marrow and the
+    CSF layer: (white matter, grey matter and CSF intensities, the image so far)."""
     t_scalp, ridge_h = head["t_scalp"], head["ridge_h"]
     ridge = r_head - t_scalp - head["t_bone"] - r_inner  # the ridge's height at each angle
-
-    # ---- tissue intensities (T1 post-contrast-like), jittered per subject --------------------
     wm = rng.uniform(0.55, 0.66)
     gm = wm - rng.uniform(0.13, 0.22)
     csf = rng.uniform(0.08, 0.16)
@@ -310,8 +342,11 @@ def render_slice_with_masks(
     marrow = marrow * np.clip((ridge / ridge_h - 0.3) / 0.4, 0.0, 1.0)
     img = _mix(img, marrow, rng.uniform(0.35, 0.6))
     img = _mix(img, _soft(r - r_inner, edge), csf)
+    return wm, gm, csf, img
 
-    # ---- brain: grey/white matter, cortex ribbon and sulci ----------------------------------
+
+def _brain(rng, size, px, edge, r, r_brain, wm, gm, csf):
+    """Grey/white matter, cortex ribbon and sulci: (tissue, inside-the-brain weight)."""
     inside = _soft(r - r_brain, edge)
     depth = r_brain - r  # distance inwards from the brain surface
     n_wm = _smooth_noise(rng, size, 0.035 / px)
@@ -325,8 +360,12 @@ def render_slice_with_masks(
     tissue = tissue + (csf - tissue) * 0.8 * sulci
     # Fine parenchymal texture.
     tissue = tissue * (1.0 + 0.03 * _smooth_noise(rng, size, 0.006 / px))
+    return tissue, inside
 
-    # ---- lesion geometry is chosen first so that its mass effect can push normal anatomy ----
+
+def _mass_effect(rng, label, head, x, y, r, psi, r_inner):
+    """The lesion's strength and geometry, and the deformed coordinates of the anatomy it pushes:
+    (strength, lesion or None, xs, ys)."""
     # Drawn for every class so that the random stream up to here does not depend on the label.
     strength = 1.0 if rng.random() >= SUBTLE_FRACTION else rng.uniform(*SUBTLE_STRENGTH)
     disp_x = np.zeros_like(x)
@@ -343,9 +382,11 @@ def render_slice_with_masks(
         push = lesion["mass_effect"] * rad * np.exp(-np.maximum(d - rad, 0.0) / (2.0 * rad))
         disp_x, disp_y = dx / d * push, dy / d * push
     # Sample the deformable anatomy at positions pulled towards the lesion: it looks pushed away.
-    xs, ys = x - disp_x, y - disp_y
+    return strength, lesion, x - disp_x, y - disp_y
 
-    # ---- ventricles: two mirrored, tilted ellipses and a midline slit ----------------------
+
+def _ventricles(rng, tissue, frame, xs, ys, wm, csf, edge):
+    """Two mirrored, tilted ventricles, a midline slit, their rim and the choroid plexus."""
     v_scale = rng.uniform(0.6, 1.35)
     v_off = rng.uniform(0.07, 0.11)
     v_y = rng.uniform(-0.12, 0.02)
@@ -367,8 +408,12 @@ def render_slice_with_masks(
             # (Placed in undeformed coordinates: the plexus is tiny, the shift hardly shows.)
             win, cp = frame.blob(side * v_off * 1.1, v_y + 0.5 * v_b, 0.02, 0.03, 0.0, edge)
             _paint(tissue, win, cp * vent[win], wm + rng.uniform(0.05, 0.2))
+    return tissue
 
-    # ---- sella, suprasellar cistern and the normal pituitary gland (every class) -----------
+
+def _sella(rng, label, tissue, frame, head, x, wm, csf, edge, strength):
+    """Sella, suprasellar cistern and the normal pituitary gland (every class), and a pituitary
+    tumour: (tissue, lesion mask)."""
     # The sella: on the inner table straight down from the centre (in head coordinates).
     p_cy = float(_radii(head, np.pi / 2)[1]) - rng.uniform(0.0, 0.015)
     win, cistern = frame.blob(0.0, p_cy - 0.04, 0.09, 0.06, 0.0, 0.015)
@@ -380,22 +425,11 @@ def render_slice_with_masks(
     lesion_mask = np.zeros_like(x)
     if label == "pituitary_tumor":
         lesion_mask = _pituitary(rng, tissue, frame, p_cy, gland_a, wm, edge, strength)
+    return tissue, lesion_mask
 
-    # ---- the lesions -------------------------------------------------------------------------
-    if label == "glioma_tumor":
-        tissue, lesion_mask = _paint_glioma(rng, tissue, lesion, wm, csf, size, px, edge, inside)
-    elif label == "meningioma_tumor":
-        tissue, lesion_mask = _paint_meningioma(rng, tissue, lesion, wm, csf, size, px, edge)
 
-    # ---- class-independent distractors -------------------------------------------------------
-    _distractors(rng, tissue, frame, head, r, r_brain, wm, csf, edge)
-
-    img = _mix(img, inside, tissue)
-    # Meningioma sits outside the brain surface too (in the CSF layer): paint its extra part.
-    if label == "meningioma_tumor":
-        img = _mix(img, lesion["mask"] * (1.0 - inside), lesion["value"])
-
-    # ---- acquisition: bias field, blur, ghosting, gain/gamma and Rician noise ----------------
+def _acquisition(rng, img, size, px):
+    """Bias field, blur, ghosting, gain/gamma, Rician noise and the scanner's window."""
     bias = _smooth_noise(rng, size, 0.35 / px)
     img = img * np.exp(rng.uniform(0.04, 0.14) * bias)
     img = _blur(img, rng.uniform(0.0, 0.9) * size / 128.0)
@@ -411,13 +445,7 @@ def render_slice_with_masks(
     img = np.sqrt((img + n1) ** 2 + n2**2)  # magnitude of complex Gaussian noise = Rician
     # Window like a scanner export: the brightest structures saturate slightly.
     # (The quantile of every other pixel is as good and four times cheaper.)
-    img = img / np.quantile(img[::2, ::2], 0.998) * rng.uniform(0.9, 1.0)
-    masks = {
-        "lesion": lesion_mask > 0.5,
-        "intracranial": r < r_inner,
-        "skull": (r >= r_inner) & (r < r_head - t_scalp),
-    }
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), masks
+    return img / np.quantile(img[::2, ::2], 0.998) * rng.uniform(0.9, 1.0)
 
 
 def _draw_head(rng: np.random.Generator) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -130,6 +131,32 @@ def _evaluate_loss(model, x, y, mean, std, device, batch_size, weights) -> tuple
     return loss / len(y), correct / len(y)
 
 
+def _train_epoch(model, opt, x_tr, y_tr, mean, std, weights, config: TrainConfig, gen: torch.Generator,
+                 device: torch.device, report: Callable[[int, float, float], None]) -> tuple[float, float]:
+    """One pass over the training images in a seeded order; (mean loss, accuracy) of the epoch."""
+    model.train()
+    order = torch.randperm(len(y_tr), generator=gen).numpy()
+    run_loss, run_correct, seen = 0.0, 0, 0
+    for b in range(math.ceil(len(y_tr) / config.batch_size)):
+        idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+        # Augment on the training device: on a GPU the CPU would otherwise be the bottleneck.
+        xb = torch.from_numpy(x_tr[idx]).to(device).float().div_(255.0).unsqueeze(1)
+        if config.augment:
+            xb = augment_batch(xb, gen)
+        xb = ((xb - mean) / std).expand(-1, 3, -1, -1)
+        yb = torch.from_numpy(y_tr[idx]).to(device)
+        out = model(xb)
+        loss = F.cross_entropy(out, yb, weight=weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        run_loss += loss.item() * len(idx)
+        run_correct += (out.argmax(1) == yb).sum().item()
+        seen += len(idx)
+        report(b + 1, run_loss / seen, run_correct / seen)
+    return run_loss / seen, run_correct / seen
+
+
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, mean: float, std: float,
           num_classes: int, config: TrainConfig = TrainConfig(), device: torch.device | None = None,
           progress: Callable[[dict], None] | None = None) -> TrainResult:
@@ -155,8 +182,6 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, mean: float, std: floa
     -------
     TrainResult
     """
-    import time
-
     start = time.perf_counter()
     device = device or pick_device()
     torch.manual_seed(config.seed)
@@ -175,29 +200,13 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, mean: float, std: floa
     best_state, best_key, history, best_epoch = None, None, [], 0
     batches = math.ceil(len(y_tr) / config.batch_size)
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = torch.randperm(len(y_tr), generator=gen).numpy()
-        run_loss, run_correct, seen = 0.0, 0, 0
-        for b in range(batches):
-            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-            # Augment on the training device: on a GPU the CPU would otherwise be the bottleneck.
-            xb = torch.from_numpy(x_tr[idx]).to(device).float().div_(255.0).unsqueeze(1)
-            if config.augment:
-                xb = augment_batch(xb, gen)
-            xb = ((xb - mean) / std).expand(-1, 3, -1, -1)
-            yb = torch.from_numpy(y_tr[idx]).to(device)
-            out = model(xb)
-            loss = F.cross_entropy(out, yb, weight=weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            run_loss += loss.item() * len(idx)
-            run_correct += (out.argmax(1) == yb).sum().item()
-            seen += len(idx)
+        def report(b, loss, acc, epoch=epoch):
             if progress is not None:
-                progress({"epoch": epoch, "epochs": config.epochs, "batch": b + 1, "batches": batches,
-                          "loss": run_loss / seen, "acc": run_correct / seen})
-        record = {"epoch": epoch, "loss": run_loss / seen, "acc": run_correct / seen}
+                progress({"epoch": epoch, "epochs": config.epochs, "batch": b, "batches": batches,
+                          "loss": loss, "acc": acc})
+
+        loss, acc = _train_epoch(model, opt, x_tr, y_tr, mean, std, weights, config, gen, device, report)
+        record = {"epoch": epoch, "loss": loss, "acc": acc}
         if len(va_idx):
             val_loss, val_acc = _evaluate_loss(model, x[va_idx], y[va_idx], mean, std, device,
                                                config.batch_size, weights)
