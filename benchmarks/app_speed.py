@@ -26,7 +26,8 @@ PAGES = ["pages/overview.py", "pages/explorer.py", "pages/pareto.py", "pages/con
 def main() -> int:
     from streamlit.testing.v1 import AppTest
 
-    from hscc_core.runs.pipeline import RunConfig, run_key
+    from hscc_core.runs.config import RunConfig
+    from hscc_core.runs.pipeline import run_key
     from hscc_core.runs.workspace import Workspace
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hscc_core.cli.compress import bench_configs  # noqa: E402
+from hscc_core.cli.bench import bench_configs  # noqa: E402
 from hscc_core.runs.pareto import front_runs  # noqa: E402
 
 MARKERS = {"hscc": ("o", "#0072B2", "HSCC"), "svd": ("s", "#E69F00", "Global SVD"),

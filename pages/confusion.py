@@ -2,16 +2,16 @@
 
 import streamlit as st
 
+from hscc_core.present.labels import run_name
 from hscc_core.present.plots import confusion_difference_figure, confusion_figure, per_class_figure
-from pages.common import NOTICE, page_context, run_picker, show_selection, sidebar
+from pages import frame
 
 
-def main(ctx) -> None:
-    run = run_picker(ctx, "confusion")
+def main(ctx: frame.Context) -> None:
+    run = frame.run_picker(ctx, "confusion")
     if run is None:
         return
-    original = ctx.original
-    classes = original["classes"]
+    original, classes, name = ctx.original, ctx.classes, run_name(run)
     norm = st.radio("Cells", ("counts", "row-normalised (recall per true class)"), key="confusion_norm",
                     horizontal=True) != "counts"
     left, right = st.columns(2)
@@ -20,25 +20,19 @@ def main(ctx) -> None:
                                        f"± {100 * original['accuracy_se']:.1f} %</sup>"),
                       key="confusion_original", theme=None)
     right.plotly_chart(confusion_figure(run["confusion_matrix"], classes, norm,
-                                        f"{run['label']}<br><sup>accuracy {100 * run['accuracy']:.1f} "
+                                        f"{name}<br><sup>accuracy {100 * run['accuracy']:.1f} "
                                         f"± {100 * run['accuracy_se']:.1f} %</sup>"),
                        key="confusion_run", theme=None)
     left, right = st.columns(2)
     left.plotly_chart(confusion_difference_figure(run["confusion_matrix"], original["confusion_matrix"], classes, norm,
-                                                f"Change: {run['label']} minus original"
-                                                "<br><sup>orange: more images in that cell, blue: fewer</sup>"),
-                    key="confusion_diff", theme=None)
-    pair = {"original": original, run["label"]: run}
+                                                  "Change: compressed minus original"
+                                                  "<br><sup>orange: more images in that cell, blue: fewer</sup>"),
+                      key="confusion_diff", theme=None)
+    pair = {"original": original, name: run}
     right.plotly_chart(per_class_figure(pair, "f1"), key="confusion_f1", theme=None)
     left, right = st.columns(2)
     for col, metric in zip((left, right), ("precision", "recall")):
         col.plotly_chart(per_class_figure(pair, metric), key=f"confusion_{metric}", theme=None)
 
 
-sidebar_slot = sidebar()
-st.title("Confusion matrices")
-context = page_context()
-if context is not None:
-    main(context)
-show_selection(sidebar_slot, context)
-st.caption(NOTICE)
+frame.show("confusion", main)

@@ -15,10 +15,11 @@ import hashlib
 import streamlit as st
 
 from hscc_core.data.imageio import MAX_BYTES, SliceError, load_slice
-from hscc_core.present.plots import METHOD_STYLE, OKABE_ITO, class_label, overlay_figure
+from hscc_core.present.labels import class_label, run_name
+from hscc_core.present.plots import METHOD_STYLE, OKABE_ITO, overlay_figure
 from hscc_core.present.predict import compare, probability_figure, rebuild_compressed
 from hscc_core.runs.store import RunStore
-from pages.common import NOTICE, page_context, run_picker, show_selection, sidebar, workspace_for, workspace_id
+from pages.frame import NOTICE, run_picker, show, workspace_for, workspace_id
 
 SOURCES = ("Test slice", "Upload a file")
 HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -124,7 +125,7 @@ def pick_run(ctx):
         return None, None
     epochs = int((run.get("config") or {}).get("finetune_epochs") or 0)
     if epochs:
-        return None, (f"**{run['label']}** was fine-tuned ({epochs} epochs) and its trained weights are not "
+        return None, (f"**{run_name(run)}** was fine-tuned ({epochs} epochs) and its trained weights are not "
                       "stored, so this page cannot rebuild it: choose a run without fine-tuning.")
     return run, None
 
@@ -135,7 +136,7 @@ def results(ctx, result, run, opacity) -> None:
     columns = st.columns(2, gap="large")
     method = (run or {}).get("method", "hscc")
     panels = [(columns[0], "Original model", o, OKABE_ITO["black"], None),
-              (columns[1], f"Compressed · {run['label']}" if run else "Compressed model", c,
+              (columns[1], f"Compressed · {run_name(run)}" if run else "Compressed model", c,
                METHOD_STYLE.get(method, METHOD_STYLE["hscc"])[1], o)]
     for col, title, res, colour, ref in panels:
         with col:
@@ -204,10 +205,4 @@ def main(ctx) -> None:
     results(ctx, result, run, opacity)
 
 
-sidebar_slot = sidebar()
-st.title("Clinician demo", anchor=False)
-context = page_context()
-if context is not None:
-    main(context)
-show_selection(sidebar_slot, context)
-st.caption(NOTICE)
+show("demo", main)

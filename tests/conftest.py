@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from torch import nn
 
+ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
 CLASSES = ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor")
 
@@ -105,3 +115,265 @@ def layer_tensor(model: nn.Module, name: str, x: torch.Tensor, side: str = "outp
         model(x)
     h.remove()
     return out[0]
+
+
+# --------------------------------------------------------------------------- markers, defined once
+
+needs_gpu = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+needs_real_data = [pytest.mark.realdata,
+                   pytest.mark.skipif(not REAL_DATA.is_dir(), reason="the real dataset is not on this machine")]
+
+
+def apply(marks):
+    """Decorator applying a list of marks (``@apply(needs_gpu)``)."""
+    def wrap(fn):
+        for m in marks:
+            fn = m(fn)
+        return fn
+    return wrap
+
+
+# --------------------------------------------------------------------------- HSCC on either side
+
+SIDES = ("output", "input")
+
+
+def hscc_decomposition(model: nn.Module, x: torch.Tensor, side: str, grid: int, clusters: int, seed: int = 0,
+                       layers=None, batch_size: int = 32):
+    """Statistics then decomposition of ``model`` on calibration images ``x``, on one cluster side."""
+    from hscc_core.compress.hscc import cluster_side
+    from hscc_core.compress.hscc.input_stats import compute_input_stats
+    from hscc_core.compress.hscc.stats import compute_stats
+
+    s = cluster_side(side)
+    if side == "output":
+        stats = compute_stats(model, x, grid, layers=layers, batch_size=batch_size)
+    else:
+        stats = compute_input_stats(model, x, grid, clusters, seed, layers=layers, batch_size=batch_size)
+    return s.decompose(model, stats, clusters, seed)
+
+
+def hscc_model(model: nn.Module, x: torch.Tensor, side: str, grid: int, clusters: int, energy: float,
+               seed: int = 0, layers=None, batch_size: int = 32):
+    """(compressed model, plan) of ``model`` at ``energy``, on one cluster side."""
+    from hscc_core.compress.hscc import build_hscc, plan_at_energy
+
+    plan = plan_at_energy(hscc_decomposition(model, x, side, grid, clusters, seed, layers, batch_size), energy)
+    return build_hscc(model, plan), plan
+
+
+def region_modules(model: nn.Module) -> dict:
+    """The HSCC region layers of a model, by name."""
+    from hscc_core.compress.hscc import RegionLayer
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, RegionLayer)}
+
+
+# --------------------------------------------------------------------------- the app (AppTest)
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+PAGES = ["pages/overview.py", "pages/explorer.py", "pages/pareto.py", "pages/confusion.py", "pages/heatmaps.py",
+         "pages/report.py", "pages/demo.py"]
+
+
+def assert_page_ok(at) -> None:
+    """No exception escaped, and the frame did not catch one either (it shows an error id instead)."""
+    assert not at.exception, at.exception
+    crashes = [e.value for e in at.error if "error id" in e.value]
+    assert not crashes, crashes
+
+
+def open_page(page: str, selected: str | None = None, link: str | None = None, timeout: float = 60):
+    """The app on ``page``, optionally with a run selected in the session or named by a ``?run=`` link."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP), default_timeout=timeout)
+    if selected:
+        at.session_state["selected_run"] = selected
+    if link:
+        at.query_params["run"] = link
+    at.run()
+    assert_page_ok(at)
+    if page != PAGES[0]:
+        if link:
+            at.query_params["run"] = link  # a link opens its page directly: the parameter survives
+        at.switch_page(page).run()
+    assert_page_ok(at)
+    return at
+
+
+# --------------------------------------------------------------------------- image files (uploads, DICOM)
+
+def image_bytes(arr: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    img = Image.fromarray(arr)
+    if mode is not None:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def dicom_dataset(stored: np.ndarray, photometric: str = "MONOCHROME2", signed: bool = False, **tags) -> Dataset:
+    """An MR image data set (Explicit VR Little Endian) with 16-bit stored values ``stored``
+    ((rows, cols) or (frames, rows, cols), or (rows, cols, 3) uint8 for RGB)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.PatientName = "Anonymous^Test"  # must never show up in the loader's metadata
+    ds.PhotometricInterpretation = photometric
+    if photometric == "RGB":
+        ds.Rows, ds.Columns = stored.shape[:2]
+        ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit, ds.PixelRepresentation = 7, 0
+        ds.PixelData = stored.astype(np.uint8).tobytes()
+    else:
+        ds.Rows, ds.Columns = stored.shape[-2:]
+        if stored.ndim == 3:
+            ds.NumberOfFrames = stored.shape[0]
+        ds.SamplesPerPixel = 1
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1 if signed else 0
+        ds.PixelData = stored.astype(np.int16 if signed else np.uint16).tobytes()
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    return ds
+
+
+def dicom_bytes(stored: np.ndarray, **kwargs) -> bytes:
+    return to_bytes(dicom_dataset(stored, **kwargs))
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- fake runs (figures, reports)
+
+
+
+def fake_run(i: int, method: str = "hscc", flops: float = 1e6, accuracy: float = 0.8, **extra) -> dict:
+    per_class = {c: {"precision": 0.5 + 0.1 * k, "precision_se": 0.01, "recall": 0.6, "recall_se": 0.02,
+                     "f1": 0.55 + 0.05 * k, "f1_se": 0.03 + 0.01 * k, "support": 10} for k, c in enumerate(CLASSES)}
+    run = {"method": method, "cache_key": f"{i:024x}", "label": f"{method} run {i}",
+           "config": {"method": method, "grid": 2, "clusters": 4, "energy": 0.9}, "classes": CLASSES,
+           "accuracy": accuracy, "accuracy_se": 0.02, "macro_f1": accuracy - 0.05, "macro_f1_se": 0.03,
+           "agreement": 0.9, "agreement_se": 0.01, "kl_to_original": 0.01, "kl_to_original_se": 0.001,
+           "flops": flops, "flops_original": 2e6, "params": flops / 10, "per_class": per_class,
+           "confusion_matrix": [[5, 1, 0, 0], [1, 4, 1, 0], [0, 0, 6, 0], [0, 0, 0, 0]],
+           "latency_ms": {"original": {"b1": {"median": 2.0, "p90": 2.5}},
+                          "compressed": {"b1": {"median": 1.0 + flops / 1e6, "p90": 2.0}}},
+           "speedup": {"b1": 1.5, "b32": 1.4}, "p_value_vs_original": 0.3}
+    run.update(extra)
+    return run
+
+
+RUNS = [fake_run(0, "hscc", 0.5e6, 0.70), fake_run(1, "hscc", 1.0e6, 0.85), fake_run(2, "svd", 0.8e6, 0.60),
+        fake_run(3, "tucker", 1.2e6, 0.80), fake_run(4, "hscc", 1.5e6, 0.90)]
+ORIGINAL = fake_run(9, "original", 2e6, 0.88, label=None, config={}, latency_ms=None)
+
+
+# --------------------------------------------------------------------------- figures
+
+def sample_figures() -> dict:
+    """One figure of every kind the plots module builds (for report and PNG tests)."""
+    from hscc_core.present.plots import (confusion_difference_figure, confusion_figure, overlay_figure,
+                                         pareto_figure, per_class_figure)
+
+    image = (np.add.outer(np.arange(32), np.arange(32)) * 4 % 255).astype(np.uint8)
+    return {
+        "Pareto": pareto_figure(RUNS, "flops", "accuracy", ORIGINAL, error_bars=True, selected=RUNS[1]["cache_key"]),
+        "Confusion": confusion_figure(RUNS[0]["confusion_matrix"], CLASSES, True, "Confusion"),
+        "Change": confusion_difference_figure(RUNS[1]["confusion_matrix"], RUNS[0]["confusion_matrix"], CLASSES),
+        "F1 / per class": per_class_figure({"original": ORIGINAL, "run": RUNS[0]}, "f1"),
+        "Regions": overlay_figure(image, np.array([[0.2, 0.4], [0.6, 0.8]]), regions=[(0, 1, 0, 2), (1, 2, 0, 2)],
+                                  region_text=["a", "b"], zmin=0, zmax=1, title="regions"),
+        "Clusters": overlay_figure(image, np.array([[0, 1], [np.nan, 2]]), categories=3, title="clusters"),
+    }
+
+
+# --------------------------------------------------------------------------- a real browser
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str:
+    for candidate in (os.environ.get("HSCC_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
+                      shutil.which("chromium-browser"), shutil.which("google-chrome")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.skip("no Chromium binary (looked for chromium, /usr/bin/chromium, chromium-browser, google-chrome); "
+                "`make test` installs Debian's chromium with apt-get when it can")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(script: Path, env: dict, log_path: Path, start_timeout: float = 90):
+    """Run ``streamlit run script`` headless on a free 127.0.0.1 port until the block ends; yields
+    its URL once the health check answers (the test fails with the log's end if it never does)."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats",
+             "false", "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + start_timeout
+            while True:
+                try:
+                    if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail("streamlit did not start:\n" + log_path.read_text()[-3000:])
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def wait_idle(page, timeout=60_000) -> None:
+    """Wait until Streamlit has finished running the script (its status widget is gone)."""
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+
+
+# --------------------------------------------------------------------------- a store of many runs
+
+POPULATE_ENERGIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999)
+
+
+def populate(ws, base: dict, arrays: dict, n: int = 120) -> list:
+    """Store ``n`` runs under the keys of real HSCC configs (copies of ``base`` with varied metrics)."""
+    from hscc_core.runs.config import RunConfig
+    from hscc_core.runs.pipeline import run_key
+
+    meta = ws.baseline()[1]
+    configs = [RunConfig(grid=g, clusters=k, energy=e) for g in (2, 3, 4, 1) for k in (2, 4, 8, 1, 16)
+               for e in POPULATE_ENERGIES][:n]
+    for i, cfg in enumerate(configs):
+        run = {k: v for k, v in base.items() if k not in ("cache_key", "cached")}
+        run.update(config=cfg.canonical(), label=cfg.label(), accuracy=0.4 + 0.5 * (i % 17) / 17,
+                   flops=int(base["flops"] * (0.3 + 0.7 * (i % 23) / 23)))
+        ws.store.put_run(run_key(ws, meta, cfg), run, arrays)
+    return configs

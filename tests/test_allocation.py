@@ -7,13 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import SIDES, hscc_decomposition, region_modules
 from hscc_core.compress.allocation import _steps, captured_energy, greedy_budget, greedy_plan
 from hscc_core.compress.budgets import search_energy
-from hscc_core.compress.calibration import compute_stats
-from hscc_core.compress.hscc import (HSCCConv2d, HSCCPlan, block_macs, build_hscc, decompose_hscc, energy_rank,
-                            plan_from_decomposition, plan_macs)
-from hscc_core.compress.hscc_input import (HSCCInputConv2d, InputPlan, build_hscc_input, compute_input_stats,
-                                  decompose_hscc_input, input_block_macs, plan_input, plan_input_macs)
+from hscc_core.compress.hscc import Plan, build_hscc, plan_at_energy, plan_macs
+from hscc_core.compress.spectral import energy_rank
 from hscc_core.measure.costs import layer_flops
 
 torch.set_num_threads(2)
@@ -34,15 +32,10 @@ X = torch.randn(20, 3, 24, 24, generator=torch.Generator().manual_seed(1))
 @pytest.fixture(scope="module")
 def decomps():
     model = random_cnn()
-    out = decompose_hscc(model, compute_stats(model, X, 2), 3, seed=0)
-    inp = decompose_hscc_input(model, compute_input_stats(model, X, 2, 3, seed=0))
-    return model, {
-        "output": (out, plan_from_decomposition, plan_macs, build_hscc, HSCCConv2d),
-        "input": (inp, plan_input, plan_input_macs, build_hscc_input, HSCCInputConv2d),
-    }
+    return model, {side: hscc_decomposition(model, X, side, 2, 3) for side in SIDES}
 
 
-def next_step_costs(plan, side):
+def next_step_costs(plan):
     """For every block that still has energy left out: the MACs of its next purchase."""
     out = []
     for lp in plan.layers.values():
@@ -53,26 +46,22 @@ def next_step_costs(plan, side):
                 if is_dense or energy_rank(b.ratio, 1.0) <= k:  # nothing left that tau = 1 keeps
                     continue
                 n = b.channels.size
-                if side == "output":
-                    cost = lambda r: block_macs(r, n, d.fan_in)[0]  # noqa: E731
-                else:
-                    cost = lambda r: input_block_macs(r, n, d.kernel_area, d.out_channels)[0]  # noqa: E731
-                out.append(area * (cost(k + 1) - cost(k)))
+                out.append(area * (d.side.block_macs(d, n, k + 1)[0] - d.side.block_macs(d, n, k)[0]))
     return out
 
 
-@pytest.mark.parametrize("side", ["output", "input"])
+@pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("budget", [1.5, 3.0, 6.0])
 def test_greedy_meets_budget_within_one_direction(decomps, side, budget):
     model, d = decomps
-    decomp = d[side][0]
+    decomp = d[side]
     target = decomp.original_macs / budget
     plan = greedy_plan(decomp, target)
-    assert isinstance(plan, HSCCPlan if side == "output" else InputPlan)
+    assert isinstance(plan, Plan) and plan.side.name == side
     assert plan.energy is None
     macs = plan.macs()
     assert macs <= target
-    pending = next_step_costs(plan, side)
+    pending = next_step_costs(plan)
     assert pending, "the budget should leave some energy out"
     assert target - macs < min(pending)  # nothing that is left out would still fit
     plan2, res = greedy_budget(decomp, budget)
@@ -80,13 +69,13 @@ def test_greedy_meets_budget_within_one_direction(decomps, side, budget):
     assert res.achieved_ratio == pytest.approx(decomp.original_macs / macs)
 
 
-@pytest.mark.parametrize("side", ["output", "input"])
+@pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("budget", [2.0, 3.0, 6.0])
 def test_greedy_captures_more_energy_than_uniform_at_no_more_macs(decomps, side, budget):
     model, d = decomps
-    decomp, plan_fn, macs_fn = d[side][:3]
-    found = search_energy(lambda e: macs_fn(decomp, e), decomp.original_macs, budget)
-    uniform = plan_fn(decomp, found.energy)
+    decomp = d[side]
+    found = search_energy(lambda e: plan_macs(decomp, e), decomp.original_macs, budget)
+    uniform = plan_at_energy(decomp, found.energy)
     greedy = greedy_plan(decomp, uniform.macs())
     assert greedy.macs() <= uniform.macs()
     eu, eg = captured_energy(uniform), captured_energy(greedy)
@@ -94,15 +83,15 @@ def test_greedy_captures_more_energy_than_uniform_at_no_more_macs(decomps, side,
     assert all(0.0 <= v <= 1.0 for v in list(eu.values()) + list(eg.values()))
 
 
-@pytest.mark.parametrize("side", ["output", "input"])
+@pytest.mark.parametrize("side", SIDES)
 def test_greedy_plans_build_and_flops_agree(decomps, side):
     model, d = decomps
-    decomp, _, _, build, cls = d[side]
+    decomp = d[side]
     plan = greedy_plan(decomp, decomp.original_macs / 4)
-    json.dumps(plan.layer_summary())
-    comp = build(model, plan)
+    json.dumps({n: s.to_json() for n, s in plan.summaries().items()})
+    comp = build_hscc(model, plan)
     counted = layer_flops(comp, list(plan.layers), (1, 3, 24, 24))
-    mods = {n: m for n, m in comp.named_modules() if isinstance(m, cls)}
+    mods = region_modules(comp)
     assert set(mods) == set(plan.layers)
     for name, mod in mods.items():
         assert mod.analytical_macs() == plan.layers[name].macs
@@ -111,13 +100,13 @@ def test_greedy_plans_build_and_flops_agree(decomps, side):
         assert torch.isfinite(comp(X)).all()
 
 
-@pytest.mark.parametrize("side", ["output", "input"])
+@pytest.mark.parametrize("side", SIDES)
 def test_whole_budget_gives_every_energy_direction(decomps, side):
     model, d = decomps
-    decomp, plan_fn = d[side][:2]
+    decomp = d[side]
     plan = greedy_plan(decomp, decomp.original_macs)
     assert all(v == pytest.approx(1.0) for v in captured_energy(plan).values())
-    assert plan.macs() <= plan_fn(decomp, 1.0).macs() <= decomp.original_macs
+    assert plan.macs() <= plan_at_energy(decomp, 1.0).macs() <= decomp.original_macs
     assert greedy_plan(decomp, 1).macs() == 0  # nothing fits: every block at rank 0
 
 
@@ -128,10 +117,10 @@ def test_budget_not_met_when_all_energy_is_cheap():
         conv.weight.copy_((torch.randn(16, 2) @ torch.randn(2, 72)).view(16, 8, 3, 3))
     model = nn.Sequential(conv).eval()
     x = torch.randn(12, 8, 12, 12)
-    decomp = decompose_hscc(model, compute_stats(model, x, 2), 1)
+    decomp = hscc_decomposition(model, x, "output", 2, 1)
     plan, res = greedy_budget(decomp, 1.2)
     assert not res.met and "not met" in res.message
-    assert plan.layer_summary()["0"]["ranks"] == [[2]] * 4
+    assert plan.summaries()["0"].ranks == ((2,),) * 4
     with pytest.raises(ValueError, match="budget"):
         greedy_budget(decomp, 1.0)
     with pytest.raises(ValueError, match="target"):

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import math
 import shutil
-import statistics
-import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import make_imagefolder, tiny_env, use_tiny_app_env
+from conftest import APP, PAGES, assert_page_ok, make_imagefolder, open_page, tiny_env, use_tiny_app_env
+from hscc_core.present.labels import describe_config, run_name
 from hscc_core.runs import pipeline
-from hscc_core.runs.pipeline import RunConfig, compress_run, run_key
+from hscc_core.runs.config import RunConfig
+from hscc_core.runs.pipeline import compress_run, run_key
 from hscc_core.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = ROOT / "app.py"
-PAGES = ["pages/overview.py", "pages/explorer.py", "pages/pareto.py", "pages/confusion.py", "pages/heatmaps.py",
-         "pages/report.py"]
 LOW = RunConfig(grid=2, clusters=2, energy=0.9)
 HIGH = RunConfig(grid=2, clusters=2, energy=0.99)
 SVD = RunConfig(method="svd", energy=0.9)
@@ -41,7 +37,7 @@ def app_env(trained_workspace, stored_runs, monkeypatch):
 def counters(monkeypatch):
     """Counts of compressions started and runs written while the app runs (same process)."""
     counts = {"compress": 0, "put": 0}
-    real_compressor, real_put = pipeline._compressor, RunStore._put_run
+    real_compressor, real_put = pipeline._decompose, RunStore._put_run
 
     def compressor(*args, **kwargs):
         counts["compress"] += 1
@@ -51,21 +47,9 @@ def counters(monkeypatch):
         counts["put"] += 1
         return real_put(self, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_compressor", compressor)
+    monkeypatch.setattr(pipeline, "_decompose", compressor)
     monkeypatch.setattr(RunStore, "_put_run", put)
     return counts
-
-
-def open_page(page: str, selected: str | None = None, timeout: float = 60) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=timeout)
-    if selected:
-        at.session_state["selected_run"] = selected
-    at.run()
-    assert not at.exception, at.exception
-    if page != PAGES[0]:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def explorer_config(at: AppTest, cfg: RunConfig) -> AppTest:
@@ -91,7 +75,7 @@ def test_overview_shows_real_baseline_metrics(app_env):
     from hscc_core.runs.pipeline import original_run
 
     at = AppTest.from_file(str(APP), default_timeout=60).run()
-    assert not at.exception
+    assert_page_ok(at)
     expected = original_run(app_env)[0]
     accuracy = [m for m in at.main.metric if m.label == "Accuracy"][0]
     assert accuracy.value == f"{100 * expected['accuracy']:.2f} %"
@@ -103,10 +87,10 @@ def test_missing_baseline_offers_prepare_button(tmp_path, monkeypatch):
     for name, value in tiny_env(data, tmp_path / "cache", epochs=1).items():
         monkeypatch.setenv(name, value)
     at = AppTest.from_file(str(APP), default_timeout=60).run()
-    assert not at.exception
+    assert_page_ok(at)
     assert any(b.label == "Prepare baseline" for b in at.sidebar.button)
     at.sidebar.button[0].click().run()
-    assert not at.exception
+    assert_page_ok(at)
     assert any(m.label == "Accuracy" for m in at.main.metric)
 
 
@@ -120,11 +104,11 @@ def test_bad_data_path_is_a_visible_message(tmp_path, monkeypatch):
 def assert_every_page_shows_error(text: str) -> None:
     """The app and every page run without an exception and show ``text`` in an error box."""
     at = AppTest.from_file(str(APP), default_timeout=30).run()
-    assert not at.exception
+    assert_page_ok(at)
     assert any(text in e.value for e in at.error)
     for page in PAGES[1:]:  # every page degrades to the same message
         at.switch_page(page).run()
-        assert not at.exception
+        assert_page_ok(at)
         assert any(text in e.value for e in at.error)
 
 
@@ -134,7 +118,7 @@ def test_every_page_renders_with_a_selected_run(app_env, stored_runs, page):
     at = open_page(page, selected=run["cache_key"])
     assert at.title, "page has a title"
     # The sidebar shows the selected run on every page, and the research-tool notice is there.
-    assert f"**{run['label']}**" in texts(at.sidebar.markdown)
+    assert f"**{run_name(run)}**" in texts(at.sidebar.markdown)
     assert any("not a medical device" in c for c in texts(at.caption))
 
 
@@ -144,7 +128,7 @@ def test_pages_without_a_selection_offer_a_picker(app_env, stored_runs):
         picker = at.selectbox(key=f"{page.split('/')[1][:-3]}_pick")
         assert picker.value is None
         picker.set_value(stored_runs[SVD]["cache_key"]).run()
-        assert not at.exception
+        assert_page_ok(at)
         assert at.session_state["selected_run"] == stored_runs[SVD]["cache_key"]
 
 
@@ -154,12 +138,13 @@ def test_pages_without_a_selection_offer_a_picker(app_env, stored_runs):
 
 def test_cached_run_is_shown_without_recomputation(app_env, stored_runs, counters):
     at = explorer_config(open_page("pages/explorer.py"), LOW)
-    assert not at.exception
-    assert stored_runs[LOW]["label"] in texts(at.subheader)
+    assert_page_ok(at)
+    assert describe_config(LOW.canonical()) in texts(at.subheader)
     assert any("nothing recomputed" in c for c in texts(at.caption))
     assert counters == {"compress": 0, "put": 0}
     labels = [m.label for m in at.main.metric]
-    for card in ("FLOPs (whole model)", "Parameters", "Measured speed-up", "Accuracy", "Macro F1", "vs original"):
+    for card in ("FLOPs (whole model)", "Parameters", "Measured speed (batch 1)", "Accuracy", "Macro F1",
+                 "vs original"):
         assert card in labels
     accuracy = [m for m in at.main.metric if m.label == "Accuracy"][0]
     run = stored_runs[LOW]
@@ -169,15 +154,15 @@ def test_cached_run_is_shown_without_recomputation(app_env, stored_runs, counter
 
 def test_moving_a_slider_changes_the_shown_run(app_env, stored_runs, counters):
     at = explorer_config(open_page("pages/explorer.py"), LOW)
-    assert stored_runs[LOW]["label"] in texts(at.subheader)
+    assert describe_config(LOW.canonical()) in texts(at.subheader)
     at.select_slider(key="explorer_energy").set_value(0.99).run()
-    assert not at.exception
-    assert stored_runs[HIGH]["label"] in texts(at.subheader)
-    assert stored_runs[LOW]["label"] not in texts(at.subheader)
+    assert_page_ok(at)
+    assert describe_config(HIGH.canonical()) in texts(at.subheader)
+    assert describe_config(LOW.canonical()) not in texts(at.subheader)
     assert at.session_state["selected_run"] == stored_runs[HIGH]["cache_key"]
     at.selectbox(key="explorer_method").set_value("svd")
     at.select_slider(key="explorer_energy").set_value(0.9).run()
-    assert stored_runs[SVD]["label"] in texts(at.subheader)
+    assert describe_config(SVD.canonical()) in texts(at.subheader)
     assert at.slider(key="explorer_grid").disabled
     assert counters == {"compress": 0, "put": 0}
 
@@ -188,15 +173,15 @@ def test_run_button_computes_with_progress_and_then_hits_the_cache(app_env, coun
     assert any("has not been computed" in i for i in texts(at.info))
     assert counters["compress"] == 0
     at.button(key="explorer_run").click().run()
-    assert not at.exception
+    assert_page_ok(at)
     assert counters == {"compress": 1, "put": 1}
     assert any("Computed and stored" in s for s in texts(at.success))
-    assert cfg.label() in texts(at.subheader)
+    assert describe_config(cfg.canonical()) in texts(at.subheader)
     key = run_key(app_env, app_env.baseline()[1], cfg)
     assert app_env.store.has_run(key)
     # A fresh session finds it in the store: no second computation.
     at2 = explorer_config(open_page("pages/explorer.py"), cfg)
-    assert cfg.label() in texts(at2.subheader)
+    assert describe_config(cfg.canonical()) in texts(at2.subheader)
     assert counters == {"compress": 1, "put": 1}
 
 
@@ -204,38 +189,38 @@ def test_failed_run_is_a_message_and_leaves_the_store_intact(app_env, monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("decomposition exploded")
 
-    monkeypatch.setattr(pipeline, "_compressor", broken)
+    monkeypatch.setattr(pipeline, "_decompose", broken)
     before = app_env.store.keys()
     at = explorer_config(open_page("pages/explorer.py"), RunConfig(grid=3, clusters=2, energy=0.9, seed=8))
     at.button(key="explorer_run").click().run()
-    assert not at.exception
+    assert_page_ok(at)
     assert any("decomposition exploded" in e for e in texts(at.error))
     assert app_env.store.keys() == before
     at.switch_page("pages/pareto.py").run()  # the app keeps working
-    assert not at.exception
+    assert_page_ok(at)
     assert at.get("plotly_chart")
 
 
 def test_budget_mode_needs_no_energy(app_env):
     at = open_page("pages/explorer.py")
     at.radio(key="explorer_mode").set_value("FLOPs budget").run()
-    assert not at.exception
+    assert_page_ok(at)
     assert at.select_slider(key="explorer_budget").value == 3.0
-    assert any("x3 has not been computed" in i or "3x" in i for i in texts(at.info))
+    assert any("greedy budget x3** has not been computed" in i for i in texts(at.info))
 
 
 def test_hscc_plus_switches_change_the_run(app_env, stored_runs):
     at = open_page("pages/explorer.py")
     assert at.radio(key="explorer_alloc").disabled  # energy thresholds are the uniform rule
     at.radio(key="explorer_mode").set_value("FLOPs budget").run()
-    assert not at.exception
+    assert_page_ok(at)
     assert not at.radio(key="explorer_alloc").disabled and at.radio(key="explorer_alloc").value == "greedy"
-    assert any("greedy 3x** has not been computed" in i for i in texts(at.info))
+    assert any("4 output clusters, greedy budget x3** has not been computed" in i for i in texts(at.info))
     at.radio(key="explorer_side").set_value("input").run()
-    assert not at.exception
-    assert any(" in greedy 3x** has not been computed" in i for i in texts(at.info))
+    assert_page_ok(at)
+    assert any("4 input clusters, greedy budget x3** has not been computed" in i for i in texts(at.info))
     at.radio(key="explorer_alloc").set_value("uniform").run()
-    assert any(" in 3x** has not been computed" in i for i in texts(at.info))
+    assert any("4 input clusters, budget x3** has not been computed" in i for i in texts(at.info))
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,14 +240,14 @@ def test_pareto_click_selects_the_run_for_every_page(app_env, stored_runs):
                                                                   "customdata": [target["cache_key"], ""]}],
                                                       "point_indices": [0], "box": [], "lasso": []}}
     at.run()
-    assert not at.exception
+    assert_page_ok(at)
     assert at.session_state["selected_run"] == target["cache_key"]
-    assert f"**{target['label']}**" in texts(at.sidebar.markdown)
+    assert f"**{run_name(target)}**" in texts(at.sidebar.markdown)
     # The explorer loads the clicked run's configuration into its widgets.
     at.switch_page("pages/explorer.py").run()
-    assert not at.exception
+    assert_page_ok(at)
     assert at.select_slider(key="explorer_energy").value == 0.99
-    assert target["label"] in texts(at.subheader)
+    assert describe_config(target["config"]) in texts(at.subheader)
     at.switch_page("pages/confusion.py").run()
     assert at.selectbox(key="confusion_pick").value == target["cache_key"]
 
@@ -272,14 +257,14 @@ def test_pareto_axes_and_filters(app_env, stored_runs):
     at.selectbox(key="pareto_y").set_value("kl_to_original")
     at.selectbox(key="pareto_x").set_value("params")
     at.checkbox(key="pareto_se").check().run()
-    assert not at.exception
+    assert_page_ok(at)
     at.multiselect(key="pareto_methods").set_value(["svd"]).run()
-    assert not at.exception
+    assert_page_ok(at)
     spec = at.get("plotly_chart")[0].proto.spec
     assert stored_runs[SVD]["cache_key"] in spec
     assert stored_runs[LOW]["cache_key"] not in spec
     at.selectbox(key="pareto_x").set_value("latency").run()  # no run has latency: still renders
-    assert not at.exception
+    assert_page_ok(at)
     at.selectbox(key="pareto_x").set_value("flops")
     at.multiselect(key="pareto_methods").set_value(["hscc", "svd"]).run()
     sides = [m for m in at.multiselect if m.label == "HSCC cluster side"][0]
@@ -292,8 +277,9 @@ def test_pareto_axes_and_filters(app_env, stored_runs):
 def test_confusion_page_counts_and_normalised(app_env, stored_runs):
     at = open_page("pages/confusion.py", selected=stored_runs[LOW]["cache_key"])
     assert len(at.get("plotly_chart")) == 6  # original, run, difference, F1, precision, recall
+    assert_page_ok(at)
     at.radio(key="confusion_norm").set_value("row-normalised (recall per true class)").run()
-    assert not at.exception
+    assert_page_ok(at)
     assert "share of row" in at.get("plotly_chart")[0].proto.spec
 
 
@@ -302,6 +288,7 @@ def test_heatmaps_page_draws_all_overlays(app_env, stored_runs):
     at = open_page("pages/heatmaps.py", selected=run["cache_key"])
     assert not at.error, texts(at.error)
     assert len(at.get("plotly_chart")) == 5  # regions, clusters, error, Grad-CAM x2
+    assert_page_ok(at)
     assert any("not a medical device" in i for i in texts(at.info))
     at.radio(key="heatmaps_kind").set_value("FLOPs kept")
     at.selectbox(key="heatmaps_layer").set_value(list(run["layers"])[1])
@@ -310,7 +297,7 @@ def test_heatmaps_page_draws_all_overlays(app_env, stored_runs):
     assert "FLOPs kept" in at.get("plotly_chart")[0].proto.spec
     # A baseline run has no clusters: a message replaces that map.
     at.selectbox(key="heatmaps_pick").set_value(stored_runs[SVD]["cache_key"]).run()
-    assert not at.exception
+    assert_page_ok(at)
     assert len(at.get("plotly_chart")) == 4
     assert any("HSCC runs only" in i for i in texts(at.info))
 
@@ -339,69 +326,10 @@ def test_report_page_offers_html_and_png(app_env, stored_runs):
     at = open_page("pages/report.py", selected=stored_runs[LOW]["cache_key"])
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Download HTML report", "Download PNG figures (zip)"]
+    assert_page_ok(at)
     at.selectbox(key="report_preview").set_value("Per-class F1").run()
-    assert not at.exception
+    assert_page_ok(at)
     assert len(at.get("image")) == 1
-
-
-# --------------------------------------------------------------------------------------------
-# Performance with many cached runs (recorded in docs/app-performance.md)
-
-ENERGIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999)
-
-
-def populate(ws, base: dict, arrays: dict, n: int = 120) -> list[RunConfig]:
-    """Store ``n`` runs under the keys of real HSCC configs (copies of ``base`` with varied metrics)."""
-    meta = ws.baseline()[1]
-    configs = [RunConfig(grid=g, clusters=k, energy=e) for g in (2, 3, 4, 1) for k in (2, 4, 8, 1, 16)
-               for e in ENERGIES][:n]
-    for i, cfg in enumerate(configs):
-        run = {k: v for k, v in base.items() if k not in ("cache_key", "cached")}
-        run.update(config=cfg.canonical(), label=cfg.label(), accuracy=0.4 + 0.5 * (i % 17) / 17,
-                   flops=int(base["flops"] * (0.3 + 0.7 * (i % 23) / 23)))
-        ws.store.put_run(run_key(ws, meta, cfg), run, arrays)
-    return configs
-
-
-@pytest.fixture
-def many_runs_env(trained_workspace, stored_runs, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    shutil.copytree(trained_workspace.cache_dir, cache)
-    from hscc_core.runs.workspace import Workspace
-
-    ws = Workspace.from_env(env=tiny_env(trained_workspace.data, cache))
-    base = stored_runs[LOW]
-    populate(ws, base, ws.store.get_arrays(base["cache_key"]))
-    use_tiny_app_env(monkeypatch, trained_workspace.data, cache)
-    return ws
-
-
-def test_performance_with_100_cached_runs(many_runs_env, stored_runs, counters):
-    """Slider to a cached result <= 0.5 s and page switch <= 1 s (medians, in-process script runs)."""
-    assert len(many_runs_env.store.keys()) >= 100
-    at = open_page("pages/explorer.py", selected=stored_runs[LOW]["cache_key"])
-    at = explorer_config(at, RunConfig(grid=2, clusters=2, energy=0.9))
-    slider_times = []
-    for energy in (0.95, 0.96, 0.97, 0.98, 0.5, 0.6):
-        start = time.perf_counter()
-        at.select_slider(key="explorer_energy").set_value(energy).run()
-        slider_times.append(time.perf_counter() - start)
-        assert RunConfig(grid=2, clusters=2, energy=energy).label() in texts(at.subheader)
-    switch: dict[str, float] = {}
-    for page in PAGES[2:] + PAGES[:2]:  # first visits (warm-up of per-page caches) are not counted
-        at.switch_page(page).run()
-    for _ in range(2):  # best of two tours: the machine may be shared
-        for page in PAGES[2:] + PAGES[:2]:
-            start = time.perf_counter()
-            at.switch_page(page).run()
-            switch[page] = min(switch.get(page, math.inf), time.perf_counter() - start)
-            assert not at.exception
-    assert counters["put"] == 0  # (the heatmaps page rebuilt its model: a resource, not a run)
-    print(f"\nslider to cached result: median {statistics.median(slider_times):.3f} s, "
-          f"max {max(slider_times):.3f} s; page switch: "
-          + ", ".join(f"{p.split('/')[1][:-3]} {t:.3f} s" for p, t in switch.items()))
-    assert statistics.median(slider_times) <= 0.5
-    assert max(switch.values()) <= 1.0
 
 
 @pytest.mark.parametrize("size", ["5", "abc"])

@@ -1,4 +1,4 @@
-"""Tests for hscc_core.compress.baselines: Global SVD and Tucker-2 as real factorised modules."""
+"""Tests for hscc_core.compress.svd and hscc_core.compress.tucker: the baselines as real factorised modules."""
 
 import json
 
@@ -8,19 +8,10 @@ import torch
 import torchvision
 from torch import nn
 
-from hscc_core.compress.baselines import (
-    LowRankConv2d,
-    Tucker2Conv2d,
-    build_svd,
-    build_tucker,
-    layer_shapes,
-    plan_svd,
-    plan_svd_macs,
-    plan_tucker,
-    plan_tucker_macs,
-    svd_decompose,
-    tucker_decompose,
-)
+from hscc_core.compress.summary import LayerSummary
+from hscc_core.compress.svd import LowRankConv2d, build_svd, plan_svd, plan_svd_macs, svd_decompose
+from hscc_core.compress.tucker import Tucker2Conv2d, build_tucker, plan_tucker, plan_tucker_macs, tucker_decompose
+from hscc_core.nn.layers import layer_shapes
 from hscc_core.measure.costs import layer_flops
 
 torch.set_num_threads(2)
@@ -126,9 +117,12 @@ def test_flops_closed_form_and_monotone(method):
         assert plan.macs() == cost(decomp, e)
         totals.append(sum(counted.values()))
         errors.append(sum(weight_error(model, comp, n) for n in names))
-        summ = plan.layer_summary()
-        json.dumps(summ)
-        assert set(summ) == set(names) and all(s["macs"] <= s["original_macs"] for s in summ.values())
+        summ = plan.summaries()
+        assert set(summ) == set(names) and all(s.macs <= s.original_macs for s in summ.values())
+        for name, s in summ.items():
+            assert s.kind == method and len(s.regions) == 1 and s.regions[0].macs == s.macs == plan.layer_macs(name)
+            assert s.regions[0].bounds == (0, *s.out_hw[:1], 0, *s.out_hw[1:])
+            assert LayerSummary.from_json(json.loads(json.dumps(s.to_json()))) == s
     assert totals[0] < totals[-1] == 2 * decomp.original_macs
     assert all(a <= b for a, b in zip(totals, totals[1:]))
     assert all(b <= a * (1 + 1e-6) + 1e-9 for a, b in zip(errors, errors[1:]))

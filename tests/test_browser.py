@@ -8,54 +8,41 @@ Screenshots go to a temporary folder; set ``HSCC_SCREENSHOTS=DIR`` to keep them 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import tiny_env
-from test_app import LOW, SVD, populate, stored_runs  # noqa: F401 - stored_runs is a fixture
+from conftest import CHROMIUM_FLAGS, ROOT, chromium, populate, streamlit_server, tiny_env, wait_idle
+from hscc_core.present.labels import describe_config, run_name
+from hscc_core.runs.config import RunConfig
+from hscc_core.runs.pipeline import compress_run
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LOW = RunConfig(grid=2, clusters=2, energy=0.9)
+SVD = RunConfig(method="svd", energy=0.9)
+DEFAULT = RunConfig()  # what the Explorer opens on
 PAGES = [("Baseline", "Baseline model"), ("Explorer", "Explorer"), ("Pareto", "Pareto fronts"),
          ("Confusion", "Confusion matrices"), ("Heatmaps", "Heatmaps"), ("Report", "Report")]
 # Each page's main element, as a JavaScript condition.
 MAIN = {"Baseline": "document.querySelectorAll('[data-testid=\"stMetric\"]').length >= 4",
-        "Explorer": "[...document.querySelectorAll('h3')].some(h => h.textContent.includes('tau='))",
+        "Explorer": "[...document.querySelectorAll('h3')].some(h => h.textContent.includes('tau '))",
         "Pareto": "document.querySelectorAll('.js-plotly-plot').length >= 1",
         "Confusion": "document.querySelectorAll('.js-plotly-plot').length >= 6",
         "Heatmaps": "document.querySelectorAll('.js-plotly-plot').length >= 4",
         "Report": "[...document.querySelectorAll('button')].some(b => b.textContent.includes('Download HTML'))"}
 
 
-def chromium() -> str:
-    for candidate in (os.environ.get("HSCC_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
-                      shutil.which("chromium-browser"), shutil.which("google-chrome")):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.skip("no Chromium binary (looked for chromium, /usr/bin/chromium, chromium-browser, google-chrome); "
-                "`make test` installs Debian's chromium with apt-get when it can")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def stored_runs(trained_workspace):
+    return {cfg: compress_run(trained_workspace, cfg, measure_speed=False)[0] for cfg in (LOW, SVD)}
 
 
 @pytest.fixture
-def server(trained_workspace, stored_runs, tmp_path):  # noqa: F811 - the imported fixture
+def server(trained_workspace, stored_runs, tmp_path):
     """The app on 127.0.0.1 with a store of 100+ runs; yields its URL."""
     from hscc_core.runs.workspace import Workspace
 
@@ -69,45 +56,7 @@ def server(trained_workspace, stored_runs, tmp_path):  # noqa: F811 - the import
         yield url
 
 
-@contextlib.contextmanager
-def streamlit_server(script: Path, env: dict, log_path: Path, start_timeout: float = 90):
-    """Run ``streamlit run script`` headless on a free 127.0.0.1 port until the block ends; yields
-    its URL once the health check answers (the test fails with the log's end if it never does)."""
-    port = free_port()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
-             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats",
-             "false", "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + start_timeout
-            while True:
-                try:
-                    if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    pytest.fail("streamlit did not start:\n" + log_path.read_text()[-3000:])
-                time.sleep(0.3)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def wait_idle(page, timeout=60_000) -> None:
-    """Wait until Streamlit has finished running the script (its status widget is gone)."""
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
-
-
-def test_every_page_in_headless_chromium(server, tmp_path, stored_runs):  # noqa: F811
+def test_every_page_in_headless_chromium(server, tmp_path, stored_runs):
     from playwright.sync_api import sync_playwright
 
     exe = chromium()
@@ -138,7 +87,7 @@ def test_every_page_in_headless_chromium(server, tmp_path, stored_runs):  # noqa
 
             # Explorer: the default configuration is cached, so it shows at once; a slider step too.
             open_page("Explorer", "Explorer")
-            page.get_by_role("heading", name="hscc G2 K4 tau=0.95").wait_for()
+            page.get_by_role("heading", name=describe_config(DEFAULT.canonical())).wait_for()
             assert page.get_by_text("nothing recomputed").first.is_visible()
             thumb = page.get_by_role("slider").nth(2)  # G, K, then tau
             thumb.wait_for()
@@ -146,7 +95,7 @@ def test_every_page_in_headless_chromium(server, tmp_path, stored_runs):  # noqa
             thumb.focus()
             start = time.perf_counter()
             page.keyboard.press("ArrowRight")
-            page.get_by_role("heading", name="hscc G2 K4 tau=0.96").wait_for()
+            page.get_by_role("heading", name=describe_config(RunConfig(energy=0.96).canonical())).wait_for()
             timings["slider"] = time.perf_counter() - start
             wait_idle(page)
 
@@ -157,7 +106,7 @@ def test_every_page_in_headless_chromium(server, tmp_path, stored_runs):  # noqa
             svd_point = page.locator(".js-plotly-plot .scatterlayer .trace").nth(1).locator("path.point").first
             svd_point.click(force=True)
             sidebar = page.locator('[data-testid="stSidebar"]')
-            sidebar.get_by_text(stored_runs[SVD]["label"], exact=True).wait_for()
+            sidebar.get_by_text(run_name(stored_runs[SVD]), exact=True).wait_for()
             wait_idle(page)
 
             open_page("Confusion", "Confusion matrices")
@@ -168,9 +117,9 @@ def test_every_page_in_headless_chromium(server, tmp_path, stored_runs):  # noqa
             open_page("Heatmaps", "Heatmaps")
             page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 4")
             assert page.get_by_text("HSCC runs only").first.is_visible()
-            page.locator("[data-testid='stSelectbox']").first.click()  # back to an HSCC run: type its key
-            page.keyboard.type(stored_runs[LOW]["cache_key"][:8])
-            page.get_by_role("option", name=stored_runs[LOW]["cache_key"][:8]).click()
+            page.locator("[data-testid='stSelectbox']").first.click()  # back to an HSCC run: type its name
+            page.keyboard.type(run_name(stored_runs[LOW]))
+            page.get_by_role("option").filter(has_text=run_name(stored_runs[LOW])).first.click()
             page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 5")
             wait_idle(page)
             page.screenshot(path=str(shots / "heatmaps.jpg"), type="jpeg", quality=70)
@@ -183,7 +132,7 @@ def test_every_page_in_headless_chromium(server, tmp_path, stored_runs):  # noqa
             with page.expect_download() as info:
                 button.click()
             html = Path(info.value.path()).read_text(encoding="utf-8")
-            assert "plotly.js v" in html and stored_runs[LOW]["label"] in html
+            assert "plotly.js v" in html and run_name(stored_runs[LOW]) in html
 
             # Page switches once every page has been visited (its caches warm), as a user moves around.
             for title, heading in PAGES[::-1][1:] + PAGES[1:]:
@@ -192,6 +141,6 @@ def test_every_page_in_headless_chromium(server, tmp_path, stored_runs):  # noqa
             context.close()
     print("\nbrowser timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
     assert all((shots / f"{name.lower()}.jpg").stat().st_size > 10_000 for name, _ in PAGES)
-    # Timings are reported, not asserted: in a browser they follow the machine's load (the in-process
-    # budgets are asserted in tests/test_app.py); measured numbers are in docs/app-performance.md.
+    # Timings are reported, not asserted: they follow the machine's load; measured numbers are in
+    # docs/app-performance.md (benchmarks/app_speed.py).
     assert set(timings) == {"slider", *(name for name, _ in PAGES)}

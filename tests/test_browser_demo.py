@@ -1,6 +1,6 @@
 """Real-browser test of the clinician demo: a test slice, then a DICOM upload, in headless Chromium.
 
-Reuses tests/test_browser.py's helpers (Debian's Chromium through Playwright's ``executable_path``;
+Uses the browser helpers of tests/conftest.py (Debian's Chromium through Playwright's ``executable_path``;
 no browser is ever downloaded) and skips cleanly when Chromium or Playwright is missing. The app is
 served on a free localhost port from a copy of the tiny workspace's cache, and the demo page is
 opened from the navigation.
@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_env
-from test_browser import CHROMIUM_FLAGS, chromium, streamlit_server, wait_idle
-from hscc_core.runs.pipeline import RunConfig, compress_run
+from conftest import CHROMIUM_FLAGS, chromium, dicom_bytes, streamlit_server, tiny_env, wait_idle
+from hscc_core.present.labels import run_name
+from hscc_core.runs.config import RunConfig
+from hscc_core.runs.pipeline import compress_run
 
 pytestmark = pytest.mark.browser
 
@@ -63,8 +64,6 @@ def wait_figures(page, n: int) -> None:
 def test_demo_in_headless_chromium(demo_server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from test_imageio import dicom_bytes
-
     shots = Path(os.environ.get("HSCC_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
     run = demo_server["run"]
@@ -87,7 +86,7 @@ def test_demo_in_headless_chromium(demo_server, tmp_path):
 
             # Choose the stored run in the page's run box (nothing is selected in a fresh session).
             page.get_by_role("combobox", name="Run").click()
-            page.get_by_role("option").filter(has_text=run["label"]).first.click()
+            page.get_by_role("option").filter(has_text=run_name(run)).first.click()
             wait_figures(page, 4)
             wait_idle(page)
             assert page.get_by_text("Time for this slice").count() == 2

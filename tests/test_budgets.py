@@ -6,13 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from hscc_core.compress.baselines import (
-    build_svd, build_tucker, plan_svd, plan_svd_macs, plan_tucker, plan_tucker_macs, svd_decompose,
-    tucker_decompose,
-)
 from hscc_core.compress.budgets import MIN_ENERGY, BudgetResult, search_energy
-from hscc_core.compress.calibration import compute_stats
-from hscc_core.compress.hscc import build_hscc, decompose_hscc, plan_from_decomposition, plan_macs
+from hscc_core.compress.methods import Settings, get_method
 from hscc_core.measure.costs import layer_flops
 
 torch.set_num_threads(2)
@@ -73,19 +68,13 @@ def tiny():
 @pytest.mark.parametrize("method", ["hscc", "svd", "tucker"])
 def test_each_method_meets_a_budget_measured_by_flop_counter(tiny, method):
     model, x, shape = tiny
-    if method == "hscc":
-        d = decompose_hscc(model, compute_stats(model, x, 2), 3, seed=0)
-        cost, plan_fn, build = (lambda e: plan_macs(d, e)), plan_from_decomposition, build_hscc
-    elif method == "svd":
-        d = svd_decompose(model, input_shape=shape)
-        cost, plan_fn, build = (lambda e: plan_svd_macs(d, e)), plan_svd, build_svd
-    else:
-        d = tucker_decompose(model, input_shape=shape)
-        cost, plan_fn, build = (lambda e: plan_tucker_macs(d, e)), plan_tucker, build_tucker
-    r = search_energy(cost, d.original_macs, 2.0)
+    m = get_method(method)
+    d = m.decompose(model, shape, Settings(grid=2, clusters=3),
+                    lambda side, grid, clusters: side.compute_stats(model, x, grid, clusters, 0))
+    r = search_energy(lambda e: m.plan(d, e).macs(), d.original_macs, 2.0)
     assert r.met, r.message
-    comp = build(model, plan_fn(d, r.energy))
+    comp = m.build(model, m.plan(d, r.energy))
     measured = sum(layer_flops(comp, ["0", "2", "4"], shape).values()) / 2
     assert r.target_macs * 0.98 <= measured <= r.target_macs
-    far = search_energy(cost, d.original_macs, 100.0)
+    far = search_energy(lambda e: m.plan(d, e).macs(), d.original_macs, 100.0)
     assert not far.met and far.macs > far.target_macs and "infeasible" in far.message

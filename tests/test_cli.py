@@ -200,10 +200,10 @@ def test_budget_mode_defaults_to_greedy_and_budget_sweeps_skip_energies(capsys, 
 
 
 def test_interrupted_bench_says_so_without_a_table(capsys, trained_workspace, monkeypatch):
-    from hscc_core.cli import compress as cli_compress
+    from hscc_core.cli import bench as cli_bench
     from hscc_core.runs.sweeps import SweepResult
 
-    monkeypatch.setattr(cli_compress, "run_sweep",
+    monkeypatch.setattr(cli_bench, "run_sweep",
                         lambda *a, **k: SweepResult(computed=3, interrupted=True))
     code, out, err = run_cli(capsys, "bench", *_tiny_args(trained_workspace), "--no-speed", "--json")
     assert code == 130 and out == "" and "Traceback" not in err
@@ -213,3 +213,20 @@ def test_interrupted_bench_says_so_without_a_table(capsys, trained_workspace, mo
 def test_parallel_bench_refuses_to_time_runs(capsys, trained_workspace):
     code, out, err = run_cli(capsys, "bench", *_tiny_args(trained_workspace), "--workers", "2", "--json")
     assert code == 2 and out == "" and "--workers above 1 needs --no-speed" in err
+
+
+def test_list_options_take_words_quoted_words_and_commas():
+    from hscc_core.cli.main import build_parser
+
+    parser, _ = build_parser()
+    spelled = [["--grid", "1", "3"], ["--grid", "1 3"], ["--grid", "1,3"], ["--grid", "1", "3,"]]
+    for words in spelled:
+        args = parser.parse_args(["sweep", *words, "--energy", "0.9", "0.95", "--methods", "hscc", "svd"])
+        assert args.grid == [1, 3] and args.energy == [0.9, 0.95] and args.methods == ["hscc", "svd"], words
+    assert parser.parse_args(["sweep"]).grid == [1, 2, 4]  # the default when the option is absent
+    assert parser.parse_args(["bench", "--budgets", "3", "6"]).budgets == [3.0, 6.0]
+
+
+def test_bad_list_value_is_one_line(capsys):
+    code, out, err = run_cli(capsys, "sweep", "--grid", "1", "x")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "expected integers, got 'x'" in err

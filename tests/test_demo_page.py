@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import tiny_env, use_tiny_app_env
+from conftest import dicom_bytes, image_bytes, tiny_env, use_tiny_app_env
+from hscc_core.present.labels import run_name
 from hscc_core.present import predict
-from hscc_core.runs.pipeline import RunConfig, compress_run
-from test_imageio import dicom_bytes, image_bytes
+from hscc_core.runs.config import RunConfig
+from hscc_core.runs.pipeline import compress_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "pages" / "demo.py"
@@ -76,11 +77,11 @@ def test_test_slice_with_the_selected_run(page_env, stored, calls):
     assert len(got["Answer"]) == 2 and len(got["Time for this slice"]) == 2
     classes = [c.replace("_", " ") for c in page_env.images().classes]
     assert all(v in classes for v in got["Answer"])
-    assert any(stored["label"] in s.value for s in at.subheader)
+    assert any(run_name(stored) in s.value for s in at.subheader)
     summary = [e.value for e in (*at.success, *at.error) if "FLOPs" in e.value]
-    assert len(summary) == 1 and stored["label"] in summary[0]
+    assert len(summary) == 1 and run_name(stored) in summary[0]
     assert len(at.get("plotly_chart")) == 4  # Grad-CAM and probabilities, for each model
-    assert f"**{stored['label']}**" in [m.value for m in at.sidebar.markdown]
+    assert f"**{run_name(stored)}**" in [m.value for m in at.sidebar.markdown]
     assert calls["compare"] == 1
     # Presentation changes reuse the comparison; another slice computes a new one.
     at.slider(key="demo_opacity").set_value(0.8).run()

@@ -5,13 +5,11 @@ import json
 import pytest
 import torch
 
-from hscc_core.compress.baselines import (build_svd, build_tucker, plan_svd, plan_tucker, svd_decompose,
-                                 tucker_decompose)
-from hscc_core.compress.calibration import compute_stats
+from conftest import hscc_model
 from hscc_core.compress.export import describe, export_torchscript, load_compressed, save_compressed
-from hscc_core.compress.hscc import HSCCConfig, HSCCConv2d, compress_hscc
-from hscc_core.compress.hscc_input import (HSCCInputConv2d, build_hscc_input, compute_input_stats,
-                                   decompose_hscc_input, plan_input)
+from hscc_core.compress.hscc import RegionLayer
+from hscc_core.compress.svd import build_svd, plan_svd, svd_decompose
+from hscc_core.compress.tucker import build_tucker, plan_tucker, tucker_decompose
 from hscc_core.nn.models import build_model
 
 torch.set_num_threads(2)
@@ -26,13 +24,11 @@ def tiny_and_inputs():
 
 def compressed_models():
     model, x = tiny_and_inputs()
-    stats = compute_stats(model, x, 2)
-    hscc, _ = compress_hscc(model, stats, HSCCConfig(2, 3, 0.8))
+    hscc, _ = hscc_model(model, x, "output", 2, 3, 0.8)
     svd = build_svd(model, plan_svd(svd_decompose(model, input_shape=SHAPE), 0.5))
     tucker = build_tucker(model, plan_tucker(tucker_decompose(model, input_shape=SHAPE), 0.6))
     # Input side at 0.8: a mix of factorised, dense and rank-0 clusters and reordered channels.
-    hscc_input = build_hscc_input(model, plan_input(decompose_hscc_input(
-        model, compute_input_stats(model, x, 2, 3, seed=0)), 0.8))
+    hscc_input, _ = hscc_model(model, x, "input", 2, 3, 0.8)
     return x, {"hscc": hscc, "svd": svd, "tucker": tucker, "hscc_input": hscc_input}
 
 
@@ -60,13 +56,13 @@ def test_save_load_round_trip(tmp_path, models, method):
         if method.startswith("hscc"):
             # The rebuilt layers' reference path agrees too (structure restored, not just weights).
             for name, mod in loaded.named_modules():
-                if isinstance(mod, (HSCCConv2d, HSCCInputConv2d)):
+                if isinstance(mod, RegionLayer):
                     orig = comp.get_submodule(name)
                     xi = torch.randn(2, mod.in_channels, 40, 40)[..., : _in_side(orig), : _in_side(orig)]
                     torch.testing.assert_close(mod.forward_reference(xi), orig.forward_reference(xi))
 
 
-def _in_side(mod: HSCCConv2d | HSCCInputConv2d) -> int:
+def _in_side(mod: RegionLayer) -> int:
     """An input side giving the layer's calibrated output size (square maps, stride 1 or 2)."""
     (kh, _), (sh, _), (dh, _) = mod.kernel_size, mod.stride, mod.dilation
     pt, pb = mod.pads[:2]

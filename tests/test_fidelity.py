@@ -7,10 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from hscc_core.compress.calibration import compute_stats
+from conftest import hscc_decomposition
+from hscc_core.compress.hscc import build_hscc, plan_at_energy
 from hscc_core.measure.fidelity import layer_error_map, layer_errors
-from hscc_core.compress.hscc import build_hscc, decompose_hscc, plan_from_decomposition
-from hscc_core.compress.hscc_input import build_hscc_input, compute_input_stats, decompose_hscc_input, plan_input
 
 torch.set_num_threads(2)
 
@@ -53,22 +52,22 @@ def test_identical_models_have_zero_error():
 
 def test_error_decreases_as_energy_rises():
     model = small_cnn()
-    decomp = decompose_hscc(model, compute_stats(model, CALIB, 2), 2)
-    errs = [layer_errors(model, build_hscc(model, plan_from_decomposition(decomp, e)), NAMES, HELD_OUT)
+    decomp = hscc_decomposition(model, CALIB, "output", 2, 2)
+    errs = [layer_errors(model, build_hscc(model, plan_at_energy(decomp, e)), NAMES, HELD_OUT)
             for e in (0.3, 0.6, 0.9, 0.99)]
     for n in NAMES:
         seq = [e[n] for e in errs]
         assert all(b <= a * (1 + 1e-6) + 1e-12 for a, b in zip(seq, seq[1:])), (n, seq)
         assert seq[0] > 10 * seq[-1] and 0 < seq[0] < 1
     # At tau = 1 on the calibration images the layers are reproduced (the promise of tau = 1).
-    exact = layer_errors(model, build_hscc(model, plan_from_decomposition(decomp, 1.0)), NAMES, CALIB)
+    exact = layer_errors(model, build_hscc(model, plan_at_energy(decomp, 1.0)), NAMES, CALIB)
     assert all(v < 1e-10 for v in exact.values())
 
 
 def test_errors_do_not_compound_and_work_for_input_side():
     model = small_cnn()
-    decomp = decompose_hscc_input(model, compute_input_stats(model, CALIB, 2, 2, seed=0, layers=["0"]))
-    comp = build_hscc_input(model, plan_input(decomp, 0.5))
+    decomp = hscc_decomposition(model, CALIB, "input", 2, 2, layers=["0"])
+    comp = build_hscc(model, plan_at_energy(decomp, 0.5))
     errs = layer_errors(model, comp, NAMES, HELD_OUT)
     # Only layer 0 is compressed; later layers get the original's inputs, so they stay exact even
     # though the compressed model's own activations have drifted.
@@ -79,8 +78,8 @@ def test_errors_do_not_compound_and_work_for_input_side():
 
 def test_error_map_mean_is_the_layer_error():
     model = small_cnn()
-    decomp = decompose_hscc(model, compute_stats(model, CALIB, 3), 2)
-    comp = build_hscc(model, plan_from_decomposition(decomp, 0.7))
+    decomp = hscc_decomposition(model, CALIB, "output", 3, 2)
+    comp = build_hscc(model, plan_at_energy(decomp, 0.7))
     for x in (HELD_OUT[3], HELD_OUT[:4]):
         m = layer_error_map(model, comp, "2", x)
         batch = x.unsqueeze(0) if x.ndim == 3 else x

@@ -13,10 +13,11 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, RLELossless, generate_uid
+from pydicom.uid import JPEGLSLossless, RLELossless
 
+from conftest import dicom_bytes, dicom_dataset, image_bytes, to_bytes
 from hscc_core.data import imageio
 from hscc_core.data.folders import decode_image
 from hscc_core.data.imageio import LoadedSlice, SliceError, apply_window, load_slice
@@ -24,57 +25,6 @@ from hscc_core.data.imageio import LoadedSlice, SliceError, apply_window, load_s
 
 # --------------------------------------------------------------------------------------------
 # File builders (shared with test_predict and the page tests)
-
-
-def image_bytes(arr: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
-    img = Image.fromarray(arr)
-    if mode is not None:
-        img = img.convert(mode)
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def dicom_dataset(stored: np.ndarray, photometric: str = "MONOCHROME2", signed: bool = False, **tags) -> Dataset:
-    """An MR image data set (Explicit VR Little Endian) with 16-bit stored values ``stored``
-    ((rows, cols) or (frames, rows, cols), or (rows, cols, 3) uint8 for RGB)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
-    ds.PatientName = "Anonymous^Test"  # must never show up in the loader's metadata
-    ds.PhotometricInterpretation = photometric
-    if photometric == "RGB":
-        ds.Rows, ds.Columns = stored.shape[:2]
-        ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
-        ds.BitsAllocated = ds.BitsStored = 8
-        ds.HighBit, ds.PixelRepresentation = 7, 0
-        ds.PixelData = stored.astype(np.uint8).tobytes()
-    else:
-        ds.Rows, ds.Columns = stored.shape[-2:]
-        if stored.ndim == 3:
-            ds.NumberOfFrames = stored.shape[0]
-        ds.SamplesPerPixel = 1
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation = 1 if signed else 0
-        ds.PixelData = stored.astype(np.int16 if signed else np.uint16).tobytes()
-    for name, value in tags.items():
-        setattr(ds, name, value)
-    return ds
-
-
-def dicom_bytes(stored: np.ndarray, **kwargs) -> bytes:
-    return to_bytes(dicom_dataset(stored, **kwargs))
-
-
-def to_bytes(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def ramp(rows: int = 6, cols: int = 8, start: int = 0, step: int = 10) -> np.ndarray:

@@ -2,11 +2,15 @@
 
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 
-import hscc_core.compress.calibration as calibration
+import hscc_core.compress.hscc.stats as calibration
+from hscc_core.measure.metrics import predict_proba
+from hscc_core.present.explain import layer_reconstruction_error
 from hscc_core.runs import pipeline
-from hscc_core.runs.pipeline import RunConfig, compress_run, original_run, run_key
+from hscc_core.runs.config import RunConfig
+from hscc_core.runs.pipeline import compress_run, original_run, rebuild_model
 
 RUN_FIELDS = ("method", "config", "cache_key", "cached", "accuracy", "accuracy_se", "macro_f1", "macro_f1_se",
               "per_class", "confusion_matrix", "flops", "flops_original", "layer_flops", "layer_flops_original",
@@ -37,7 +41,7 @@ def test_energy_one_reproduces_original_predictions(trained_workspace):
 def test_cache_hit_and_calibration_reuse(trained_workspace, monkeypatch):
     ws = trained_workspace
     calls = {"stats": 0, "compress": 0}
-    real_stats, real_compressor = calibration.compute_stats, pipeline._compressor
+    real_stats, real_compressor = calibration.compute_stats, pipeline._decompose
 
     def counting_stats(*a, **k):
         calls["stats"] += 1
@@ -48,7 +52,7 @@ def test_cache_hit_and_calibration_reuse(trained_workspace, monkeypatch):
         return real_compressor(*a, **k)
 
     monkeypatch.setattr(calibration, "compute_stats", counting_stats)
-    monkeypatch.setattr(pipeline, "_compressor", counting_compressor)
+    monkeypatch.setattr(pipeline, "_decompose", counting_compressor)
     monkeypatch.setattr(pipeline, "_DECOMPOSITIONS", OrderedDict())  # nothing kept from other tests
     cfg = RunConfig("hscc", grid=3, clusters=2, energy=0.8, calib_size=20)
     compress_run(ws, cfg, measure_speed=False)
@@ -96,36 +100,19 @@ def test_finetuning_changes_weights_not_flops(trained_workspace):
     assert tuned["layer_flops"] == base["layer_flops"] and tuned["cache_key"] != base["cache_key"]
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"grid": 0}, "grid"), ({"clusters": 0}, "clusters"), ({"energy": 0.0}, "energy"),
-    ({"energy": 1.2}, "energy"), ({"energy": None, "budget": 1.0}, "budget"), ({"method": "pca"}, "unknown method"),
-    ({"energy": 0.9, "budget": 3.0}, "not both"), ({"finetune_epochs": -1}, "finetune_epochs")])
-def test_config_validation(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        RunConfig(**kwargs)
-
-
-def test_budget_int_and_float_share_a_key(trained_workspace):
-    a = RunConfig("svd", energy=None, budget=3)
-    b = RunConfig("svd", energy=None, budget=3.0)
-    assert run_key(trained_workspace, None, a) == run_key(trained_workspace, None, b)
-    # Baselines ignore HSCC-only settings.
-    assert RunConfig("svd", grid=4).canonical() == RunConfig("svd", grid=1).canonical()
-
-
 def test_decomposition_reused_across_energies_not_across_configurations(trained_workspace, monkeypatch):
     ws, calls = trained_workspace, []
-    real = pipeline._compressor
+    real = pipeline._decompose
 
-    def counting(method, *a, **k):
-        calls.append(method)
-        return real(method, *a, **k)
+    def counting(ws, model, meta, config, progress):
+        calls.append(config.method)
+        return real(ws, model, meta, config, progress)
 
-    monkeypatch.setattr(pipeline, "_compressor", counting)
+    monkeypatch.setattr(pipeline, "_decompose", counting)
     monkeypatch.setattr(pipeline, "_DECOMPOSITIONS", OrderedDict())
     fresh = {}
     for e in (0.6, 0.9):  # a sweep's energies of one configuration: one decomposition
-        plan = pipeline.build_compressed(ws, RunConfig("hscc", grid=2, clusters=2, energy=e, calib_size=20))[1]
+        plan = pipeline.build_compressed(ws, RunConfig("hscc", grid=2, clusters=2, energy=e, calib_size=20)).plan
         fresh[e] = plan.macs()
     assert calls == ["hscc"] and fresh[0.6] < fresh[0.9]
     pipeline.build_compressed(ws, RunConfig("hscc", grid=2, clusters=3, energy=0.9, calib_size=20))
@@ -135,5 +122,36 @@ def test_decomposition_reused_across_energies_not_across_configurations(trained_
     # Only the last two are kept, and a kept decomposition gives what a new one gives.
     assert len(pipeline._DECOMPOSITIONS) == 2
     monkeypatch.setattr(pipeline, "_DECOMPOSITIONS", OrderedDict())
-    again = pipeline.build_compressed(ws, RunConfig("hscc", grid=2, clusters=2, energy=0.6, calib_size=20))[1]
+    again = pipeline.build_compressed(ws, RunConfig("hscc", grid=2, clusters=2, energy=0.6, calib_size=20)).plan
     assert again.macs() == fresh[0.6] and calls[-1] == "hscc"
+
+
+@pytest.mark.parametrize("side", ["output", "input"])
+def test_rebuilt_model_reproduces_the_stored_run(trained_workspace, side):
+    ws = trained_workspace
+    run, _ = compress_run(ws, RunConfig(grid=2, clusters=2, energy=0.9, cluster_side=side), measure_speed=False)
+    model = rebuild_model(ws, run)
+    images = ws.images()
+    probs = predict_proba(model, images.x_test, to_input=images.to_tensor)
+    stored = ws.store.get_arrays(run["cache_key"])
+    np.testing.assert_array_equal(probs.argmax(1), stored["predictions"])
+    np.testing.assert_allclose(probs, stored["probabilities"], atol=1e-5)
+    assert stored["labels.features.0"].shape[1] == (3 if side == "input" else 16)  # clustered channels
+    # Every compressed layer can be compared with the original on the same input.
+    x = images.to_tensor(images.x_test[:1])
+    original, _ = ws.baseline()
+    for layer in run["layers"]:
+        err, inp, out = layer_reconstruction_error(original, model, layer, x)
+        assert err.shape == out.shape[1:] and np.isfinite(err).all() and inp.ndim == 3
+    with pytest.raises(ValueError, match="original"):
+        rebuild_model(ws, original_run(ws)[0])
+    with pytest.raises(ValueError, match="another baseline"):
+        rebuild_model(ws, dict(run, model_fingerprint="0" * 24))
+
+
+def test_budget_runs_default_to_greedy_for_hscc_only(trained_workspace):
+    run, _ = compress_run(trained_workspace, RunConfig(energy=None, budget=2.0, calib_size=24), measure_speed=False)
+    assert run["allocation"] == "greedy" and run["energy"] is None and run["budget_search"]["met"] in (True, False)
+    assert run["config"]["allocation"] == "greedy"
+    svd, _ = compress_run(trained_workspace, RunConfig("svd", energy=None, budget=2.0), measure_speed=False)
+    assert svd["allocation"] == "uniform" and svd["energy"] is not None

@@ -8,34 +8,12 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
+from conftest import CLASSES, ORIGINAL, RUNS, fake_run
+
 from hscc_core.present import plots
 from hscc_core.runs.pareto import front_runs
 from hscc_core.present.plots import (METHOD_STYLE, OKABE_ITO, axis_se, confusion_difference_figure, confusion_figure,
                              confusion_values, key_from_selection, overlay_figure, pareto_figure, per_class_figure)
-
-CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
-
-
-def fake_run(i: int, method: str = "hscc", flops: float = 1e6, accuracy: float = 0.8, **extra) -> dict:
-    per_class = {c: {"precision": 0.5 + 0.1 * k, "precision_se": 0.01, "recall": 0.6, "recall_se": 0.02,
-                     "f1": 0.55 + 0.05 * k, "f1_se": 0.03 + 0.01 * k, "support": 10} for k, c in enumerate(CLASSES)}
-    run = {"method": method, "cache_key": f"{i:024x}", "label": f"{method} run {i}",
-           "config": {"method": method, "grid": 2, "clusters": 4, "energy": 0.9}, "classes": CLASSES,
-           "accuracy": accuracy, "accuracy_se": 0.02, "macro_f1": accuracy - 0.05, "macro_f1_se": 0.03,
-           "agreement": 0.9, "agreement_se": 0.01, "kl_to_original": 0.01, "kl_to_original_se": 0.001,
-           "flops": flops, "flops_original": 2e6, "params": flops / 10, "per_class": per_class,
-           "confusion_matrix": [[5, 1, 0, 0], [1, 4, 1, 0], [0, 0, 6, 0], [0, 0, 0, 0]],
-           "latency_ms": {"original": {"b1": {"median": 2.0, "p90": 2.5}},
-                          "compressed": {"b1": {"median": 1.0 + flops / 1e6, "p90": 2.0}}},
-           "speedup": {"b1": 1.5, "b32": 1.4}, "p_value_vs_original": 0.3}
-    run.update(extra)
-    return run
-
-
-RUNS = [fake_run(0, "hscc", 0.5e6, 0.70), fake_run(1, "hscc", 1.0e6, 0.85), fake_run(2, "svd", 0.8e6, 0.60),
-        fake_run(3, "tucker", 1.2e6, 0.80), fake_run(4, "hscc", 1.5e6, 0.90)]
-ORIGINAL = fake_run(9, "original", 2e6, 0.88, label=None, config={}, latency_ms=None)
-
 
 def trace(fig: go.Figure, name: str):
     matches = [t for t in fig.data if t.name == name or (t.name or "").startswith(name)]

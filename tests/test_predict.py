@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import dicom_bytes, dicom_dataset, image_bytes, to_bytes
 from hscc_core.cli import predict as cli_predict
 from hscc_core.present import predict
 from hscc_core.cli.main import main
 from hscc_core.measure.metrics import predict_proba
 from hscc_core.data.imageio import MAX_BYTES, LoadedSlice, load_slice
-from hscc_core.runs.pipeline import RunConfig, compress_run, original_run
+from hscc_core.runs.config import RunConfig
+from hscc_core.runs.pipeline import compress_run, original_run
 from hscc_core.present.predict import (NOTICE, compare, json_ready, predict_slice, probability_figure, rebuild_compressed,
                                resolve_run, savings_sentence)
-from test_imageio import dicom_bytes, image_bytes
 
 RUN = RunConfig(grid=2, clusters=2, energy=0.9)  # the same run as test_app's LOW: shared through the cache
 
@@ -218,7 +219,6 @@ def _jpegls(tmp_path):
     from pydicom.pixels import get_decoder
     from pydicom.uid import JPEGLSLossless
 
-    from test_imageio import dicom_dataset, to_bytes
 
     if get_decoder(JPEGLSLossless).is_available:
         pytest.skip("a JPEG-LS decoder is installed")
@@ -230,7 +230,6 @@ def _jpegls(tmp_path):
 
 
 def _no_pixels(tmp_path):
-    from test_imageio import dicom_dataset, to_bytes
 
     ds = dicom_dataset(np.zeros((4, 4)))
     del ds.PixelData

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hscc_core.runs.executors import RAY_MISSING, RayExecutor, make_executor
-from hscc_core.runs.pipeline import RunConfig
+from hscc_core.runs.config import RunConfig
 from hscc_core.runs.sweeps import LocalExecutor, expand, run_sweep
 from hscc_core.runs.workspace import Workspace
 

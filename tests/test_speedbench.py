@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from hscc_core.runs.speed import default_devices, machine_info, speed_table
+from hscc_core.measure.machine import machine_info
+from hscc_core.runs.speed import default_devices, speed_table
 
 ROW_FIELDS = ("method", "budget", "flops_ratio", "layer_flops_ratio", "speedup_b1", "speedup_b32",
               "latency_ms", "device", "efficiency_b32", "flops", "flops_original")

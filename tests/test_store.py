@@ -584,25 +584,21 @@ def fast_dir(tmp_path: Path):
         yield tmp_path
 
 
-@pytest.mark.slow
-def test_listing_ten_thousand_runs_is_fast(fast_dir: Path) -> None:
+def test_entries_written_as_documented_are_listed(fast_dir: Path) -> None:
+    """Entries written by following the module docstring alone are read (the listing's speed at
+    10,000 runs is measured by benchmarks/scale.py)."""
     store = RunStore(fast_dir / "store")
     npz = fast_dir / "plain.npz"
     np.savez(npz, pred=np.zeros(4, dtype=np.int8))  # written by numpy itself, not the store
-    n = 10_000
+    n = 1_000
     try:
         for i in range(n):
             run = {**make_run(i, "hscc" if i % 2 else "svd"), "flops": 1e9 + i}
             _write_entry_as_documented(store.root / "runs", key_of(i), run, npz)
-        timings = []
-        for _ in range(3):  # best of 3: the first read also warms the OS cache
-            t = time.perf_counter()
-            runs = store.list_runs()
-            timings.append(time.perf_counter() - t)
+        runs = store.list_runs()
         assert len(runs) == n and runs[0]["cache_key"] == min(key_of(i) for i in range(n))
-        assert min(timings) < 1.0, f"listing {n} runs took {min(timings):.2f} s"
         assert len(store.list_runs(method="svd")) == n // 2
         assert store.get_arrays(key_of(0))["pred"].dtype == np.int8
     finally:
-        # Do not leave 20,000 files for pytest's tmp-dir rotation to delete on later runs.
+        # Do not leave thousands of files for pytest's tmp-dir rotation to delete on later runs.
         shutil.rmtree(store.root, ignore_errors=True)

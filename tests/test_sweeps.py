@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hscc_core.runs.pipeline import RunConfig
+from hscc_core.runs.config import RunConfig
 from hscc_core.runs.sweeps import LocalExecutor, expand, run_sweep
 
 

@@ -1,21 +1,22 @@
 """``hscc predict IMAGE``: one MRI slice (PNG, JPEG, 16-bit PNG, DICOM, ...) through both models.
 
-Registered on the main parser by ``cli.build_parser``; shares its options and error handling (bad
-input: one line on stderr, exit code 2). The image is read once into memory; nothing is written
+Shares the common options and error handling of :mod:`hscc_core.cli.common` (bad input: one line
+on stderr, exit code 2). The image is read once into memory; nothing is written
 except what the common options already write (the phantom and the baseline on a first run).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-# imageio, predict (torch) and report (plotly) are imported by the handler: every `hscc` command
-# builds this parser, and listing runs must stay fast.
-DEFAULT_RUNS = 10  # = predict.DEFAULT_RUNS (checked by the tests)
+from hscc_core.cli.common import add_common, emit, log, workspace_with_baseline
+from hscc_core.data.imageio import MAX_BYTES, load_slice
+from hscc_core.present.predict import DEFAULT_RUNS, NOTICE, compare, json_ready
+
+__all__ = ["read_image", "register"]
 
 
-def register(sub, common) -> dict:
+def register(sub) -> dict:
     """Add ``predict``; returns name -> handler."""
     p = sub.add_parser(
         "predict", help="classify one MRI slice with the original and a compressed model",
@@ -23,7 +24,7 @@ def register(sub, common) -> dict:
                     "with --run, a cached compression run without fine-tuning; prints both answers, "
                     "the class probabilities and the time of each inference. A research tool, not a medical "
                     "device: not for diagnosis.")
-    common(p)
+    add_common(p)
     p.add_argument("image", type=Path, metavar="IMAGE", help="the image file (format found from its content)")
     p.add_argument("--run", default=None, metavar="CACHE_KEY",
                    help="a compression run's cache key or a unique prefix (see `hscc runs`)")
@@ -39,8 +40,6 @@ def register(sub, common) -> dict:
 
 def read_image(path: Path) -> bytes:
     """The file's bytes, refusing a missing, non-regular or oversized file before reading it."""
-    from hscc_core.data.imageio import MAX_BYTES  # noqa: PLC0415
-
     if not path.exists():
         raise ValueError(f"image not found: {path}")
     if not path.is_file():
@@ -59,17 +58,12 @@ def _probs(result: dict) -> str:
 
 
 def cmd_predict(args) -> int:
-    from hscc_core.cli.main import emit, log  # noqa: PLC0415 - avoid an import cycle
-    from hscc_core.cli.compress import _ws_with_baseline  # noqa: PLC0415
-    from hscc_core.data.imageio import load_slice  # noqa: PLC0415
-    from hscc_core.present.predict import NOTICE, compare, json_ready  # noqa: PLC0415
-
     if args.timing_runs < 1:
         raise ValueError(f"--timing-runs must be >= 1, got {args.timing_runs}")
     # The image is checked before any model work, so bad input fails in a fraction of a second.
     slice_ = load_slice(read_image(args.image), args.image.name, frame=args.frame,
                         window=tuple(args.window) if args.window else None)
-    ws = _ws_with_baseline(args)
+    ws = workspace_with_baseline(args)
     result = compare(ws, args.run, slice_, runs=args.timing_runs, cams=False)
     image = {"name": slice_.meta.get("name"), "notes": list(slice_.notes),
              **{k: v for k, v in slice_.meta.items() if k != "name"}}
@@ -88,8 +82,3 @@ def cmd_predict(args) -> int:
     emit(args, obj, "\n".join(lines))
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover - use the `hscc` script
-    from hscc_core.cli.main import main
-
-    sys.exit(main(["predict", *sys.argv[1:]]))

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hscc_core.compress.hscc import HSCCDecomposition, HSCCPlan, LayerPlan, block_macs, energy_rank
-from hscc_core.compress.hscc_input import InputDecomposition, InputPlan, input_layer_plan
+from hscc_core.compress.hscc import Decomposition, Plan, layer_plan
+from hscc_core.compress.spectral import energy_rank
 
 __all__ = ["GreedyBudget", "captured_energy", "greedy_budget", "greedy_plan"]
 
@@ -67,13 +67,10 @@ class _Blocks:
     layer_energy: np.ndarray  # total eigenvalue energy of the block's layer
 
 
-def _blocks(decomp) -> _Blocks:
-    if isinstance(decomp, HSCCDecomposition):
-        side = "output"
-    elif isinstance(decomp, InputDecomposition):
-        side = "input"
-    else:
+def _blocks(decomp: Decomposition) -> _Blocks:
+    if not isinstance(decomp, Decomposition):
         raise TypeError(f"greedy allocation needs an HSCC decomposition, got {type(decomp).__name__}")
+    side = decomp.side
     keys, eig, unit, dense, lay_e = [], [], [], [], []
     for name, ld in decomp.layers.items():
         total = float(sum(b.eigvals.sum() for reg in ld.regions for b in reg.blocks))
@@ -82,18 +79,14 @@ def _blocks(decomp) -> _Blocks:
             area = (h1 - h0) * (w1 - w0)
             for j, b in enumerate(reg.blocks):
                 n = int(b.channels.size)
-                if side == "output":
-                    a, d = ld.fan_in + n, n * ld.fan_in
-                else:
-                    a, d = n * ld.kernel_area + ld.out_channels, ld.out_channels * n * ld.kernel_area
                 keys.append((name, r, j))
                 lam = np.asarray(b.eigvals, dtype=np.float64).copy()
                 # Past the rank that tau = 1 keeps lies round-off (e.g. float32 activations make a
                 # rank-deficient scatter look full rank at ~1e-14): worth nothing, never bought.
                 lam[energy_rank(b.ratio, 1.0):] = 0.0
                 eig.append(lam)
-                unit.append(area * a)
-                dense.append(area * d)
+                unit.append(area * side.direction_cost(ld, n))
+                dense.append(area * side.dense_cost(ld, n))
                 lay_e.append(total)
     return _Blocks(keys, eig, np.asarray(unit, np.int64), np.asarray(dense, np.int64),
                    np.asarray(lay_e, np.float64))
@@ -123,22 +116,20 @@ def _steps(lam: np.ndarray, a: int, d: int) -> tuple[np.ndarray, np.ndarray, int
     return np.minimum.accumulate(keys), costs, kstar  # guard the order against round-off
 
 
-def greedy_plan(decomp, target_macs: float):
+def greedy_plan(decomp: Decomposition, target_macs: float) -> Plan:
     """Ranks for every block by captured relative energy per MAC within ``target_macs``.
 
     Parameters
     ----------
-    decomp : HSCCDecomposition or InputDecomposition
-        Output-side (:func:`hscc_core.compress.hscc.decompose_hscc`) or input-side
-        (:func:`hscc_core.compress.hscc_input.decompose_hscc_input`) decomposition.
+    decomp : Decomposition
+        An HSCC decomposition of either cluster side.
     target_macs : float
         MAC budget of the compressed layers at batch 1 (> 0).
 
     Returns
     -------
-    HSCCPlan or InputPlan
-        Of the decomposition's side, with ``energy=None``; build it with
-        :func:`hscc_core.compress.hscc.build_hscc` or :func:`hscc_core.compress.hscc_input.build_hscc_input`.
+    Plan
+        With ``energy=None``; build it with :func:`hscc_core.compress.hscc.build_hscc`.
         ``plan.macs() <= target_macs``, and ``target_macs - plan.macs()`` is below the cost of
         one more direction whenever any direction with energy is left out.
     """
@@ -195,30 +186,19 @@ def greedy_plan(decomp, target_macs: float):
     return _make_plan(decomp, ranks)
 
 
-def _make_plan(decomp, ranks):
-    layers = {}
-    for name, ld in decomp.layers.items():
-        rk = [[ranks.get(name, {}).get(r, {}).get(j, 0) for j in range(len(reg.blocks))]
-              for r, reg in enumerate(ld.regions)]
-        if isinstance(decomp, HSCCDecomposition):
-            dense = tuple(
-                tuple(block_macs(k, b.channels.size, ld.fan_in)[1] for b, k in zip(reg.blocks, row))
-                for reg, row in zip(ld.regions, rk)
-            )
-            layers[name] = LayerPlan(ld, tuple(tuple(row) for row in rk), dense)
-        else:
-            layers[name] = input_layer_plan(ld, rk)
-    if isinstance(decomp, HSCCDecomposition):
-        return HSCCPlan(layers, None, decomp.clusters, decomp.seed)
-    return InputPlan(layers, None, decomp.clusters, decomp.seed)
+def _make_plan(decomp: Decomposition, ranks) -> Plan:
+    layers = {name: layer_plan(ld, [[ranks.get(name, {}).get(r, {}).get(j, 0) for j in range(len(reg.blocks))]
+                                    for r, reg in enumerate(ld.regions)])
+              for name, ld in decomp.layers.items()}
+    return Plan(layers, None, decomp)
 
 
-def greedy_budget(decomp, budget: float, tol: float = 0.02):
+def greedy_budget(decomp: Decomposition, budget: float, tol: float = 0.02) -> tuple[Plan, GreedyBudget]:
     """Greedy plan for "compress the layers' MACs by ``budget`` x" (DESIGN 3.7 with 3.9).
 
     Parameters
     ----------
-    decomp : HSCCDecomposition or InputDecomposition
+    decomp : Decomposition
     budget : float
         Compression factor B > 1; the target is ``decomp.original_macs / budget``.
     tol : float
@@ -245,12 +225,11 @@ def greedy_budget(decomp, budget: float, tol: float = 0.02):
     return plan, GreedyBudget(macs, target, original, met, msg)
 
 
-def captured_energy(plan) -> dict[str, float]:
+def captured_energy(plan: Plan) -> dict[str, float]:
     """Per layer, the fraction of its calibration energy the plan keeps (dense blocks keep all).
 
-    Works for output-side (:class:`hscc_core.compress.hscc.HSCCPlan`) and input-side
-    (:class:`hscc_core.compress.hscc_input.InputPlan`) plans alike; this is what greedy allocation maximises
-    (summed over layers) for a MAC budget.
+    Works for plans of either cluster side; this is what greedy allocation maximises (summed over
+    layers) for a MAC budget.
     """
     out = {}
     for name, lp in plan.layers.items():

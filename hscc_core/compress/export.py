@@ -26,15 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from hscc_core.compress.baselines import LowRankConv2d, Tucker2Conv2d
-from hscc_core.compress.hscc import HSCCConv2d, replace_module
-from hscc_core.compress.hscc_input import HSCCInputConv2d
+from hscc_core.compress.hscc import RegionLayer, cluster_side
+from hscc_core.compress.svd import LowRankConv2d
+from hscc_core.compress.tucker import Tucker2Conv2d
+from hscc_core.nn.layers import replace_module
 from hscc_core.nn.models import ARCHITECTURES, TinyCNN, build_model
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "describe", "export_torchscript", "load_compressed", "save_compressed"]
 
 FORMAT = "hscc-explorer/compressed-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one "hscc" layer type for both cluster sides, the side in its spec
 
 
 def _arch_of(model: nn.Module) -> tuple[str, int]:
@@ -59,10 +60,8 @@ def _conv_geometry(conv: nn.Conv2d) -> dict:
 
 
 def _layer_spec(module: nn.Module) -> dict | None:
-    if isinstance(module, HSCCConv2d):
+    if isinstance(module, RegionLayer):
         return {"type": "hscc", **module.spec()}
-    if isinstance(module, HSCCInputConv2d):
-        return {"type": "hscc_input", **module.spec()}
     if isinstance(module, LowRankConv2d):
         reduce, expand = module[0], module[1]
         return {"type": "lowrank", **_conv_geometry(reduce), "rank": reduce.out_channels,
@@ -122,9 +121,7 @@ def save_compressed(path: str | Path, model: nn.Module, meta: dict | None = None
 def _build_layer(spec: dict) -> nn.Module:
     kind = spec.get("type")
     if kind == "hscc":
-        return HSCCConv2d.from_spec(spec)
-    if kind == "hscc_input":
-        return HSCCInputConv2d.from_spec(spec)
+        return cluster_side(spec["cluster_side"]).module.from_spec(spec)
     padding = spec["padding"] if isinstance(spec["padding"], str) else tuple(spec["padding"])
     if kind == "lowrank":
         conv = nn.Conv2d(spec["in_channels"], spec["out_channels"], tuple(spec["kernel_size"]),

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from hscc_core.present.labels import class_label
 from hscc_core.runs.pareto import axis_value, front_runs, get_axis
 
 __all__ = [
     "METHOD_STYLE",
     "OKABE_ITO",
     "axis_se",
-    "class_label",
     "confusion_difference_figure",
     "confusion_figure",
     "confusion_values",
@@ -91,11 +91,6 @@ def _layout(fig: go.Figure, title: str, height: int = 520, **extra: Any) -> go.F
                       title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 18}},
                       margin={"l": 70, "r": 30, "t": 110, "b": 60}, **extra)
     return fig
-
-
-def class_label(name: str) -> str:
-    """Class folder name for people (``meningioma_tumor`` -> ``meningioma tumor``)."""
-    return str(name).replace("_", " ")
 
 
 def run_title(run: Mapping[str, Any]) -> str:
@@ -227,60 +222,11 @@ def pareto_figure(
     ax_x, ax_y = get_axis(x), get_axis(y)
     plotted = [r for r in runs if not (math.isnan(axis_value(r, x)) or math.isnan(axis_value(r, y)))]
     fig = go.Figure()
-    methods: list[str] = []
-    for r in plotted:
-        if r.get("method") not in methods:
-            methods.append(r.get("method"))
-    order = [m for m in ("hscc", "svd", "tucker") if m in methods] + [m for m in methods if m not in METHOD_STYLE]
-    for i, method in enumerate(order):
-        group = [r for r in plotted if r.get("method") == method]
-        name, colour, symbol = _style(method, i)
-        ys = [axis_value(r, y) for r in group]
-        err = [axis_se(r, y) for r in group] if error_bars else None
-        fig.add_trace(go.Scatter(
-            x=[axis_value(r, x) for r in group], y=ys, mode="markers", name=name,
-            marker={"color": colour, "symbol": symbol, "size": 11, "line": {"width": 1, "color": "white"}},
-            customdata=[[r.get("cache_key", ""), run_hover(r)] for r in group],
-            hovertemplate="%{customdata[1]}<extra></extra>",
-            error_y=({"type": "data", "array": [0 if math.isnan(e) else e for e in err], "visible": True,
-                      "thickness": 1.2, "width": 3, "color": colour} if err is not None else None),
-        ))
+    _method_traces(fig, plotted, x, y, error_bars)
     if show_front and plotted:
-        front = front_runs(plotted, x, y)
-        if front:
-            fx = [axis_value(r, x) for r in front]
-            fy = [axis_value(r, y) for r in front]
-            if ax_x.direction == "max":  # sort by x ascending still; the stair then climbs the other way
-                shape = "vh"
-            else:
-                shape = "hv"
-            fig.add_trace(go.Scatter(x=fx, y=fy, mode="lines+markers", name=f"Pareto front ({len(front)})",
-                                     line={"color": _FRONT_COLOUR, "width": 2.5, "dash": "dash", "shape": shape},
-                                     marker={"color": _FRONT_COLOUR, "symbol": "circle-open", "size": 17,
-                                             "line": {"width": 2}},
-                                     hoverinfo="skip"))
-    ox, oy = _original_value(original, plotted, x), _original_value(original, plotted, y)
-    if original is not None and not math.isnan(oy):
-        fig.add_hline(y=oy, line={"color": OKABE_ITO["black"], "width": 1, "dash": "dot"})
-    if original is not None and not math.isnan(ox):
-        fig.add_vline(x=ox, line={"color": OKABE_ITO["black"], "width": 1, "dash": "dot"})
-    if original is not None and not (math.isnan(ox) or math.isnan(oy)):
-        ose = axis_se(original, y) if error_bars else math.nan
-        fig.add_trace(go.Scatter(
-            x=[ox], y=[oy], mode="markers", name="Original",
-            marker={"color": OKABE_ITO["black"], "symbol": "star", "size": 16},
-            customdata=[["", run_hover(original)]], hovertemplate="%{customdata[1]}<extra></extra>",
-            error_y=({"type": "data", "array": [ose], "visible": True, "color": OKABE_ITO["black"]}
-                     if not math.isnan(ose) else None),
-        ))
-    chosen = [r for r in plotted if selected and r.get("cache_key") == selected]
-    if chosen:
-        r = chosen[0]
-        fig.add_trace(go.Scatter(
-            x=[axis_value(r, x)], y=[axis_value(r, y)], mode="markers", name="Selected run",
-            marker={"color": OKABE_ITO["black"], "symbol": "circle-open", "size": 22, "line": {"width": 3}},
-            customdata=[[r.get("cache_key", ""), run_hover(r)]], hovertemplate="%{customdata[1]}<extra></extra>",
-        ))
+        _front_trace(fig, plotted, x, y)
+    _original_marks(fig, original, plotted, x, y, error_bars)
+    _selected_trace(fig, plotted, selected, x, y)
     if title is None:
         title = f"{ax_y.label} vs {ax_x.label} · {len(plotted)} runs"
         if plotted and plotted[0].get("data"):
@@ -294,6 +240,74 @@ def pareto_figure(
     fig.update_xaxes(title_text=_axis_title(x), tickformat=_AXIS_FORMAT.get(x, ""), showgrid=True)
     fig.update_yaxes(title_text=_axis_title(y), tickformat=_AXIS_FORMAT.get(y, ".3f"), showgrid=True)
     return fig
+
+
+def _method_traces(fig: go.Figure, plotted, x: str, y: str, error_bars: bool) -> None:
+    """One marker trace per method (customdata: cache key, hover text), in a fixed method order."""
+    methods: list[str] = []
+    for r in plotted:
+        if r.get("method") not in methods:
+            methods.append(r.get("method"))
+    order = [m for m in ("hscc", "svd", "tucker") if m in methods] + [m for m in methods if m not in METHOD_STYLE]
+    for i, method in enumerate(order):
+        group = [r for r in plotted if r.get("method") == method]
+        name, colour, symbol = _style(method, i)
+        err = [axis_se(r, y) for r in group] if error_bars else None
+        fig.add_trace(go.Scatter(
+            x=[axis_value(r, x) for r in group], y=[axis_value(r, y) for r in group], mode="markers", name=name,
+            marker={"color": colour, "symbol": symbol, "size": 11, "line": {"width": 1, "color": "white"}},
+            customdata=[[r.get("cache_key", ""), run_hover(r)] for r in group],
+            hovertemplate="%{customdata[1]}<extra></extra>",
+            error_y=({"type": "data", "array": [0 if math.isnan(e) else e for e in err], "visible": True,
+                      "thickness": 1.2, "width": 3, "color": colour} if err is not None else None),
+        ))
+
+
+def _front_trace(fig: go.Figure, plotted, x: str, y: str) -> None:
+    """The non-dominated runs as a step line (the attainable region's border)."""
+    front = front_runs(plotted, x, y)
+    if not front:
+        return
+    # Sorted by x ascending; when x is maximised the stair climbs the other way.
+    shape = "vh" if get_axis(x).direction == "max" else "hv"
+    fig.add_trace(go.Scatter(x=[axis_value(r, x) for r in front], y=[axis_value(r, y) for r in front],
+                             mode="lines+markers", name=f"Pareto front ({len(front)})",
+                             line={"color": _FRONT_COLOUR, "width": 2.5, "dash": "dash", "shape": shape},
+                             marker={"color": _FRONT_COLOUR, "symbol": "circle-open", "size": 17,
+                                     "line": {"width": 2}},
+                             hoverinfo="skip"))
+
+
+def _original_marks(fig: go.Figure, original, plotted, x: str, y: str, error_bars: bool) -> None:
+    """The original as a black star with dotted reference lines through it."""
+    if original is None:
+        return
+    ox, oy = _original_value(original, plotted, x), _original_value(original, plotted, y)
+    if not math.isnan(oy):
+        fig.add_hline(y=oy, line={"color": OKABE_ITO["black"], "width": 1, "dash": "dot"})
+    if not math.isnan(ox):
+        fig.add_vline(x=ox, line={"color": OKABE_ITO["black"], "width": 1, "dash": "dot"})
+    if not (math.isnan(ox) or math.isnan(oy)):
+        ose = axis_se(original, y) if error_bars else math.nan
+        fig.add_trace(go.Scatter(
+            x=[ox], y=[oy], mode="markers", name="Original",
+            marker={"color": OKABE_ITO["black"], "symbol": "star", "size": 16},
+            customdata=[["", run_hover(original)]], hovertemplate="%{customdata[1]}<extra></extra>",
+            error_y=({"type": "data", "array": [ose], "visible": True, "color": OKABE_ITO["black"]}
+                     if not math.isnan(ose) else None),
+        ))
+
+
+def _selected_trace(fig: go.Figure, plotted, selected: str | None, x: str, y: str) -> None:
+    """A ring around the selected run."""
+    chosen = [r for r in plotted if selected and r.get("cache_key") == selected]
+    if chosen:
+        r = chosen[0]
+        fig.add_trace(go.Scatter(
+            x=[axis_value(r, x)], y=[axis_value(r, y)], mode="markers", name="Selected run",
+            marker={"color": OKABE_ITO["black"], "symbol": "circle-open", "size": 22, "line": {"width": 3}},
+            customdata=[[r.get("cache_key", ""), run_hover(r)]], hovertemplate="%{customdata[1]}<extra></extra>",
+        ))
 
 
 def key_from_selection(points: Sequence[Mapping[str, Any]] | None, fig: go.Figure | None = None) -> str | None:

@@ -5,14 +5,12 @@ The clinician demo (``pages/demo.py``) and ``hscc predict`` are thin layers over
 * :func:`predict_slice` classifies one grey slice with one model and times that single inference
   (median of a few runs after warm-up, batch 1, in this process; :func:`compare` interleaves the two
   models' runs so both see the same background load);
-* :func:`resolve_run` finds a stored compression run by its cache key (or a unique prefix) and
-  checks that it belongs to the workspace's data and baseline;
 * :func:`rebuild_compressed` rebuilds the run's compressed model (through
-  :func:`hscc_core.present.heatmaps.compressed_model`, i.e. ``pipeline.build_compressed``). Fine-tuned runs
+  :func:`hscc_core.runs.pipeline.rebuild_model`). Fine-tuned runs
   (``finetune_epochs > 0``) are refused: their weights come from training that is not stored, and
   re-training for a demo would take minutes and not be bit-identical;
 * :func:`compare` runs both models on the same input, adds Grad-CAM maps (Selvaraju et al. 2017,
-  via :func:`hscc_core.present.heatmaps.grad_cam`, each model explaining its own answer) and
+  via :func:`hscc_core.present.explain.grad_cam`, each model explaining its own answer) and
   :func:`savings_sentence`, one sentence on what the compression saved and whether the answers agree.
 
 The input of both models is exactly what training used: grey ``uint8`` at the model's input size
@@ -22,7 +20,6 @@ A research tool, not a medical device: every result carries :data:`NOTICE`.
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -34,10 +31,14 @@ from torch import nn
 
 from hscc_core.data.folders import normalise
 from hscc_core.data.imageio import LoadedSlice
-from hscc_core.present.report import NOTICE  # one wording of the research-tool notice everywhere
+from hscc_core.nn.layers import compress_candidates
+from hscc_core.present.explain import grad_cam
+from hscc_core.present.labels import NOTICE, class_label, run_name
+from hscc_core.runs.pipeline import rebuild_model
+from hscc_core.runs.selection import resolve_run
 
 __all__ = ["DEFAULT_RUNS", "NOTICE", "cam_layer", "compare", "json_ready", "model_input", "model_input_array",
-           "predict_slice", "probability_figure", "rebuild_compressed", "resolve_run", "savings_sentence"]
+           "predict_slice", "probability_figure", "rebuild_compressed", "savings_sentence"]
 
 
 #: Timed single-slice inferences per model (after warm-up); the median is reported.
@@ -150,41 +151,6 @@ def _predict_many(models: Sequence[nn.Module], meta: Mapping[str, Any], grey, ru
 # --------------------------------------------------------------------------------------------
 # The compressed model of a stored run
 
-_HEX = re.compile(r"[0-9a-f]{4,64}")
-
-
-def resolve_run(ws, key: str) -> dict:
-    """The stored compression run under ``key`` (a full cache key or a unique prefix of 4+ digits).
-
-    Raises
-    ------
-    ValueError
-        Malformed, unknown or ambiguous key; the original model's run; a run of another dataset or
-        baseline than the workspace's.
-    """
-    key = str(key).strip().lower()
-    if not _HEX.fullmatch(key):
-        raise ValueError(f"invalid run key {key!r}: expected the hexadecimal cache key that `hscc runs` lists")
-    keys = ws.store.keys()
-    matches = [key] if key in keys else [k for k in keys if k.startswith(key)]
-    if not matches:
-        raise ValueError(f"no cached run with key {key}: list the runs with `hscc runs`")
-    if len(matches) > 1:
-        raise ValueError(f"run key {key} is ambiguous ({len(matches)} runs start with it): give more digits")
-    run = ws.store.get_run(matches[0])
-    if run is None:
-        raise ValueError(f"the run {matches[0]} could not be read from the cache (see the messages above)")
-    if run.get("method") == "original":
-        raise ValueError(f"{matches[0]} is the original model's run: give a compressed run's key (`hscc runs`)")
-    if run.get("data_fingerprint") != ws.index().fingerprint:
-        raise ValueError(f"run {matches[0]} was made on another dataset ({run.get('data', '?')}): "
-                         "pass that dataset with --data")
-    if run.get("model_fingerprint") != ws.model_fingerprint():
-        raise ValueError(f"run {matches[0]} was made with another baseline model than this workspace's "
-                         "(check --arch, --input-size, --epochs, --checkpoint)")
-    return run
-
-
 def rebuild_compressed(ws, run: Mapping[str, Any]) -> nn.Module:
     """The compressed model of a stored run without fine-tuning, rebuilt deterministically (eval mode).
 
@@ -193,16 +159,14 @@ def rebuild_compressed(ws, run: Mapping[str, Any]) -> nn.Module:
     ValueError
         For a fine-tuned run (its trained weights are not stored) or the original's run.
     """
-    from hscc_core.present.heatmaps import compressed_model  # noqa: PLC0415 - torch-only, but keeps imports light
-
     config = run.get("config") or {}
     epochs = int(config.get("finetune_epochs") or 0)
     if epochs:
-        raise ValueError(f"run {run.get('label', run.get('cache_key'))} was fine-tuned for {epochs} epoch"
+        raise ValueError(f"run {run_name(run)} was fine-tuned for {epochs} epoch"
                          f"{'s' if epochs > 1 else ''}; its trained weights are not stored, so single-slice "
                          "predictions support runs without fine-tuning only: choose a run with "
                          "finetune_epochs 0")
-    return compressed_model(ws, run).eval()
+    return rebuild_model(ws, run)
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +219,7 @@ def savings_sentence(run: Mapping[str, Any], original: Mapping[str, Any], compre
     else:
         verdict = (f"but the answers differ: the original says {name(original)} ({p(original):.0f} %), "
                    f"the compressed model says {name(compressed)} ({p(compressed):.0f} %)")
-    return (f"The compressed model ({run.get('label', run.get('method', 'compressed'))}) needs "
+    return (f"The compressed model ({run_name(run)}) needs "
             f"{_change(flops, flops_o, 'fewer FLOPs', 'more FLOPs', 'about as many FLOPs')} ({_si(flops)} instead of {_si(flops_o)}), "
             f"is {_change(size, size_o, 'smaller', 'larger', 'about the same size')} ({_si(size, 'B')} instead of {_si(size_o, 'B')}) and "
             f"{timing}; {verdict}.")
@@ -263,8 +227,6 @@ def savings_sentence(run: Mapping[str, Any], original: Mapping[str, Any], compre
 
 def cam_layer(model: nn.Module) -> str:
     """The layer Grad-CAM explains: the last conv layer (the same name exists in compressed models)."""
-    from hscc_core.compress.calibration import compress_candidates  # noqa: PLC0415
-
     names = compress_candidates(model)
     if not names:
         raise ValueError("the model has no conv layer for Grad-CAM")
@@ -321,7 +283,6 @@ def compare(ws, run_key: str | None, slice_: LoadedSlice | np.ndarray, *, compre
                           f"({100 * o['probabilities'][o['class']]:.0f} %) in {o['ms']:.1f} ms; "
                           "no compressed run was chosen.")
     if cams:
-        from hscc_core.present.heatmaps import grad_cam  # noqa: PLC0415
 
         layer = cam_layer(model)
         out["cam_layer"] = layer
@@ -363,7 +324,7 @@ def probability_figure(result: Mapping[str, Any], colour: str, title: str = "", 
 
     names = list(result["probabilities"])
     probs = [100 * result["probabilities"][n] for n in names]
-    labels = [n.replace("_", " ") for n in names]
+    labels = [class_label(n) for n in names]
     best = names.index(result["class"])
     opacity = [1.0 if i == best else 0.45 for i in range(len(names))]
     text = [f"<b>{p:.1f} %</b>" if i == best else f"{p:.1f} %" for i, p in enumerate(probs)]

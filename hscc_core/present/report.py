@@ -3,11 +3,8 @@
 * :func:`report_html` writes the run's configuration, metrics with bootstrap SEs against the
   original, the interactive figures (plotly.js embedded inline once, so the file opens without a
   network) and the environment (versions, machine). Every string from a run or a user is escaped.
-* :func:`figure_png` renders a figure of :mod:`hscc_core.present.plots` to PNG with matplotlib (Agg, no
-  browser): plotly's own static export (kaleido) needs a Chrome download, which is not possible
-  offline. Scatter (markers, lines, step lines, error bars), bar (grouped, error bars, hatches),
-  heatmap (colourscales, cell text, placed grids) traces, reference lines, rectangles and
-  annotations are drawn; the interactive figure remains the reference.
+* :func:`report_figures` builds the report's figures for a run (the Report page previews the same
+  ones; :mod:`hscc_core.present.png` turns them into static files).
 """
 
 from __future__ import annotations
@@ -15,22 +12,24 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import importlib.metadata
-import io
 import math
 import os
 import platform
-import re
 import sys
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
-__all__ = ["NOTICE", "environment_info", "figure_png", "figures_zip", "metrics_rows", "report_html"]
+from hscc_core.measure.machine import cpu_name
+from hscc_core.present.heatmaps import layer_summaries, region_value_map
+from hscc_core.present.labels import NOTICE, budget_sentence, run_name
+from hscc_core.present.plots import (confusion_difference_figure, confusion_figure, overlay_figure, pareto_figure,
+                                     per_class_figure)
 
-NOTICE = "Research tool, not a medical device: predictions shown here must not be used for diagnosis."
+__all__ = ["NOTICE", "environment_info", "metrics_rows", "report_figures", "report_html"]
+
 
 _PACKAGES = ("hscc-explorer", "torch", "torchvision", "numpy", "scikit-learn", "tensorly", "plotly",
              "streamlit", "matplotlib", "pandas")
@@ -39,7 +38,7 @@ _PACKAGES = ("hscc-explorer", "torch", "torchvision", "numpy", "scikit-learn", "
 def environment_info() -> dict[str, str]:
     """Python, package versions, OS, CPU and thread count, time (UTC): what a reader needs to rerun."""
     info = {"python": sys.version.split()[0], "platform": platform.platform(),
-            "machine": platform.machine(), "processor": _cpu_name(), "cpu_count": str(os.cpu_count())}
+            "machine": platform.machine(), "processor": cpu_name(), "cpu_count": str(os.cpu_count())}
     for name in _PACKAGES:
         try:
             info[name] = importlib.metadata.version(name)
@@ -54,17 +53,6 @@ def environment_info() -> dict[str, str]:
         pass
     info["generated"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +155,7 @@ def report_html(run: Mapping[str, Any], original: Mapping[str, Any] | None = Non
         The HTML document.
     """
     environment = environment_info() if environment is None else environment
-    label = run.get("label") or run.get("method", "run")
+    label = run_name(run)
     title = title or f"hscc-explorer report: {label}"
     parts = [
         "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
@@ -181,13 +169,11 @@ def report_html(run: Mapping[str, Any], original: Mapping[str, Any] | None = Non
         "<h2>Configuration</h2>",
         _table(sorted((k, v) for k, v in (run.get("config") or {}).items()), ("field", "value")),
     ]
-    if run.get("energy") is not None:
+    sentence = budget_sentence(run)
+    if sentence:
+        parts.append(f"<p>{html.escape(sentence)} {html.escape(str(run['budget_search'].get('message', '')))}</p>")
+    elif run.get("energy") is not None:
         parts.append(f"<p>Energy threshold used: {float(run['energy']):.4f}</p>")
-    budget = run.get("budget")
-    if isinstance(budget, Mapping):
-        parts.append(f"<p>Budget x{budget.get('target')}: {'met' if budget.get('met') else 'not met'}"
-                     f" ({html.escape(str(budget.get('message', '')))}), compressed-layer FLOPs ratio "
-                     f"x{budget.get('layer_flops_ratio', float('nan')):.2f}</p>")
     parts += ["<h2>Metrics</h2>",
               "<p>Standard errors (±) from 1,000 seeded bootstrap resamples of the test set; the accuracy "
               "change is paired (same test images) with McNemar's exact test.</p>",
@@ -206,227 +192,35 @@ def report_html(run: Mapping[str, Any], original: Mapping[str, Any] | None = Non
     return "\n".join(parts)
 
 
-# --------------------------------------------------------------------------------------------
-# PNG through matplotlib
+def report_figures(run: Mapping[str, Any], original: Mapping[str, Any], runs: list[Mapping[str, Any]],
+                   slice_: np.ndarray, names_only: bool = False) -> dict[str, go.Figure | None]:
+    """The report's figures of ``run``: Pareto fronts among ``runs``, confusion matrices, per-class F1
+    and the rank kept per region of every compressed layer over ``slice_`` (a test image).
 
-_MARKERS = {"circle": "o", "square": "s", "diamond": "D", "star": "*", "triangle-up": "^", "cross": "P",
-            "x": "X", "hexagon": "h", "circle-open": "o"}
-_HATCH = {"": "", "/": "//", "x": "xx", ".": "..", "\\": "\\\\", "-": "--", "|": "||", "+": "++"}
-_DASH = {"dash": "--", "dot": ":", "dashdot": "-.", "solid": "-", None: "-"}
-_TAG = re.compile(r"<[^>]+>")
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    s = str(value).replace("<br>", "\n").replace("<br/>", "\n")
-    return html.unescape(_TAG.sub("", s))
-
-
-def _colormap(scale: Any):
-    from matplotlib.colors import LinearSegmentedColormap, to_rgb
-    from plotly.colors import get_colorscale, unlabel_rgb
-
-    if isinstance(scale, str):
-        scale = get_colorscale(scale)
-    stops = []
-    for pos, colour in scale:
-        colour = str(colour)
-        if colour.startswith("rgb"):
-            rgb = tuple(v / 255 for v in unlabel_rgb(colour)[:3])
-        else:
-            rgb = to_rgb(colour)
-        stops.append((float(pos), rgb))
-    return LinearSegmentedColormap.from_list("plotly", stops)
-
-
-def _errors(err) -> np.ndarray | None:
-    if err is None or not err.visible or err.array is None:
-        return None
-    return np.asarray(err.array, dtype=float)
-
-
-def _draw_scatter(ax, t) -> None:
-    x = np.asarray(t.x, dtype=float)
-    y = np.asarray(t.y, dtype=float)
-    mode = t.mode or "markers"
-    label = t.name if t.showlegend is not False and t.name else None
-    if "lines" in mode:
-        shape = t.line.shape if t.line else None
-        ls = _DASH.get(t.line.dash if t.line else None, "-")
-        colour = (t.line.color if t.line and t.line.color else None)
-        width = (t.line.width if t.line and t.line.width else 2) * 0.75
-        if shape in ("hv", "vh"):
-            ax.step(x, y, where="post" if shape == "hv" else "pre", color=colour, linestyle=ls, linewidth=width,
-                    label=label)
-        else:
-            ax.plot(x, y, color=colour, linestyle=ls, linewidth=width, label=label)
-        label = None
-    if "markers" in mode:
-        m = t.marker
-        symbol = m.symbol if m and isinstance(m.symbol, str) else "circle"
-        colour = m.color if m and isinstance(m.color, str) else None
-        size = (m.size if m and isinstance(m.size, (int, float)) else 8)
-        open_marker = symbol.endswith("-open")
-        ax.scatter(x, y, marker=_MARKERS.get(symbol, "o"), s=(size * 0.9) ** 2,
-                   facecolors="none" if open_marker else colour, edgecolors=colour if open_marker else "white",
-                   linewidths=2 if open_marker else 0.6, label=label, zorder=3)
-    err = _errors(t.error_y)
-    if err is not None:
-        ax.errorbar(x, y, yerr=err, fmt="none", ecolor=(t.error_y.color or (t.marker.color if t.marker else None)),
-                    elinewidth=1, capsize=2, zorder=2)
-
-
-def _draw_bars(ax, bars) -> None:
-    cats: list = []
-    for t in bars:
-        for c in t.x:
-            if c not in cats:
-                cats.append(c)
-    n = len(bars)
-    width = 0.8 / max(n, 1)
-    for i, t in enumerate(bars):
-        pos = np.array([cats.index(c) for c in t.x]) - 0.4 + width * (i + 0.5)
-        m = t.marker
-        hatch = _HATCH.get(m.pattern.shape if m and m.pattern and m.pattern.shape else "", "")
-        ax.bar(pos, np.asarray(t.y, dtype=float), width=width, color=m.color if m else None, hatch=hatch,
-               edgecolor="white" if not hatch else "black", linewidth=0.5, label=t.name,
-               yerr=_errors(t.error_y), capsize=3)
-    ax.set_xticks(range(len(cats)))
-    ax.set_xticklabels([_text(c) for c in cats])
-
-
-def _draw_heatmap(ax, t) -> None:
-    z = np.asarray(t.z, dtype=float)
-    h, w = z.shape
-    cmap = _colormap(t.colorscale if t.colorscale is not None else "Viridis")
-    zmin = t.zmin if t.zmin is not None else np.nanmin(z)
-    zmax = t.zmax if t.zmax is not None else np.nanmax(z)
-    categorical_x = t.x is not None and len(t.x) == w and isinstance(t.x[0], str)
-    categorical_y = t.y is not None and len(t.y) == h and isinstance(t.y[0], str)
-    x0 = 0.0 if t.x0 is None or categorical_x else float(t.x0)
-    y0 = 0.0 if t.y0 is None or categorical_y else float(t.y0)
-    dx = 1.0 if t.dx is None else float(t.dx)
-    dy = 1.0 if t.dy is None else float(t.dy)
-    extent = (x0 - dx / 2, x0 + dx * (w - 0.5), y0 + dy * (h - 0.5), y0 - dy / 2)
-    im = ax.imshow(np.ma.masked_invalid(z), cmap=cmap, vmin=zmin, vmax=zmax, extent=extent, origin="upper",
-                   alpha=float(t.opacity) if t.opacity is not None else None, interpolation="nearest", aspect="auto")
-    if categorical_x:
-        ax.set_xticks(range(w))
-        ax.set_xticklabels([_text(v) for v in t.x], rotation=20)
-    if categorical_y:
-        ax.set_yticks(range(h))
-        ax.set_yticklabels([_text(v) for v in t.y])
-    if t.text is not None and t.texttemplate:
-        text = np.asarray(t.text, dtype=object)
-        for i in range(h):
-            for j in range(w):
-                v = z[i, j]
-                frac = 0.5 if not np.isfinite(v) or zmax == zmin else (v - zmin) / (zmax - zmin)
-                ax.text(x0 + j * dx, y0 + i * dy, _text(text[i, j]), ha="center", va="center", fontsize=12,
-                        color="white" if frac > 0.6 else "black")
-    if t.showscale is not False:
-        bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-        if t.colorbar and t.colorbar.title and t.colorbar.title.text:
-            bar.set_label(_text(t.colorbar.title.text))
-
-
-def figure_png(fig: go.Figure, width: int | None = None, height: int | None = None, dpi: int = 110) -> bytes:
-    """Render a figure of :mod:`hscc_core.present.plots` to PNG bytes with matplotlib (offline, no browser).
-
-    Parameters
-    ----------
-    fig : go.Figure
-    width, height : int, optional
-        Pixels; default the figure's height and a 4:3 or square width.
-    dpi : int
-
-    Returns
-    -------
-    bytes
-        A PNG image.
+    With ``names_only`` the names come back with None values and nothing is built.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    lay = fig.layout
-    height = int(height or lay.height or 500)
-    is_image = any(t.type == "heatmap" and t.name == "slice" for t in fig.data)
-    width = int(width or lay.width or (height if is_image else round(height * 1.45)))
-    mfig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
-    ax = mfig.add_subplot(1, 1, 1)
-    bars = [t for t in fig.data if t.type == "bar"]
-    if bars:
-        _draw_bars(ax, bars)
-    for t in fig.data:
-        if t.type == "scatter":
-            _draw_scatter(ax, t)
-        elif t.type == "heatmap":
-            _draw_heatmap(ax, t)
-    for s in lay.shapes or ():
-        colour = s.line.color if s.line and s.line.color else "black"
-        ls = _DASH.get(s.line.dash if s.line else None, "-")
-        if s.type == "line" and s.xref == "paper":
-            ax.axhline(float(s.y0), color=colour, linestyle=ls, linewidth=1)
-        elif s.type == "line" and s.yref == "paper":
-            ax.axvline(float(s.x0), color=colour, linestyle=ls, linewidth=1)
-        elif s.type == "rect":
-            from matplotlib.patches import Rectangle
-
-            ax.add_patch(Rectangle((float(s.x0), float(s.y0)), float(s.x1) - float(s.x0), float(s.y1) - float(s.y0),
-                                   fill=False, edgecolor=colour, linewidth=1.5))
-    for a in lay.annotations or ():
-        if a.xref in (None, "x") and a.x is not None and a.y is not None:
-            ax.text(float(a.x), float(a.y), _text(a.text), ha="center", va="center", fontsize=10,
-                    color=(a.font.color if a.font and a.font.color else "black"),
-                    bbox={"facecolor": "black", "alpha": 0.45, "linewidth": 0} if a.bgcolor else None)
-    xa, ya = lay.xaxis, lay.yaxis
-    if xa.visible is False:
-        ax.set_xticks([])
-    if ya.visible is False:
-        ax.set_yticks([])
-    if xa.visible is False and ya.visible is False:
-        ax.set_axis_off()
-    if xa.range is not None:
-        ax.set_xlim(*xa.range)
-    if ya.range is not None:
-        ax.set_ylim(*ya.range)
-    elif ya.autorange == "reversed" and not any(t.type == "heatmap" for t in fig.data):
-        ax.invert_yaxis()
-    if is_image:
-        ax.set_aspect("equal")
-    if xa.title and xa.title.text:
-        ax.set_xlabel(_text(xa.title.text), fontsize=11)
-    if ya.title and ya.title.text:
-        ax.set_ylabel(_text(ya.title.text), fontsize=11)
-    from matplotlib.ticker import EngFormatter, PercentFormatter
-
-    for axis, fmt in ((ax.xaxis, xa.tickformat), (ax.yaxis, ya.tickformat)):
-        if fmt and "%" in fmt:
-            axis.set_major_formatter(PercentFormatter(1.0))
-        elif fmt == "~s":
-            axis.set_major_formatter(EngFormatter())
-    if not is_image and not any(t.type == "heatmap" for t in fig.data):
-        ax.grid(True, alpha=0.3)
-    title = lay.title.text if lay.title else None
-    if title:
-        ax.set_title(_text(title), fontsize=12, loc="left")
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(fontsize=9, loc="best", framealpha=0.85)
-    mfig.tight_layout()
-    buf = io.BytesIO()
-    mfig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
-
-
-def figures_zip(figures: Mapping[str, go.Figure], **png_options: Any) -> bytes:
-    """A zip of one PNG per figure (file names made from the figure names, never paths)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for i, (name, fig) in enumerate(figures.items()):
-            safe = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:60] or "figure"
-            zf.writestr(f"{i + 1:02d}-{safe}.png", figure_png(fig, **png_options))
-    return buf.getvalue()
+    name, classes = run_name(run), original["classes"]
+    builders = {
+        "Pareto front: accuracy vs FLOPs": lambda: pareto_figure(
+            runs, "flops", "accuracy", original, error_bars=True, selected=run.get("cache_key"),
+            title=f"Accuracy vs FLOPs, {len(runs)} runs (ringed: {name})"),
+        "Pareto front: macro F1 vs FLOPs": lambda: pareto_figure(
+            runs, "flops", "macro_f1", original, error_bars=True, selected=run.get("cache_key"),
+            title=f"Macro F1 vs FLOPs, {len(runs)} runs (ringed: {name})"),
+        "Confusion matrix, original": lambda: confusion_figure(original["confusion_matrix"], classes, False,
+                                                               "Original model (rows: true class)"),
+        "Confusion matrix, compressed": lambda: confusion_figure(run["confusion_matrix"], classes, False,
+                                                                 f"{name} (rows: true class)"),
+        "Confusion change": lambda: confusion_difference_figure(run["confusion_matrix"], original["confusion_matrix"],
+                                                                classes, False, "Compressed minus original"),
+        "Per-class F1": lambda: per_class_figure({"original": original, name: run}, "f1",
+                                                 f"Per-class F1 (± bootstrap SE): original vs {name}"),
+    }
+    for layer, summary in layer_summaries(run).items():
+        def regions(layer=layer, summary=summary):
+            values, bounds, texts = region_value_map(summary, "rank")
+            return overlay_figure(slice_, values, zmin=0, zmax=1, regions=bounds, region_text=texts,
+                                  colorbar_title="rank kept",
+                                  title=f"Rank kept per region · {layer}<br><sup>{name}, test image #0</sup>")
+        builders[f"Rank kept per region, {layer}"] = regions
+    return {k: None if names_only else build() for k, build in builders.items()}

@@ -13,14 +13,14 @@ FLOPs cut, an efficiency of 0.26). See docs/performance.md for measured tables.
 from __future__ import annotations
 
 import copy
-import os
-import platform
 from collections.abc import Callable, Sequence
 
 import torch
 
 from hscc_core.measure.costs import count_flops, flop_profile, layer_flops, measure_latency
-from hscc_core.runs.pipeline import RunConfig, build_compressed
+from hscc_core.measure.machine import machine_info
+from hscc_core.runs.config import RunConfig
+from hscc_core.runs.pipeline import build_compressed
 from hscc_core.runs.workspace import Workspace
 
 __all__ = ["default_devices", "machine_info", "speed_table"]
@@ -31,24 +31,6 @@ BATCHES = (1, 32)
 def default_devices() -> list[str]:
     """``["cpu"]``, plus ``"cuda"`` when a GPU is available."""
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-
-
-def machine_info() -> dict:
-    """CPU model, logical cores, torch threads and version, GPU name (for reports)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 def _block(latency: dict, name: str) -> dict:
@@ -130,9 +112,9 @@ def speed_table(
             config = RunConfig(method=method, grid=hscc_grid, clusters=hscc_clusters, energy=None,
                                budget=float(budget),
                                allocation=hscc_allocation if method == "hscc" else "uniform")
-            compressed, plan, energy, result = build_compressed(ws, config, progress, model=model, meta=meta)
-            compressed.eval()
-            layers = list(plan.layers) if hasattr(plan, "layers") else list(plan.layer_summary())
+            built = build_compressed(ws, config, progress, model=model, meta=meta)
+            compressed = built.model.eval()
+            layers = list(built.plan.summaries())
             fl, per_layer = flop_profile(compressed, layers, shape)  # one counted pass for both
             layer_fl = sum(per_layer.values())
             if tuple(layers) not in orig_layer_fl:  # the same layers for every method: count once
@@ -142,28 +124,30 @@ def speed_table(
                 report("speed", done, total)
                 lat = measure_latency({"original": model, "compressed": compressed}, shape,
                                       batch_sizes=BATCHES, runs=runs, device=device)
-                orig, comp = _block(lat, "original"), _block(lat, "compressed")
-                row = {
-                    "method": method, "budget": float(budget),
-                    "energy": None if energy is None else float(energy),  # None: greedy allocation
-                    "budget_met": None if result is None else bool(result.met),
-                    "device": lat["device"], "flops": fl, "flops_original": flops_original,
-                    "flops_ratio": flops_original / max(fl, 1),
-                    "layer_flops_ratio": layer_fl_orig / max(layer_fl, 1),
-                }
-                for b in (f"b{n}" for n in BATCHES):
-                    row[f"speedup_{b}"] = orig[b]["median"] / comp[b]["median"]
-                    row[f"speedup_p90_{b}"] = orig[b]["p90"] / comp[b]["p90"]
-                    row[f"efficiency_{b}"] = row[f"speedup_{b}"] / row["flops_ratio"]
-                    if "graph_median" in orig[b] and "graph_median" in comp[b]:
-                        # Both models replayed from CUDA graphs (no kernel-launch cost).
-                        row[f"speedup_graph_{b}"] = orig[b]["graph_median"] / comp[b]["graph_median"]
-                        row[f"efficiency_graph_{b}"] = row[f"speedup_graph_{b}"] / row["flops_ratio"]
-                row["latency_ms"] = {"original": orig, "compressed": comp, "threads": lat["threads"],
-                                     "runs": lat["runs"]}
-                rows.append(row)
+                rows.append(_row(method, budget, built, lat, fl, flops_original, layer_fl, layer_fl_orig))
                 done += 1
             # Back on the CPU for the next method's build and FLOPs count.
             model.cpu()
     report("speed", total, total)
     return {"rows": rows, "machine": machine_info(), "runs": runs, "input_shape": list(shape)}
+
+
+def _row(method: str, budget: float, built, lat: dict, fl: int, flops_original: int, layer_fl: int,
+         layer_fl_orig: int) -> dict:
+    """One row of the table: FLOPs ratios, median and p90 speed-ups, efficiencies, latencies."""
+    orig, comp = _block(lat, "original"), _block(lat, "compressed")
+    row = {"method": method, "budget": float(budget),
+           "energy": None if built.energy is None else float(built.energy),  # None: greedy allocation
+           "budget_met": None if built.outcome is None else bool(built.outcome.met),
+           "device": lat["device"], "flops": fl, "flops_original": flops_original,
+           "flops_ratio": flops_original / max(fl, 1), "layer_flops_ratio": layer_fl_orig / max(layer_fl, 1)}
+    for b in (f"b{n}" for n in BATCHES):
+        row[f"speedup_{b}"] = orig[b]["median"] / comp[b]["median"]
+        row[f"speedup_p90_{b}"] = orig[b]["p90"] / comp[b]["p90"]
+        row[f"efficiency_{b}"] = row[f"speedup_{b}"] / row["flops_ratio"]
+        if "graph_median" in orig[b] and "graph_median" in comp[b]:
+            # Both models replayed from CUDA graphs (no kernel-launch cost).
+            row[f"speedup_graph_{b}"] = orig[b]["graph_median"] / comp[b]["graph_median"]
+            row[f"efficiency_graph_{b}"] = row[f"speedup_graph_{b}"] / row["flops_ratio"]
+    row["latency_ms"] = {"original": orig, "compressed": comp, "threads": lat["threads"], "runs": lat["runs"]}
+    return row

@@ -19,7 +19,10 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from hscc_core.runs.pipeline import METHODS, RunConfig, calibration_stats, compute_run, original_run, run_key
+from hscc_core.compress.hscc import cluster_side
+from hscc_core.compress.methods import get_method
+from hscc_core.runs.config import METHOD_NAMES, RunConfig
+from hscc_core.runs.pipeline import calibration_stats, compute_run, original_run, run_key
 from hscc_core.runs.workspace import Workspace
 
 DEFAULT_GRIDS = (1, 2, 4)
@@ -27,7 +30,7 @@ DEFAULT_CLUSTERS = (1, 2, 4, 8)
 DEFAULT_ENERGIES = (0.8, 0.9, 0.95, 0.98, 0.995)
 
 
-def expand(methods: Iterable[str] = METHODS, grids: Iterable[int] = DEFAULT_GRIDS,
+def expand(methods: Iterable[str] = METHOD_NAMES, grids: Iterable[int] = DEFAULT_GRIDS,
            clusters: Iterable[int] = DEFAULT_CLUSTERS, energies: Iterable[float] = DEFAULT_ENERGIES,
            budgets: Iterable[float] = (), finetune_epochs: Iterable[int] = (0,), calib_size: int = 256,
            seed: int = 0, cluster_sides: Iterable[str] = ("output",),
@@ -150,12 +153,18 @@ def run_task(task: SweepTask) -> tuple[dict, dict]:
 
 
 def prepare_shared(ws: Workspace, configs: list[RunConfig]) -> None:
-    """Compute, once and in this process, what every task reads: the original's run and the
-    calibration statistics of each HSCC grid (workers then only read them from the store)."""
+    """Compute, once and in this process, what every task reads: the original's run and each set of
+    calibration statistics the data-aware runs need (workers then only read them from the store)."""
     original_run(ws)
     model, meta = ws.baseline(train_if_missing=False)
-    for grid, calib, seed in sorted({(c.grid, c.calib_size, c.seed) for c in configs if c.method == "hscc"}):
-        calibration_stats(ws, model, meta, grid, calib, seed)
+    needed = {}
+    for c in configs:
+        if get_method(c.method).data_aware:
+            side = cluster_side(c.cluster_side)
+            ident = (side.name, tuple(sorted(side.stats_key(c.grid, c.clusters).items())), c.calib_size, c.seed)
+            needed.setdefault(ident, (side, c))
+    for _, (side, c) in sorted(needed.items(), key=lambda item: item[0]):
+        calibration_stats(ws, model, meta, side, c.grid, c.clusters, c.calib_size, c.seed)
 
 
 @dataclass

@@ -1,30 +1,18 @@
-"""Tests for hscc_core.compress.calibration: regions, streaming regional statistics, save/load."""
+"""Tests for hscc_core.compress.hscc.stats (and .regions, .npz): regions, streaming output-side
+statistics, save/load, damaged files."""
 
 import json
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from hscc_core.compress.calibration import (
-    LayerStats,
-    compress_candidates,
-    compute_stats,
-    load_stats,
-    region_bounds,
-    save_stats,
-)
 
 
-def tiny_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(),
-        nn.Conv2d(8, 16, 5, 2, 2), nn.ReLU(),
-        nn.Conv2d(16, 12, 11, 4, 2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 4),
-    )
+from conftest import conv_stack as tiny_cnn
+from hscc_core.compress.hscc.npz import write_npz
+from hscc_core.compress.hscc.regions import region_bounds
+from hscc_core.compress.hscc.stats import LayerStats, compute_stats, load_stats, save_stats
+from hscc_core.nn.layers import compress_candidates
 
 
 def images(m: int = 10, size: int = 40, seed: int = 1) -> torch.Tensor:
@@ -79,7 +67,7 @@ def test_streaming_stats_match_brute_force(grid):
     calls = []
     stats = compute_stats(model, x, grid, batch_size=4, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(4, 10), (8, 10), (10, 10)]
-    assert list(stats) == ["0", "2", "4"]
+    assert list(stats) == ["0", "2", "4", "6"]
     for name, s in stats.items():
         regions, mean, gram, desc = brute_stats(model, x, name, grid)
         assert list(s.regions) == regions
@@ -117,7 +105,7 @@ def test_grid_clamped_per_layer_and_model_untouched():
 
 def test_layer_selection_and_errors():
     model = tiny_cnn()
-    assert compress_candidates(model) == ["0", "2", "4"]
+    assert compress_candidates(model) == ["0", "2", "4", "6"]
     assert list(compute_stats(model, images(2), 1, layers=["4"])) == ["4"]
     with pytest.raises(ValueError):
         compute_stats(model, images(2), 1, layers=["1"])
@@ -132,7 +120,7 @@ def test_save_load_round_trip(tmp_path):
     assert path.exists() and not list(path.parent.glob("*.tmp"))
     with np.load(path, allow_pickle=False) as z:  # no object arrays inside
         meta = json.loads(str(z["meta"][0]))
-    assert [m["grid_clamped"] for m in meta["layers"]] == [False, False, True]
+    assert [m["grid_clamped"] for m in meta["layers"]] == [False, False, True, True]
     back = load_stats(path)
     assert list(back) == list(stats)
     for name, s in stats.items():
@@ -143,3 +131,20 @@ def test_save_load_round_trip(tmp_path):
         for f in ("mean", "gram", "desc", "count"):
             np.testing.assert_array_equal(getattr(b, f), getattr(s, f))
         assert b.total_energy == pytest.approx(s.total_energy)
+
+
+def test_damaged_files_are_one_clear_error(tmp_path):
+    """A checksum-valid file without the expected arrays, or of another version, is a ValueError naming it."""
+    path = tmp_path / "stats.npz"
+    save_stats(path, compute_stats(tiny_cnn(), images(2), grid=1))
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"][0]))
+    write_npz(path, meta, {"l0_mean": np.zeros((1, 8))})  # l0_gram and the rest are missing
+    with pytest.raises(ValueError, match="lacks array 'l0_gram'"):
+        load_stats(path)
+    write_npz(path, dict(meta, version=99), {})
+    with pytest.raises(ValueError, match="format version 99"):
+        load_stats(path)
+    path.write_bytes(b"not an npz")
+    with pytest.raises(ValueError, match="cannot read statistics"):
+        load_stats(path)

@@ -18,43 +18,27 @@ for every cluster count K and energy threshold tau.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = [
-    "LayerStats",
-    "compress_candidates",
-    "compute_stats",
-    "load_stats",
-    "region_bounds",
-    "save_stats",
-]
+from hscc_core.compress.hscc.npz import read_layers, write_npz
+from hscc_core.compress.hscc.regions import GridLayout, region_bounds
+from hscc_core.nn.layers import resolve_layers, run_hooked
+
+__all__ = ["LayerStats", "compute_stats", "load_stats", "save_stats"]
 
 _FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True, eq=False)
-class LayerStats:
-    """Regional statistics of one convolution's pre-bias output (see module docstring).
+class LayerStats(GridLayout):
+    """Regional statistics of one convolution's pre-bias output (see module docstring)."""
 
-    ``regions`` are ``(h0, h1, w0, w1)`` half-open bounds, row-major over the clamped grid
-    ``grid_hw``; ``grid`` is the grid that was asked for.
-    """
-
-    name: str
-    in_hw: tuple[int, int]
-    out_hw: tuple[int, int]
-    grid: int
-    grid_hw: tuple[int, int]
-    regions: tuple[tuple[int, int, int, int], ...]
     mean: np.ndarray  # (R, O) float64
     gram: np.ndarray  # (R, O, O) float64, centred scatter (covariance x count)
     desc: np.ndarray  # (R, O, M) float64
@@ -80,67 +64,9 @@ class LayerStats:
         return int(self.desc.shape[2])
 
     @property
-    def grid_clamped(self) -> bool:
-        """True when the grid was reduced because the output map is smaller than G."""
-        return self.grid_hw != (self.grid, self.grid)
-
-    @property
     def total_energy(self) -> float:
         """Sum over regions of the centred scatter's trace (the energy HSCC's tau is relative to)."""
         return float(np.trace(self.gram, axis1=1, axis2=2).sum())
-
-
-def region_bounds(h: int, w: int, grid: int) -> list[tuple[int, int, int, int]]:
-    """Split an ``h x w`` map into a grid of regions.
-
-    Parameters
-    ----------
-    h, w : int
-        Output-map size.
-    grid : int
-        Requested grid size G (>= 1); clamped per axis to ``h`` and ``w`` so no region is empty.
-
-    Returns
-    -------
-    list of (h0, h1, w0, w1)
-        Half-open bounds, row-major. Boundaries are ``linspace(0, n, G + 1)`` rounded half-up.
-    """
-    if grid < 1 or h < 1 or w < 1:
-        raise ValueError(f"grid, h and w must be >= 1, got grid={grid}, h={h}, w={w}")
-
-    def cuts(n: int) -> np.ndarray:
-        g = min(grid, n)
-        # Half-up rounding (not numpy's half-to-even) keeps the cuts strictly increasing when the
-        # spacing n / g is >= 1, which the clamp guarantees.
-        return np.floor(np.linspace(0, n, g + 1) + 0.5).astype(int)
-
-    hc, wc = cuts(h), cuts(w)
-    return [
-        (int(hc[i]), int(hc[i + 1]), int(wc[j]), int(wc[j + 1]))
-        for i in range(len(hc) - 1)
-        for j in range(len(wc) - 1)
-    ]
-
-
-def compress_candidates(model: nn.Module) -> list[str]:
-    """Qualified names of the layers HSCC and the baselines can compress (Conv2d with groups=1)."""
-    return [
-        name
-        for name, mod in model.named_modules()
-        if isinstance(mod, nn.Conv2d) and mod.groups == 1
-    ]
-
-
-def _check_layers(model: nn.Module, layers: list[str] | None) -> list[str]:
-    mods = dict(model.named_modules())
-    names = compress_candidates(model) if layers is None else list(layers)
-    for n in names:
-        m = mods.get(n)
-        if not isinstance(m, nn.Conv2d) or m.groups != 1:
-            raise ValueError(f"layer {n!r} is not a Conv2d with groups=1 in this model")
-    if not names:
-        raise ValueError("no layer to compress")
-    return names
 
 
 class _Accumulator:
@@ -219,34 +145,19 @@ def compute_stats(
         raise ValueError(f"grid must be >= 1, got {grid}")
     if images.ndim != 4 or images.shape[0] < 1:
         raise ValueError("images must have shape (M, C, H, W) with M >= 1")
-    names = _check_layers(model, layers)
-    mods = dict(model.named_modules())
+    names = resolve_layers(model, layers)
     m_images = int(images.shape[0])
     accs = {n: _Accumulator(grid, m_images) for n in names}
-    device = next(model.parameters()).device
 
     def make_hook(name: str):
-        def hook(mod: nn.Conv2d, inputs, output):
-            y = output
-            if mod.bias is not None:
-                y = y - mod.bias.view(1, -1, 1, 1)
+        def hook(inputs, output):
+            conv = model.get_submodule(name)
+            y = output if conv.bias is None else output - conv.bias.view(1, -1, 1, 1)
             accs[name].update(y, tuple(inputs[0].shape[-2:]))
-
         return hook
 
-    handles = [mods[n].register_forward_hook(make_hook(n)) for n in names]
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        for start in range(0, m_images, batch_size):
-            model(images[start : start + batch_size].to(device))
-            if progress is not None:
-                progress(min(start + batch_size, m_images), m_images)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, was in flags:  # restore each submodule's own mode
-            m.training = was
+    run_hooked(model, images, {n: make_hook(n) for n in names}, batch_size,
+               None if progress is None else (lambda done: progress(done, m_images)))
 
     out: dict[str, LayerStats] = {}
     for n in names:
@@ -272,7 +183,6 @@ def compute_stats(
 
 def save_stats(path: str | os.PathLike, stats: dict[str, LayerStats]) -> None:
     """Write statistics to one ``.npz`` (no pickles; metadata as a JSON string), atomically."""
-    path = Path(path)
     meta = {"version": _FORMAT_VERSION, "layers": []}
     arrays: dict[str, np.ndarray] = {}
     for i, (name, s) in enumerate(stats.items()):
@@ -295,42 +205,13 @@ def save_stats(path: str | os.PathLike, stats: dict[str, LayerStats]) -> None:
     write_npz(path, meta, arrays)
 
 
-def write_npz(path: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` plus ``meta`` (as a JSON string, so no pickles) to one ``.npz``, atomically:
-    a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    arrays = dict(arrays, meta=np.array([json.dumps(meta)]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def load_stats(path: str | os.PathLike) -> dict[str, LayerStats]:
     """Read statistics written by :func:`save_stats` (``allow_pickle=False``)."""
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"][0]))
-        if meta.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"unsupported stats format version {meta.get('version')}")
-        out = {}
-        for i, m in enumerate(meta["layers"]):
-            out[m["name"]] = LayerStats(
-                name=m["name"],
-                in_hw=tuple(m["in_hw"]),
-                out_hw=tuple(m["out_hw"]),
-                grid=int(m["grid"]),
-                grid_hw=tuple(m["grid_hw"]),
-                regions=tuple(tuple(r) for r in m["regions"]),
-                mean=z[f"l{i}_mean"],
-                gram=z[f"l{i}_gram"],
-                desc=z[f"l{i}_desc"],
-                count=z[f"l{i}_count"],
-                extra=m.get("extra", {}),
-            )
-    return out
+    return read_layers(path, _FORMAT_VERSION, "statistics", _layer_from_npz)
+
+
+def _layer_from_npz(m: dict, z, i: int) -> LayerStats:
+    return LayerStats(name=m["name"], in_hw=tuple(m["in_hw"]), out_hw=tuple(m["out_hw"]), grid=int(m["grid"]),
+                      grid_hw=tuple(m["grid_hw"]), regions=tuple(tuple(r) for r in m["regions"]),
+                      mean=z[f"l{i}_mean"], gram=z[f"l{i}_gram"], desc=z[f"l{i}_desc"], count=z[f"l{i}_count"],
+                      extra=m.get("extra", {}))

@@ -1,0 +1,155 @@
+"""Compression methods behind one small interface, looked up by name.
+
+Every method (HSCC, Vacavant et al. 2026, arXiv 2604.23375; Global SVD; Tucker-2) takes the same
+steps (DESIGN 3): ``decompose`` once per model and setting (everything that does not depend on the
+energy threshold), ``plan`` the ranks for one energy threshold (cheap, so a budget is met by
+bisection over it), and ``build`` a deep copy of the model with real factorised modules. A plan
+reports its analytical ``macs()`` and typed per-layer ``summaries()``
+(:class:`hscc_core.compress.summary.LayerSummary`). :func:`make_plan` applies a run's target: an
+energy threshold, or a FLOPs budget met by one shared threshold (``uniform``) or by greedy
+allocation where the method supports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from torch import nn
+
+from hscc_core.compress.allocation import greedy_budget
+from hscc_core.compress.budgets import search_energy
+from hscc_core.compress.hscc import build_hscc, cluster_side, plan_at_energy
+from hscc_core.compress.svd import build_svd, plan_svd, svd_decompose
+from hscc_core.compress.tucker import build_tucker, plan_tucker, tucker_decompose
+
+__all__ = ["ALLOCATIONS", "METHODS", "Method", "Settings", "StatsSource", "get_method", "make_plan"]
+
+ALLOCATIONS = ("uniform", "greedy")  # one energy for every block, or budget-greedy per MAC (DESIGN 3.9)
+
+# (side, grid, clusters) -> the side's calibration statistics; the caller caches them.
+StatsSource = Callable[[Any, int, int], dict]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a method reads of a run's configuration (the rest is the run's business)."""
+
+    grid: int = 1
+    clusters: int = 1
+    seed: int = 0
+    cluster_side: str = "output"
+
+
+class Method(Protocol):
+    """A compression method (see module docstring)."""
+
+    name: str
+    title: str
+    data_aware: bool  # reads calibration data (grid, clusters and calibration size matter)
+    allocations: tuple[str, ...]  # allocation rules it supports in budget mode
+
+    def decomposition_key(self, settings: Settings) -> tuple: ...
+
+    def decompose(self, model: nn.Module, input_shape: tuple[int, ...], settings: Settings,
+                  stats: StatsSource) -> Any: ...
+
+    def plan(self, decomp: Any, energy: float) -> Any: ...
+
+    def build(self, model: nn.Module, plan: Any) -> nn.Module: ...
+
+
+class _HSCC:
+    name, title, data_aware, allocations = "hscc", "HSCC", True, ALLOCATIONS
+
+    def decomposition_key(self, s: Settings) -> tuple:
+        return (s.cluster_side, s.grid, s.clusters, s.seed)
+
+    def decompose(self, model, input_shape, s, stats):
+        side = cluster_side(s.cluster_side)
+        return side.decompose(model, stats(side, s.grid, s.clusters), s.clusters, s.seed)
+
+    def plan(self, decomp, energy):
+        return plan_at_energy(decomp, energy)
+
+    def build(self, model, plan):
+        return build_hscc(model, plan)
+
+
+class _GlobalSVD:
+    name, title, data_aware, allocations = "svd", "Global SVD", False, ("uniform",)
+
+    def decomposition_key(self, s: Settings) -> tuple:
+        return ()  # weight-only: nothing but the model
+
+    def decompose(self, model, input_shape, s, stats):
+        return svd_decompose(model, input_shape=input_shape)
+
+    def plan(self, decomp, energy):
+        return plan_svd(decomp, energy)
+
+    def build(self, model, plan):
+        return build_svd(model, plan)
+
+
+class _Tucker2:
+    name, title, data_aware, allocations = "tucker", "Tucker-2", False, ("uniform",)
+
+    def decomposition_key(self, s: Settings) -> tuple:
+        return (s.seed,)
+
+    def decompose(self, model, input_shape, s, stats):
+        return tucker_decompose(model, input_shape=input_shape, seed=s.seed)
+
+    def plan(self, decomp, energy):
+        return plan_tucker(decomp, energy)
+
+    def build(self, model, plan):
+        return build_tucker(model, plan)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (_HSCC(), _GlobalSVD(), _Tucker2())}
+
+
+def get_method(name: str) -> Method:
+    """The method called ``name`` (``"hscc"``, ``"svd"`` or ``"tucker"``)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method '{name}' (allowed: {', '.join(METHODS)})") from None
+
+
+def make_plan(method: Method, decomp: Any, energy: float | None = None, budget: float | None = None,
+              allocation: str = "uniform") -> tuple[Any, Any]:
+    """The plan for a run's target, and the budget outcome (None in energy mode).
+
+    Parameters
+    ----------
+    method : Method
+    decomp
+        ``method.decompose(...)``.
+    energy : float, optional
+        Energy threshold tau in (0, 1] (energy mode).
+    budget : float, optional
+        Compress the layers' MACs by this factor (budget mode, DESIGN 3.7).
+    allocation : {"uniform", "greedy"}
+        Budget mode: one shared threshold found by bisection, or greedy allocation.
+
+    Returns
+    -------
+    (plan, outcome)
+        ``outcome`` is a :class:`hscc_core.compress.budgets.BudgetResult` (uniform) or
+        :class:`hscc_core.compress.allocation.GreedyBudget` (greedy) in budget mode.
+    """
+    if (energy is None) == (budget is None):
+        raise ValueError("give either an energy threshold or a budget")
+    if allocation not in method.allocations:
+        raise ValueError(f"allocation {allocation!r} is not available for {method.title} "
+                         f"(allowed: {', '.join(method.allocations)})")
+    if budget is None:
+        return method.plan(decomp, energy), None
+    if allocation == "greedy":
+        return greedy_budget(decomp, budget)
+    outcome = search_energy(lambda e: method.plan(decomp, e).macs(), decomp.original_macs, budget)
+    return method.plan(decomp, outcome.energy), outcome

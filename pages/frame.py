@@ -1,0 +1,414 @@
+"""The frame every page shares, drawn once by ``app.py`` around the page ``st.navigation`` runs.
+
+Around each page the frame draws the sidebar (dataset, baseline status and headline metrics, the
+selected run, the research-tool notice), the page title, and the reason a page cannot show anything
+yet (no baseline, a bad data folder); it opens the page's :class:`Context`, follows ``?run=<cache
+key>`` deep links and writes the selected run back into the URL, and turns a page's unexpected
+exception into one visible message with an error id (the traceback goes to the server log).
+
+Pages hold widgets and layout only: each is a ``main(ctx)`` function handed to :func:`show`, which
+runs it inside the frame app.py drew (or draws the frame itself when Streamlit runs the page file
+alone: its pages-directory mode does that for the first request of a server process, and AppTest for
+every page switch); they pick runs with :func:`run_picker` and select one with :func:`select_run`. All computation is in ``hscc_core``. Runs are immutable once
+stored (their key is a content hash), so they are cached with ``st.cache_data`` by (cache folder,
+key); run lists are cached by the store's current set of keys, so a new run shows up at once.
+``st.cache_resource`` holds loaded things only: workspaces (with their baseline model).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from hscc_core.data.folders import DataError
+from hscc_core.nn.models import CheckpointError
+from hscc_core.present.labels import NOTICE, pct, run_name, speed_text
+from hscc_core.runs.pipeline import original_run
+from hscc_core.runs.selection import baseline_runs
+from hscc_core.runs.store import RunStore
+from hscc_core.runs.workspace import Workspace
+
+__all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "baseline_ready", "baseline_run", "begin", "finish",
+           "load_arrays", "load_run", "prepare_with_progress", "run_page", "run_picker", "select_run", "selected_run",
+           "show", "workspace_for", "workspace_id", "app"]
+
+# The pages, in navigation order: file stem, navigation label, page title, icon.
+PAGES = [
+    ("overview", "Baseline", "Baseline model", ":material/home:"),
+    ("explorer", "Explorer", "Explorer", ":material/tune:"),
+    ("pareto", "Pareto", "Pareto fronts", ":material/scatter_plot:"),
+    ("confusion", "Confusion", "Confusion matrices", ":material/grid_on:"),
+    ("heatmaps", "Heatmaps", "Heatmaps", ":material/local_fire_department:"),
+    ("report", "Report", "Report", ":material/description:"),
+    ("demo", "Demo", "Clinician demo", ":material/stethoscope:"),
+]
+TITLES = {stem: title for stem, _, title, _ in PAGES}
+
+SELECTED = "selected_run"  # session key: cache key of the run every page shows
+EXPLORER_PENDING = "explorer_pending"  # session key: a config the explorer should load into its widgets
+_CONTEXT = "_frame_context"  # session key: the context the frame opened for this script run
+_SLOT = "_frame_slot"
+_FRAMED = "_frame_open"  # session key: app.py opened the frame in this script run (the page consumes it)
+_WRITTEN = "_frame_link"  # session key: the ?run= value the frame itself last wrote into the URL
+USER_ERRORS = (DataError, CheckpointError, ValueError, OSError)
+_ENV_SETTINGS = ("HSCC_CACHE_DIR", "HSCC_ARCH", "HSCC_INPUT_SIZE", "HSCC_EPOCHS")
+_LOG = logging.getLogger("hscc_explorer.app")
+
+
+# --------------------------------------------------------------------------------------------
+# Workspace and baseline (cached)
+
+
+def _settings() -> tuple[str, ...]:
+    # Part of every cached workspace's identity, so another cache folder or model is never mixed up.
+    return tuple(os.environ.get(name, "") for name in _ENV_SETTINGS)
+
+
+def workspace_id() -> str:
+    """Hashable description of the selected workspace (the data path; the rest comes from the env)."""
+    return st.session_state.get("data_path", os.environ.get("HSCC_DATA", "")).strip()
+
+
+def workspace_for(data: str) -> Workspace:
+    """The (cached) workspace of a data path, with the rest of its settings from the environment."""
+    return _workspace(data, _settings())
+
+
+@st.cache_resource(show_spinner=False)
+def _workspace(data: str, settings: tuple[str, ...]) -> Workspace:
+    # One Workspace per dataset: it memoises the decoded images and the loaded baseline.
+    return Workspace.from_env(data=data)
+
+
+@st.cache_resource(show_spinner=False)
+def _ready() -> set:
+    # Workspaces whose baseline has been found once: checking again would hash the checkpoint
+    # (hundreds of MB for AlexNet) on every rerun.
+    return set()
+
+
+def baseline_run(data: str) -> dict:
+    """The original model's metrics (cached in the run store and in the app)."""
+    return _baseline_run(data, _settings())
+
+
+@st.cache_data(show_spinner=False)
+def _baseline_run(data: str, settings: tuple[str, ...]) -> dict:
+    run, _, _ = original_run(_workspace(data, settings))
+    return run
+
+
+def baseline_ready(ws: Workspace) -> tuple[bool, str | None]:
+    """(ready, error message) without training anything."""
+    token = (str(ws.data), str(ws.cache_dir), ws.arch, ws.size)
+    if token in _ready():
+        return True, None
+    try:
+        ready = ws.has_baseline()
+    except USER_ERRORS as exc:
+        return False, str(exc)
+    if ready:
+        _ready().add(token)
+    return ready, None
+
+
+def prepare_with_progress(ws: Workspace) -> None:
+    """Decode the data and train the baseline with a progress bar and stage messages."""
+    bar = st.progress(0.0, text="preparing data")
+
+    def stage(name, done, total):
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{name}: {done}/{total}")
+
+    def training(info):
+        done = (info["epoch"] - 1) * info["batches"] + info["batch"]
+        bar.progress(min(done / (info["epochs"] * info["batches"]), 1.0),
+                     text=f"training epoch {info['epoch']}/{info['epochs']}, loss {info['loss']:.3f}, "
+                          f"accuracy {info['acc']:.3f}")
+
+    ws.images(stage)
+    ws.baseline(progress=training)
+    bar.empty()
+
+
+# --------------------------------------------------------------------------------------------
+# The context of a page
+
+
+@dataclass
+class Context:
+    """What a page needs once the baseline exists."""
+
+    ws: Workspace
+    meta: dict
+    original: dict
+
+    @property
+    def cache_dir(self) -> str:
+        return str(self.ws.cache_dir)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.original["classes"])
+
+    def runs(self) -> list[dict]:
+        """Every stored compression run of this baseline and data."""
+        return _runs_for(self.cache_dir, self.original["data_fingerprint"], self.meta["fingerprint"],
+                         tuple(self.ws.store.keys()))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _runs_for(cache_dir: str, data_fp: str, model_fp: str, keys: tuple[str, ...]) -> list[dict]:
+    # ``keys`` is the store's listing: any new or removed run changes it and so refreshes this.
+    return baseline_runs(RunStore(cache_dir), data_fp, model_fp)
+
+
+def _open_context() -> Context | None:
+    """The page context, or None after a visible message saying why there is none."""
+    try:
+        ws = workspace_for(workspace_id())
+    except USER_ERRORS as exc:
+        st.error(f"Cannot open this workspace: {exc}")
+        return None
+    ready, error = baseline_ready(ws)
+    if error:
+        st.error(error)
+        return None
+    if not ready:
+        st.info("Prepare the baseline from the sidebar (or run `hscc prepare`) first.")
+        return None
+    try:
+        with st.spinner("Loading the baseline model..."):
+            _, meta = ws.baseline(train_if_missing=False)
+            original = baseline_run(workspace_id())
+    except (*USER_ERRORS, FileNotFoundError) as exc:
+        st.error(str(exc))
+        return None
+    return Context(ws, meta, original)
+
+
+# --------------------------------------------------------------------------------------------
+# Runs and the selection
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def _cached_run(cache_dir: str, key: str) -> dict:
+    run = RunStore(cache_dir).get_run(key)
+    if run is None:
+        raise KeyError(key)  # not cached by st.cache_data: a later call looks again
+    return run
+
+
+def load_run(ctx: Context, key: str) -> dict | None:
+    """The stored run under ``key`` if it belongs to this baseline and data, else None."""
+    try:
+        if not ctx.ws.store.has_run(key):
+            return None
+        run = _cached_run(ctx.cache_dir, key)
+    except (KeyError, ValueError):  # unknown or malformed key (a hand-edited link)
+        return None
+    if run.get("data_fingerprint") != ctx.original["data_fingerprint"] or \
+            run.get("model_fingerprint") != ctx.meta["fingerprint"]:
+        return None
+    return run
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _cached_arrays(cache_dir: str, key: str) -> dict:
+    arrays = RunStore(cache_dir).get_arrays(key)
+    if arrays is None:
+        raise KeyError(key)
+    return arrays
+
+
+def load_arrays(ctx: Context, key: str) -> dict | None:
+    """The stored arrays (predictions, probabilities, labels.<layer>) of a run."""
+    try:
+        return _cached_arrays(ctx.cache_dir, key)
+    except KeyError:
+        return None
+
+
+def select_run(run: dict, sync_explorer: bool = True) -> None:
+    """Make ``run`` the selected run of every page (and, optionally, load it into the explorer)."""
+    st.session_state[SELECTED] = run["cache_key"]
+    if sync_explorer:
+        st.session_state[EXPLORER_PENDING] = dict(run["config"], method=run["method"])
+
+
+def selected_run(ctx: Context) -> dict | None:
+    """The selected run, if there is one for this baseline."""
+    key = st.session_state.get(SELECTED)
+    return load_run(ctx, key) if key else None
+
+
+def run_picker(ctx: Context, page: str) -> dict | None:
+    """A select box of stored runs, synced with the selection; returns the chosen run or None."""
+    runs = sorted(ctx.runs(), key=lambda r: (r.get("method", ""), run_name(r)))
+    if not runs:
+        st.info("No compressed run yet: compute one on the Explorer page (or with `hscc compress` / "
+                "`hscc sweep`).")
+        return None
+    by_key = {r["cache_key"]: r for r in runs}
+    widget = f"{page}_pick"
+    current = st.session_state.get(SELECTED)
+    if current in by_key:
+        st.session_state[widget] = current
+    else:
+        st.session_state.pop(widget, None)
+
+    def changed():
+        choice = st.session_state.get(widget)
+        if choice in by_key:
+            select_run(by_key[choice])
+
+    choice = st.selectbox("Run", list(by_key), key=widget, index=None, on_change=changed,
+                          placeholder="pick a run (or click one on the Pareto page)",
+                          format_func=lambda k: f"{run_name(by_key[k])}  ·  accuracy {pct(by_key[k]['accuracy'])}")
+    return by_key.get(choice)
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing the frame (app.py)
+
+
+def _sidebar() -> None:
+    """Dataset choice, baseline status and headline metrics; a slot for the selected run."""
+    with st.sidebar:
+        st.header("Dataset")
+        st.text_input("Data folder (empty: embedded MRI phantom)", key="data_path",
+                      value=st.session_state.get("data_path", os.environ.get("HSCC_DATA", "")),
+                      help="An ImageFolder layout: ROOT/Training/<class>/, ROOT/Testing/<class>/ "
+                           "or ROOT/<class>/. Also settable with the HSCC_DATA environment variable.")
+        try:
+            ws = workspace_for(workspace_id())
+        except USER_ERRORS:
+            return  # the main area says why
+        st.caption(ws.data_label())
+        ready, error = baseline_ready(ws)
+        if error:
+            return
+        if not ready:
+            st.warning("No baseline for this dataset yet.")
+            if st.button("Prepare baseline", key="sidebar_prepare"):
+                try:
+                    prepare_with_progress(ws)
+                except USER_ERRORS as exc:
+                    st.error(str(exc))
+                    return
+                st.rerun()
+            return
+        try:
+            run = baseline_run(workspace_id())
+        except USER_ERRORS:
+            return
+        st.subheader("Baseline")
+        st.metric("Baseline accuracy", pct(run["accuracy"]), help=f"SE {100 * run['accuracy_se']:.1f} points (bootstrap)")
+        st.metric("Macro F1", f"{run['macro_f1']:.3f}", help=f"SE {run['macro_f1_se']:.3f}")
+        st.session_state[_SLOT] = st.container()  # filled by finish() once the page has run
+        st.caption(NOTICE)
+
+
+def _follow_link(ctx: Context) -> None:
+    """Select the run a ``?run=<cache key>`` link names (a new link wins over the session's selection)."""
+    key = st.query_params.get("run")
+    if not key or key in (st.session_state.get(SELECTED), st.session_state.get(_WRITTEN)):
+        return  # no link, or the one this session wrote itself (the selection has moved on since)
+    run = load_run(ctx, key)
+    if run is None:
+        st.warning("The link names a run that is not stored for this dataset and baseline model; "
+                   "showing the page without it.")
+        del st.query_params["run"]
+        return
+    select_run(run)
+
+
+def begin(title: str) -> bool:
+    """Draw the frame's top (sidebar, title) and open the page's context; True when the page can run."""
+    st.session_state.pop(_SLOT, None)
+    st.session_state.pop(_CONTEXT, None)
+    _sidebar()
+    st.title(title)
+    ctx = _open_context()
+    if ctx is None:
+        return False
+    _follow_link(ctx)
+    st.session_state[_CONTEXT] = ctx
+    return True
+
+
+def app(default: str | None = None) -> None:
+    """The whole app: navigation, and the frame around the page it picks (``app.py`` calls this).
+
+    ``default`` names the page shown when the URL names none (the first page by default).
+    """
+    here = Path(__file__).resolve().parent
+    nav, titles = [], {}
+    for stem, label, title, icon in PAGES:
+        if (here / f"{stem}.py").is_file():  # the clinician demo is optional
+            page = st.Page(str(here / f"{stem}.py"), title=label, icon=icon,
+                           default=stem == default if default else not nav)
+            titles[page.url_path] = title
+            nav.append(page)
+    current = st.navigation(nav)
+    if begin(titles[current.url_path]):
+        run_page(current)
+    finish()
+
+
+def show(stem: str, main) -> None:
+    """Run a page's ``main(ctx)`` inside the frame :func:`app` opened in this script run.
+
+    Streamlit sometimes runs a page file alone (its pages-directory mode does, for the first request
+    of a server process that names a page, and AppTest on page switches): the page then runs the
+    app, which draws the frame and runs this page again inside it.
+    """
+    if st.session_state.pop(_FRAMED, False):
+        main(st.session_state[_CONTEXT])
+    else:
+        app(default=stem)
+
+
+def run_page(page) -> None:
+    """Run the page; an unexpected exception becomes one message with an error id (traceback to the log)."""
+    st.session_state[_FRAMED] = True
+    try:
+        page.run()
+    except Exception:  # noqa: BLE001 - Streamlit's stop/rerun signals are BaseExceptions and pass through
+        error_id = uuid.uuid4().hex[:8]
+        _LOG.exception("page %s failed (error id %s)", getattr(page, "title", "?"), error_id)
+        st.error(f"Something went wrong on this page (error id {error_id}). The details are in the server "
+                 "log; the other pages keep working.")
+    finally:
+        st.session_state.pop(_FRAMED, None)
+
+
+def finish() -> None:
+    """Draw the frame's bottom: the selected run in the sidebar, the URL's ``?run=``, the notice."""
+    ctx = st.session_state.get(_CONTEXT)
+    slot = st.session_state.get(_SLOT)
+    run = selected_run(ctx) if ctx is not None else None
+    if run is not None:
+        st.query_params["run"] = st.session_state[_WRITTEN] = run["cache_key"]  # page switches clear it
+    if slot is not None and ctx is not None:
+        with slot:
+            if run is None:
+                st.caption("No run selected: pick one on the Explorer or Pareto page.")
+            else:
+                st.subheader("Selected run")
+                st.markdown(f"**{run_name(run)}**")
+                reduction = 1 - run["flops"] / max(run["flops_original"], 1)
+                speed = (run.get("speedup") or {}).get("b1")
+                st.caption(f"accuracy {pct(run['accuracy'])} ± {100 * run['accuracy_se']:.1f}, "
+                           f"macro F1 {run['macro_f1']:.3f}, {100 * reduction:.1f} % fewer FLOPs"
+                           + (f", {speed_text(speed)} (batch 1)" if speed else "") + f" · key {run['cache_key'][:10]}")
+                if st.button("Clear selection", key="sidebar_clear_selection"):
+                    st.session_state.pop(SELECTED, None)
+                    if "run" in st.query_params:
+                        del st.query_params["run"]
+                    st.rerun()
+    st.caption(NOTICE)
