@@ -68,7 +68,7 @@ def original_run(ws: Workspace, progress=None) -> tuple[dict, dict[str, np.ndarr
             "method": "original", "config": {}, "cache_key": key,
             "data": ws.data_label(), "data_fingerprint": images.fingerprint,
             "model_fingerprint": meta["fingerprint"], "arch": meta["arch"], "input_size": images.size,
-            "classes": list(images.classes), "dedupe": ws.dedupe,
+            "classes": list(images.classes), "dedupe": ws.dedupe, "split": ws.split,
             **classification_metrics(images.y_test, preds, images.classes),
             "flops": flops, "flops_original": flops, "params": params, "params_original": params,
             "skipped_files": len(images.skipped), "seconds": time.perf_counter() - start,
@@ -403,7 +403,7 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
         "method": config.method, "config": config.canonical(), "label": config.label(),
         "data": ws.data_label(), "data_fingerprint": images.fingerprint,
         "model_fingerprint": meta["fingerprint"], "arch": meta["arch"], "input_size": images.size,
-        "classes": list(images.classes), "dedupe": ws.dedupe,
+        "classes": list(images.classes), "dedupe": ws.dedupe, "split": ws.split,
         "energy": None if energy is None else float(energy),
         "cluster_side": config.cluster_side, "allocation": config.allocation,
         "budget_search": None if budget is None else {
