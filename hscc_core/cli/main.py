@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from hscc_core.data.folders import DataError
+from hscc_core.data.splits import SPLITS
 from hscc_core.nn.models import ARCHITECTURES, CheckpointError
 from hscc_core.cli.progress import TrainBar, bars
 from hscc_core.nn.training import TrainConfig
@@ -47,6 +48,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--dedupe", action="store_true",
                    help="drop test files that also occur in training and extra copies within a split")
+    p.add_argument("--split", choices=SPLITS, default="official",
+                   help="official: the split on disk (default); clean: no duplicate group crosses it (docs/data.md)")
     p.add_argument("--input-size", type=_positive_int, default=None,
                    help="model input side in pixels (default: 224 for real data, the phantom's own)")
     p.add_argument("--arch", choices=ARCHITECTURES, default="alexnet", help="baseline architecture")
@@ -76,7 +79,7 @@ def workspace_from(args) -> Workspace:
     """The Workspace the common options describe."""
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise UsageError(f"checkpoint not found: {args.checkpoint}")
-    ws = Workspace(data=args.data, cache_dir=args.cache_dir, dedupe=args.dedupe,
+    ws = Workspace(data=args.data, cache_dir=args.cache_dir, dedupe=args.dedupe, split=args.split,
                    input_size=args.input_size, arch=args.arch, checkpoint=args.checkpoint)
     if args.epochs is not None:
         ws.recipe = TrainConfig(**{**ws.train_recipe.to_dict(), "epochs": args.epochs})
@@ -123,15 +126,13 @@ def format_metrics(run: dict) -> str:
 
 def cmd_audit(args) -> int:
     from hscc_core.data.audit import audit, format_audit  # noqa: PLC0415
-    from hscc_core.data.folders import discover  # noqa: PLC0415
 
     ws = workspace_from(args)
+    ws.dedupe = False  # the audit looks at every file of the split and reports what --dedupe drops
     with bars(not args.quiet) as progress:
-        root = ws.data_root(progress)
-        index = discover(root)
         # Decoded at the model's input size: test images that equal a training image there are
-        # leaks the byte-level check misses.
-        report = audit(index, progress=lambda d, t: progress("decode check", d, t), pixel_size=ws.size)
+        # leaks the byte-level check misses. The signatures are cached and shared with --split clean.
+        report = audit(ws.index(progress), pixel_size=ws.size, signatures=ws.signatures(progress))
     emit(args, report, format_audit(report))
     return 0
 
