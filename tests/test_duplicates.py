@@ -108,6 +108,7 @@ def test_unreadable_files_get_no_hash_and_stay_alone(planted, tmp_path):
 
 def test_signatures_survive_json_and_bad_inputs_are_refused(planted):
     index, sigs = planted
+    assert compute_signatures(index, SIZE, workers=1) == sigs  # threads change nothing but the time
     again = Signatures.from_json(sigs.to_json())
     assert again == sigs
     with pytest.raises(ValueError, match="0..64"):

@@ -23,6 +23,8 @@ them and judge.
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -94,24 +96,33 @@ def perceptual_hash(arr: np.ndarray) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
-def compute_signatures(index: DatasetIndex, size: int,
-                       progress: Callable[[int, int], None] | None = None) -> Signatures:
+def _signature(path, size: int) -> tuple[str, int] | None:
+    try:
+        arr = decode_image(path, size)
+    except Exception:  # noqa: BLE001 - any decoder failure means "unreadable" here
+        return None
+    return hashlib.sha256(arr.tobytes()).hexdigest(), perceptual_hash(arr)
+
+
+def compute_signatures(index: DatasetIndex, size: int, progress: Callable[[int, int], None] | None = None,
+                       workers: int | None = None) -> Signatures:
     """Decode every file of ``index`` at ``size`` (as training does) and hash it.
 
-    Files that cannot be decoded get ``pixel[relpath] = None`` and no perceptual hash.
+    Files that cannot be decoded get ``pixel[relpath] = None`` and no perceptual hash. ``workers``
+    threads (default: the CPU count, at most 8) decode in parallel: Pillow's decoders and resizing
+    release the GIL, so this scales with the cores.
     """
+    workers = workers or min(8, os.cpu_count() or 1)
     pixel: dict[str, str | None] = {}
     phash: dict[str, int] = {}
-    for i, f in enumerate(index.files):
-        try:
-            arr = decode_image(index.root / f.relpath, size)
-        except Exception:  # noqa: BLE001 - any decoder failure means "unreadable" here
-            pixel[f.relpath] = None
-        else:
-            pixel[f.relpath] = hashlib.sha256(arr.tobytes()).hexdigest()
-            phash[f.relpath] = perceptual_hash(arr)
-        if progress is not None:
-            progress(i + 1, len(index.files))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda f: _signature(index.root / f.relpath, size), index.files)
+        for i, (f, sig) in enumerate(zip(index.files, results)):
+            pixel[f.relpath] = None if sig is None else sig[0]
+            if sig is not None:
+                phash[f.relpath] = sig[1]
+            if progress is not None:
+                progress(i + 1, len(index.files))
     return Signatures(size, pixel, phash)
 
 
