@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -32,11 +33,13 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     a = p.parse_args()
     seconds: dict[str, float] = {}
+    cpu_seconds: dict[str, float] = {}  # all threads: on a busy machine wall time says little
 
     def timed(name, fn, *args, **kw):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = fn(*args, **kw)
         seconds[name] = round(time.perf_counter() - start, 2)
+        cpu_seconds[name] = round(time.process_time() - cpu, 2)
         return out
 
     index = timed("discover", discover, a.data)
@@ -44,7 +47,8 @@ def main() -> int:
     groups = timed("groups", find_groups, index, sigs)
     report = timed("report", duplicate_report, index, groups)
     clean = timed("clean_split", clean_split, index, groups, a.size, seed=a.seed)
-    result = {"files": len(index.files), "size": a.size, "seconds": seconds,
+    result = {"files": len(index.files), "size": a.size, "seconds": seconds, "cpu_seconds": cpu_seconds,
+              "load_average": [round(v, 2) for v in os.getloadavg()],
               "official_test": class_counts(index, "test"), "clean_test": class_counts(clean, "test"),
               "clean_train": class_counts(clean, "train"), "groups": report["summary"],
               "machine": f"{platform.node()} {platform.processor() or platform.machine()}, Python {platform.python_version()}"}
