@@ -94,7 +94,8 @@ def main() -> int:
               "load_average": [round(v, 2) for v in os.getloadavg()],
               "official_test": class_counts(index, "test"), "clean_test": class_counts(clean, "test"),
               "clean_train": class_counts(clean, "train"), "groups": report["summary"],
-              "machine": f"{platform.node()} {platform.processor() or platform.machine()}, Python {platform.python_version()}"}
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                         f"Python {platform.python_version()}"}
     if a.edits:
         result["edits"] = edit_distances(index, sigs, a.size, a.edits, a.seed)
         result["thresholds"] = {}

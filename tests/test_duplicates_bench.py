@@ -20,5 +20,6 @@ def test_duplicates_benchmark_reports_stages_edits_and_thresholds(tmp_path):
     assert set(result["seconds"]) == {"discover", "signatures", "groups", "report", "clean_split"}
     assert result["groups"]["test_with_twin_in_train"] == 5 and result["files"] == 4 * 13 + 5
     assert set(result["thresholds"]) == {"0", "4"} and result["thresholds"]["4"]["groups"] == 5
-    assert len(result["edits"]) == 10 and result["edits"]["jpeg q50"]["within 6"] >= result["edits"]["jpeg q50"]["within 2"]
+    jpeg = result["edits"]["jpeg q50"]
+    assert len(result["edits"]) == 10 and jpeg["within 6"] >= jpeg["within 4"] >= jpeg["within 2"]
     assert result["clean_test"] == result["official_test"]  # the groups allow the official sizes here
