@@ -63,10 +63,13 @@ class SplitOverview:
 
     def sentence(self) -> str:
         """One line for people, e.g. for the Baseline page."""
-        return (f"{self.split.capitalize()} split{' (de-duplicated)' if self.dedupe else ''}: "
-                f"{sum(self.train.values())} training and {self.test_images} test images; "
-                f"{self.test_with_twin} test images have a twin in training "
-                f"({self.test_with_pixel_twin} pixel-identical at {self.size} px, the others near-identical).")
+        head = (f"{self.split.capitalize()} split{' (de-duplicated)' if self.dedupe else ''}: "
+                f"{sum(self.train.values())} training and {self.test_images} test images; ")
+        if self.test_with_twin == 0:
+            return head + f"no test image has a twin in training (pixel- or near-identical at {self.size} px)."
+        return head + (f"{self.test_with_twin} test images have a twin in training ({self.test_with_pixel_twin} "
+                       f"pixel-identical at {self.size} px, {self.test_with_twin - self.test_with_pixel_twin} "
+                       "near-identical or in the same duplicate group).")
 
     def to_dict(self) -> dict:
         return dict(asdict(self), test_images=self.test_images, test_with_pixel_twin=self.test_with_pixel_twin,
