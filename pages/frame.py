@@ -56,7 +56,7 @@ _SLOT = "_frame_slot"
 _FRAMED = "_frame_open"  # session key: app.py opened the frame in this script run (the page consumes it)
 _WRITTEN = "_frame_link"  # session key: the ?run= value the frame itself last wrote into the URL
 USER_ERRORS = (DataError, CheckpointError, ValueError, OSError)
-_ENV_SETTINGS = ("HSCC_CACHE_DIR", "HSCC_ARCH", "HSCC_INPUT_SIZE", "HSCC_EPOCHS")
+_ENV_SETTINGS = ("HSCC_CACHE_DIR", "HSCC_ARCH", "HSCC_INPUT_SIZE", "HSCC_EPOCHS", "HSCC_SPLIT")
 _LOG = logging.getLogger("hscc_explorer.app")
 
 

@@ -377,3 +377,62 @@ def populate(ws, base: dict, arrays: dict, n: int = 120) -> list:
                    flops=int(base["flops"] * (0.3 + 0.7 * (i % 23) / 23)))
         ws.store.put_run(run_key(ws, meta, cfg), run, arrays)
     return configs
+
+
+# --------------------------------------------------------------------------- planted duplicates
+
+def mri_like(rng: np.random.Generator, size: int = 128) -> np.ndarray:
+    """A grey image like an axial MRI slice: a bright head on black, with seeded bright and dark
+    blobs inside (distinct images are far apart in perceptual hash; the margin is background)."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    cy, cx = 0.5 + rng.uniform(-0.04, 0.04, 2)
+    ay, ax = rng.uniform(0.3, 0.38, 2)
+    head = ((yy - cy) / ay) ** 2 + ((xx - cx) / ax) ** 2 <= 1
+    img = np.where(head, 90.0, 0.0)
+    for _ in range(6):
+        by, bx = cy + rng.uniform(-0.6, 0.6) * ay, cx + rng.uniform(-0.6, 0.6) * ax
+        img += head * rng.uniform(-40, 150) * np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / rng.uniform(0.04, 0.14) ** 2)
+    img += head * rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# Planted copies of training images: (name, source, copy, kind). The conflict is a byte copy of a
+# glioma filed under meningioma.
+PLANTED = (
+    ("identical", "Training/glioma_tumor/Tr1.png", "Testing/glioma_tumor/identical.png"),
+    ("reencoded", "Training/meningioma_tumor/Tr0.png", "Testing/meningioma_tumor/reencoded.jpg"),
+    ("rescaled", "Training/no_tumor/Tr0.png", "Testing/no_tumor/rescaled.png"),
+    ("cropped", "Training/pituitary_tumor/Tr0.png", "Testing/pituitary_tumor/cropped.png"),
+    ("conflict", "Training/glioma_tumor/Tr2.png", "Testing/meningioma_tumor/conflict.png"),
+)
+
+
+def make_planted_folder(root: Path, n_train: int = 10, n_test: int = 3, seed: int = 0, split: bool = True) -> Path:
+    """MRI-like images in the ImageFolder layout with ``PLANTED`` duplicates (in a folder without
+    Training/Testing, the copies keep their file names under the class folders)."""
+    rng = np.random.default_rng(seed)
+    for name in CLASSES:
+        for split_name, n in (("Training", n_train), ("Testing", n_test)):
+            for i in range(n):
+                write_png(root / split_name / name / f"{split_name[:2]}{i}.png", mri_like(rng))
+    for kind, src, dst in PLANTED:
+        with Image.open(root / src) as img:
+            img.load()
+        out = root / dst
+        if kind in ("identical", "conflict"):
+            out.write_bytes((root / src).read_bytes())
+        elif kind == "reencoded":
+            img.save(out, format="JPEG", quality=90)
+        elif kind == "rescaled":
+            img.resize((100, 100), Image.BILINEAR).save(out)
+        else:  # 2 px of background off every side
+            img.crop((2, 2, img.width - 2, img.height - 2)).save(out)
+    if not split:
+        for path in sorted(root.glob("*/*/*")):
+            (root / path.parent.name).mkdir(exist_ok=True)
+            path.rename(root / path.parent.name / f"{path.parent.parent.name[:2]}-{path.name}")
+        for name in ("Training", "Testing"):
+            for d in (root / name).iterdir():
+                d.rmdir()
+            (root / name).rmdir()
+    return root

@@ -7,7 +7,7 @@ import pytest
 
 from hscc_core.data.audit import audit, format_audit
 from hscc_core.data.folders import discover
-from conftest import truncated_jpeg_bytes
+from conftest import PLANTED, make_planted_folder, truncated_jpeg_bytes
 
 
 def test_audit_finds_planted_problems(tiny_folder):
@@ -57,6 +57,28 @@ def test_audit_finds_test_images_equal_to_training_ones_once_decoded(tiny_folder
                                               "test": ["Testing/glioma_tumor/reencoded.png"]}]
     assert "once decoded at 16 px: 1" in format_audit(report)
     assert report["would_drop"] == []  # reported, not dropped
+
+
+def test_audit_groups_planted_duplicates_and_lists_the_near_pairs(tmp_path):
+    from hscc_core.data.duplicates import compute_signatures
+
+    index = discover(make_planted_folder(tmp_path / "mri"))
+    report = audit(index, pixel_size=96)
+    groups = report["duplicate_groups"]
+    assert sorted(sorted(f["path"] for f in g["files"]) for g in groups["groups"]) == sorted(
+        sorted((src, dst)) for _, src, dst in PLANTED)
+    below = {frozenset((p["a"]["path"], p["b"]["path"])) for p in groups["pairs_below_threshold"]}
+    assert below == {frozenset((s, d)) for k, s, d in PLANTED if k in ("reencoded", "rescaled", "cropped")}
+    s = report["summary"]
+    assert s["duplicate_groups"] == len(PLANTED) and s["duplicate_group_label_conflicts"] == 1
+    assert s["test_images_with_twin_in_train"] == len(PLANTED) and s["near_duplicate_threshold"] == 4
+    assert s["test_images_equal_to_train_after_decoding"] == 2  # the byte copies; the others moved pixels
+    assert report["split"] == "official"
+    assert "duplicate groups (pixel- or near-identical, phash <= 4 bits): 5, 5 across splits" in format_audit(report)
+    # Signatures computed elsewhere (the workspace caches them) give the same report; another size is refused.
+    assert audit(index, pixel_size=96, signatures=compute_signatures(index, 96)) == report
+    with pytest.raises(ValueError, match="decoded at 64 px"):
+        audit(index, pixel_size=96, signatures=compute_signatures(index, 64))
 
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"

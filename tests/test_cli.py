@@ -51,7 +51,7 @@ def test_evaluate_json_fields(capsys, folder, tmp_path):
 
 def test_audit_json_and_dedupe_everywhere(capsys, folder, tmp_path):
     shutil.copy(folder / "Training" / "no_tumor" / "Tr0.png", folder / "Testing" / "no_tumor" / "leak.png")
-    code, out, _ = run_cli(capsys, "audit", "--data", str(folder), "--json", "--quiet")
+    code, out, _ = run_cli(capsys, "audit", "--data", str(folder), "--cache-dir", str(tmp_path / "c"), "--json", "--quiet")
     report = json.loads(out)
     assert code == 0 and report["would_drop"] == ["Testing/no_tumor/leak.png"]
     cache = str(tmp_path / "c")

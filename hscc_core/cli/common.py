@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hscc_core.cli.progress import TrainBar, bars
+from hscc_core.data.splits import SPLITS
 from hscc_core.nn.models import ARCHITECTURES
 from hscc_core.nn.training import TrainConfig
 from hscc_core.runs.workspace import Workspace
@@ -88,6 +89,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--dedupe", action="store_true",
                    help="drop test files that also occur in training and extra copies within a split")
+    p.add_argument("--split", choices=SPLITS, default="official",
+                   help="official: the split on disk (default); clean: no duplicate group crosses it (docs/data.md)")
     p.add_argument("--input-size", type=positive_int, default=None,
                    help="model input side in pixels (default: 224 for real data, the phantom's own)")
     p.add_argument("--arch", choices=ARCHITECTURES, default="alexnet", help="baseline architecture")
@@ -102,7 +105,7 @@ def workspace_from(args) -> Workspace:
     """The Workspace the common options describe."""
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise UsageError(f"checkpoint not found: {args.checkpoint}")
-    ws = Workspace(data=args.data, cache_dir=args.cache_dir, dedupe=args.dedupe,
+    ws = Workspace(data=args.data, cache_dir=args.cache_dir, dedupe=args.dedupe, split=args.split,
                    input_size=args.input_size, arch=args.arch, checkpoint=args.checkpoint)
     if args.epochs is not None:
         ws.recipe = TrainConfig(**{**ws.train_recipe.to_dict(), "epochs": args.epochs})

@@ -5,7 +5,6 @@ from __future__ import annotations
 from hscc_core.cli.common import add_common, emit, format_metrics, log, workspace_from
 from hscc_core.cli.progress import TrainBar, bars
 from hscc_core.data.audit import audit, format_audit
-from hscc_core.data.folders import discover
 from hscc_core.runs.pipeline import original_run
 
 __all__ = ["register"]
@@ -22,12 +21,11 @@ def register(sub) -> dict:
 
 def cmd_audit(args) -> int:
     ws = workspace_from(args)
+    ws.dedupe = False  # the audit looks at every file of the split and reports what --dedupe drops
     with bars(not args.quiet) as progress:
-        root = ws.data_root(progress)
-        index = discover(root)
         # Decoded at the model's input size: test images that equal a training image there are
-        # leaks the byte-level check misses.
-        report = audit(index, progress=lambda d, t: progress("decode check", d, t), pixel_size=ws.size)
+        # leaks the byte-level check misses. The signatures are cached and shared with --split clean.
+        report = audit(ws.index(progress), pixel_size=ws.size, signatures=ws.signatures(progress))
     emit(args, report, format_audit(report))
     return 0
 

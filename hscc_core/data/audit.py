@@ -6,34 +6,35 @@ Training/Testing; a test image that also sits in training inflates test accuracy
 such files by content hash and reports what ``--dedupe`` would drop (see ``data.deduplicate``).
 The same image stored at another size or encoding is not byte-identical, yet the model sees the
 same pixels: decoded at its input size, this dataset has far more such test images (251 of 394 at
-224 px) than byte-identical ones (88). They are reported, not dropped.
+224 px) than byte-identical ones (88). They are reported, not dropped. With the decoding size the
+audit also groups pixel- and near-identical files over both splits (``data.duplicates``) and shows
+the closest pairs on either side of the perceptual-hash threshold.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from typing import Callable
 
 from PIL import Image
 
-from hscc_core.data.folders import DatasetIndex, FileRecord, deduplicate, decode_image, DataError
+from hscc_core.data.duplicates import (DEFAULT_THRESHOLD, Signatures, compute_signatures, duplicate_report,
+                                       find_groups)
+from hscc_core.data.folders import DatasetIndex, FileRecord, deduplicate, DataError
 
 
-def _decoded_hash(path, size: int | None) -> str | None:
-    """Hash of the pixels decoded at ``size`` (``""`` without a size), None if unreadable."""
+def _readable(path) -> bool:
     try:
-        if size is None:
-            with Image.open(path) as img:
-                img.load()
-            return ""
-        return hashlib.sha256(decode_image(path, size).tobytes()).hexdigest()
+        with Image.open(path) as img:
+            img.load()
+        return True
     except Exception:  # noqa: BLE001 - any decoder failure means "unreadable" here
-        return None
+        return False
 
 
 def audit(index: DatasetIndex, check_readable: bool = True,
-          progress: Callable[[int, int], None] | None = None, pixel_size: int | None = None) -> dict:
+          progress: Callable[[int, int], None] | None = None, pixel_size: int | None = None,
+          threshold: int = DEFAULT_THRESHOLD, signatures: Signatures | None = None) -> dict:
     """Audit a dataset's files.
 
     Parameters
@@ -46,7 +47,12 @@ def audit(index: DatasetIndex, check_readable: bool = True,
         ``progress(done, total)`` while decoding.
     pixel_size : int, optional
         Also decode every file as training does at this size and report test files whose pixels
-        equal a training file's (``pixel_copies_across``); needs ``check_readable``.
+        equal a training file's (``pixel_copies_across``), and group duplicates
+        (``duplicate_groups``); needs ``check_readable``.
+    threshold : int
+        Perceptual-hash distance (bits) up to which two files are near-identical.
+    signatures : Signatures, optional
+        The files' signatures at ``pixel_size`` when already computed (else they are computed).
 
     Returns
     -------
@@ -56,7 +62,9 @@ def audit(index: DatasetIndex, check_readable: bool = True,
         (list of {"train": [...], "test": [...]}), ``label_conflicts`` (groups of identical files
         filed under different classes), ``unreadable``, ``would_drop`` (relpaths ``--dedupe``
         removes), ``pixel_copies_across`` (with ``pixel_size``: groups of test files equal to
-        training files after decoding, or None) and ``summary`` counts.
+        training files after decoding, or None), ``duplicate_groups`` (with ``pixel_size``: see
+        ``data.duplicates.duplicate_report``, else None), ``split`` (``official`` or the index's
+        split rule) and ``summary`` counts.
     """
     classes = index.classes
     counts = {s: {c: 0 for c in classes} for s in ("train", "test")}
@@ -81,22 +89,30 @@ def audit(index: DatasetIndex, check_readable: bool = True,
             conflicts.append(sorted(f"{f.relpath} ({classes[f.label]})" for f in group))
 
     unreadable: list[str] = []
-    by_pixels: dict[str, list[FileRecord]] = defaultdict(list)
-    if check_readable:
+    pixel_across = duplicates = None
+    if check_readable and pixel_size is None:
         for i, f in enumerate(index.files):
-            digest = _decoded_hash(index.root / f.relpath, pixel_size)
-            if digest is None:
+            if not _readable(index.root / f.relpath):
                 unreadable.append(f.relpath)
-            elif pixel_size is not None:
-                by_pixels[digest].append(f)
             if progress is not None:
                 progress(i + 1, len(index.files))
-    pixel_across = None
-    if pixel_size is not None and check_readable:
+    elif check_readable:
+        if signatures is None:
+            signatures = compute_signatures(index, pixel_size, progress)
+        elif signatures.size != pixel_size:
+            raise ValueError(f"signatures decoded at {signatures.size} px, audit asked for {pixel_size} px")
+        by_pixels: dict[str, list[FileRecord]] = defaultdict(list)
+        for f in index.files:
+            digest = signatures.pixel[f.relpath]
+            if digest is None:
+                unreadable.append(f.relpath)
+            else:
+                by_pixels[digest].append(f)
         pixel_across = sorted(
             ({s: sorted(f.relpath for f in g if f.split == s) for s in ("train", "test")}
              for g in by_pixels.values() if {f.split for f in g} == {"train", "test"}),
             key=lambda g: g["test"])
+        duplicates = duplicate_report(index, find_groups(index, signatures, threshold))
 
     try:
         would_drop = sorted(f.relpath for f in deduplicate(index).dropped)
@@ -119,6 +135,13 @@ def audit(index: DatasetIndex, check_readable: bool = True,
         "test_images_equal_to_train_after_decoding": (
             None if pixel_across is None else sum(len(g["test"]) for g in pixel_across)),
         "pixel_size": pixel_size if pixel_across is not None else None,
+        **({} if duplicates is None else {
+            "duplicate_groups": duplicates["summary"]["groups"],
+            "duplicate_groups_across_splits": duplicates["summary"]["groups_across_splits"],
+            "largest_duplicate_group": duplicates["summary"]["largest_group"],
+            "duplicate_group_label_conflicts": duplicates["summary"]["label_conflicts"],
+            "test_images_with_twin_in_train": duplicates["summary"]["test_with_twin_in_train"],
+            "near_duplicate_threshold": duplicates["threshold"]}),
     }
     return {
         "root": str(index.root),
@@ -132,6 +155,8 @@ def audit(index: DatasetIndex, check_readable: bool = True,
         "would_drop": would_drop,
         "dedupe_error": dedupe_error,
         "pixel_copies_across": pixel_across,
+        "duplicate_groups": duplicates,
+        "split": index.split_rule or "official",
         "summary": summary,
     }
 
@@ -139,7 +164,8 @@ def audit(index: DatasetIndex, check_readable: bool = True,
 def format_audit(report: dict) -> str:
     """Human-readable summary of an audit report."""
     s = report["summary"]
-    lines = [f"dataset {report['root']} ({'Training/Testing' if report['split_on_disk'] else 'seeded split'})"]
+    lines = [f"dataset {report['root']} ({'Training/Testing' if report['split_on_disk'] else 'seeded split'}), "
+             f"split: {report.get('split', 'official')}"]
     for split in ("train", "test"):
         per = ", ".join(f"{c} {n}" for c, n in report["counts"][split].items())
         lines.append(f"  {split:5s}: {sum(report['counts'][split].values())} files ({per})")
@@ -153,6 +179,13 @@ def format_audit(report: dict) -> str:
     if s.get("test_images_equal_to_train_after_decoding") is not None:
         lines.append(f"  test images equal to a training image once decoded at {s['pixel_size']} px: "
                      f"{s['test_images_equal_to_train_after_decoding']} (reported, not dropped)")
+    if s.get("duplicate_groups") is not None:
+        lines += [
+            f"  duplicate groups (pixel- or near-identical, phash <= {s['near_duplicate_threshold']} bits): "
+            f"{s['duplicate_groups']}, {s['duplicate_groups_across_splits']} across splits, "
+            f"largest {s['largest_duplicate_group']} files, {s['duplicate_group_label_conflicts']} with "
+            "more than one class",
+            f"  test images sharing a group with a training image: {s['test_images_with_twin_in_train']}"]
     lines += [
         f"  identical files under different classes: {s['label_conflicts']} groups",
         f"  unreadable files: {s['unreadable']}",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -65,6 +65,9 @@ class DatasetIndex:
         True when the folder had Training/Testing sub-folders.
     dropped : tuple of FileRecord
         Files removed by de-duplication (empty unless ``dedupe``).
+    split_rule : str
+        How the files were re-split (see ``data.splits``); empty for the split found on disk (or
+        the seeded one), which keeps the fingerprints that existed before re-splitting did.
     """
 
     root: Path
@@ -72,6 +75,7 @@ class DatasetIndex:
     files: tuple[FileRecord, ...]
     split_on_disk: bool
     dropped: tuple[FileRecord, ...] = ()
+    split_rule: str = ""
 
     def split(self, name: str) -> list[FileRecord]:
         """Records of one split ("train" or "test")."""
@@ -79,9 +83,12 @@ class DatasetIndex:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the file list with split, class and content hashes (and the class names)."""
+        """Hash of the file list with split, class and content hashes (and the class names, and the
+        split rule when there is one)."""
         h = hashlib.sha256()
         h.update(json.dumps(list(self.classes)).encode())
+        if self.split_rule:
+            h.update(f"split rule\0{self.split_rule}\n".encode())
         for f in sorted(self.files, key=lambda r: (r.split, r.relpath)):
             h.update(f"{f.split}\0{self.classes[f.label]}\0{f.relpath}\0{f.sha256}\n".encode())
         return h.hexdigest()[:24]
@@ -203,7 +210,7 @@ def deduplicate(index: DatasetIndex) -> DatasetIndex:
         for split in ("train", "test"):
             if not any(f.split == split and index.classes[f.label] == name for f in keep):
                 raise DataError(f"class '{name}' has no {split} images left after de-duplication")
-    return DatasetIndex(index.root, index.classes, tuple(keep), index.split_on_disk, tuple(dropped))
+    return replace(index, files=tuple(keep), dropped=tuple(dropped))
 
 
 def decode_image(data: bytes | Path, size: int) -> np.ndarray:

@@ -108,7 +108,7 @@ def _provenance(ws: Workspace, meta: dict) -> dict:
     images = ws.images()
     return {"data": ws.data_label(), "data_fingerprint": images.fingerprint,
             "model_fingerprint": meta["fingerprint"], "arch": meta["arch"], "input_size": images.size,
-            "classes": list(images.classes), "dedupe": ws.dedupe}
+            "classes": list(images.classes), "dedupe": ws.dedupe, "split": ws.split}
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 A ``Workspace`` resolves the dataset (a user folder, or the embedded phantom generated on demand
 into the cache), decodes it once per input size (cached), and finds or trains the baseline
 checkpoint that matches the data, architecture, input size and recipe. Everything it stores goes
-through the run store under content hashes.
+through the run store under content hashes. With ``split="clean"`` the dataset is re-split so that no
+duplicate group crosses it (``data.splits``); the duplicate signatures are cached like the images.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import torch
 from torch import nn
 
 from hscc_core.data import phantom
-from hscc_core.data.folders import DatasetIndex, ImageSet, decode_all, discover
+from hscc_core.data import duplicates
+from hscc_core.data.folders import DatasetIndex, ImageSet, decode_all, deduplicate, discover
+from hscc_core.data.splits import DEFAULT_SEED, check_split, clean_split
 from hscc_core.nn.models import build_model, check_input_size, load_checkpoint, save_checkpoint
 from hscc_core.runs.store import RunStore, cache_key
 from hscc_core.nn.training import TrainConfig, TrainResult, train
@@ -57,6 +60,8 @@ class Workspace:
         Root of the run store.
     dedupe : bool
         Drop leaked and duplicate files (see ``data.deduplicate``).
+    split : str
+        ``official`` (the split on disk, or the seeded one) or ``clean`` (see ``data.splits``).
     input_size : int or None
         Model input side; None means 224 for user data and the phantom's own default.
     arch : str
@@ -70,6 +75,7 @@ class Workspace:
     data: Path | None = None
     cache_dir: Path = Path("cache")
     dedupe: bool = False
+    split: str = "official"
     input_size: int | None = None
     arch: str = "alexnet"
     checkpoint: Path | None = None
@@ -77,19 +83,20 @@ class Workspace:
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        check_split(self.split)
         if self.input_size is not None:
             check_input_size(self.arch, self.input_size)
 
     @classmethod
     def from_env(cls, data: str | None = None, env: dict | None = None) -> "Workspace":
-        """A workspace from ``HSCC_DATA``, ``HSCC_CACHE_DIR``, ``HSCC_ARCH``, ``HSCC_INPUT_SIZE`` and
-        ``HSCC_EPOCHS`` (the app's way to pick what the CLI picks with options); ``data``, when
+        """A workspace from ``HSCC_DATA``, ``HSCC_CACHE_DIR``, ``HSCC_ARCH``, ``HSCC_INPUT_SIZE``,
+        ``HSCC_EPOCHS`` and ``HSCC_SPLIT`` (the app's way to pick what the CLI picks with options); ``data``, when
         given, overrides ``HSCC_DATA`` (empty string: the phantom)."""
         env = os.environ if env is None else env
         data = env.get("HSCC_DATA", "") if data is None else data
         ws = cls(data=Path(data) if data.strip() else None,
                  cache_dir=Path(env.get("HSCC_CACHE_DIR", "cache")),
-                 arch=env.get("HSCC_ARCH", "alexnet"),
+                 arch=env.get("HSCC_ARCH", "alexnet"), split=env.get("HSCC_SPLIT", "").strip() or "official",
                  input_size=int(env["HSCC_INPUT_SIZE"]) if env.get("HSCC_INPUT_SIZE") else None)
         if env.get("HSCC_EPOCHS"):
             ws.recipe = TrainConfig(**{**ws.train_recipe.to_dict(), "epochs": int(env["HSCC_EPOCHS"])})
@@ -98,7 +105,7 @@ class Workspace:
     def spec(self) -> dict:
         """Picklable description from which ``from_spec`` rebuilds this workspace in another process."""
         return {"data": None if self.data is None else str(self.data), "cache_dir": str(self.cache_dir),
-                "dedupe": self.dedupe, "input_size": self.input_size, "arch": self.arch,
+                "dedupe": self.dedupe, "split": self.split, "input_size": self.input_size, "arch": self.arch,
                 "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
                 "recipe": None if self.recipe is None else self.recipe.to_dict()}
 
@@ -106,7 +113,8 @@ class Workspace:
     def from_spec(cls, spec: dict) -> "Workspace":
         """Inverse of ``spec``."""
         return cls(data=None if spec["data"] is None else Path(spec["data"]),
-                   cache_dir=Path(spec["cache_dir"]), dedupe=spec["dedupe"], input_size=spec["input_size"],
+                   cache_dir=Path(spec["cache_dir"]), dedupe=spec["dedupe"], split=spec.get("split", "official"),
+                   input_size=spec["input_size"],
                    arch=spec["arch"], checkpoint=None if spec["checkpoint"] is None else Path(spec["checkpoint"]),
                    recipe=None if spec["recipe"] is None else TrainConfig(**spec["recipe"]))
 
@@ -135,7 +143,8 @@ class Workspace:
 
     def data_label(self) -> str:
         """Short name of the dataset for people."""
-        return "embedded MRI phantom" if self.is_phantom else str(self.data)
+        label = "embedded MRI phantom" if self.is_phantom else str(self.data)
+        return label if self.split == "official" else f"{label} ({self.split} split)"
 
     def data_root(self, progress: Progress = _quiet) -> Path:
         """The dataset folder, generating the phantom into the cache when needed."""
@@ -147,9 +156,43 @@ class Workspace:
                                              progress=lambda d, t: progress("phantom", d, t))
 
     def index(self, progress: Progress = _quiet) -> DatasetIndex:
+        """The files in use: the chosen split, de-duplicated when asked."""
         if "index" not in self._memo:
-            self._memo["index"] = discover(self.data_root(progress), dedupe=self.dedupe)
+            if self.split == "official":
+                index = discover(self.data_root(progress), dedupe=self.dedupe)
+            else:
+                index = clean_split(self.official_index(progress), self.duplicate_groups(progress), self.size,
+                                    seed=DEFAULT_SEED)
+                index = deduplicate(index) if self.dedupe else index
+            self._memo["index"] = index
         return self._memo["index"]
+
+    def official_index(self, progress: Progress = _quiet) -> DatasetIndex:
+        """Every file with the split found on disk (or the seeded one), before de-duplication."""
+        if "official" not in self._memo:
+            self._memo["official"] = discover(self.data_root(progress))
+        return self._memo["official"]
+
+    def signatures(self, progress: Progress = _quiet) -> duplicates.Signatures:
+        """Pixel and perceptual hashes of every file at the input size (cached on disk per
+        fingerprint and size): what duplicate groups, the clean split and the audit are made of."""
+        if "signatures" not in self._memo:
+            index = self.official_index(progress)
+            key = cache_key("signatures", {"data": index.fingerprint, "size": self.size,
+                                           "hash": duplicates.HASH_NAME, "version": duplicates.SIGNATURE_VERSION})
+            path = self.store.blob_path("signatures", key, "json")
+            if not self.store.verify_blob("signatures", key, "json"):
+                sigs = duplicates.compute_signatures(index, self.size, lambda d, t: progress("signatures", d, t))
+                self.store.put_blob_file("signatures", key, "json",
+                                         lambda p: p.write_text(json.dumps(sigs.to_json())))
+            self._memo["signatures"] = duplicates.Signatures.from_json(json.loads(path.read_text()))
+        return self._memo["signatures"]
+
+    def duplicate_groups(self, progress: Progress = _quiet) -> duplicates.DuplicateGroups:
+        """Duplicate groups over every file of the official index (both splits)."""
+        if "groups" not in self._memo:
+            self._memo["groups"] = duplicates.find_groups(self.official_index(progress), self.signatures(progress))
+        return self._memo["groups"]
 
     def images(self, progress: Progress = _quiet) -> ImageSet:
         """Decoded images at the model's input size (cached on disk per fingerprint and size)."""
