@@ -90,6 +90,7 @@ def register(sub, common) -> dict:
     p.add_argument("--method", choices=METHODS, default=None)
     p.add_argument("--all-data", action="store_true", help="runs of every dataset and model in the cache")
     p.add_argument("--prune", action="store_true", help="remove the listed runs")
+    p.add_argument("--csv", action="store_true", help="print the runs table as CSV (hscc_core.runs.table)")
 
     p = sub.add_parser("pareto", help="the non-dominated cached runs")
     common(p)
@@ -252,6 +253,11 @@ def cmd_runs(args) -> int:
         removed = ws.store.prune([r["cache_key"] for r in runs])
         log(f"removed {removed} runs; store now {ws.store.size_bytes() / 1e6:.1f} MB")
         emit(args, {"removed": removed, "size_bytes": ws.store.size_bytes()}, f"removed {removed} runs")
+        return 0
+    if args.csv:
+        from hscc_core.runs.table import runs_table, to_csv  # noqa: PLC0415
+
+        sys.stdout.write(to_csv(runs_table(runs)))
         return 0
     size = ws.store.size_bytes()
     human = "\n".join([f"{r['cache_key']}  {run_summary(r)}" for r in runs]
