@@ -17,6 +17,8 @@ PAGES = [
     st.Page("pages/confusion.py", title="Confusion", icon=":material/grid_on:"),
     st.Page("pages/heatmaps.py", title="Heatmaps", icon=":material/local_fire_department:"),
     st.Page("pages/report.py", title="Report", icon=":material/description:"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
 ]
 if (HERE / "pages" / "demo.py").is_file():  # the clinician demo page, where it is installed
     PAGES.append(st.Page("pages/demo.py", title="Demo", icon=":material/stethoscope:"))
