@@ -39,6 +39,8 @@ def register(sub, common) -> dict:
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="multi-objective TPE or NSGA-II")
     p.add_argument("--batch", type=int, default=4,
                    help="trials proposed and run together (keep it when resuming; default 4)")
+    p.add_argument("--startup-trials", type=int, default=8,
+                   help="TPE: random trials before its model takes over; NSGA-II: population size (default 8)")
     p.add_argument("--grid", type=_int_list, default=list(_SPACE.grids), help="grids to search, e.g. '1 2 4 8'")
     p.add_argument("--clusters", type=_int_list, default=list(_SPACE.clusters), help="e.g. '1 2 4 8 16'")
     p.add_argument("--cluster-sides", type=_words, default=list(_SPACE.cluster_sides),
@@ -77,7 +79,7 @@ def search_config(args) -> SearchConfig:
         raise ValueError("without --budget only uniform allocation applies: add it to --allocations")
     return SearchConfig(budget=args.budget, trials=args.trials, seed=args.seed,
                         objectives=tuple(args.objectives) if args.objectives else None, sampler=args.sampler,
-                        batch_size=args.batch, finetune_epochs=args.finetune_epochs, space=space)
+                        batch_size=args.batch, startup_trials=args.startup_trials, finetune_epochs=args.finetune_epochs, space=space)
 
 
 def cmd_search(args) -> int:
@@ -128,7 +130,8 @@ def cmd_search(args) -> int:
                 "objectives": list(result.objectives), "trials": result.trials,
                 "front": [r["cache_key"] for r in result.front],
                 "search": {"budget": config.budget, "trials": config.trials, "seed": config.seed,
-                           "sampler": config.sampler, "batch": config.batch_size}}, human)
+                           "sampler": config.sampler, "batch": config.batch_size,
+                           "startup_trials": config.startup_trials}}, human)
     return 130 if result.interrupted else (1 if result.failed else 0)
 
 

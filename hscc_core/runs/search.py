@@ -104,6 +104,9 @@ class SearchConfig:
     batch_size : int
         Trials proposed at once and run together (in parallel with a pool or Ray). Part of what
         makes a rerun identical: keep it when resuming.
+    startup_trials : int
+        TPE: random trials before the model takes over; NSGA-II: the population size. Fixed
+        rather than derived from ``trials``, so raising ``trials`` continues the same sequence.
     finetune_epochs : int
     space : SearchSpace
     """
@@ -114,6 +117,7 @@ class SearchConfig:
     objectives: tuple | None = None
     sampler: str = "tpe"
     batch_size: int = 4
+    startup_trials: int = 8
     finetune_epochs: int = 0
     space: SearchSpace = field(default_factory=SearchSpace)
 
@@ -126,6 +130,8 @@ class SearchConfig:
             raise ValueError(f"unknown sampler {self.sampler!r} (allowed: {', '.join(SAMPLERS)})")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size}")
+        if not isinstance(self.startup_trials, int) or self.startup_trials < 2:
+            raise ValueError(f"startup_trials must be an integer >= 2, got {self.startup_trials}")
         if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
             raise ValueError(f"finetune_epochs must be an integer >= 0, got {self.finetune_epochs}")
         if self.objectives is not None:
@@ -187,9 +193,9 @@ def _sampler(config: SearchConfig):
     import optuna  # noqa: PLC0415
 
     if config.sampler == "nsga2":
-        # A population of 50 (Optuna's default) would make a 20-trial search a random one.
-        return optuna.samplers.NSGAIISampler(population_size=max(4, min(50, config.trials // 4)), seed=config.seed)
-    return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=max(2, min(10, config.trials // 3)),
+        # Optuna's default population of 50 would make a 20-trial search a random one.
+        return optuna.samplers.NSGAIISampler(population_size=config.startup_trials, seed=config.seed)
+    return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.startup_trials,
                                       multivariate=True, constant_liar=config.batch_size > 1)
 
 
