@@ -57,8 +57,10 @@ def test_nothing_to_rank():
     table = synthetic_table()
     assert setting_importance(table.iloc[:2], "accuracy").importances == {}
     assert "Nothing to rank" in setting_importance(table.iloc[:2], "accuracy").warning
-    one = table[(table["grid"] == 2) & (table["clusters"] == 1) & (table["energy"] == 0.8)]
-    assert setting_importance(one.iloc[:1].pipe(lambda t: t), "accuracy").importances == {}
+    # Three runs with no varying setting rank nothing.
+    same = table[(table["grid"] == 2) & (table["clusters"] == 1) & (table["cluster_side"] == "output")]
+    result = setting_importance(same, "accuracy", settings=("grid", "clusters"))
+    assert len(same) == 3 and result.importances == {} and "no setting varies" in result.warning
     # Runs lacking the metric (no latency measured) are not counted.
     assert setting_importance(table, "latency_b1_ms").n_runs == 0
     with pytest.raises(ValueError, match="number column"):

@@ -5,9 +5,9 @@ Registered on the main parser by ``cli.build_parser``; they share its options an
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from hscc_core.cli.progress import StageBars
 from hscc_core.cli.compress import _float_list, _int_list, _stored_runs, _ws_with_baseline, run_summary
 from hscc_core.runs.executors import EXECUTORS, make_executor
 from hscc_core.runs.pipeline import ALLOCATIONS, CLUSTER_SIDES, METHODS, RunConfig, original_run
@@ -85,7 +85,6 @@ def search_config(args) -> SearchConfig:
 def cmd_search(args) -> int:
     from hscc_core.cli.main import emit, log  # noqa: PLC0415 - avoid an import cycle
     from hscc_core.runs.pareto import axis_value  # noqa: PLC0415
-    from tqdm import tqdm  # noqa: PLC0415
 
     config = search_config(args)
     if args.latency_runs < 1:
@@ -99,22 +98,12 @@ def cmd_search(args) -> int:
     executor = make_executor(args.executor, args.workers, args.address)
     ws = _ws_with_baseline(args)
     original_run(ws)
-    bar = None
-
-    def progress(done, total):
-        nonlocal bar
-        if args.quiet:
-            return
-        if bar is None:
-            bar = tqdm(total=total, desc="search", unit="trial", file=sys.stderr, dynamic_ncols=True)
-        bar.update(done - bar.n)
-
+    bars_ = StageBars(not args.quiet)
     try:
-        result = run_search(ws, config, executor, progress, measure_speed=not args.no_speed,
-                            latency_runs=args.latency_runs)
+        result = run_search(ws, config, executor, lambda done, total: bars_("search trials", done, total),
+                            measure_speed=not args.no_speed, latency_runs=args.latency_runs)
     finally:
-        if bar is not None:
-            bar.close()
+        bars_.close()
     for f in result.failed:
         log(f"trial failed: {RunConfig(**f['config']).label()}: {f['error']}")
     if result.interrupted:

@@ -17,7 +17,6 @@ restyle events can be plugged in later without new logic.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any

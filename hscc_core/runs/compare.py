@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hscc_core.runs.table import as_float, class_names
+from hscc_core.runs.pareto import as_float
+from hscc_core.runs.table import class_names
 
 __all__ = ["COMPARE_MAX", "COMPARE_MIN", "holm", "kept_fractions", "metrics_long", "metrics_wide",
            "pairwise_tests", "run_names"]

@@ -34,12 +34,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hscc_core.runs.pareto import get_axis, pareto_front
+from hscc_core.runs.pareto import as_float, get_axis, pareto_front
 
 __all__ = [
     "CATEGORICAL",
     "SETTINGS",
-    "as_float",
     "axis_column",
     "category_values",
     "class_names",
@@ -66,16 +65,6 @@ _AXIS_COLUMNS = {"latency": "latency_b1_ms"}
 _TEXT = pd.StringDtype(na_value=np.nan)
 #: Columns searched by the text search besides the categories.
 _TEXT_COLUMNS = ("key", "label")
-
-
-def as_float(value: Any) -> float:
-    """``value`` as a float; NaN for None, booleans and anything that is not a number."""
-    if value is None or isinstance(value, bool):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _get(d: Any, *path: str) -> Any:
