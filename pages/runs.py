@@ -12,8 +12,9 @@ from hscc_core.runs.compare import COMPARE_MAX
 from hscc_core.runs.importance import IMPORTANCE_METHODS, setting_importance
 from hscc_core.runs.pareto import get_axis
 from hscc_core.runs.store import RunStore
-from hscc_core.runs.table import (SETTINGS, category_values, filter_mask, is_numeric, mark_pareto, runs_table,
-                                  search_mask, sort_table, to_csv, to_json)
+from hscc_core.runs.table import (SETTINGS, category_values, filter_mask, is_numeric, mark_pareto, search_mask,
+                                  sort_table, to_csv, to_json)
+from hscc_core.runs.table_cache import stored_runs_table
 from pages.common import NOTICE, USER_ERRORS, load_run, page_context, select_run, show_selection, sidebar
 
 COMPARE = "compare_runs"  # session key: cache keys of the runs the Compare page shows
@@ -29,10 +30,9 @@ def _digest(keys) -> str:
 @st.cache_data(show_spinner=False, max_entries=8)
 def _table(cache_dir: str, data_fp: str, model_fp: str, classes: tuple, listing: str):
     # ``listing`` (a digest of the store's keys) changes with any new or removed run; only the
-    # table is cached, not 10,000 run dicts, so a rerun unpickles one DataFrame.
-    runs = [r for r in RunStore(cache_dir).list_runs(data_fingerprint=data_fp)
-            if r.get("method") != "original" and r.get("model_fingerprint") == model_fp]
-    return runs_table(runs, classes=list(classes))
+    # table is cached, not 10,000 run dicts, so a rerun unpickles one DataFrame. A fresh process
+    # reads the rows from the store's table cache and only the runs it has not seen.
+    return stored_runs_table(RunStore(cache_dir), classes, data_fp, model_fp)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -117,10 +117,14 @@ def _importance_section(shown) -> None:
     st.subheader("Which setting matters")
     metrics = [m for m in shown.columns if m not in (*SETTINGS, "key", "label", "pareto", "energy_found")
                and not m.endswith("_se") and is_numeric(shown, m)]
-    c = st.columns([1, 1])
+    c = st.columns([1, 1, 1])
     metric = c[0].selectbox("For", metrics, key="runs_imp_metric", format_func=column_label)
     method = c[1].radio("Estimator", list(IMPORTANCE_METHODS), key="runs_imp_method", horizontal=True,
                         format_func=IMPORTANCE_METHODS.get)
+    # Fitting takes about a second, so the page does not pay it until asked (then once per choice).
+    if not c[2].toggle("Rank the settings", key="runs_imp_on",
+                       help="Fits a model of the metric on the shown runs; kept for these rows and choices."):
+        return
     result = _importance(shown, _digest(shown["key"].tolist()), metric, method)
     if result.warning:
         st.warning(result.warning)

@@ -88,6 +88,8 @@ def test_filters_search_and_pareto_only(page_env):
 
 def test_importance_section_warns_on_few_runs(page_env):
     at = open_runs()
+    assert not any("Which setting matters" in c.proto.spec for c in at.get("plotly_chart"))  # not until asked
+    at.toggle(key="runs_imp_on").set_value(True).run()
     assert any("Only 10 runs" in w.value for w in at.warning)
     assert any("Which setting matters" in c.proto.spec for c in at.get("plotly_chart"))
     at.radio(key="runs_imp_method").set_value("permutation").run()

@@ -148,6 +148,8 @@ def axis_value(run: Mapping[str, Any], name: str) -> float:
 
 def as_float(value: Any) -> float:
     """``value`` as a float; NaN for None, booleans and anything that is not a number."""
+    if type(value) is float:  # the common case, first (tables of 10,000 runs call this 400,000 times)
+        return value
     if value is None or isinstance(value, bool):
         return math.nan
     try:
