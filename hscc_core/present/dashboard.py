@@ -27,7 +27,7 @@ import plotly.graph_objects as go
 
 from hscc_core.present.plots import FONT, OKABE_ITO, class_label
 from hscc_core.runs.pareto import get_axis
-from hscc_core.runs.table import category_values, is_numeric
+from hscc_core.runs.table import SETTINGS, category_values, is_numeric
 
 __all__ = [
     "DEFAULT_DIMENSIONS",
@@ -66,6 +66,14 @@ def column_label(column: str) -> str:
     return column.replace("_", " ")
 
 
+def _tick(value: float) -> str:
+    """A short tick label: 4 significant digits, with k/M/G from ten thousand on."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= max(scale, 1e4):
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.4g}"
+
+
 def encode_column(table: pd.DataFrame, column: str) -> tuple[np.ndarray, dict[str, Any]]:
     """A column as the numbers a parcoords axis draws, and that axis's tick settings.
 
@@ -96,15 +104,18 @@ def encode_column(table: pd.DataFrame, column: str) -> tuple[np.ndarray, dict[st
     axis: dict[str, Any] = {"range": [lo, hi] if hi > lo else [lo - span / 2, hi + span / 2]}
     missing = ~np.isfinite(values)
     distinct = np.unique(finite)
-    ticks = list(distinct) if distinct.size <= 8 else None  # few settings: tick each value
+    # A setting with few values gets a tick on each; metrics get evenly spaced ticks where needed.
+    ticks = list(distinct) if column in SETTINGS and distinct.size <= 8 else None
     if missing.any():
         na_value = lo - span / 10
         values[missing] = na_value
         axis["range"] = [na_value - span / 20, axis["range"][1]]
         ticks = ticks if ticks is not None else list(np.linspace(lo, hi, 5))
-        axis["tickvals"], axis["ticktext"] = [na_value, *ticks], [NA, *(f"{t:.4g}" for t in ticks)]
+        axis["tickvals"], axis["ticktext"] = [na_value, *ticks], [NA, *map(_tick, ticks)]
     elif ticks is not None:
-        axis["tickvals"], axis["ticktext"] = ticks, [f"{t:.4g}" for t in ticks]
+        axis["tickvals"], axis["ticktext"] = ticks, list(map(_tick, ticks))
+    else:
+        axis["tickformat"] = "~s" if max(abs(lo), abs(hi)) >= 1e4 else "~g"
     return values, axis
 
 

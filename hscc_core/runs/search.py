@@ -157,8 +157,7 @@ class SearchConfig:
             dists["energy"] = s.energies  # energy thresholds are the uniform rule
         else:
             dists["allocation"] = s.allocations
-        return {name: CategoricalDistribution(list(values)) for name, values in dists.items()
-                if len(values) > 0}
+        return {name: CategoricalDistribution(list(values)) for name, values in dists.items()}
 
     def run_config(self, params: dict) -> RunConfig:
         """The run a trial's parameters describe."""
