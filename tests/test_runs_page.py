@@ -3,13 +3,13 @@ Compare page, the parallel coordinates carry the filters as brushes, and the sea
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import tiny_env, use_tiny_app_env
+from conftest import use_tiny_app_env
+from test_table import copy_workspace
 from hscc_core.runs.pipeline import RunConfig, compress_run, run_key
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -19,11 +19,8 @@ REAL = (RunConfig(grid=2, clusters=2, energy=0.9), RunConfig(method="svd", energ
 @pytest.fixture
 def page_env(trained_workspace, tmp_path, monkeypatch):
     """A copy of the tiny workspace with 2 computed runs and 8 stored copies under other configurations."""
-    from hscc_core.runs.workspace import Workspace
-
     cache = tmp_path / "cache"
-    shutil.copytree(trained_workspace.cache_dir, cache)
-    ws = Workspace.from_env(env=tiny_env(trained_workspace.data, cache))
+    ws = copy_workspace(trained_workspace, cache)
     meta = ws.baseline()[1]
     base = compress_run(ws, REAL[0], measure_speed=False)[0]
     compress_run(ws, REAL[1], measure_speed=False)

@@ -1,12 +1,11 @@
 """hscc search (Optuna over cached runs, resumable) and hscc export-study (runs as an Optuna study)."""
 
 import json
-import shutil
 
 import optuna
 import pytest
 
-from conftest import tiny_env
+from test_table import copy_workspace
 from hscc_core.cli.main import main
 from hscc_core.runs.pipeline import RunConfig, compress_run, run_key
 from hscc_core.runs.search import SearchConfig, SearchSpace, default_objectives, run_search
@@ -17,12 +16,8 @@ SPACE = SearchSpace(grids=(1, 2), clusters=(1, 2), calib_sizes=(16, 32))
 
 @pytest.fixture
 def ws(trained_workspace, tmp_path):
-    """A private copy of the tiny workspace's store, so the trials of one test are not another's cache."""
-    from hscc_core.runs.workspace import Workspace
-
-    cache = tmp_path / "cache"
-    shutil.copytree(trained_workspace.cache_dir, cache)
-    return Workspace.from_env(env=tiny_env(trained_workspace.data, cache))
+    """A private copy of the tiny workspace without compression runs: a test's trials are its own."""
+    return copy_workspace(trained_workspace, tmp_path / "cache")
 
 
 def cli_args(ws) -> list[str]:
