@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from hscc_core.present.labels import run_name
+from hscc_core.runs.config import run_name
 from hscc_core.present.plots import confusion_difference_figure, confusion_figure, per_class_figure
 from pages import frame
 

@@ -15,7 +15,8 @@ import hashlib
 import streamlit as st
 
 from hscc_core.data.imageio import MAX_BYTES, SliceError, load_slice
-from hscc_core.present.labels import class_label, run_name
+from hscc_core.present.labels import class_label
+from hscc_core.runs.config import run_name
 from hscc_core.present.plots import METHOD_STYLE, OKABE_ITO, overlay_figure
 from hscc_core.present.predict import compare, probability_figure, rebuild_compressed
 from hscc_core.runs.store import RunStore

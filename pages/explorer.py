@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from hscc_core.present.heatmaps import layer_summaries
-from hscc_core.present.labels import budget_sentence, describe_config, method_title, si, speed_text
-from hscc_core.runs.config import ALLOCATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig
+from hscc_core.present.labels import budget_sentence, method_title, si, speed_text
+from hscc_core.runs.config import ALLOCATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig, describe_config
 from hscc_core.runs.pipeline import compress_run, run_key
 from pages import frame
 

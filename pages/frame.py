@@ -27,7 +27,8 @@ import streamlit as st
 
 from hscc_core.data.folders import DataError
 from hscc_core.nn.models import CheckpointError
-from hscc_core.present.labels import NOTICE, pct, run_name, speed_text
+from hscc_core.present.labels import NOTICE, pct, speed_text
+from hscc_core.runs.config import run_name
 from hscc_core.runs.pipeline import original_run
 from hscc_core.runs.selection import baseline_runs
 from hscc_core.runs.store import RunStore
@@ -45,12 +46,15 @@ PAGES = [
     ("confusion", "Confusion", "Confusion matrices", ":material/grid_on:"),
     ("heatmaps", "Heatmaps", "Heatmaps", ":material/local_fire_department:"),
     ("report", "Report", "Report", ":material/description:"),
+    ("runs", "Runs", "Runs", ":material/table_rows:"),
+    ("compare", "Compare", "Compare runs", ":material/compare_arrows:"),
     ("demo", "Demo", "Clinician demo", ":material/stethoscope:"),
 ]
 TITLES = {stem: title for stem, _, title, _ in PAGES}
 
 SELECTED = "selected_run"  # session key: cache key of the run every page shows
 EXPLORER_PENDING = "explorer_pending"  # session key: a config the explorer should load into its widgets
+COMPARE = "compare_runs"  # session key: cache keys of the runs the Compare page shows (Runs page rows)
 _CONTEXT = "_frame_context"  # session key: the context the frame opened for this script run
 _SLOT = "_frame_slot"
 _FRAMED = "_frame_open"  # session key: app.py opened the frame in this script run (the page consumes it)

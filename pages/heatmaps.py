@@ -6,7 +6,8 @@ import streamlit as st
 from hscc_core.nn.layers import compress_candidates
 from hscc_core.present import explain
 from hscc_core.present.heatmaps import layer_summaries, region_value_map
-from hscc_core.present.labels import class_label, run_name
+from hscc_core.present.labels import class_label
+from hscc_core.runs.config import run_name
 from hscc_core.present.plots import overlay_figure
 from hscc_core.runs.pipeline import rebuild_model
 from hscc_core.runs.store import RunStore

@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from hscc_core.present.labels import class_label, method_title, run_name
+from hscc_core.present.labels import class_label, method_title
+from hscc_core.runs.config import run_name
 from hscc_core.present.plots import key_from_selection, pareto_figure
 from hscc_core.runs.pareto import front_runs, get_axis
 from pages import frame

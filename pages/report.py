@@ -5,7 +5,7 @@ import re
 import pandas as pd
 import streamlit as st
 
-from hscc_core.present.labels import run_name
+from hscc_core.runs.config import run_name
 from hscc_core.present.png import figure_png, figures_zip
 from hscc_core.present.report import environment_info, metrics_rows, report_figures, report_html
 from pages import frame

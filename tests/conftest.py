@@ -173,7 +173,7 @@ def region_modules(model: nn.Module) -> dict:
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 PAGES = ["pages/overview.py", "pages/explorer.py", "pages/pareto.py", "pages/confusion.py", "pages/heatmaps.py",
-         "pages/report.py", "pages/demo.py"]
+         "pages/report.py", "pages/runs.py", "pages/compare.py", "pages/demo.py"]
 
 
 def assert_page_ok(at) -> None:
@@ -436,3 +436,45 @@ def make_planted_folder(root: Path, n_train: int = 10, n_test: int = 3, seed: in
                 d.rmdir()
             (root / name).rmdir()
     return root
+
+
+# --------------------------------------------------------------------------- runs tables
+
+TABLE_CLASSES = ["glioma_tumor", "no_tumor"]
+
+
+def copy_workspace(ws, dest, keep_runs: bool = False):
+    """A private copy of a workspace's store (baseline, images, the original's run), so a test's runs
+    are not another test's cache; without ``keep_runs`` the compression runs are left out."""
+    from hscc_core.runs.workspace import Workspace
+
+    shutil.copytree(ws.cache_dir, dest)
+    copy = Workspace.from_env(env=tiny_env(ws.data, dest))
+    if not keep_runs:
+        copy.store.prune(lambda r: r.get("method") != "original")
+    return copy
+
+
+def table_run(key, method="hscc", grid=2, clusters=4, energy=0.9, budget=None, accuracy=0.8, flops=100,
+             side=None, allocation=None, latency=None):
+    cfg = {"method": method, "energy": energy, "budget": budget, "finetune_epochs": 0, "seed": 0}
+    if method == "hscc":
+        cfg.update(grid=grid, clusters=clusters, calib_size=256)
+        if side:
+            cfg["cluster_side"] = side
+        if allocation:
+            cfg["allocation"] = allocation
+    label = f"{method} G{grid} K{clusters}" if method == "hscc" else method
+    run = {"cache_key": key, "label": label, "method": method, "config": cfg, "classes": TABLE_CLASSES,
+           "cluster_side": side or "output", "allocation": allocation or "uniform",
+           "energy": 0.93 if budget else energy, "accuracy": accuracy, "accuracy_se": 0.01,
+           "macro_f1": accuracy - 0.05, "macro_f1_se": 0.02,
+           "per_class": {c: {"f1": accuracy - 0.1 * i, "f1_se": 0.03} for i, c in enumerate(TABLE_CLASSES)},
+           "agreement": 0.9, "agreement_se": 0.01, "kl_to_original": 0.1, "kl_to_original_se": 0.01,
+           "flops": flops, "flops_original": 200, "params": 1000 + flops, "layer_flops_ratio": 2.0,
+           "latency_ms": None, "speedup": None}
+    if latency is not None:
+        run["latency_ms"] = {"compressed": {"b1": {"median": latency}, "b32": {"median": 10 * latency}},
+                             "original": {"b1": {"median": 2.0}, "b32": {"median": 20.0}}}
+        run["speedup"] = {"b1": 2.0 / latency, "b32": 20.0 / (10 * latency)}
+    return run

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CHROMIUM_FLAGS, ROOT, chromium, populate, streamlit_server, tiny_env, wait_idle
-from hscc_core.present.labels import describe_config, run_name
-from hscc_core.runs.config import RunConfig
+from hscc_core.runs.config import RunConfig, describe_config, run_name
 from hscc_core.runs.pipeline import compress_run
 
 pytestmark = pytest.mark.browser

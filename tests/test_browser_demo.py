@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import CHROMIUM_FLAGS, chromium, dicom_bytes, streamlit_server, tiny_env, wait_idle
-from hscc_core.present.labels import run_name
-from hscc_core.runs.config import RunConfig
+from hscc_core.runs.config import RunConfig, run_name
 from hscc_core.runs.pipeline import compress_run
 
 pytestmark = pytest.mark.browser

@@ -14,9 +14,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import dicom_bytes, image_bytes, tiny_env, use_tiny_app_env
-from hscc_core.present.labels import run_name
+from hscc_core.runs.config import RunConfig, run_name
 from hscc_core.present import predict
-from hscc_core.runs.config import RunConfig
 from hscc_core.runs.pipeline import compress_run
 
 ROOT = Path(__file__).resolve().parents[1]

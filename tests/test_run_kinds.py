@@ -11,8 +11,7 @@ import pytest
 from conftest import PAGES, assert_page_ok, open_page, use_tiny_app_env
 from hscc_core.cli.main import main as cli
 from hscc_core.present.heatmaps import heatmap_data
-from hscc_core.present.labels import run_name
-from hscc_core.runs.config import RunConfig
+from hscc_core.runs.config import RunConfig, run_name
 from hscc_core.runs.pipeline import compress_run
 
 KINDS = {

@@ -15,6 +15,7 @@ from hscc_core.runs.executors import EXECUTORS, make_executor
 from hscc_core.runs.pareto import axis_value, front_runs, get_axis
 from hscc_core.runs.pipeline import compress_run, original_run
 from hscc_core.runs.selection import baseline_runs
+from hscc_core.runs.table import runs_table, to_csv
 from hscc_core.runs.sweeps import DEFAULT_CLUSTERS, DEFAULT_ENERGIES, DEFAULT_GRIDS, expand, run_sweep
 
 __all__ = ["check_runs", "register", "run_options", "stored_runs"]
@@ -81,6 +82,7 @@ def register(sub) -> dict:
     p.add_argument("--method", choices=METHOD_NAMES, default=None)
     p.add_argument("--all-data", action="store_true", help="runs of every dataset and model in the cache")
     p.add_argument("--prune", action="store_true", help="remove the listed runs")
+    p.add_argument("--csv", action="store_true", help="print the runs table as CSV (hscc_core.runs.table)")
 
     p = sub.add_parser("pareto", help="the non-dominated cached runs")
     add_common(p)
@@ -175,6 +177,9 @@ def cmd_runs(args) -> int:
         removed = ws.store.prune([r["cache_key"] for r in runs])
         log(f"removed {removed} runs; store now {ws.store.size_bytes() / 1e6:.1f} MB")
         emit(args, {"removed": removed, "size_bytes": ws.store.size_bytes()}, f"removed {removed} runs")
+        return 0
+    if args.csv:
+        sys.stdout.write(to_csv(runs_table(runs)))
         return 0
     size = ws.store.size_bytes()
     human = "\n".join([f"{r['cache_key']}  {run_summary(r)}" for r in runs]

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import sys
 
-from hscc_core.cli import bench, compress, data, heatmap, predict
+from hscc_core.cli import bench, compress, data, heatmap, predict, search
 from hscc_core.cli.common import EXIT_BAD_INPUT, Parser, UsageError
 from hscc_core.data.folders import DataError
 from hscc_core.nn.models import CheckpointError
 
 __all__ = ["build_parser", "main"]
 
-_GROUPS = (data, compress, bench, predict, heatmap)
+_GROUPS = (data, compress, bench, predict, heatmap, search)
 
 
 def build_parser() -> tuple[Parser, dict]:

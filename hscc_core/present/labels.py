@@ -16,7 +16,7 @@ from hscc_core.compress.methods import METHODS
 # One wording of the research-tool notice, everywhere a prediction or a metric is shown.
 NOTICE = "Research tool, not a medical device: predictions shown here must not be used for diagnosis."
 
-__all__ = ["NOTICE", "budget_sentence", "class_label", "describe_config", "method_title", "pct", "run_name", "si", "speed_text"]
+__all__ = ["NOTICE", "budget_sentence", "class_label", "method_title", "pct", "si", "speed_text"]
 
 
 def class_label(name: str) -> str:
@@ -29,32 +29,6 @@ def method_title(method: str) -> str:
     if method in METHODS:
         return METHODS[method].title
     return "Original" if method == "original" else str(method)
-
-
-def describe_config(config: Mapping[str, Any]) -> str:
-    """A readable name of a run configuration, e.g. ``HSCC 2x2 regions, 4 input clusters, tau 0.95``."""
-    method = config.get("method", "hscc")
-    parts = [method_title(method)]
-    if method in METHODS and METHODS[method].data_aware:
-        g, k = config.get("grid"), config.get("clusters")
-        side = config.get("cluster_side") or "output"
-        parts = [f"{parts[0]} {g}x{g} region{'s' if g != 1 else ''}, "
-                 f"{k} {side} cluster{'s' if k != 1 else ''}"]
-    if config.get("budget") is not None:
-        rule = "greedy " if config.get("allocation") == "greedy" else ""
-        parts.append(f"{rule}budget x{config['budget']:g}")
-    elif config.get("energy") is not None:
-        parts.append(f"tau {config['energy']:g}")
-    epochs = config.get("finetune_epochs") or 0
-    text = ", ".join(parts)
-    return text + (f", {epochs} fine-tuning epoch{'s' if epochs != 1 else ''}" if epochs else "")
-
-
-def run_name(run: Mapping[str, Any]) -> str:
-    """The readable name of a stored run (``"Original model"`` for the original's)."""
-    if run.get("method") == "original":
-        return "Original model"
-    return describe_config({**(run.get("config") or {}), "method": run.get("method", "hscc")})
 
 
 def si(value: float | None, unit: str = "", digits: int = 3) -> str:

@@ -33,7 +33,8 @@ from hscc_core.data.folders import normalise
 from hscc_core.data.imageio import LoadedSlice
 from hscc_core.nn.layers import compress_candidates
 from hscc_core.present.explain import grad_cam
-from hscc_core.present.labels import NOTICE, class_label, run_name
+from hscc_core.present.labels import NOTICE, class_label
+from hscc_core.runs.config import run_name
 from hscc_core.runs.pipeline import rebuild_model
 from hscc_core.runs.selection import resolve_run
 

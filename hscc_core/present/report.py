@@ -24,7 +24,8 @@ import plotly.graph_objects as go
 
 from hscc_core.measure.machine import cpu_name
 from hscc_core.present.heatmaps import layer_summaries, region_value_map
-from hscc_core.present.labels import NOTICE, budget_sentence, run_name
+from hscc_core.present.labels import NOTICE, budget_sentence
+from hscc_core.runs.config import run_name
 from hscc_core.present.plots import (confusion_difference_figure, confusion_figure, overlay_figure, pareto_figure,
                                      per_class_figure)
 

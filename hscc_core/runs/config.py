@@ -8,12 +8,15 @@ run's cache key (:func:`hscc_core.runs.pipeline.run_key`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from hscc_core.compress.hscc import CLUSTER_SIDES
 from hscc_core.compress.methods import ALLOCATIONS, METHODS, Settings, get_method
 
-__all__ = ["ALLOCATIONS", "CLUSTER_SIDES", "DEFAULTS", "METHOD_NAMES", "RunConfig", "default_allocation"]
+__all__ = ["ALLOCATIONS", "CLUSTER_SIDES", "DEFAULTS", "METHOD_NAMES", "RunConfig", "default_allocation",
+           "describe_config", "run_name"]
 
 METHOD_NAMES = tuple(METHODS)
 
@@ -149,3 +152,29 @@ class RunConfig:
         if self.finetune_epochs:
             parts.append(f"ft{self.finetune_epochs}")
         return " ".join(parts)
+
+
+def describe_config(config: Mapping[str, Any]) -> str:
+    """A readable name of a run configuration, e.g. ``HSCC 2x2 regions, 4 input clusters, tau 0.95``."""
+    method = config.get("method", "hscc")
+    parts = [get_method(method).title if method in METHODS else str(method)]
+    if method in METHODS and METHODS[method].data_aware:
+        g, k = config.get("grid"), config.get("clusters")
+        side = config.get("cluster_side") or "output"
+        parts = [f"{parts[0]} {g}x{g} region{'s' if g != 1 else ''}, "
+                 f"{k} {side} cluster{'s' if k != 1 else ''}"]
+    if config.get("budget") is not None:
+        rule = "greedy " if config.get("allocation") == "greedy" else ""
+        parts.append(f"{rule}budget x{config['budget']:g}")
+    elif config.get("energy") is not None:
+        parts.append(f"tau {config['energy']:g}")
+    epochs = config.get("finetune_epochs") or 0
+    text = ", ".join(parts)
+    return text + (f", {epochs} fine-tuning epoch{'s' if epochs != 1 else ''}" if epochs else "")
+
+
+def run_name(run: Mapping[str, Any]) -> str:
+    """The readable name of a stored run (``"Original model"`` for the original's)."""
+    if run.get("method") == "original":
+        return "Original model"
+    return describe_config({**(run.get("config") or {}), "method": run.get("method", "hscc")})

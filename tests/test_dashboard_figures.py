@@ -1,0 +1,87 @@
+"""Dashboard figures: parallel coordinates (encoding, brushes both ways), importance and kept-FLOPs bars."""
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from conftest import table_run as fake_run
+from hscc_core.present.dashboard import (NA, brush_mask, constraints_for, constraints_from_figure,
+                                         constraints_from_restyle, encode_column, importance_figure,
+                                         kept_fraction_figure, parcoords_figure)
+from hscc_core.runs.importance import Importance
+from hscc_core.runs.table import filter_mask, runs_table
+
+
+@pytest.fixture
+def table():
+    runs = [fake_run(f"{i:024x}", grid=g, clusters=k, accuracy=0.5 + 0.05 * i, flops=100 + 10 * i)
+            for i, (g, k) in enumerate([(1, 1), (2, 4), (4, 8), (2, 2)])]
+    runs += [fake_run("f" * 24, method="svd", accuracy=0.3, flops=90)]
+    return runs_table(runs)
+
+
+def test_categories_become_ticks_and_missing_values_an_na_tick(table):
+    values, axis = encode_column(table, "method")
+    assert axis["ticktext"] == ["hscc", "svd"] and list(values) == [0, 0, 0, 0, 1]
+    values, axis = encode_column(table, "grid")
+    assert axis["ticktext"][0] == NA and values[4] == axis["tickvals"][0] < 1  # the svd run sits below
+    assert list(values[:4]) == [1, 2, 4, 2] and axis["range"][0] < values[4]
+    values, axis = encode_column(table, "cluster_side")
+    assert axis["ticktext"] == ["output", NA]
+
+
+def test_parcoords_figure_dimensions_and_colour(table):
+    fig = parcoords_figure(table, ["method", "grid", "flops", "accuracy", "missing_column"], color="flops")
+    trace = fig.data[0]
+    assert isinstance(trace, go.Parcoords) and len(trace.dimensions) == 4
+    assert list(trace.meta) == ["method", "grid", "flops", "accuracy"]
+    assert list(trace.dimensions[0].ticktext) == ["hscc", "svd"]
+    assert trace.line.reversescale is True  # fewer FLOPs is better: the bright end stays "better"
+    assert parcoords_figure(table, ["grid", "accuracy"], color="accuracy").data[0].line.reversescale is False
+    assert all(d.constraintrange is None for d in trace.dimensions)
+
+
+@pytest.mark.parametrize("ranges, categories", [
+    ({"accuracy": (0.55, 0.65)}, {}),
+    ({}, {"method": ["svd"]}),
+    ({"flops": (105, 200)}, {"grid": [2, None], "method": ["hscc", "svd"]}),
+    ({}, {"cluster_side": [None]}),
+    ({}, {"method": []}),
+])
+def test_brushes_from_the_filters_select_the_filtered_rows(table, ranges, categories):
+    cols = ["method", "grid", "cluster_side", "flops", "accuracy"]
+    fig = parcoords_figure(table, cols, constraints=constraints_for(table, ranges, categories))
+    brushes = constraints_from_figure(fig)
+    assert set(brushes) == set(ranges) | set(categories)
+    # What the figure holds (also in its dict form, as a browser keeps it) filters like the table does.
+    expected = filter_mask(table, ranges, categories)
+    assert (brush_mask(table, brushes) == expected).all()
+    assert (brush_mask(table, constraints_from_figure(fig.to_dict())) == expected).all()
+
+
+def test_restyle_events_set_and_clear_brushes(table):
+    cols = ["method", "grid", "accuracy"]
+    events = [{"dimensions[2].constraintrange": [[0.52, 0.62]]},
+              {"dimensions[0].constraintrange": [[[-0.25, 0.25]]]},
+              {"dimensions[1].constraintrange": [[[1.5, 2.5], [3.5, 4.5]]]},
+              {"dimensions[1].constraintrange": [None]},
+              {"dimensions[7].constraintrange": [[0, 1]], "line.color": [1]}]
+    brushes = constraints_from_restyle(events, cols)
+    assert brushes == {"accuracy": [[0.52, 0.62]], "method": [[-0.25, 0.25]]}
+    assert list(brush_mask(table, brushes)) == [False, True, True, False, False]  # accuracy 0.55 and 0.6, HSCC
+    multi = constraints_from_restyle(events[2:3], cols)
+    assert list(brush_mask(table, multi)) == [False, True, True, True, False]
+    with pytest.raises(ValueError):
+        brush_mask(table, {"nope": [[0, 1]]})
+
+
+def test_importance_and_kept_figures():
+    result = Importance("accuracy", "fanova", {"grid": 0.7, "clusters": 0.3}, n_runs=12, n_used=12,
+                        warning="Only 12 runs")
+    fig = importance_figure(result)
+    assert list(fig.data[0].y) == ["clusters", "grid"]  # largest on top
+    assert "12 of 12 runs" in fig.layout.title.text and "Only 12 runs" in fig.layout.title.text
+    kept = pd.DataFrame({"run A": [0.5, 0.25], "run B": [1.0, np.nan]}, index=["features.0", "features.3"])
+    fig = kept_fraction_figure(kept)
+    assert [t.name for t in fig.data] == ["run A", "run B"] and list(fig.data[0].x) == ["features.0", "features.3"]

@@ -1,0 +1,137 @@
+"""AppTest of the Runs and Compare pages: the table sorts, filters and searches, its selection reaches the
+Compare page, the parallel coordinates carry the filters as brushes, and the search button stores runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import copy_workspace, use_tiny_app_env
+from hscc_core.runs.config import RunConfig, describe_config
+from hscc_core.runs.pipeline import compress_run, run_key
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+REAL = (RunConfig(grid=2, clusters=2, energy=0.9), RunConfig(method="svd", energy=0.9))
+
+
+@pytest.fixture
+def page_env(trained_workspace, tmp_path, monkeypatch):
+    """A copy of the tiny workspace with 2 computed runs and 8 stored copies under other configurations."""
+    cache = tmp_path / "cache"
+    ws = copy_workspace(trained_workspace, cache)
+    meta = ws.baseline()[1]
+    base = compress_run(ws, REAL[0], measure_speed=False)[0]
+    compress_run(ws, REAL[1], measure_speed=False)
+    arrays = ws.store.get_arrays(base["cache_key"])
+    for i, (g, k) in enumerate([(1, 1), (1, 4), (2, 4), (4, 1), (4, 2), (4, 4), (3, 2), (3, 3)]):
+        cfg = RunConfig(grid=g, clusters=k, energy=0.95)
+        run = {key: v for key, v in base.items() if key not in ("cache_key", "cached")}
+        run.update(config=cfg.canonical(), label=cfg.label(), accuracy=0.3 + 0.07 * i,
+                   flops=int(base["flops"] * (1 - 0.05 * ((i * 3) % 8))))
+        ws.store.put_run(run_key(ws, meta, cfg), run, arrays)
+    use_tiny_app_env(monkeypatch, trained_workspace.data, cache)
+    return ws
+
+
+def open_runs() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def table(at):
+    return at.dataframe[0].value
+
+
+def by_label(elements, label):
+    return next(e for e in elements if e.label == label)
+
+
+def test_table_lists_every_run_and_sorts(page_env):
+    at = open_runs()
+    t = table(at)
+    assert len(t) == 10 and {"pareto", "label", "accuracy", "accuracy_se", "flops", "key"} <= set(t.columns)
+    assert list(t["accuracy"]) == sorted(t["accuracy"], reverse=True)  # default: accuracy, descending
+    assert t["pareto"].any()
+    at.selectbox(key="runs_sort").set_value("flops")
+    at.toggle(key="runs_sort_desc").set_value(False).run()
+    assert not at.exception
+    assert list(table(at)["flops"]) == sorted(table(at)["flops"])
+    assert any("10 of 10 runs shown" in c.value for c in at.caption)
+
+
+def test_filters_search_and_pareto_only(page_env):
+    at = open_runs()
+    at.multiselect(key="runs_filter_cols").set_value(["method", "accuracy"]).run()
+    assert not at.exception
+    by_label(at.multiselect, "method").set_value(["svd"]).run()
+    assert list(table(at)["method"]) == ["svd"]
+    by_label(at.multiselect, "method").set_value(["hscc", "svd"]).run()
+    slider = by_label(at.slider, "accuracy")
+    slider.set_value((0.5, slider.max)).run()
+    assert not at.exception and (table(at)["accuracy"] >= 0.5).all() and len(table(at)) < 10
+    # The parallel coordinates carry the same filters as brushes.
+    assert "constraintrange" in at.get("plotly_chart")[0].proto.spec
+    at.multiselect(key="runs_filter_cols").set_value([]).run()
+    at.text_input(key="runs_search").set_value("1x1").run()
+    assert set(table(at)["label"]) == {describe_config(RunConfig(grid=1, clusters=k, energy=0.95).canonical())
+                                       for k in (1, 4)}
+    at.text_input(key="runs_search").set_value("").run()
+    at.checkbox(key="runs_only_front").check().run()
+    assert table(at)["pareto"].all() and 0 < len(table(at)) < 10
+
+
+def test_importance_section_warns_on_few_runs(page_env):
+    at = open_runs()
+    assert not any("Which setting matters" in c.proto.spec for c in at.get("plotly_chart"))  # not until asked
+    at.toggle(key="runs_imp_on").set_value(True).run()
+    assert any("Only 10 runs" in w.value for w in at.warning)
+    assert any("Which setting matters" in c.proto.spec for c in at.get("plotly_chart"))
+    at.radio(key="runs_imp_method").set_value("permutation").run()
+    assert not at.exception
+
+
+def test_selection_reaches_the_compare_page(page_env):
+    at = open_runs()
+    keys = list(table(at)["key"])
+    # What Streamlit reports when rows are selected (on_select="rerun", selection_mode="multi-row").
+    at.session_state["runs_table"] = {"selection": {"rows": [0, 2], "columns": [], "cells": []}}
+    at.run()
+    assert not at.exception
+    assert at.session_state["compare_runs"] == [keys[0], keys[2]]
+    assert at.session_state["selected_run"] == keys[0]
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception and not at.error
+    assert at.multiselect(key="compare_pick").value == [keys[0], keys[2]]
+    metrics = at.dataframe[0].value
+    assert "accuracy" in metrics.index and len(metrics.columns) == 2
+    tests = at.dataframe[1].value
+    assert len(tests) == 1 and 0 <= tests["p_value"].iloc[0] <= 1
+    assert len(at.get("plotly_chart")) == 1 + 2 + 1  # per-class F1, two confusion matrices, kept FLOPs
+    # The original model can join; four is the most.
+    at.multiselect(key="compare_pick").set_value(["original", keys[0], keys[2]]).run()
+    assert not at.exception and len(at.dataframe[1].value) == 3
+    assert at.session_state["compare_runs"] == ["original", keys[0], keys[2]]
+
+
+def test_compare_page_without_a_selection_asks_for_runs(page_env):
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception and any("Pick 2 to 4 runs" in i.value for i in at.info)
+
+
+def test_search_button_stores_its_trials(page_env):
+    at = open_runs()
+    before = len(page_env.store.keys())
+    at.number_input(key="runs_search_trials").set_value(1)
+    at.select_slider(key="runs_search_budget").set_value(2.0)
+    at.multiselect(key="runs_search_grids").set_value([1])
+    at.multiselect(key="runs_search_clusters").set_value([1])
+    at.button(key="runs_search_run").click().run()
+    assert not at.exception, at.exception
+    assert len(page_env.store.keys()) == before + 1
+    assert any("1 trials: 1 computed" in s.value for s in at.success)
+    assert len(table(at)) == 11
