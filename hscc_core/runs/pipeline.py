@@ -76,7 +76,11 @@ def original_run(ws: Workspace, progress=None) -> tuple[dict, dict[str, np.ndarr
         return run, {"predictions": preds.astype(np.int64), "probabilities": probs.astype(np.float32)}
 
     run, cached = ws.store.get_or_compute(key, compute)
-    return dict(run, cached=cached), ws.store.get_arrays(key), cached
+    arrays = ws.store.get_arrays(key, required=("predictions", "probabilities"))
+    if arrays is None:  # unusable arrays were just set aside: compute the run again
+        run, cached = ws.store.get_or_compute(key, compute)
+        arrays = ws.store.get_arrays(key, required=("predictions", "probabilities"))
+    return dict(run, cached=cached), arrays, cached
 
 
 def original_key(ws: Workspace) -> str:
@@ -198,8 +202,11 @@ def run_key(ws: Workspace, meta: dict | None, config: RunConfig) -> str:
     """Cache key of a run: canonical config, model and data fingerprints, algorithm version.
 
     ``meta`` (the loaded baseline's metadata) is optional: without it the checkpoint file is hashed
-    instead of loaded, which keeps cache look-ups cheap.
+    instead of loaded, which keeps cache look-ups cheap. An HSCC grid above the model's
+    ``max_grid`` raises ValueError here, before any work.
     """
+    if config.method == "hscc":
+        ws.check_grid(config.grid)
     model = meta["fingerprint"] if meta is not None else ws.model_fingerprint()
     return cache_key("run", {"config": config.canonical(), "model": model,
                              "data": ws.index().fingerprint, "version": RUN_VERSION})
@@ -223,8 +230,7 @@ def calibration_stats(ws: Workspace, model, meta: dict, grid: int, calib_size: i
         x = images.to_tensor(images.x_train[idx])
         save_stats(path, compute_stats(model, x, grid, progress=progress))
 
-    path, _ = ws.store.get_or_compute_blob("stats", key, "npz", write)
-    return load_stats(path)
+    return ws.store.load_or_compute_blob("stats", key, "npz", write, load_stats)[0]
 
 
 def input_calibration_stats(ws: Workspace, model, meta: dict, grid: int, clusters: int, calib_size: int,
@@ -244,8 +250,7 @@ def input_calibration_stats(ws: Workspace, model, meta: dict, grid: int, cluster
         x = images.to_tensor(images.x_train[idx])
         save_input_stats(path, compute_input_stats(model, x, grid, clusters, seed, progress=progress))
 
-    path, _ = ws.store.get_or_compute_blob("stats", key, "npz", write)
-    return load_input_stats(path)
+    return ws.store.load_or_compute_blob("stats", key, "npz", write, load_input_stats)[0]
 
 
 def _compressor(method: str, ws: Workspace, model, meta: dict, config: RunConfig, progress):
@@ -302,6 +307,8 @@ def build_compressed(ws: Workspace, config: RunConfig, progress=None, model=None
     from hscc_core.compress.budgets import search_energy  # noqa: PLC0415
 
     progress = progress or (lambda stage, done, total: None)
+    if config.method == "hscc":
+        ws.check_grid(config.grid)
     if model is None or meta is None:
         model, meta = ws.baseline(train_if_missing=False)
     key = _decomposition_key(ws, meta, config)
