@@ -183,15 +183,21 @@ COMMANDS = {"audit": cmd_audit, "prepare": cmd_prepare, "evaluate": cmd_evaluate
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hscc`` console script."""
+    from hscc_core.cli.messages import warning_lines  # noqa: PLC0415
+
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-        handler = COMMANDS[args.command]
-        return handler(args)
+        with warning_lines():  # warnings (a corrupt cache entry set aside) as `hscc: warning:` lines
+            args = parser.parse_args(argv)
+            handler = COMMANDS[args.command]
+            return handler(args)
     except UsageError as exc:
         print(f"hscc: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
+    except (DataError, CheckpointError, ValueError, FileNotFoundError) as exc:  # StoreError is a ValueError
+        print(f"hscc: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # what the environment refused (permissions, a full disk): still one line
         print(f"hscc: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
