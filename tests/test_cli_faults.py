@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import make_imagefolder
-from hscc_cli import TINY, assert_one_error_line, hscc, set_read_only
+from faultkit import TINY, assert_one_error_line, hscc, set_read_only
 
 pytestmark = pytest.mark.slow  # each case runs the CLI in a child process (about 5 s apiece)
 

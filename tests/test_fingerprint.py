@@ -16,7 +16,7 @@ from hscc_core.nn.models import (CheckpointError, CorruptCheckpointError, TinyCN
                                  load_checkpoint, model_fingerprint, save_checkpoint, weights_digest)
 from hscc_core.runs.store import StoreWarning
 from hscc_core.runs.workspace import Workspace
-from hscc_cli import TINY
+from faultkit import TINY
 
 META = {"arch": "tiny", "classes": ["a", "b"], "input_size": 32, "mean": 0.25, "std": 0.5}
 

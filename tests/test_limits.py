@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from hscc_core.cli.main import main
 from hscc_core.data.folders import decode_all, decode_image, discover
 from hscc_core.data.imageio import MAX_PIXELS
 from hscc_core.nn.models import build_model, check_grid, conv_layer_names, conv_output_sizes, max_grid
-from hscc_cli import TINY
+from faultkit import TINY, png_claiming
 
 
 @pytest.mark.parametrize("arch,size,expected", [("tiny", 32, 4), ("alexnet", 224, 13), ("alexnet", 112, 6)])
@@ -37,20 +35,9 @@ def test_max_grid_is_the_smallest_conv_map(arch, size, expected):
         check_grid(arch, size, expected + 1)
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A 1 x 1 grey PNG whose header claims ``width`` x ``height`` (the decoder must not be reached)."""
-    buf = io.BytesIO()
-    Image.new("L", (1, 1)).save(buf, format="PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
-    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
-    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
-    return bytes(data)
-
-
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # this test's own Image.open
 def test_training_decoder_refuses_images_over_the_predict_cap(tmp_path):
-    bomb = _png_claiming(12000, 12000)
+    bomb = png_claiming(12000, 12000)
     with Image.open(io.BytesIO(bomb)) as img:
         assert img.size == (12000, 12000) and 12000 * 12000 > MAX_PIXELS
     with pytest.raises(ValueError, match="12000 x 12000 pixels; the limit is"):
@@ -62,7 +49,7 @@ def test_training_decoder_refuses_images_over_the_predict_cap(tmp_path):
 
 def test_an_oversized_training_image_is_skipped_and_reported(tmp_path, capsys):
     root = make_imagefolder(tmp_path / "mri", n_train=6, n_test=2)
-    (root / "Training" / "glioma_tumor" / "huge.png").write_bytes(_png_claiming(12000, 12000))
+    (root / "Training" / "glioma_tumor" / "huge.png").write_bytes(png_claiming(12000, 12000))
     images = decode_all(discover(root), 32)
     assert images.skipped == ["Training/glioma_tumor/huge.png"] and len(images.y_train) == 24
     code = main(["prepare", "--data", str(root), "--cache-dir", str(tmp_path / "c"), "--json", *TINY])

@@ -10,7 +10,7 @@ import tomllib
 
 import pytest
 
-from hscc_cli import ROOT
+from faultkit import ROOT
 from hscc_core.data.imageio import MAX_BYTES
 
 CONFIG = ROOT / ".streamlit" / "config.toml"

@@ -14,7 +14,7 @@ from hscc_core.runs.pipeline import RunConfig, original_run, run_key
 from hscc_core.runs.store import RunStore
 from hscc_core.runs.sweeps import run_sweep
 from hscc_core.runs.workspace import Workspace
-from hscc_cli import ROOT
+from faultkit import ROOT
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 

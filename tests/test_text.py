@@ -105,7 +105,7 @@ with st.container(key="raw"):  # the control: what the page did before
 def test_hostile_strings_render_as_text_in_chromium(tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from hscc_cli import ROOT
+    from faultkit import ROOT
     from test_browser import CHROMIUM_FLAGS, chromium, streamlit_server, wait_idle
 
     exe = chromium()

@@ -578,6 +578,15 @@ class RunStore:
         An entry whose arrays np.load rejects, or that lacks one of the ``required`` names
         (checksums can be forged, names cannot be guessed by a reader), is set aside as corrupt.
         """
+        entry = self.get_entry(key, required)
+        return None if entry is None else entry[1]
+
+    def get_entry(self, key: str, required: Iterable[str] = ()) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """``(run, arrays)`` of ``key`` from one verified write, or ``None`` (see :meth:`get_arrays`).
+
+        Calling :meth:`get_run` then :meth:`get_arrays` may pair a run with the arrays of a later
+        rewrite of the same key; this reads both from one snapshot.
+        """
         got = self._get(key, read_arrays=True)
         if got is None:
             return None
@@ -586,7 +595,7 @@ class RunStore:
             missing = [name for name in required if name not in arrays]
             if missing:
                 raise KeyError(f"no array named {', '.join(missing)}")
-            return arrays
+            return got[0], arrays
         except (ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
             # The bytes matched their checksum, so the writer stored something unusable.
             with self._lock_if_writable(key) as locked:

@@ -148,7 +148,7 @@ class Workspace:
             return Path(self.data).expanduser()
         key = cache_key("phantom", {"spec": PHANTOM_SPEC.__dict__, "version": phantom.PHANTOM_VERSION})
         root = Path(self.cache_dir) / "phantom" / key
-        self.store  # noqa: B018 - refuses a cache folder that is a file, in one line
+        _ = self.store  # a cache folder that is a file is refused here, in one line
         try:
             return phantom.write_phantom_dataset(root, PHANTOM_SPEC,
                                                  progress=lambda d, t: progress("phantom", d, t))

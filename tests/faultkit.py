@@ -1,12 +1,16 @@
-"""Run the ``hscc`` console entry in a child process, optionally without root's override of file
-permissions, so read-only caches are read-only even when the tests run as root."""
+"""Helpers for fault tests (and ``benchmarks/faults.py``): the ``hscc`` command in a child process,
+optionally without root's override of file permissions (so read-only caches are read-only even
+when the tests run as root), read-only folders, and crafted files."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -59,3 +63,16 @@ def assert_one_error_line(proc: subprocess.CompletedProcess, *fragments: str) ->
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1 x 1 grey PNG whose header claims ``width`` x ``height`` (a decoder must not be reached)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    return bytes(data)
