@@ -17,9 +17,7 @@ key); run lists are cached by the store's current set of keys, so a new run show
 
 from __future__ import annotations
 
-import logging
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +25,13 @@ import streamlit as st
 
 from hscc_core.data.folders import DataError
 from hscc_core.nn.models import CheckpointError
+from hscc_core.present.errors import log_exception, viewer_message
 from hscc_core.present.labels import NOTICE, pct, speed_text
+from hscc_core.present.text import plain
 from hscc_core.runs.config import run_name
 from hscc_core.runs.pipeline import original_run
 from hscc_core.runs.selection import baseline_runs
+from hscc_core.runs.settings import DataSettings, data_choices, data_settings, resolve_data_folder
 from hscc_core.runs.store import RunStore
 from hscc_core.runs.workspace import Workspace
 
@@ -61,7 +62,6 @@ _FRAMED = "_frame_open"  # session key: app.py opened the frame in this script r
 _WRITTEN = "_frame_link"  # session key: the ?run= value the frame itself last wrote into the URL
 USER_ERRORS = (DataError, CheckpointError, ValueError, OSError)
 _ENV_SETTINGS = ("HSCC_CACHE_DIR", "HSCC_ARCH", "HSCC_INPUT_SIZE", "HSCC_EPOCHS", "HSCC_SPLIT")
-_LOG = logging.getLogger("hscc_explorer.app")
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,14 +73,31 @@ def _settings() -> tuple[str, ...]:
     return tuple(os.environ.get(name, "") for name in _ENV_SETTINGS)
 
 
+def _operator() -> DataSettings:
+    """What the operator allows (data folders, preparing baselines): from the server's environment."""
+    return data_settings()
+
+
+def _default_data() -> str:
+    default = _operator().default
+    return "" if default is None else str(default)
+
+
 def workspace_id() -> str:
     """Hashable description of the selected workspace (the data path; the rest comes from the env)."""
-    return st.session_state.get("data_path", os.environ.get("HSCC_DATA", "")).strip()
+    return str(st.session_state.get("data_path", _default_data())).strip()
 
 
 def workspace_for(data: str) -> Workspace:
-    """The (cached) workspace of a data path, with the rest of its settings from the environment."""
-    return _workspace(data, _settings())
+    """The (cached) workspace of a data path, with the rest of its settings from the environment.
+
+    Raises
+    ------
+    DataAccessError
+        A folder outside what the operator allows (``HSCC_DATA``, ``HSCC_DATA_ROOTS``).
+    """
+    folder = resolve_data_folder(data, _operator())
+    return _workspace("" if folder is None else str(folder), _settings())
 
 
 @st.cache_resource(show_spinner=False)
@@ -176,11 +193,11 @@ def _open_context() -> Context | None:
     try:
         ws = workspace_for(workspace_id())
     except USER_ERRORS as exc:
-        st.error(f"Cannot open this workspace: {exc}")
+        st.error(f"Cannot open this workspace: {plain(exc)}")
         return None
     ready, error = baseline_ready(ws)
     if error:
-        st.error(error)
+        st.error(plain(error))
         return None
     if not ready:
         st.info("Prepare the baseline from the sidebar (or run `hscc prepare`) first.")
@@ -190,7 +207,7 @@ def _open_context() -> Context | None:
             _, meta = ws.baseline(train_if_missing=False)
             original = baseline_run(workspace_id())
     except (*USER_ERRORS, FileNotFoundError) as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return None
     return Context(ws, meta, original)
 
@@ -280,29 +297,50 @@ def run_picker(ctx: Context, page: str) -> dict | None:
 # Drawing the frame (app.py)
 
 
+def _data_picker(operator: DataSettings) -> None:
+    """The data folder: a choice among what the operator allows, or a text box where they allow one."""
+    st.session_state.setdefault("data_path", _default_data())
+    help_text = ("An ImageFolder layout: ROOT/Training/<class>/, ROOT/Testing/<class>/ or ROOT/<class>/. "
+                 "The server's operator decides which folders the app may open (HSCC_DATA, HSCC_DATA_ROOTS).")
+    if operator.allow_input:
+        st.text_input("Data folder (empty: embedded MRI phantom)", key="data_path", help=help_text)
+        return
+    choices = data_choices(operator)
+    if st.session_state["data_path"] not in choices:
+        st.session_state["data_path"] = _default_data()
+    st.selectbox("Data folder", choices, key="data_path", help=help_text,
+                 format_func=lambda c: c or "embedded MRI phantom")
+
+
 def _sidebar() -> None:
     """Dataset choice, baseline status and headline metrics; a slot for the selected run."""
     with st.sidebar:
         st.header("Dataset")
-        st.text_input("Data folder (empty: embedded MRI phantom)", key="data_path",
-                      value=st.session_state.get("data_path", os.environ.get("HSCC_DATA", "")),
-                      help="An ImageFolder layout: ROOT/Training/<class>/, ROOT/Testing/<class>/ "
-                           "or ROOT/<class>/. Also settable with the HSCC_DATA environment variable.")
+        try:
+            operator = _operator()
+        except ValueError as exc:  # a switch set to neither on nor off
+            st.error(plain(exc))
+            return
+        _data_picker(operator)
         try:
             ws = workspace_for(workspace_id())
         except USER_ERRORS:
             return  # the main area says why
-        st.caption(ws.data_label())
+        st.caption(plain(ws.data_label()))
         ready, error = baseline_ready(ws)
         if error:
             return
         if not ready:
             st.warning("No baseline for this dataset yet.")
+            if not operator.allow_prepare:
+                st.caption("The operator prepares baselines on this server (`hscc prepare`, or "
+                           "HSCC_ALLOW_PREPARE=1 to allow it from the app).")
+                return
             if st.button("Prepare baseline", key="sidebar_prepare"):
                 try:
                     prepare_with_progress(ws)
                 except USER_ERRORS as exc:
-                    st.error(str(exc))
+                    st.error(plain(exc))
                     return
                 st.rerun()
             return
@@ -382,11 +420,8 @@ def run_page(page) -> None:
     st.session_state[_FRAMED] = True
     try:
         page.run()
-    except Exception:  # noqa: BLE001 - Streamlit's stop/rerun signals are BaseExceptions and pass through
-        error_id = uuid.uuid4().hex[:8]
-        _LOG.exception("page %s failed (error id %s)", getattr(page, "title", "?"), error_id)
-        st.error(f"Something went wrong on this page (error id {error_id}). The details are in the server "
-                 "log; the other pages keep working.")
+    except Exception as exc:  # noqa: BLE001 - Streamlit's stop/rerun signals are BaseExceptions and pass through
+        st.error(viewer_message(log_exception(exc)) + " The other pages keep working.")
     finally:
         st.session_state.pop(_FRAMED, None)
 

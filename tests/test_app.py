@@ -81,16 +81,34 @@ def test_overview_shows_real_baseline_metrics(app_env):
     assert "not a medical device" in " ".join(c.value for c in at.caption)
 
 
-def test_missing_baseline_offers_prepare_button(tmp_path, monkeypatch):
+def test_missing_baseline_offers_prepare_button_where_the_operator_allows_it(tmp_path, monkeypatch):
     data = make_imagefolder(tmp_path / "d", n_train=4, n_test=2)
     for name, value in tiny_env(data, tmp_path / "cache", epochs=1).items():
         monkeypatch.setenv(name, value)
     at = AppTest.from_file(str(APP), default_timeout=60).run()
     assert_page_ok(at)
+    assert not any(b.label == "Prepare baseline" for b in at.sidebar.button)  # off unless the operator says
+    assert any("The operator prepares baselines" in c.value for c in at.sidebar.caption)
+    monkeypatch.setenv("HSCC_ALLOW_PREPARE", "1")
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
     assert any(b.label == "Prepare baseline" for b in at.sidebar.button)
     at.sidebar.button[0].click().run()
     assert_page_ok(at)
     assert any(m.label == "Accuracy" for m in at.main.metric)
+
+
+def test_data_folders_come_from_the_server_side(app_env, tmp_path, monkeypatch):
+    """No free-text box unless the operator turns it on; then a folder outside the allowed roots
+    (the server's /etc, a '..' escape) is one message that says nothing about it."""
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.sidebar.text_input and at.sidebar.selectbox(key="data_path").options
+    monkeypatch.setenv("HSCC_ALLOW_DATA_INPUT", "1")
+    for folder in ("/etc", str(app_env.data) + "/../../.."):
+        at = AppTest.from_file(str(APP), default_timeout=60).run()
+        at.sidebar.text_input(key="data_path").set_value(folder).run()
+        assert_page_ok(at)
+        assert any("does not open that data folder" in e.value for e in at.error)
+        assert not any(b.label == "Prepare baseline" for b in at.sidebar.button)
 
 
 def test_bad_data_path_is_a_visible_message(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ from hscc_core.measure.costs import count_flops, count_params, flop_profile, lay
 from hscc_core.measure.fidelity import layer_errors
 from hscc_core.measure.metrics import classification_metrics, fidelity, paired_comparison, predict_proba
 from hscc_core.nn.training import finetune_config, pick_device, train
-from hscc_core.runs.config import RunConfig
+from hscc_core.runs.config import DEFAULTS, RunConfig
 from hscc_core.runs.store import cache_key
 from hscc_core.runs.workspace import Workspace
 
@@ -94,7 +94,11 @@ def original_run(ws: Workspace, progress=None) -> tuple[dict, dict[str, np.ndarr
         return run, {"predictions": preds.astype(np.int64), "probabilities": probs.astype(np.float32)}
 
     run, cached = ws.store.get_or_compute(key, compute)
-    return dict(run, cached=cached), ws.store.get_arrays(key), cached
+    arrays = ws.store.get_arrays(key, required=("predictions", "probabilities"))
+    if arrays is None:  # unusable arrays were just set aside: compute the run again
+        run, cached = ws.store.get_or_compute(key, compute)
+        arrays = ws.store.get_arrays(key, required=("predictions", "probabilities"))
+    return dict(run, cached=cached), arrays, cached
 
 
 def original_key(ws: Workspace) -> str:
@@ -119,8 +123,11 @@ def run_key(ws: Workspace, meta: dict | None, config: RunConfig) -> str:
     """Cache key of a run: canonical config, model and data fingerprints, algorithm version.
 
     ``meta`` (the loaded baseline's metadata) is optional: without it the checkpoint file is hashed
-    instead of loaded, which keeps cache look-ups cheap.
+    instead of loaded, which keeps cache look-ups cheap. An HSCC grid above the model's
+    ``max_grid`` raises ValueError here, before any work.
     """
+    if config.method == "hscc":
+        ws.check_grid(config.grid)
     model = meta["fingerprint"] if meta is not None else ws.model_fingerprint()
     return cache_key("run", {"config": config.canonical(), "model": model,
                              "data": ws.index().fingerprint, "version": RUN_VERSION})
@@ -144,8 +151,7 @@ def calibration_stats(ws: Workspace, model: nn.Module, meta: dict, side, grid: i
         x = images.to_tensor(images.x_train[idx])
         side.save_stats(path, side.compute_stats(model, x, grid, clusters, seed, progress=progress))
 
-    path, _ = ws.store.get_or_compute_blob("stats", key, "npz", write)
-    return side.load_stats(path)
+    return ws.store.load_or_compute_blob("stats", key, "npz", write, side.load_stats)[0]
 
 
 # The last decompositions (k-means, eigendecompositions, SVD, Tucker-2 mode spectra: everything that
@@ -206,6 +212,8 @@ def build_compressed(ws: Workspace, config: RunConfig, progress=None, model=None
         outcome (``met``, ``message``) in budget mode.
     """
     progress = progress or (lambda stage, done, total: None)
+    if config.method == "hscc":
+        ws.check_grid(config.grid)
     if model is None or meta is None:
         model, meta = ws.baseline(train_if_missing=False)
     method = get_method(config.method)
@@ -332,8 +340,10 @@ def _layer_errors(ws: Workspace, model: nn.Module, compressed: nn.Module, layers
     """Each compressed layer's relative output error (errors not compounded) on 64 training images held
     out of calibration (test images when calibration took the whole training split)."""
     images = ws.images()
-    rest = np.setdiff1d(np.arange(len(images.y_train)),
-                        calibration_indices(images.y_train, config.calib_size, config.seed))
+    # The weight-only baselines' cache key leaves the calibration size out (they read no calibration
+    # data): their held-out images must not depend on it either.
+    calib_size = config.calib_size if get_method(config.method).data_aware else DEFAULTS["calib_size"]
+    rest = np.setdiff1d(np.arange(len(images.y_train)), calibration_indices(images.y_train, calib_size, config.seed))
     pool = images.x_train[rest] if rest.size else images.x_test
     held = np.sort(np.random.default_rng(config.seed).permutation(len(pool))[:_ERROR_IMAGES])
     dev = eval_device()
