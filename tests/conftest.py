@@ -92,6 +92,20 @@ def use_tiny_app_env(monkeypatch, data: Path, cache: Path) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
 
 
+def cnn(widths=(8, 16, 12), convs=((3, 1, 1), (5, 2, 2), (11, 4, 2)), seed: int = 0, head: bool = True,
+        inplace: bool = False) -> nn.Module:
+    """A small seeded CNN: 3-channel input, one ReLU'd Conv2d per (kernel, stride, padding) in ``convs``
+    with ``widths`` output channels, then (``head``) global pooling and a 4-class linear layer."""
+    torch.manual_seed(seed)
+    layers, cin = [], 3
+    for width, (k, stride, pad) in zip(widths, convs):
+        layers += [nn.Conv2d(cin, width, k, stride, pad), nn.ReLU(inplace=inplace)]
+        cin = width
+    if head:
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 4)]
+    return nn.Sequential(*layers).eval()
+
+
 def conv_stack(seed: int = 0) -> nn.Module:
     """Padding/stride variety: k3 s1 p1, k5 s2 p2, k11 s4 p2 (AlexNet's first), 'same' dilated."""
     torch.manual_seed(seed)
