@@ -44,6 +44,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from hscc_core.compress import native
 from hscc_core.compress.calibration import LayerStats
 
 __all__ = [
@@ -751,6 +752,8 @@ class HSCCConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fast path (see class docstring); equals :meth:`forward_reference` to round-off."""
+        if native.usable(self, x):  # one compiled call for the whole layer (compress/native)
+            return native.run(self, x)
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
             return self.forward_reference(x)
         ho, wo = self._out_hw(x)

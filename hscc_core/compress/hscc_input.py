@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from hscc_core.compress import native
 from hscc_core.compress.calibration import compress_candidates, region_bounds, write_npz
 from hscc_core.compress.hscc import (DecompositionTotals, LayerGeometry, PlanTotals, RankedLayer, _cluster, check_out_hw,
                    conv_paddings, energy_rank, geometry_spec, grid_macs, plan_summary, replace_module,
@@ -903,6 +904,8 @@ class HSCCInputConv2d(nn.Module):
         """Per region the GEMM path (:meth:`_InputRegionConv.forward_rows`), or the module path
         where the region's im2col matrix would be large (there a direct convolution is faster);
         equal to :meth:`forward_reference` up to float round-off, same FLOPs."""
+        if native.usable(self, x):  # one compiled call for the whole layer (compress/native)
+            return native.run(self, x)
         self._check(x)
         n, o = x.shape[0], self.out_channels
         ho, wo = self.out_hw
