@@ -28,13 +28,17 @@ from hscc_core.compress.native.program import PackedProgram, Program, execute, l
 __all__ = ["Program", "available", "disabled", "execute", "kernel_of", "lower", "pack", "run",
            "status", "usable"]
 
-_state = {"loaded": None, "error": None, "enabled": os.environ.get("HSCC_NATIVE", "1") != "0"}
+_state = {"loaded": None, "error": None, "enabled": os.environ.get("HSCC_NATIVE", "1") != "0",
+          "registered": False}
 # layer -> (parameter signature, packed program): lowered once, redone when a weight changes.
 _programs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _register_python_parts() -> None:
-    """FLOP formula and fake (shape-only) implementation of the op, once it is loaded."""
+    """FLOP formula and fake (shape-only) implementation of the op, once per process."""
+    if _state["registered"]:
+        return
+    _state["registered"] = True
     from torch.utils.flop_counter import register_flop_formula  # noqa: PLC0415
 
     op = torch.ops.hscc_native.region_conv

@@ -155,18 +155,18 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
   const float* cval = const_values.data_ptr<float>();
 
   // Per group: are its gathered channels consecutive (one memcpy per tap on channels-last input)?
-  std::vector<char> contiguous(groups.size(0), 0);
-  for (int64_t i = 0; i < groups.size(0); ++i) {
-    const int64_t gs = grp[2 * i], ge = grp[2 * i + 1];
-    bool c = ge > gs;
-    for (int64_t j = gs + 1; j < ge && c; ++j) c = gat[j] == gat[j - 1] + 1;
-    contiguous[i] = c;
-  }
   // Per region: is Y already in channel order (the write-out is then a plain add)?
-  std::vector<char> identity(n_regions, 0);
+  std::vector<char> contiguous(groups.size(0), 0), identity(n_regions, 0);
   int64_t max_d = 0, max_z = 0, max_y = 0, total_rows = 0;
   for (int64_t r = 0; r < n_regions; ++r) {
     const Region& reg = rp[r];
+    const int64_t* rg = gat + reg.gather_off;  // group bounds index the region's own gather
+    for (int64_t i = reg.group_off; i < reg.group_off + reg.n_groups; ++i) {
+      const int64_t gs = grp[2 * i], ge = grp[2 * i + 1];
+      bool c = ge > gs;
+      for (int64_t j = gs + 1; j < ge && c; ++j) c = rg[j] == rg[j - 1] + 1;
+      contiguous[i] = c;
+    }
     bool id = reg.ny == g.out_c;
     for (int64_t j = 0; j < reg.ny && id; ++j) id = ord[reg.out_off + j] == j;
     identity[r] = id;
