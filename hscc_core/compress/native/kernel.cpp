@@ -133,8 +133,9 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
   const Geometry g{gp[0], gp[1], gp[2], gp[3], gp[4], gp[5], gp[6], gp[7], gp[8], gp[9], gp[10], gp[11]};
   TORCH_CHECK(g.out_c == out_channels && g.ho == out_h && g.wo == out_w, "region_conv: output shape");
   TORCH_CHECK(x_in.size(1) == g.in_c, "region_conv: expected ", g.in_c, " input channels");
-  at::Tensor x = x_in;
-  if (!x.is_contiguous() && !x.is_contiguous(at::MemoryFormat::ChannelsLast)) x = x.contiguous();
+  // Channels-last input: each tap of the im2col tile is then one copy of a channel run (an NCHW
+  // image for the first layer costs one conversion, far less than strided gathers per tap).
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const Input in{x.data_ptr<float>(), x.stride(0), x.stride(1), x.stride(2), x.stride(3),
                  x.size(2), x.size(3)};
   const int64_t n = x.size(0);
@@ -178,9 +179,12 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
   const int threads_wanted = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
   int64_t tile = tile_rows;
   if (tile <= 0) {
-    // Enough items for every thread (four each), but never tiles so small that BLAS starves.
+    // Enough items for every thread (four each), but never tiles so small that BLAS starves;
+    // taller tiles where the im2col rows are short (they stay in cache and the weights are read
+    // fewer times).
+    const int64_t cap = max_d <= 512 ? 128 : 64;
     tile = (total_rows + 4 * threads_wanted - 1) / (4 * threads_wanted);
-    tile = std::min<int64_t>(64, std::max<int64_t>(16, (tile + 7) / 8 * 8));
+    tile = std::min<int64_t>(cap, std::max<int64_t>(16, (tile + 7) / 8 * 8));
   }
 
   struct Item {
