@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     COMMANDS.update(cli_compress.register(sub, _common))
     from hscc_core.cli import predict as cli_predict  # noqa: PLC0415
     COMMANDS.update(cli_predict.register(sub, _common))
+    from hscc_core.cli import export as cli_export  # noqa: PLC0415
+    COMMANDS.update(cli_export.register(sub, _common))
     return parser
 
 
