@@ -27,7 +27,12 @@ def test_a_generous_budget_or_none_takes_every_round():
         assert lat["runs_taken"] == {"b1": 6, "b2": 6} and lat["runs"] == 6
 
 
-@pytest.mark.parametrize("kw", [dict(budget_s=0.0), dict(budget_s=1.0, min_runs=0), dict(budget_s=1.0, min_runs=30)])
+def test_min_runs_never_exceeds_runs():
+    lat = measure_latency(models(), (1, 3, 16, 16), batch_sizes=(1,), runs=2, warmup=0, budget_s=1e-6, min_runs=5)
+    assert lat["runs_taken"] == {"b1": 2}
+
+
+@pytest.mark.parametrize("kw", [dict(budget_s=0.0), dict(budget_s=-1.0), dict(budget_s=1.0, min_runs=0)])
 def test_budget_validation(kw):
     with pytest.raises(ValueError, match="budget_s must be"):
         measure_latency(models(), (1, 3, 16, 16), runs=20, **kw)

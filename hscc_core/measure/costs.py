@@ -151,7 +151,7 @@ def measure_latency(
         (unless fewer than ``min_runs`` were taken). Batch sizes after the first get one warm-up
         round. None: exactly ``runs`` rounds, as before.
     min_runs : int
-        Fewest timed rounds per batch size under a budget (>= 1).
+        Fewest timed rounds per batch size under a budget (>= 1; ``runs`` when that is fewer).
 
     Returns
     -------
@@ -167,8 +167,9 @@ def measure_latency(
         raise ValueError("no model to time")
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    if budget_s is not None and (budget_s <= 0 or not 1 <= min_runs <= runs):
-        raise ValueError(f"budget_s must be > 0 and 1 <= min_runs <= runs, got {budget_s}, {min_runs}")
+    if budget_s is not None and (budget_s <= 0 or min_runs < 1):
+        raise ValueError(f"budget_s must be > 0 and min_runs >= 1, got {budget_s}, {min_runs}")
+    min_runs = min(min_runs, runs)
     dev = torch.device(device) if device is not None else _device(next(iter(models.values())))
     gen = torch.Generator().manual_seed(seed)
     result = {
