@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from hscc_core.compress.native import kernel_of
 from hscc_core.measure.costs import count_flops, flop_profile, layer_flops, measure_latency
 from hscc_core.runs.pipeline import RunConfig, build_compressed
 from hscc_core.runs.workspace import Workspace
@@ -161,6 +162,7 @@ def speed_table(
                         row[f"efficiency_graph_{b}"] = row[f"speedup_graph_{b}"] / row["flops_ratio"]
                 row["latency_ms"] = {"original": orig, "compressed": comp, "threads": lat["threads"],
                                      "runs": lat["runs"]}
+                row["kernel"] = kernel_of(compressed.to(device))  # which path the HSCC layers took
                 rows.append(row)
                 done += 1
             # Back on the CPU for the next method's build and FLOPs count.
