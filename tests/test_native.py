@@ -173,3 +173,30 @@ def test_gradients_and_tracing_take_the_pytorch_path(kernel, monkeypatch):
     comp.train()
     comp(x[:2]).sum().backward()
     assert all(p.grad is not None for p in layer.parameters())
+
+
+def test_flops_counted_when_the_first_forward_is_a_counted_one(kernel):
+    """In a fresh process the op's FLOP formula exists before any FlopCounterMode is created."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    code = (
+        "import torch\n"
+        "from conftest import conv_stack, random_images\n"
+        "from hscc_core.compress.calibration import compute_stats\n"
+        "from hscc_core.compress.hscc import build_hscc, decompose_hscc, plan_from_decomposition\n"
+        "from hscc_core.measure.costs import count_flops\n"
+        "m, x = conv_stack(), random_images(8)\n"
+        "plan = plan_from_decomposition(decompose_hscc(m, compute_stats(m, x, 2), 2), 0.8)\n"
+        "c = build_hscc(m, plan)\n"
+        "fl = count_flops(c, (1, 3, 48, 48)) - count_flops(m, (1, 3, 48, 48))\n"
+        "orig = sum(2 * mod.analytical_macs() for mod in c.modules() if hasattr(mod, 'analytical_macs'))\n"
+        "conv = 2 * sum(p.original_macs for p in [l.decomp for l in plan.layers.values()])\n"
+        "print(fl + conv - orig)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHONPATH": f"{root}:{root / 'tests'}"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip().splitlines()[-1]) == 0

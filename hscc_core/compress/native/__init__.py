@@ -157,3 +157,8 @@ def kernel_of(model: nn.Module, x: torch.Tensor | None = None) -> str:
     ok = (_state["enabled"] and available() and p.device.type == "cpu" and p.dtype == torch.float32
           and (x is None or (x.device.type == "cpu" and x.dtype == torch.float32)))
     return "native" if ok else "pytorch"
+
+
+# Load an existing build now, not at the first forward: FlopCounterMode copies the FLOP formulas
+# when it is created, so the op's formula must be registered before any counter exists.
+available()
