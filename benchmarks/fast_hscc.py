@@ -126,8 +126,8 @@ class Builder:
 
 def configs(a) -> list[tuple]:
     """(method, budget, grid, clusters, side) of every row, baselines first."""
-    out = [(m, float(bu), None, None, "output") for m in ("svd", "tucker") for bu in a.budgets]
-    for side in a.sides:
+    out = [(m, float(bu), None, None, "output") for m in ("svd", "tucker") if m in a.methods for bu in a.budgets]
+    for side in a.sides if "hscc" in a.methods else ():
         for bu in a.budgets:
             for g in a.grids:
                 for k in a.clusters:
@@ -307,6 +307,7 @@ def report(rows: list[dict], a) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[112, 224])
+    p.add_argument("--methods", nargs="+", default=["svd", "tucker", "hscc"], choices=["svd", "tucker", "hscc"])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--budgets", type=float, nargs="+", default=[3.0, 6.0])
     p.add_argument("--grids", type=int, nargs="+", default=[1, 2, 4, 8])
