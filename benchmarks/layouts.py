@@ -89,13 +89,15 @@ def _tucker_layer(conv: nn.Conv2d, s: dict, rng: np.random.Generator) -> Tucker2
     return Tucker2Conv2d(conv, core, _orthonormal(rng, conv.out_channels, r_out), _orthonormal(rng, conv.in_channels, r_in))
 
 
-def model_from_layout(model: nn.Module, layers: dict, seed: int = 0) -> nn.Module:
+def model_from_layout(model: nn.Module, layers: dict, seed: int = 0, check_macs: bool = True) -> nn.Module:
     """A deep copy of ``model`` whose layers named in ``layers`` (a run's per-layer summaries)
     are replaced by compressed modules of exactly that layout, with random orthonormal factors.
 
     The method is read from each summary: HSCC output side (``cluster_sizes`` without
     ``cluster_side``), HSCC input side (``cluster_side == "input"``), Global SVD (``rank``),
     Tucker-2 (``rank_in``/``rank_out``); a summary marked ``dense`` keeps the original layer.
+    ``check_macs`` refuses an HSCC layer whose MACs differ from the summary's (off for edited
+    layouts).
     """
     rng = np.random.default_rng(seed)
     out = copy.deepcopy(model)
@@ -104,7 +106,7 @@ def model_from_layout(model: nn.Module, layers: dict, seed: int = 0) -> nn.Modul
         if "cluster_sizes" in s:
             build = _input_layer if s.get("cluster_side") == "input" else _output_layer
             new = build(conv, name, s, rng)
-            if new.analytical_macs() != int(s["macs"]):
+            if check_macs and new.analytical_macs() != int(s["macs"]):
                 raise ValueError(f"{name}: rebuilt layout has {new.analytical_macs()} MACs, the run {s['macs']}")
         elif s.get("dense"):
             continue
