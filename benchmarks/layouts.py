@@ -35,21 +35,29 @@ def _geometry(conv: nn.Conv2d, name: str, s: dict, regions) -> dict:
                 grid_hw=tuple(s["grid_hw"]), clusters=int(s["clusters"]), regions=tuple(regions))
 
 
+def _clusters(rng: np.random.Generator, channels: int, sizes) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Random disjoint channel sets of the given sizes: (labels with -1 for the rest, the sets)."""
+    perm = rng.permutation(channels)
+    labels = np.full(channels, -1, dtype=np.int64)
+    sets, pos = [], 0
+    for c, size in enumerate(sizes):
+        ch = np.sort(perm[pos:pos + size])
+        labels[ch] = c
+        sets.append(ch)
+        pos += size
+    return labels, sets
+
+
 def _output_layer(conv: nn.Conv2d, name: str, s: dict, rng: np.random.Generator) -> HSCCConv2d:
     o = conv.out_channels
     regions = []
     for bounds, sizes, n_const in zip(s["regions"], s["cluster_sizes"], s["rank0_channels"]):
-        perm = rng.permutation(o)
-        labels = np.full(o, -1, dtype=np.int64)
-        blocks, pos = [], 0
-        for c, size in enumerate(sizes):
-            ch = np.sort(perm[pos:pos + size])
-            labels[ch] = c
-            pos += size
-            vecs = _orthonormal(rng, size, size)
-            blocks.append(BlockDecomp(ch, np.ones(size), vecs, rng.standard_normal(size) * 0.01,
-                                      np.arange(1, size + 1) / size))
-        assert pos + n_const == o, (name, pos, n_const, o)
+        if sum(sizes) + n_const != o:
+            raise ValueError(f"{name}: cluster sizes and rank-0 channels do not add up to {o}")
+        labels, sets = _clusters(rng, o, sizes)
+        blocks = [BlockDecomp(ch, np.ones(ch.size), _orthonormal(rng, ch.size, ch.size),
+                              rng.standard_normal(ch.size) * 0.01, np.arange(1, ch.size + 1) / ch.size)
+                  for ch in sets]
         regions.append(RegionDecomp(tuple(bounds), labels, tuple(blocks), np.zeros(o)))
     ld = LayerDecomp(**_geometry(conv, name, s, regions))
     plan = LayerPlan(ld, tuple(tuple(r) for r in s["ranks"]), tuple(tuple(d) for d in s["dense"]))
@@ -61,14 +69,10 @@ def _input_layer(conv: nn.Conv2d, name: str, s: dict, rng: np.random.Generator) 
     area = conv.kernel_size[0] * conv.kernel_size[1]
     regions = []
     for bounds, sizes in zip(s["regions"], s["cluster_sizes"]):
-        perm = rng.permutation(i)
-        labels = np.full(i, -1, dtype=np.int64)
-        blocks, pos = [], 0
-        for c, size in enumerate(sizes):
-            ch = np.sort(perm[pos:pos + size])
-            labels[ch] = c
-            pos += size
-            n = min(o, size * area)
+        labels, sets = _clusters(rng, i, sizes)
+        blocks = []
+        for ch in sets:
+            n = min(o, ch.size * area)
             blocks.append(InputBlockDecomp(ch, np.ones(n), _orthonormal(rng, o, n), rng.standard_normal(o) * 0.01,
                                            np.arange(1, n + 1) / n))
         regions.append(InputRegionDecomp(tuple(bounds), labels, tuple(blocks)))
