@@ -25,8 +25,8 @@ from torch import nn
 from hscc_core.compress.native import builder as _build
 from hscc_core.compress.native.program import PackedProgram, Program, execute, lower, pack
 
-__all__ = ["Program", "available", "disabled", "execute", "kernel_of", "lower", "pack", "run",
-           "status", "usable"]
+__all__ = ["Program", "available", "build", "disabled", "execute", "kernel_of", "lower", "pack", "packed",
+           "run", "status", "usable"]
 
 _state = {"loaded": None, "error": None, "enabled": os.environ.get("HSCC_NATIVE", "1") != "0",
           "registered": False}
