@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from hscc_core.cli import bench, compress, data, heatmap, predict, search
+from hscc_core.cli import bench, compress, data, export, heatmap, predict, search
 from hscc_core.cli.common import EXIT_BAD_INPUT, Parser, UsageError
 from hscc_core.cli.messages import warning_lines
 from hscc_core.data.folders import DataError
@@ -18,7 +18,7 @@ from hscc_core.nn.models import CheckpointError
 
 __all__ = ["build_parser", "main"]
 
-_GROUPS = (data, compress, bench, predict, heatmap, search)
+_GROUPS = (data, compress, bench, predict, heatmap, search, export)
 
 
 def build_parser() -> tuple[Parser, dict]:

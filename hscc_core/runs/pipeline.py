@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from hscc_core.compress import native
 from hscc_core.compress.methods import get_method, make_plan
 from hscc_core.data.folders import calibration_indices
-from hscc_core.measure.costs import count_flops, count_params, flop_profile, layer_flops, measure_latency, speedup
+from hscc_core.measure.costs import (LATENCY_BUDGET_S, count_flops, count_params, flop_profile, layer_flops,
+                                     measure_latency, speedup)
 from hscc_core.measure.fidelity import layer_errors
 from hscc_core.measure.metrics import classification_metrics, fidelity, paired_comparison, predict_proba
 from hscc_core.nn.training import finetune_config, pick_device, train
@@ -275,6 +277,7 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
     evaluation, probs = _evaluate(ws, compressed, original_arrays)
     progress("evaluate", 1, 1)
     progress("measure", 0, 1)
+    measure_start = time.perf_counter()
     summaries = built.plan.summaries()
     run = {"method": config.method, "config": config.canonical(), "label": config.label(),
            **_provenance(ws, meta), "energy": built.energy, "cluster_side": config.cluster_side,
@@ -286,6 +289,7 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
         "layer_flops_ratio": run["layer_flops_ratio"]}
     run.update(_speed(model, compressed, ws.size, latency_runs) if measure_speed
                else {"latency_ms": None, "speedup": None})
+    run["measure_seconds"] = time.perf_counter() - measure_start
     progress("measure", 1, 1)
     run["seconds"] = time.perf_counter() - start
     arrays = {"predictions": probs.argmax(1).astype(np.int64), "probabilities": probs.astype(np.float32),
@@ -355,14 +359,22 @@ def _layer_errors(ws: Workspace, model: nn.Module, compressed: nn.Module, layers
 
 
 def _speed(model: nn.Module, compressed: nn.Module, size: int, latency_runs: int) -> dict:
-    """Latency of the original and the compressed model, timed interleaved in this process."""
-    lat = measure_latency({"original": model, "compressed": compressed}, (1, 3, size, size), runs=latency_runs)
+    """Latency of the original and the compressed model, timed interleaved in this process.
+
+    As many rounds as fit :data:`hscc_core.measure.costs.LATENCY_BUDGET_S` (at most ``latency_runs``, at least 5 per batch
+    size): the measure stage once took minutes under load. The path the HSCC layers took (native
+    kernel or PyTorch) is recorded beside the timings.
+    """
+    lat = measure_latency({"original": model, "compressed": compressed}, (1, 3, size, size), runs=latency_runs,
+                          budget_s=LATENCY_BUDGET_S)
 
     def block(name):
         return {b: {"median": v["median_ms"], "p90": v["p90_ms"]} for b, v in lat["models"][name].items()}
 
     return {"latency_ms": {"original": block("original"), "compressed": block("compressed"),
-                           "device": lat["device"], "threads": lat["threads"], "runs": lat["runs"]},
+                           "device": lat["device"], "threads": lat["threads"], "runs": lat["runs"],
+                           "runs_taken": lat["runs_taken"], "budget_s": lat["budget_s"],
+                           "kernel": native.kernel_of(compressed)},
             "speedup": dict(speedup(lat, "original", "compressed"))}
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from hscc_core.compress.native import kernel_of
 from hscc_core.measure.costs import count_flops, flop_profile, layer_flops, measure_latency
 from hscc_core.measure.machine import machine_info
 from hscc_core.runs.config import RunConfig
@@ -133,7 +134,9 @@ def _time_on_devices(model, built, method: str, budget: float, layers, shape, de
         tick(i)
         lat = measure_latency({"original": model, "compressed": compressed}, shape, batch_sizes=BATCHES,
                               runs=runs, device=device)
-        out.append(_row(method, budget, built, lat, fl, flops_original, sum(per_layer.values()), layer_fl_orig))
+        row = _row(method, budget, built, lat, fl, flops_original, sum(per_layer.values()), layer_fl_orig)
+        row["kernel"] = kernel_of(compressed.to(device))  # which path the HSCC layers took
+        out.append(row)
     return out
 
 
