@@ -3,7 +3,8 @@
 For the original model and a compressed run side by side: the answer and its probability, the four
 class probabilities, Grad-CAM over the slice (where each model looked for its own answer), the time
 of this one inference, and one sentence on what the compression saved and whether the answers agree.
-Laid out to fit a 1920 x 1080 projector without scrolling, in large type and Okabe-Ito colours.
+Laid out for screens from 1280 px wide (answers wrap instead of being cut; class names sit above their
+bars) up to a 1920 x 1080 projector without scrolling, in large type and Okabe-Ito colours.
 
 Uploads stay in memory (Streamlit's upload buffer and this session's state); they are decoded by
 ``hscc_core.data.imageio.load_slice`` from bytes, never written to disk, never unpickled, and their names are
@@ -11,22 +12,25 @@ only shown back. All computation is in ``hscc_core.present.predict``.
 """
 
 import hashlib
+import html
 
 import streamlit as st
 
 from hscc_core.data.imageio import MAX_BYTES, SliceError, load_slice
 from hscc_core.present.labels import class_label
-from hscc_core.runs.config import run_name
 from hscc_core.present.plots import METHOD_STYLE, OKABE_ITO, overlay_figure
 from hscc_core.present.predict import compare, probability_figure, rebuild_compressed
+from hscc_core.runs.config import run_name
 from hscc_core.runs.store import RunStore
-from pages.frame import NOTICE, run_picker, show, workspace_for, workspace_id
+from pages.frame import NOTICE, chart, run_picker, show, workspace_for, workspace_id
 
 SOURCES = ("Test slice", "Upload a file")
 HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 RESULT = "demo_result"  # session key: (token, result) of the last comparison, so widgets do not recompute
 UPLOAD_TOKEN = "demo_upload_token"
-FIGURE_HEIGHT = 320
+FIGURE_HEIGHT = 300
+PHANTOM_WARNING = ("This model was trained on the synthetic MRI phantom only: it has never seen a real scan. "
+                   "Its answer for an uploaded image means nothing clinically, whatever its confidence.")
 
 # Projector-friendly type: larger body text, answers and alerts; a tighter top margin so the whole
 # page fits 1080 px. Static CSS written here (no user content in it).
@@ -37,6 +41,9 @@ STYLE = """<style>
 [data-testid="stMain"] [data-testid="stMetricValue"] p { font-size: 2.2rem; line-height: 1.25; }
 [data-testid="stMain"] [data-testid="stMetricLabel"] p { font-size: 1.05rem; }
 [data-testid="stMain"] h1 { font-size: 2.2rem; padding-bottom: 0.2rem; }
+.demo-answer { font-size: 2rem; font-weight: 600; line-height: 1.2; white-space: normal; overflow-wrap: anywhere; }
+.demo-label { font-size: 1rem; opacity: 0.75; margin-bottom: 0.1rem; }
+.demo-time { font-size: 1.5rem; font-weight: 600; line-height: 1.2; }
 </style>"""
 
 
@@ -131,34 +138,50 @@ def pick_run(ctx):
     return run, None
 
 
+def answer_block(res: dict, ref: dict | None) -> None:
+    """The answer and the time, as text that wraps (a metric card would cut a long class name)."""
+    p = res["probabilities"][res["class"]]
+    c = st.columns([1.3, 1], gap="small")
+    c[0].markdown(f"<div class='demo-label'>Answer (probability {100 * p:.0f} %)</div>"
+                  f"<div class='demo-answer' data-testid='demo-answer'>{html.escape(class_label(res['class']))}</div>",
+                  unsafe_allow_html=True)
+    compare_to = "" if ref is None else f"; original {ref['ms']:,.0f} ms"
+    c[1].markdown(f"<div class='demo-label'>Time for this image{compare_to}</div>"
+                  f"<div class='demo-time'>{res['ms']:,.0f} ms</div>", unsafe_allow_html=True,
+                  help=f"median of {res['runs']} single-image inferences after warm-up on {res['device']} "
+                       f"(fastest {res['ms_min']:,.1f} ms, slowest {res.get('ms_max', res['ms_min']):,.1f} ms); "
+                       "the two models' runs are interleaved so both see the same machine load")
+
+
 def results(ctx, result, run, opacity) -> None:
     """Both models side by side: answer, time, Grad-CAM overlay and probability bars."""
     o, c = result["original"], result["compressed"]
     columns = st.columns(2, gap="large")
     method = (run or {}).get("method", "hscc")
-    panels = [(columns[0], "Original model", o, OKABE_ITO["black"], None),
-              (columns[1], f"Compressed · {run_name(run)}" if run else "Compressed model", c,
+    panels = [(columns[0], "Original model", None, o, OKABE_ITO["black"], None),
+              (columns[1], "Compressed model", run_name(run) if run else None, c,
                METHOD_STYLE.get(method, METHOD_STYLE["hscc"])[1], o)]
-    for col, title, res, colour, ref in panels:
+    for col, title, sub, res, colour, ref in panels:
         with col:
             st.subheader(title, anchor=False)
+            if sub:
+                st.caption(sub)
             if res is None:
                 st.info("No compressed run to compare: pick one above.")
                 continue
-            m = st.columns(2)
-            m[0].metric(f"Answer (p = {res['probabilities'][res['class']]:.2f})", class_label(res["class"]))
-            # The comparison goes in the label, not a delta line: both columns keep the same height.
-            label = "Time for this slice" + ("" if ref is None else f" (original {ref['ms']:.1f} ms)")
-            m[1].metric(label, f"{res['ms']:.1f} ms",
-                        help=f"median of {res['runs']} single-slice inferences after warm-up, {res['device']}; "
-                             "the two models' runs are interleaved so both see the same machine load")
-            f = st.columns([1, 1.15])
-            f[0].plotly_chart(overlay_figure(result["input"], res.get("cam"), opacity=opacity, colorscale="Inferno",
-                                             zmin=0, zmax=1, colorbar_title="Grad-CAM", height=FIGURE_HEIGHT,
-                                             title=f"Where it looked for <b>{class_label(res['class'])}</b>"),
-                              key=f"demo_cam_{'o' if ref is None else 'c'}", theme=None)
-            f[1].plotly_chart(probability_figure(res, colour, title="Class probabilities", height=FIGURE_HEIGHT),
-                              key=f"demo_probs_{'o' if ref is None else 'c'}", theme=None)
+            answer_block(res, ref)
+            f = st.columns([1, 1.1], gap="small")
+            tag = "o" if ref is None else "c"
+            with f[0]:
+                chart(overlay_figure(result["input"], res.get("cam"), opacity=opacity, colorscale="Inferno",
+                                     zmin=0, zmax=1, colorbar_title="evidence", height=FIGURE_HEIGHT,
+                                     title=f"Where it saw <b>{html.escape(class_label(res['class']))}</b>"),
+                      f"demo_cam_{tag}")
+                if res.get("cam_empty"):
+                    st.caption("No positive evidence at the last layer: the map is empty (see the Heatmaps page "
+                               "for earlier layers).")
+            chart(probability_figure(res, colour, title="Class probabilities", height=FIGURE_HEIGHT),
+                  f"demo_probs_{tag}", f[1])
 
 
 def main(ctx) -> None:
@@ -197,6 +220,8 @@ def main(ctx) -> None:
         st.session_state[RESULT] = (token, result)
     notes = getattr(slice_, "notes", [])
     st.caption(caption + (" Converted: " + "; ".join(notes) + "." if notes else ""))
+    if ctx.ws.is_phantom and source == SOURCES[1]:
+        st.error(PHANTOM_WARNING, icon=":material/report:")
     if result["agree"] is None:
         st.info(result["summary"])
     elif result["agree"]:

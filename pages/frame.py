@@ -28,15 +28,17 @@ import streamlit as st
 from hscc_core.data.folders import DataError
 from hscc_core.nn.models import CheckpointError
 from hscc_core.present.labels import NOTICE, pct, speed_text
+from hscc_core.present.plots import themed
+from hscc_core.runs import jobs
 from hscc_core.runs.config import run_name
 from hscc_core.runs.pipeline import original_run
 from hscc_core.runs.selection import baseline_runs
 from hscc_core.runs.store import RunStore
 from hscc_core.runs.workspace import Workspace
 
-__all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "baseline_ready", "baseline_run", "begin", "finish",
+__all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "baseline_ready", "baseline_run", "begin", "chart", "finish",
            "load_arrays", "load_run", "prepare_with_progress", "run_page", "run_picker", "select_run", "selected_run",
-           "show", "workspace_for", "workspace_id", "app"]
+           "settings", "show", "theme", "workspace_for", "workspace_id", "app"]
 
 # The pages, in navigation order: file stem, navigation label, page title, icon.
 PAGES = [
@@ -71,6 +73,11 @@ _LOG = logging.getLogger("hscc_explorer.app")
 def _settings() -> tuple[str, ...]:
     # Part of every cached workspace's identity, so another cache folder or model is never mixed up.
     return tuple(os.environ.get(name, "") for name in _ENV_SETTINGS)
+
+
+def settings() -> tuple[str, ...]:
+    """The environment settings that, with :func:`workspace_id`, identify the workspace (cache keys)."""
+    return _settings()
 
 
 def workspace_id() -> str:
@@ -137,6 +144,36 @@ def prepare_with_progress(ws: Workspace) -> None:
     ws.images(stage)
     ws.baseline(progress=training)
     bar.empty()
+
+
+@st.cache_resource(show_spinner=False)
+def _opened() -> set:
+    # Workspaces whose page context opened once in this server process: later pages need no
+    # "loading" message (the model, the data and the original's metrics are in memory).
+    return set()
+
+
+# --------------------------------------------------------------------------------------------
+# Charts in the theme of the app
+
+
+def theme() -> str:
+    """``"dark"`` or ``"light"``: the theme the browser shows (light when Streamlit does not say)."""
+    try:
+        kind = getattr(st.context.theme, "type", None)
+    except Exception:  # noqa: BLE001 - no browser context (AppTest, bare mode)
+        kind = None
+    return "dark" if kind == "dark" else "light"
+
+
+def chart(fig, key: str, where=None, **kwargs):
+    """``st.plotly_chart`` of a figure of ``hscc_core.present`` in the app's theme (light or dark).
+
+    The figures carry their own colours (Okabe-Ito marks, readable fonts), so Streamlit's plotly theme
+    is off; :func:`hscc_core.present.plots.themed` gives them the dark theme's background and text.
+    """
+    return (where or st).plotly_chart(themed(fig, theme()), key=key, theme=None,
+                                      config={"displaylogo": False, **kwargs.pop("config", {})}, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,14 +369,26 @@ def _follow_link(ctx: Context) -> None:
 
 
 def begin(title: str) -> bool:
-    """Draw the frame's top (sidebar, title) and open the page's context; True when the page can run."""
+    """Draw the frame's top (title, sidebar) and open the page's context; True when the page can run.
+
+    The first page of a server process loads the baseline model, the data and the original's metrics
+    (half a minute for the real AlexNet): a message says so instead of a blank page.
+    """
     st.session_state.pop(_SLOT, None)
     st.session_state.pop(_CONTEXT, None)
-    _sidebar()
     st.title(title)
+    loading = st.empty()
+    wid = (workspace_id(), _settings())
+    if wid not in _opened():
+        loading.info("Loading the baseline model and the data: the first page after the server starts takes a "
+                     "little while (up to a minute for the real dataset); then pages open at once.",
+                     icon=":material/hourglass_top:")
+    _sidebar()
     ctx = _open_context()
+    loading.empty()
     if ctx is None:
         return False
+    _opened().add(wid)
     _follow_link(ctx)
     st.session_state[_CONTEXT] = ctx
     return True
@@ -391,6 +440,49 @@ def run_page(page) -> None:
         st.session_state.pop(_FRAMED, None)
 
 
+def _background_list(ctx: Context) -> None:
+    queue = jobs.queue_for(ctx.ws)
+    shown = [j for j in queue.jobs() if j.active or not st.session_state.get(f"_seen_job_{j.id}")][:5]
+    if not shown:
+        return
+    st.subheader("Background runs")
+    for job in shown:
+        name = describe(job.config)
+        if job.active:
+            state = job.status()
+            st.progress(state.fraction, text=f"{name}: " + (state.text() if job.state == "running" else "queued"))
+        elif job.state == "done":
+            c = st.columns([3, 1], vertical_alignment="center")
+            c[0].caption(f":material/check_circle: {name}: ready")
+            if c[1].button("Open", key=f"_open_job_{job.id}", help="Select this run and show it on the Explorer"):
+                st.session_state[f"_seen_job_{job.id}"] = True
+                run = load_run(ctx, job.key)
+                if run is not None:
+                    select_run(run)
+                st.switch_page("pages/explorer.py")
+        else:
+            c = st.columns([3, 1], vertical_alignment="center")
+            c[0].caption(f":material/error: {name}: failed ({job.error})")
+            if c[1].button("Hide", key=f"_hide_job_{job.id}"):
+                st.session_state[f"_seen_job_{job.id}"] = True
+                st.rerun(scope="fragment")
+    if any(j.active for j in shown):
+        # Redraw every two seconds while something computes; a full rerun when it finishes (new run).
+        st.session_state["_jobs_active"] = True
+    elif st.session_state.pop("_jobs_active", False):
+        st.rerun()
+
+
+def background_runs(ctx: Context) -> None:
+    """The background runs of this workspace in the sidebar (on every page), with their progress."""
+    active = bool(jobs.queue_for(ctx.ws).active())
+    st.fragment(run_every=2.0 if active else None)(_background_list)(ctx)
+
+
+def describe(config) -> str:
+    return run_name({"method": config.method, "config": config.canonical()})
+
+
 def finish() -> None:
     """Draw the frame's bottom: the selected run in the sidebar, the URL's ``?run=``, the notice."""
     ctx = st.session_state.get(_CONTEXT)
@@ -400,6 +492,7 @@ def finish() -> None:
         st.query_params["run"] = st.session_state[_WRITTEN] = run["cache_key"]  # page switches clear it
     if slot is not None and ctx is not None:
         with slot:
+            background_runs(ctx)
             if run is None:
                 st.caption("No run selected: pick one on the Explorer or Pareto page.")
             else:
