@@ -19,10 +19,9 @@ import streamlit as st
 from hscc_core.data.imageio import MAX_BYTES, SliceError, load_slice
 from hscc_core.present.labels import class_label
 from hscc_core.present.plots import METHOD_STYLE, OKABE_ITO, overlay_figure
-from hscc_core.present.predict import compare, probability_figure, rebuild_compressed
+from hscc_core.present.predict import compare, probability_figure
 from hscc_core.runs.config import run_name
-from hscc_core.runs.store import RunStore
-from pages.frame import NOTICE, chart, run_picker, show, workspace_for, workspace_id
+from pages.frame import NOTICE, chart, compressed_model, run_picker, show, workspace_id
 
 SOURCES = ("Test slice", "Upload a file")
 HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -45,12 +44,6 @@ STYLE = """<style>
 .demo-label { font-size: 1rem; opacity: 0.75; margin-bottom: 0.1rem; }
 .demo-time { font-size: 1.5rem; font-weight: 600; line-height: 1.2; }
 </style>"""
-
-
-@st.cache_resource(show_spinner="Rebuilding the compressed model...", max_entries=4)
-def compressed_model(data: str, cache_dir: str, key: str):
-    """The run's compressed model, rebuilt once per run (a loaded model: a resource)."""
-    return rebuild_compressed(workspace_for(data), RunStore(cache_dir).get_run(key))
 
 
 def pick_test_slice(ctx):
@@ -208,7 +201,7 @@ def main(ctx) -> None:
         result = memo[1]
     else:
         try:
-            comp = compressed_model(workspace_id(), ctx.cache_dir, key) if run else None
+            comp = compressed_model(ctx.cache_dir, key) if run else None
             with st.spinner("Running both models..."):
                 result = compare(ctx.ws, key, slice_, compressed=comp, run=run)
         except (SliceError, ValueError) as exc:

@@ -12,8 +12,8 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from hscc_core.present.heatmaps import layer_summaries
 from hscc_core.present.labels import budget_sentence, duration, method_title, si, speed_text, split_name
+from hscc_core.present.report import layer_table
 from hscc_core.runs import jobs
 from hscc_core.runs.config import (ALLOCATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig, default_allocation,
                                    describe_config)
@@ -162,30 +162,18 @@ def headline(run: dict, original: dict) -> None:
                 delta_color="off", help="McNemar's exact test on the same test images; paired bootstrap SE")
 
 
-def layer_rows(run: dict) -> list[dict]:
-    """One row per compressed layer in forward order, FLOPs in MFLOPs, named so that text sorting keeps it."""
-    rows = []
-    for i, (name, s) in enumerate(layer_summaries(run).items(), 1):
-        rows.append({"layer": f"conv {i:d} · {name}",
-                     "original MFLOPs": run["layer_flops_original"].get(name, 0) / 1e6,
-                     "compressed MFLOPs": run["layer_flops"].get(name, 0) / 1e6, "kept %": 100 * s.kept_fraction,
-                     "regions": "x".join(map(str, s.grid_hw)) if s.grid_hw else "1",
-                     "clusters used": (f"{min(s.clusters_used)}-{max(s.clusters_used)}" if s.clusters_used else ""),
-                     "ranks kept": s.rank_text()})
-    return rows
-
-
 def details(run: dict) -> None:
     """The budget outcome and one row per compressed layer, from the run's typed summaries."""
     sentence = budget_sentence(run)
     if sentence:
         (st.success if run["budget_search"].get("met") else st.warning)(sentence)
-    rows = layer_rows(run)
+    rows = layer_table(run)
     if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="explorer_layers",
                      column_config={"original MFLOPs": st.column_config.NumberColumn(format="%.1f"),
                                     "compressed MFLOPs": st.column_config.NumberColumn(format="%.1f"),
-                                    "kept %": st.column_config.NumberColumn(format="%.1f %%")})
+                                    "kept %": st.column_config.NumberColumn(format="%.1f %%"),
+                                    "output error": st.column_config.NumberColumn(format="%.3f")})
 
 
 def show_run(ctx, run: dict) -> None:

@@ -31,12 +31,12 @@ from hscc_core.present.labels import NOTICE, pct, speed_text
 from hscc_core.present.plots import themed
 from hscc_core.runs import jobs
 from hscc_core.runs.config import run_name
-from hscc_core.runs.pipeline import original_run
+from hscc_core.runs.pipeline import original_run, rebuild_model
 from hscc_core.runs.selection import baseline_runs
 from hscc_core.runs.store import RunStore
 from hscc_core.runs.workspace import Workspace
 
-__all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "baseline_ready", "baseline_run", "begin", "chart", "finish",
+__all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "baseline_ready", "baseline_run", "begin", "chart", "compressed_model", "finish",
            "load_arrays", "load_run", "prepare_with_progress", "run_page", "run_picker", "select_run", "selected_run",
            "settings", "show", "theme", "workspace_for", "workspace_id", "app"]
 
@@ -272,6 +272,17 @@ def load_arrays(ctx: Context, key: str) -> dict | None:
         return _cached_arrays(ctx.cache_dir, key)
     except KeyError:
         return None
+
+
+@st.cache_resource(show_spinner="Rebuilding the compressed model...", max_entries=4)
+def _compressed(data: str, settings: tuple[str, ...], cache_dir: str, key: str):
+    return rebuild_model(_workspace(data, settings), RunStore(cache_dir).get_run(key))
+
+
+def compressed_model(cache_dir: str, key: str):
+    """The compressed model of a stored run of this session's workspace, rebuilt once per run (a
+    resource). A fine-tuned run is fine-tuned again (its weights are not stored): pages ask first."""
+    return _compressed(workspace_id(), _settings(), str(cache_dir), key)
 
 
 def select_run(run: dict, sync_explorer: bool = True) -> None:

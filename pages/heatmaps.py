@@ -9,17 +9,9 @@ from hscc_core.present.heatmaps import layer_summaries, region_value_map
 from hscc_core.present.labels import class_label
 from hscc_core.runs.config import run_name
 from hscc_core.present.plots import overlay_figure
-from hscc_core.runs.pipeline import rebuild_model
-from hscc_core.runs.store import RunStore
 from pages import frame
 
 KINDS = {"rank kept": "rank", "FLOPs kept": "flops"}
-
-
-@st.cache_resource(show_spinner="Rebuilding the compressed model...", max_entries=4)
-def compressed(data: str, cache_dir: str, key: str):
-    """The run's compressed model, rebuilt once per run (a loaded model: a resource)."""
-    return rebuild_model(frame.workspace_for(data), RunStore(cache_dir).get_run(key))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -28,7 +20,7 @@ def image_maps(data: str, cache_dir: str, key: str, layer: str, cluster_side: st
     """Reconstruction error, cluster activations and Grad-CAM of both models for one test image."""
     ws = frame.workspace_for(data)
     model, _ = ws.baseline(train_if_missing=False)
-    comp = compressed(data, cache_dir, key)
+    comp = frame.compressed_model(cache_dir, key)
     images = ws.images()
     x = images.to_tensor(images.x_test[index:index + 1])
     error, layer_in, layer_out = explain.layer_reconstruction_error(model, comp, layer, x)
