@@ -427,7 +427,7 @@ def confusion_figure(cm, classes: Sequence[str], normalise: bool = False, title:
     """Heatmap of a confusion matrix (rows: true class, columns: predicted), one label per cell
     (the count, or the percentage of the row)."""
     z = confusion_values(cm, normalise)
-    labels = [class_label(c).replace(" ", "<br>", 1) for c in classes]
+    labels = [class_label(c) for c in classes]
     fig = go.Figure(go.Heatmap(
         z=z, x=labels, y=labels, colorscale="Blues", zmin=0, zmax=1 if normalise else max(float(z.max()), 1.0),
         text=_cell_text(z, normalise), texttemplate="%{text}", textfont={"size": 17}, xgap=2, ygap=2,
@@ -435,10 +435,17 @@ def confusion_figure(cm, classes: Sequence[str], normalise: bool = False, title:
                   **({"tickformat": ".0%"} if normalise else {})},
         hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
     ))
+    return _matrix_layout(fig, labels, title, height)
+
+
+def _matrix_layout(fig: go.Figure, labels: list[str], title: str, height: int) -> go.Figure:
+    """Axes of a class-by-class matrix: each class name on two lines, so four fit side by side."""
     _layout(fig, title, height=height)
     fig.update_layout(margin={"l": 90, "r": 20, "t": 90, "b": 80})
-    fig.update_xaxes(title_text="predicted class", side="bottom", showline=False, tickangle=0)
-    fig.update_yaxes(title_text="true class", autorange="reversed", showline=False)
+    wrapped = [label.replace(" ", "<br>", 1) for label in labels]
+    fig.update_xaxes(title_text="predicted class", side="bottom", showline=False, tickangle=0,
+                     tickvals=labels, ticktext=wrapped)
+    fig.update_yaxes(title_text="true class", autorange="reversed", showline=False, tickvals=labels, ticktext=wrapped)
     return fig
 
 
@@ -457,7 +464,7 @@ def confusion_difference_figure(cm_new, cm_ref, classes: Sequence[str], normalis
     """
     z = confusion_values(cm_new, normalise) - confusion_values(cm_ref, normalise)
     merit = np.where(np.eye(z.shape[0], dtype=bool), z, -z)
-    labels = [class_label(c).replace(" ", "<br>", 1) for c in classes]
+    labels = [class_label(c) for c in classes]
     lim = max(float(np.abs(z).max()), 1e-9 if normalise else 1.0)
     meaning = np.where(merit > 0, "better", np.where(merit < 0, "worse", "no change"))
     kind = np.where(np.eye(z.shape[0], dtype=bool), "correct answers", "errors")
@@ -470,11 +477,7 @@ def confusion_difference_figure(cm_new, cm_ref, classes: Sequence[str], normalis
                   "ticktext": ["worse", "same", "better"]},
         hovertemplate="true %{y}<br>predicted %{x}<br>%{text} %{customdata[0]}: %{customdata[1]}<extra></extra>",
     ))
-    _layout(fig, title, height=height)
-    fig.update_layout(margin={"l": 90, "r": 20, "t": 90, "b": 80})
-    fig.update_xaxes(title_text="predicted class", showline=False, tickangle=0)
-    fig.update_yaxes(title_text="true class", autorange="reversed", showline=False)
-    return fig
+    return _matrix_layout(fig, labels, title, height)
 
 
 def per_class_figure(runs: Mapping[str, Mapping[str, Any]], metric: str = "f1", title: str | None = None) -> go.Figure:
