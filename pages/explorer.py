@@ -1,9 +1,11 @@
 """Explorer page: pick a method and its parameters; a stored run shows at once, a new one is computed in
 the background (hscc_core.runs.jobs) while the app stays usable, and its result replaces the prompt.
 
-State rules: the settings live in ``explorer_values`` (session state), so each target mode keeps its
-own value (tau in energy mode, the budget in budget mode) however often the widgets come and go;
-defaults come from ``hscc_core.runs.config.DEFAULTS``. One result area shows exactly one of: the
+State rules: the settings live in ``explorer_values`` (session state), the one source of truth: every
+run puts them into the widgets, and a widget's change callback writes them back. So each target mode
+keeps its own value (tau in energy mode, the budget in budget mode) however often the widgets come and
+go (Streamlit forgets a widget's state when a run does not draw it); defaults come from
+``hscc_core.runs.config.DEFAULTS``. One result area shows exactly one of: the
 stored run, the queued/running job with its progress, its failure, or the prompt to run it.
 """
 
@@ -37,6 +39,7 @@ DEFAULT_VALUES = {**{k: DEFAULTS[k] for k in FIELDS if k in DEFAULTS}, "mode": M
 SIDE_LABELS = {"output": "output channels (paper)", "input": "input channels (HSCC+)"}
 ALLOC_LABELS = {"uniform": "uniform tau (paper)", "greedy": "greedy energy per FLOP (HSCC+)"}
 POLL_SECONDS = 1.0
+MINE = "explorer_jobs"  # session key: ids of the background jobs this session submitted
 
 
 def config_values(config: dict) -> dict:
@@ -61,56 +64,55 @@ def restore_state() -> None:
                                               if k in known and k != "method" and k not in FIELDS}
         values.update(config_values(pending))
     for name, key in FIELDS.items():
-        # Streamlit drops a widget's state when a run does not draw it (tau in budget mode): restore it.
-        if pending or key not in st.session_state:
-            st.session_state[key] = values[name]
+        st.session_state[key] = values[name]
 
 
-def remember() -> None:
-    """Copy the widgets' values into the remembered settings (only those drawn in this run)."""
-    values = st.session_state[VALUES]
-    for name, key in FIELDS.items():
-        if key in st.session_state:
-            values[name] = st.session_state[key]
+def _changed(name: str, key: str) -> None:
+    # A widget's change callback (runs before the script): the new value becomes the remembered one.
+    st.session_state[VALUES][name] = st.session_state[key]
+
+
+def _on(name: str) -> dict:
+    """Widget arguments that keep ``explorer_values[name]`` in step with the widget."""
+    return {"key": FIELDS[name], "on_change": _changed, "args": (name, FIELDS[name])}
 
 
 def settings_widgets() -> tuple[str, str]:
     """The method, target and HSCC widgets; returns (method, mode)."""
     top = st.columns([1, 1.3])
-    method = top[0].selectbox("Method", METHOD_NAMES, key="explorer_method", format_func=method_title)
-    mode = top[1].radio("Target", MODES, key="explorer_mode", horizontal=True)
+    method = top[0].selectbox("Method", METHOD_NAMES, **_on("method"), format_func=method_title)
+    mode = top[1].radio("Target", MODES, **_on("mode"), horizontal=True)
     cols = st.columns(3)
     is_hscc = method == "hscc"
-    cols[0].slider("Region grid size G", 1, 8, key="explorer_grid", disabled=not is_hscc,
+    cols[0].slider("Region grid size G", 1, 8, **_on("grid"), disabled=not is_hscc,
                    help="The layer's output map is split into G x G regions (clamped to the map size).")
-    cols[1].slider("Clusters K", 1, 16, key="explorer_clusters", disabled=not is_hscc,
+    cols[1].slider("Clusters K", 1, 16, **_on("clusters"), disabled=not is_hscc,
                    help="Channels are clustered per region with k-means (clamped to the channel count).")
     if mode == MODES[0]:
-        options = sorted(set(ENERGIES) | {float(st.session_state["explorer_energy"])})
-        cols[2].select_slider("Energy threshold tau", options, key="explorer_energy",
+        options = sorted(set(ENERGIES) | {float(st.session_state[VALUES]["energy"])})
+        cols[2].select_slider("Energy threshold tau", options, **_on("energy"),
                               help="Each block keeps the smallest rank whose eigenvalue energy reaches tau.")
     else:
-        options = sorted(set(BUDGETS) | {float(st.session_state["explorer_budget"])})
-        cols[2].select_slider("FLOPs budget (times fewer in the compressed layers)", options, key="explorer_budget",
+        options = sorted(set(BUDGETS) | {float(st.session_state[VALUES]["budget"])})
+        cols[2].select_slider("FLOPs budget (times fewer in the compressed layers)", options, **_on("budget"),
                               format_func=lambda b: f"x{b:g}",
                               help="The compressed layers' FLOPs are at most their original / B (within 2 %).")
     side_cols = st.columns(2)
-    side_cols[0].radio("Cluster side", CLUSTER_SIDES, key="explorer_side", horizontal=True,
+    side_cols[0].radio("Cluster side", CLUSTER_SIDES, **_on("cluster_side"), horizontal=True,
                        format_func=SIDE_LABELS.get, disabled=not is_hscc,
                        help="Cluster a region's output channels (each cluster repeats the k x k stage) or its "
                             "input channels (clusters make the k x k stage cheaper); docs/results.md compares them.")
-    side_cols[1].radio("Rank allocation", ALLOCATIONS, key="explorer_alloc", horizontal=True,
+    side_cols[1].radio("Rank allocation", ALLOCATIONS, **_on("allocation"), horizontal=True,
                        format_func=ALLOC_LABELS.get, disabled=not is_hscc or mode == MODES[0],
                        help="Budget mode only: one tau for every block, or ranks chosen across all blocks by "
                             "captured energy per FLOP (the default, measured better on the real data).")
     with st.expander("Advanced"):
         adv = st.columns(4)
-        adv[0].number_input("Fine-tuning epochs", 0, 100, step=1, key="explorer_finetune")
-        adv[1].selectbox("Calibration images", CALIB_SIZES, key="explorer_calib", disabled=not is_hscc)
-        adv[2].number_input("Seed", 0, 2**31 - 1, step=1, key="explorer_seed")
-        adv[3].checkbox("Measure speed", key="explorer_measure",
+        adv[0].number_input("Fine-tuning epochs", 0, 100, step=1, **_on("finetune_epochs"))
+        adv[1].selectbox("Calibration images", CALIB_SIZES, **_on("calib_size"), disabled=not is_hscc)
+        adv[2].number_input("Seed", 0, 2**31 - 1, step=1, **_on("seed"))
+        adv[3].checkbox("Measure speed", **_on("measure"),
                         help="Time original and compressed models (batch 1 and 32, 20 runs each) with new runs.")
-    remember()
     return method, mode
 
 
@@ -216,7 +218,7 @@ def result_area(ctx, config: RunConfig, key: str) -> None:
     run = frame.load_run(ctx, key)
     job = queue.job(key)
     if run is not None:
-        if job is not None and job.state == "done" and not job.cached:
+        if job is not None and job.state == "done" and not job.cached and job.id in st.session_state.get(MINE, ()):
             st.success(f"Computed and stored in {duration(run.get('seconds', 0))}.")
         else:
             st.caption(f"From the store (key {key}), computed in {duration(run.get('seconds', 0))}; "
@@ -239,7 +241,8 @@ def result_area(ctx, config: RunConfig, key: str) -> None:
                 f"{duration(expected_seconds(ctx, config, measure))} on this machine, from earlier runs).")
         prompt = "Run"
     if st.button(prompt, key="explorer_run", type="primary"):
-        queue.submit(key, config, measure_speed=bool(st.session_state[VALUES]["measure"]))
+        job = queue.submit(key, config, measure_speed=bool(st.session_state[VALUES]["measure"]))
+        st.session_state[MINE] = {*st.session_state.get(MINE, ()), job.id}
         st.rerun()
 
 

@@ -140,9 +140,9 @@ def draw(run, arrays, summary, layer, kind, opacity, slice_, maps, classes, cams
                 earlier = explain.earlier_layers(cams, cam.layer)
                 st.warning(explain.empty_cam_message(tgt, cam.layer, earlier[0] if earlier else None),
                            icon=":material/visibility_off:")
-                if earlier and st.button(f"Show Grad-CAM at {earlier[0]}", key=f"heatmaps_earlier_{which}"):
-                    st.session_state["heatmaps_cam_layer"] = earlier[0]
-                    st.rerun()
+                if earlier:
+                    st.button(f"Show Grad-CAM at {earlier[0]}", key=f"heatmaps_earlier_{which}",
+                              on_click=st.session_state.__setitem__, args=("heatmaps_cam_layer", earlier[0]))
 
 
 frame.show("heatmaps", main)
