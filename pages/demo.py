@@ -27,7 +27,9 @@ SOURCES = ("Test slice", "Upload a file")
 HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 RESULT = "demo_result"  # session key: (token, result) of the last comparison, so widgets do not recompute
 UPLOAD_TOKEN = "demo_upload_token"
-FIGURE_HEIGHT = 300
+CAM_SIZE = 300  # px: the Grad-CAM map's width (and the probability chart's height)
+PROBS_WIDTH = 330
+ANSWER_WIDTH = 320
 PHANTOM_WARNING = ("This model was trained on the synthetic MRI phantom only: it has never seen a real scan. "
                    "Its answer for an uploaded image means nothing clinically, whatever its confidence.")
 
@@ -40,9 +42,10 @@ STYLE = """<style>
 [data-testid="stMain"] [data-testid="stMetricValue"] p { font-size: 2.2rem; line-height: 1.25; }
 [data-testid="stMain"] [data-testid="stMetricLabel"] p { font-size: 1.05rem; }
 [data-testid="stMain"] h1 { font-size: 2.2rem; padding-bottom: 0.2rem; }
-.demo-answer { font-size: 2rem; font-weight: 600; line-height: 1.2; white-space: normal; overflow-wrap: anywhere; }
+.demo-answer { font-size: 2rem; font-weight: 600; line-height: 1.2; white-space: normal; overflow-wrap: anywhere;
+               margin-bottom: 0.3rem; }
 .demo-label { font-size: 1rem; opacity: 0.75; margin-bottom: 0.1rem; }
-.demo-time { font-size: 1.5rem; font-weight: 600; line-height: 1.2; }
+.demo-time { font-size: 1.4rem; font-weight: 600; line-height: 1.2; }
 </style>"""
 
 
@@ -62,7 +65,7 @@ def pick_test_slice(ctx):
 
 def uploaded_slice():
     """File uploader plus frame/window controls; returns (LoadedSlice, token, caption) or None."""
-    up = st.file_uploader(f"Upload one slice: PNG, JPEG, 16-bit PNG, TIFF or DICOM (up to {MAX_BYTES // 2**20} MB)",
+    up = st.file_uploader(f"One slice: PNG, JPEG, TIFF or DICOM, up to {MAX_BYTES // 2**20} MB",
                           key="demo_upload", max_upload_size=MAX_BYTES // 2**20,
                           help="The format is found from the content (DICOM files often have no extension). "
                                "The file stays in memory and is discarded with the session.")
@@ -132,22 +135,27 @@ def pick_run(ctx):
 
 
 def answer_block(res: dict, ref: dict | None) -> None:
-    """The answer and the time, as text that wraps (a metric card would cut a long class name)."""
+    """The answer and the time, as text that wraps (a metric card would cut a long class name); side by
+    side where the panel is wide enough, one above the other otherwise."""
     p = res["probabilities"][res["class"]]
-    c = st.columns([1.3, 1], gap="small")
-    c[0].markdown(f"<div class='demo-label'>Answer (probability {100 * p:.0f} %)</div>"
-                  f"<div class='demo-answer' data-testid='demo-answer'>{html.escape(class_label(res['class']))}</div>",
-                  unsafe_allow_html=True)
-    compare_to = "" if ref is None else f"; original {ref['ms']:,.0f} ms"
-    c[1].markdown(f"<div class='demo-label'>Time for this image{compare_to}</div>"
-                  f"<div class='demo-time'>{res['ms']:,.0f} ms</div>", unsafe_allow_html=True,
-                  help=f"median of {res['runs']} single-image inferences after warm-up on {res['device']} "
-                       f"(fastest {res['ms_min']:,.1f} ms, slowest {res.get('ms_max', res['ms_min']):,.1f} ms); "
-                       "the two models' runs are interleaved so both see the same machine load")
+    compare_to = "" if ref is None else f" (original model: {ref['ms']:,.0f} ms)"
+    with st.container(horizontal=True, wrap=True, gap="medium"):
+        st.markdown(f"<div class='demo-label'>Answer, with probability {100 * p:.0f} %</div>"
+                    f"<div class='demo-answer'>{html.escape(class_label(res['class']))}</div>",
+                    unsafe_allow_html=True, width=ANSWER_WIDTH)
+        st.markdown(f"<div class='demo-label'>Time for this image{compare_to}</div>"
+                    f"<div class='demo-time'>{res['ms']:,.0f} ms</div>", unsafe_allow_html=True, width=ANSWER_WIDTH,
+                    help=f"median of {res['runs']} single-image inferences after warm-up on {res['device']} "
+                         f"(fastest {res['ms_min']:,.1f} ms, slowest {res.get('ms_max', res['ms_min']):,.1f} ms); "
+                         "the two models' runs are interleaved so both see the same machine load")
 
 
 def results(ctx, result, run, opacity) -> None:
-    """Both models side by side: answer, time, Grad-CAM overlay and probability bars."""
+    """Both models side by side: answer, time, Grad-CAM overlay and probability bars.
+
+    The map and the bars have fixed widths in a wrapping row: side by side where the panel is wide
+    enough (a 1920-px projector), one above the other on a 1280- or 1440-px laptop, never squeezed.
+    """
     o, c = result["original"], result["compressed"]
     columns = st.columns(2, gap="large")
     method = (run or {}).get("method", "hscc")
@@ -156,31 +164,30 @@ def results(ctx, result, run, opacity) -> None:
                METHOD_STYLE.get(method, METHOD_STYLE["hscc"])[1], o)]
     for col, title, sub, res, colour, ref in panels:
         with col:
-            st.subheader(title, anchor=False)
-            if sub:
-                st.caption(sub)
+            # The run's name is in the Run box above (and in this heading's help): one line less to scroll.
+            st.subheader(title, anchor=False, help=sub)
             if res is None:
                 st.info("No compressed run to compare: pick one above.")
                 continue
             answer_block(res, ref)
-            f = st.columns([1, 1.1], gap="small")
             tag = "o" if ref is None else "c"
-            with f[0]:
-                chart(overlay_figure(result["input"], res.get("cam"), opacity=opacity, colorscale="Inferno",
-                                     zmin=0, zmax=1, colorbar_title="evidence", height=FIGURE_HEIGHT,
-                                     title=f"Where it saw <b>{html.escape(class_label(res['class']))}</b>"),
-                      f"demo_cam_{tag}")
-                if res.get("cam_empty"):
-                    st.caption("No positive evidence at the last layer: the map is empty (see the Heatmaps page "
-                               "for earlier layers).")
-            chart(probability_figure(res, colour, title="Class probabilities", height=FIGURE_HEIGHT),
-                  f"demo_probs_{tag}", f[1])
+            with st.container(horizontal=True, wrap=True, gap="small"):
+                cam = overlay_figure(result["input"], res.get("cam"), opacity=opacity, colorscale="Inferno",
+                                     zmin=0, zmax=1, colorbar_title="evidence (Grad-CAM)", height=CAM_SIZE + 50,
+                                     title="Where it looked")
+                cam.update_layout(margin={"t": 40})  # a one-line title: the map gets the height
+                chart(cam, f"demo_cam_{tag}", width=CAM_SIZE)
+                chart(probability_figure(res, colour, title="Class probabilities", height=CAM_SIZE),
+                      f"demo_probs_{tag}", width=PROBS_WIDTH)
+            if res.get("cam_empty"):
+                st.caption("The map is empty: no positive evidence for this answer at the last layer "
+                           "(the Heatmaps page shows earlier layers).")
 
 
 def main(ctx) -> None:
     st.markdown(STYLE, unsafe_allow_html=True)
     st.warning(NOTICE, icon=":material/warning:")
-    top = st.columns([1.0, 2.3, 2.3, 1.0], vertical_alignment="top")
+    top = st.columns([1.2, 2.2, 2.2, 1.1], vertical_alignment="top")
     source = top[0].radio("Slice", SOURCES, key="demo_source")
     with top[1]:
         picked = pick_test_slice(ctx) if source == SOURCES[0] else uploaded_slice()
@@ -188,7 +195,8 @@ def main(ctx) -> None:
         run, message = pick_run(ctx)
         if message:
             st.warning(message)
-    opacity = top[3].slider("Grad-CAM opacity", 0.0, 1.0, 0.45, 0.05, key="demo_opacity")
+    opacity = top[3].slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="demo_opacity",
+                            help="Opacity of the Grad-CAM map over the image")
     if picked is None:
         if source == SOURCES[1] and st.session_state.get("demo_upload") is None:
             st.info("Upload one MRI slice to see both models' answers.")

@@ -84,7 +84,7 @@ def test_test_slice_with_the_selected_run(page_env, stored, calls):
     assert all(v in classes for v in got["Answer"])
     summary = [e.value for e in (*at.success, *at.error) if "computation" in e.value]
     assert len(summary) == 1 and "FLOPs" not in summary[0]
-    assert any(run_name(stored) in c.value for c in at.caption)  # the run is named under its panel
+    assert at.selectbox(key="demo_pick").value == stored["cache_key"]  # the run box names the run
     assert len(at.get("plotly_chart")) == 4  # Grad-CAM and probabilities, for each model
     assert f"**{run_name(stored)}**" in [m.value for m in at.sidebar.markdown]
     assert calls["compare"] == 1
