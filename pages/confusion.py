@@ -25,11 +25,12 @@ def main(ctx: frame.Context) -> None:
                                  f"{name}<br><sup>accuracy {100 * run['accuracy']:.1f} "
                                  f"± {100 * run['accuracy_se']:.1f} %</sup>"), "confusion_run", right)
     left, right = st.columns(2, gap="medium")
-    unit = "points of the row's share" if norm else "images"
+    unit = "points of each row's share" if norm else "images"
     frame.chart(confusion_difference_figure(
         run["confusion_matrix"], original["confusion_matrix"], classes, norm,
-        f"Change: compressed minus original ({unit})<br><sup>blue: better (more correct answers on the diagonal, "
-        "fewer errors off it); vermillion: worse</sup>"), "confusion_diff", left)
+        f"Change: compressed minus original<br><sup>{unit}; blue better, vermillion worse</sup>"), "confusion_diff", left)
+    left.caption("On the diagonal more images means more correct answers (blue); off it, more errors (vermillion). "
+                 "The numbers are the change itself.")
     pair = {"original": original, name: run}
     frame.chart(per_class_figure(pair, "f1"), "confusion_f1", right)
     left, right = st.columns(2, gap="medium")

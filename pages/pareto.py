@@ -16,8 +16,8 @@ X_AXES = ("flops", "params", "latency")
 SIDE_LABELS = {"output": "output channels", "input": "input channels"}
 # Table column -> (label, ascending when ranking by it)
 RANKS = {"front": ("front first, then accuracy", False), "accuracy %": ("accuracy", False),
-         "MFLOPs": ("FLOPs", True), "latency ms": ("measured latency (batch 1)", True),
-         "speed-up": ("measured speed-up (batch 1)", False), "agreement %": ("agreement with the original", False)}
+         "MFLOPs": ("FLOPs", True), "latency ms": ("measured latency (batch 1), fastest first", True),
+         "agreement %": ("agreement with the original", False)}
 
 
 def _key(name: str, options) -> str:
@@ -41,16 +41,19 @@ def filters(runs: list[dict]) -> list[dict]:
     sides = sorted({cfg.get("cluster_side", "output") for cfg in hscc})
     allocs = sorted({cfg.get("allocation", "uniform") for cfg in hscc})
     with st.expander("Filters", expanded=True):
-        c = st.columns([1.2, 1.4, 1.4, 1, 1])
-        chosen = c[0].pills("Methods", methods, selection_mode="multi", default=methods, key=_key("pareto_methods", methods),
-                            format_func=method_title)
-        grid_sel = c[1].pills("HSCC grid G", grids, selection_mode="multi", default=grids, key=_key("pareto_grids", grids))
-        cluster_sel = c[2].pills("HSCC clusters K", clusters, selection_mode="multi", default=clusters,
-                                 key=_key("pareto_clusters", clusters))
-        side_sel = c[3].pills("HSCC cluster side", sides, selection_mode="multi", default=sides,
+        # Two rows of wide columns: a row of chips is cut off, not wrapped, when its column is too narrow.
+        c = st.columns([1.3, 1, 1])
+        chosen = c[0].pills("Methods", methods, selection_mode="multi", default=methods,
+                            key=_key("pareto_methods", methods), format_func=method_title)
+        side_sel = c[1].pills("HSCC cluster side", sides, selection_mode="multi", default=sides,
                               key=_key("pareto_sides", sides), format_func=SIDE_LABELS.get)
-        alloc_sel = c[4].pills("HSCC rank allocation", allocs, selection_mode="multi", default=allocs,
+        alloc_sel = c[2].pills("HSCC rank allocation", allocs, selection_mode="multi", default=allocs,
                                key=_key("pareto_allocs", allocs))
+        c = st.columns(2)
+        grid_sel = c[0].pills("HSCC grid G", grids, selection_mode="multi", default=grids,
+                              key=_key("pareto_grids", grids))
+        cluster_sel = c[1].pills("HSCC clusters K", clusters, selection_mode="multi", default=clusters,
+                                 key=_key("pareto_clusters", clusters))
 
     def keep(r):
         cfg = r["config"]
@@ -80,12 +83,11 @@ def table(shown: list[dict], front_keys: set) -> pd.DataFrame:
     for r in shown:
         lat = ((r.get("latency_ms") or {}).get("compressed") or {}).get("b1") or {}
         sp = (r.get("speedup") or {}).get("b1")
-        rows.append({"front": r["cache_key"] in front_keys, "run": run_name(r), "method": method_title(r["method"]),
+        rows.append({"front": r["cache_key"] in front_keys, "run": run_name(r),
                      "accuracy %": 100 * r["accuracy"], "± SE": 100 * r["accuracy_se"], "macro F1": r["macro_f1"],
                      "agreement %": None if r.get("agreement") is None else 100 * r["agreement"],
-                     "MFLOPs": r["flops"] / 1e6, "FLOPs kept %": 100 * r["flops"] / max(r["flops_original"], 1),
-                     "latency ms": lat.get("median"), "speed-up": sp, "speed": speed_text(sp) if sp else None,
-                     "split": split_name(r), "key": r["cache_key"]})
+                     "MFLOPs": r["flops"] / 1e6, "latency ms": lat.get("median"),
+                     "speed": speed_text(sp) if sp else None, "split": split_name(r), "key": r["cache_key"]})
     return pd.DataFrame(rows)
 
 
@@ -128,9 +130,9 @@ def main(ctx: frame.Context) -> None:
                  column_config={"front": st.column_config.CheckboxColumn("front", help=f"non-dominated on "
                                                                          f"{_axis_label(y)} vs {_axis_label(x)}"),
                                 **{c: st.column_config.NumberColumn(format="%.2f")
-                                   for c in ("accuracy %", "± SE", "agreement %", "MFLOPs", "FLOPs kept %",
-                                             "latency ms")},
-                                "speed-up": st.column_config.NumberColumn(format="%.2fx"),
+                                   for c in ("accuracy %", "± SE", "agreement %", "latency ms")},
+                                "MFLOPs": st.column_config.NumberColumn(format="%.1f"),
+                                "speed": st.column_config.TextColumn("speed (batch 1)"),
                                 "macro F1": st.column_config.NumberColumn(format="%.3f"),
                                 "key": st.column_config.TextColumn("key", width="small")})
 

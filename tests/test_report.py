@@ -67,6 +67,7 @@ def test_report_of_a_real_run_has_maps_grad_cam_and_the_layer_table(trained_work
 
     from conftest import copy_workspace
     from hscc_core.nn.layers import compress_candidates
+    from hscc_core.present.heatmaps import layer_order
     from hscc_core.present.png import figures_zip
     from hscc_core.runs.config import RunConfig
     from hscc_core.runs.pipeline import compress_run, original_run, rebuild_model
@@ -76,7 +77,8 @@ def test_report_of_a_real_run_has_maps_grad_cam_and_the_layer_table(trained_work
     original = original_run(ws)[0]
     model, _ = ws.baseline()
     images = ws.images()
-    layers = list(run["layers"])
+    layers = sorted(run["layers"], key=layer_order)
+    assert layer_order("features.3") < layer_order("features.10")
     maps = report.image_maps(model, rebuild_model(ws, run), images.to_tensor(images.x_test[:1]), layers,
                              compress_candidates(model)[-1])
     assert set(maps["error"]) == set(layers) and maps["cam_original"].cam.shape == images.x_test[0].shape

@@ -425,14 +425,13 @@ def _cell_text(z: np.ndarray, normalise: bool, signed: bool = False) -> list[lis
 def confusion_figure(cm, classes: Sequence[str], normalise: bool = False, title: str = "",
                      height: int = 520) -> go.Figure:
     """Heatmap of a confusion matrix (rows: true class, columns: predicted), one label per cell
-    (the count, or the percentage of the row)."""
+    (the count, or the percentage of the row: ``"83 %"``); no colour bar, the labels say the values."""
     z = confusion_values(cm, normalise)
     labels = [class_label(c) for c in classes]
     fig = go.Figure(go.Heatmap(
         z=z, x=labels, y=labels, colorscale="Blues", zmin=0, zmax=1 if normalise else max(float(z.max()), 1.0),
         text=_cell_text(z, normalise), texttemplate="%{text}", textfont={"size": 17}, xgap=2, ygap=2,
-        colorbar={"title": {"text": "share of row" if normalise else "images", "side": "right"}, "thickness": 14,
-                  **({"tickformat": ".0%"} if normalise else {})},
+        showscale=False,  # every cell carries its number: a colour bar would only take the matrix's width
         hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
     ))
     return _matrix_layout(fig, labels, title, height)
@@ -444,8 +443,9 @@ def _matrix_layout(fig: go.Figure, labels: list[str], title: str, height: int) -
     fig.update_layout(margin={"l": 90, "r": 20, "t": 90, "b": 80})
     wrapped = [label.replace(" ", "<br>", 1) for label in labels]
     fig.update_xaxes(title_text="predicted class", side="bottom", showline=False, tickangle=0,
-                     tickvals=labels, ticktext=wrapped)
-    fig.update_yaxes(title_text="true class", autorange="reversed", showline=False, tickvals=labels, ticktext=wrapped)
+                     tickvals=labels, ticktext=wrapped, tickfont={"size": 13})
+    fig.update_yaxes(title_text="true class", autorange="reversed", showline=False, tickvals=labels, ticktext=wrapped,
+                     tickfont={"size": 13})
     return fig
 
 
