@@ -21,8 +21,8 @@ def main(ctx: frame.Context) -> None:
     frame.chart(confusion_figure(original["confusion_matrix"], classes, norm,
                                  f"Original model<br><sup>accuracy {100 * original['accuracy']:.1f} "
                                  f"± {100 * original['accuracy_se']:.1f} %</sup>"), "confusion_original", left)
-    frame.chart(confusion_figure(run["confusion_matrix"], classes, norm,
-                                 f"{name}<br><sup>accuracy {100 * run['accuracy']:.1f} "
+    frame.chart(confusion_figure(run["confusion_matrix"], classes, norm,  # a long name would be cut as a title
+                                 f"Compressed model<br><sup>{name}; accuracy {100 * run['accuracy']:.1f} "
                                  f"± {100 * run['accuracy_se']:.1f} %</sup>"), "confusion_run", right)
     left, right = st.columns(2, gap="medium")
     unit = "points of each row's share" if norm else "images"

@@ -359,7 +359,7 @@ def _sidebar() -> None:
         except USER_ERRORS:
             return
         st.subheader("Baseline")
-        st.metric("Baseline accuracy", pct(run["accuracy"]), help=f"SE {100 * run['accuracy_se']:.1f} points (bootstrap)")
+        st.metric("Baseline accuracy", pct(run["accuracy"], 2), help=f"SE {100 * run['accuracy_se']:.1f} points (bootstrap)")
         st.metric("Macro F1", f"{run['macro_f1']:.3f}", help=f"SE {run['macro_f1_se']:.3f}")
         st.session_state[_SLOT] = st.container()  # filled by finish() once the page has run
         st.caption(NOTICE)

@@ -274,9 +274,11 @@ def pareto_figure(
             sub = run_title({"label": "compressed runs", "arch": first.get("arch"),
                              "input_size": first.get("input_size"), "data": first.get("data")})
             title += f"<br><sup>{html.escape(sub)}</sup>"
-    _layout(fig, title, height=580,
-            legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "xanchor": "right", "x": 1.0},
+    # The legend goes under the plot: above it, a narrow column wraps it into the title.
+    _layout(fig, title, height=620,
+            legend={"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0.0},
             clickmode="event+select", hovermode="closest")
+    fig.update_layout(margin={"l": 70, "r": 30, "t": 80, "b": 140})
     fig.update_xaxes(title_text=_axis_title(x), tickformat=_AXIS_FORMAT.get(x, ""), showgrid=True,
                      type=_axis_type(plotted, original, x))
     fig.update_yaxes(title_text=_axis_title(y), tickformat=_AXIS_FORMAT.get(y, ".3f"), showgrid=True,
@@ -442,7 +444,8 @@ def _matrix_layout(fig: go.Figure, labels: list[str], title: str, height: int) -
     _layout(fig, title, height=height)
     fig.update_layout(margin={"l": 90, "r": 20, "t": 90, "b": 80})
     wrapped = [label.replace(" ", "<br>", 1) for label in labels]
-    fig.update_xaxes(title_text="predicted class", side="bottom", showline=False, tickangle=0,
+    # Plotly tilts the names only when a narrow matrix would make them overlap.
+    fig.update_xaxes(title_text="predicted class", side="bottom", showline=False,
                      tickvals=labels, ticktext=wrapped, tickfont={"size": 13})
     fig.update_yaxes(title_text="true class", autorange="reversed", showline=False, tickvals=labels, ticktext=wrapped,
                      tickfont={"size": 13})
