@@ -22,13 +22,14 @@ def main(ctx: frame.Context) -> None:
                                  f"Original model<br><sup>accuracy {100 * original['accuracy']:.1f} "
                                  f"± {100 * original['accuracy_se']:.1f} %</sup>"), "confusion_original", left)
     frame.chart(confusion_figure(run["confusion_matrix"], classes, norm,  # a long name would be cut as a title
-                                 f"Compressed model<br><sup>{name}; accuracy {100 * run['accuracy']:.1f} "
+                                 f"Compressed model<br><sup>{name}<br>accuracy {100 * run['accuracy']:.1f} "
                                  f"± {100 * run['accuracy_se']:.1f} %</sup>"), "confusion_run", right)
     left, right = st.columns(2, gap="medium")
     unit = "points of each row's share" if norm else "images"
     frame.chart(confusion_difference_figure(
         run["confusion_matrix"], original["confusion_matrix"], classes, norm,
-        f"Change: compressed minus original<br><sup>{unit}; blue better, vermillion worse</sup>"), "confusion_diff", left)
+        f"Change: compressed minus original<br><sup>{unit}; blue better, vermillion worse</sup>"),
+        "confusion_diff", left)
     left.caption("On the diagonal more images means more correct answers (blue); off it, more errors (vermillion). "
                  "The numbers are the change itself.")
     pair = {"original": original, name: run}

@@ -218,6 +218,8 @@ def result_area(ctx, config: RunConfig, key: str) -> None:
     run = frame.load_run(ctx, key)
     job = queue.job(key)
     if run is not None:
+        if job is not None and job.state == "done":
+            frame.seen_job(job.id)  # shown here: the sidebar need not point to it any more
         if job is not None and job.state == "done" and not job.cached and job.id in st.session_state.get(MINE, ()):
             st.success(f"Computed and stored in {duration(run.get('seconds', 0))}.")
         else:

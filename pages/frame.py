@@ -36,8 +36,8 @@ from hscc_core.runs.selection import baseline_runs
 from hscc_core.runs.store import RunStore
 from hscc_core.runs.workspace import Workspace
 
-__all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "baseline_ready", "baseline_run", "begin", "chart", "compressed_model", "finish",
-           "load_arrays", "load_run", "prepare_with_progress", "run_page", "run_picker", "select_run", "selected_run",
+__all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "baseline_ready", "baseline_run", "begin", "chart",
+           "compressed_model", "finish", "load_arrays", "load_run", "prepare_with_progress", "run_page", "run_picker", "select_run", "selected_run",
            "settings", "show", "theme", "workspace_for", "workspace_id", "app"]
 
 # The pages, in navigation order: file stem, navigation label, page title, icon.
@@ -359,7 +359,8 @@ def _sidebar() -> None:
         except USER_ERRORS:
             return
         st.subheader("Baseline")
-        st.metric("Baseline accuracy", pct(run["accuracy"], 2), help=f"SE {100 * run['accuracy_se']:.1f} points (bootstrap)")
+        st.metric("Baseline accuracy", pct(run["accuracy"], 2),
+                  help=f"SE {100 * run['accuracy_se']:.1f} points (bootstrap)")
         st.metric("Macro F1", f"{run['macro_f1']:.3f}", help=f"SE {run['macro_f1_se']:.3f}")
         st.session_state[_SLOT] = st.container()  # filled by finish() once the page has run
         st.caption(NOTICE)
@@ -451,9 +452,19 @@ def run_page(page) -> None:
         st.session_state.pop(_FRAMED, None)
 
 
+def seen_job(job_id: int) -> None:
+    """Mark a finished background run as seen by this session (the sidebar stops listing it)."""
+    st.session_state[f"_seen_job_{job_id}"] = True
+
+
 def _background_list(ctx: Context) -> None:
     queue = jobs.queue_for(ctx.ws)
     shown = [j for j in queue.jobs() if j.active or not st.session_state.get(f"_seen_job_{j.id}")][:5]
+    if any(j.active for j in shown):
+        # Redrawn every two seconds while something computes; a full rerun when it finishes (a new run).
+        st.session_state["_jobs_active"] = True
+    elif st.session_state.pop("_jobs_active", False):
+        st.rerun()
     if not shown:
         return
     st.subheader("Background runs")
@@ -466,7 +477,7 @@ def _background_list(ctx: Context) -> None:
             c = st.columns([3, 1], vertical_alignment="center")
             c[0].caption(f":material/check_circle: {name}: ready")
             if c[1].button("Open", key=f"_open_job_{job.id}", help="Select this run and show it on the Explorer"):
-                st.session_state[f"_seen_job_{job.id}"] = True
+                seen_job(job.id)
                 run = load_run(ctx, job.key)
                 if run is not None:
                     select_run(run)
@@ -475,13 +486,8 @@ def _background_list(ctx: Context) -> None:
             c = st.columns([3, 1], vertical_alignment="center")
             c[0].caption(f":material/error: {name}: failed ({job.error})")
             if c[1].button("Hide", key=f"_hide_job_{job.id}"):
-                st.session_state[f"_seen_job_{job.id}"] = True
+                seen_job(job.id)
                 st.rerun(scope="fragment")
-    if any(j.active for j in shown):
-        # Redraw every two seconds while something computes; a full rerun when it finishes (new run).
-        st.session_state["_jobs_active"] = True
-    elif st.session_state.pop("_jobs_active", False):
-        st.rerun()
 
 
 def background_runs(ctx: Context) -> None:

@@ -124,7 +124,8 @@ def draw(run, arrays, summary, layer, kind, opacity, slice_, maps, classes, cams
         slice_, maps["error"], opacity=opacity, colorscale="Inferno", zmin=0, colorbar_title="relative error",
         height=HEIGHT, title=f"Output error · {layer}<br><sup>||y - y'|| / RMS ||y||, same input; "
                              f"mean {float(np.mean(maps['error'])):.3f}</sup>"), key="heatmaps_error", where=left)
-    right.markdown(f"**Grad-CAM** below: where each model finds evidence for **{class_label(classes[maps['target']])}** "
+    right.markdown(f"**Grad-CAM** below: where each model finds evidence for "
+                   f"**{class_label(classes[maps['target']])}** "
                    f"at layer {maps['cam_layer']} (Selvaraju et al. 2017). Brighter means more positive evidence; "
                    "each map is scaled to its own maximum.")
     tgt = class_label(classes[maps["target"]])

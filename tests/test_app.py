@@ -237,7 +237,8 @@ def test_each_target_mode_keeps_its_own_value(app_env):
 
 
 def test_queued_runs_compute_one_after_another_while_the_app_stays_usable(app_env, counters):
-    first, second = RunConfig(grid=1, clusters=2, energy=0.8, seed=11), RunConfig(grid=1, clusters=2, energy=0.7, seed=11)
+    first = RunConfig(grid=1, clusters=2, energy=0.8, seed=11)
+    second = RunConfig(grid=1, clusters=2, energy=0.7, seed=11)
     at = explorer_config(open_page("pages/explorer.py"), first)
     at.button(key="explorer_run").click().run()
     at.select_slider(key="explorer_energy").set_value(0.7).run()  # another setting while the first computes

@@ -62,7 +62,8 @@ def wait_figures(page, n: int) -> None:
 
 # Every answer block and whether its text fits its box (a cut answer scrolls: scrollWidth > clientWidth).
 ANSWERS = """() => [...document.querySelectorAll('.demo-answer')].map(e => ({
-    text: e.textContent, scroll: e.scrollWidth, client: e.clientWidth, visible: e.getBoundingClientRect().width > 0}))"""
+    text: e.textContent, scroll: e.scrollWidth, client: e.clientWidth,
+    visible: e.getBoundingClientRect().width > 0}))"""
 # Every text of the class-probability charts (class names and percentages) with its box and its chart's box.
 PROBABILITY_LABELS = """() => [...document.querySelectorAll('.js-plotly-plot')].filter(p =>
         p.querySelector('.gtitle') && p.querySelector('.gtitle').textContent.includes('Class probabilities'))

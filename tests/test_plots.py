@@ -142,7 +142,8 @@ def test_dark_theme_makes_the_background_transparent_and_black_marks_light():
     fig = pareto_figure(RUNS, "flops", "accuracy", ORIGINAL)
     assert plots.themed(fig, "light") is fig
     dark = plots.themed(fig, "dark")
-    assert dark.layout.paper_bgcolor == "rgba(0,0,0,0)" and dark.layout.font.color == plots.THEME_COLOURS["dark"]["text"]
+    assert dark.layout.paper_bgcolor == "rgba(0,0,0,0)"
+    assert dark.layout.font.color == plots.THEME_COLOURS["dark"]["text"]
     assert trace(dark, "Original").marker.color == plots.THEME_COLOURS["dark"]["text"]
     assert all(s.line.color == plots.THEME_COLOURS["dark"]["text"] for s in dark.layout.shapes)
     assert fig.layout.paper_bgcolor == "white" and trace(fig, "Original").marker.color == OKABE_ITO["black"]

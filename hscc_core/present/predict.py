@@ -253,7 +253,8 @@ def compare(ws, run_key: str | None, slice_: LoadedSlice | np.ndarray, *, compre
     -------
     dict
         ``original`` and ``compressed`` (None without a run): :func:`predict_slice` results (plus
-        ``cam`` and ``cam_empty``: no positive evidence for the answer at that layer); ``run`` (key facts of the compressed run, or None); ``agree`` (bool or None);
+        ``cam`` and ``cam_empty``: no positive evidence for the answer at that layer); ``run`` (key
+        facts of the compressed run, or None); ``agree`` (bool or None);
         ``summary`` (one sentence); ``input`` (the (S, S) uint8 model input); ``cam_layer``;
         ``notice``.
     """

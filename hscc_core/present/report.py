@@ -93,7 +93,8 @@ def metrics_rows(run: Mapping[str, Any], original: Mapping[str, Any] | None = No
             rows.append((f"{class_label(cls)}: {metric}", _pm(om.get(metric), om.get(f"{metric}_se"), ".3f"),
                          _pm(m.get(metric), m.get(f"{metric}_se"), ".3f")))
     rows += [
-        ("FLOPs (whole model)", si(run.get("flops_original", o.get("flops", 0)), "FLOPs"), si(run.get("flops", 0), "FLOPs")),
+        ("FLOPs (whole model)", si(run.get("flops_original", o.get("flops", 0)), "FLOPs"),
+         si(run.get("flops", 0), "FLOPs")),
         ("parameters", si(run.get("params_original", o.get("params", 0))), si(run.get("params", 0))),
     ]
     if run.get("layer_flops"):
@@ -213,8 +214,8 @@ def report_html(run: Mapping[str, Any], original: Mapping[str, Any] | None = Non
         f"<p class='notice'>{html.escape(NOTICE)}</p>",
         f"<p>Data: <code>{html.escape(str(run.get('data', '?')))}</code> · "
         f"model {html.escape(str(run.get('arch', '?')))} at "
-        f"{html.escape(str(run.get('input_size', '?')))} px · {html.escape(str(run.get('n', '?')))} test images of the "
-        f"{html.escape(split_name(run))} split · "
+        f"{html.escape(str(run.get('input_size', '?')))} px · {html.escape(str(run.get('n', '?')))} test images "
+        f"of the {html.escape(split_name(run))} split · "
         f"cache key <code>{html.escape(str(run.get('cache_key', '')))}</code></p>",
         "<h2>Configuration</h2>",
         _table(sorted((k, v) for k, v in (run.get("config") or {}).items()), ("field", "value")),
@@ -270,7 +271,8 @@ def report_figures(run: Mapping[str, Any], original: Mapping[str, Any], runs: li
         "Confusion matrix, compressed": lambda: confusion_figure(run["confusion_matrix"], classes, False,
                                                                  f"{name} (rows: true class)"),
         "Confusion change": lambda: confusion_difference_figure(run["confusion_matrix"], original["confusion_matrix"],
-                                                                classes, False, "Compressed minus original"),
+                                                                classes, False, "Compressed minus original<br><sup>"
+                                                                "images; blue better, vermillion worse</sup>"),
         "Per-class F1": lambda: per_class_figure({"original": original, name: run}, "f1",
                                                  f"Per-class F1 (± bootstrap SE): original vs {name}"),
     }
@@ -294,8 +296,8 @@ def report_figures(run: Mapping[str, Any], original: Mapping[str, Any], runs: li
                 c = maps[f"cam_{which}"]
                 target = class_label(classes[c.target])
                 note = "; empty: no positive evidence at this layer" if c.empty else ""
+                sub = f"layer {c.layer}, {image_label}, p = {c.probabilities[c.target]:.2f}{note}"
                 return overlay_figure(slice_, c.cam, colorscale="Inferno", zmin=0, zmax=1, colorbar_title="Grad-CAM",
-                                      height=560, title=f"Grad-CAM, {which} model · {target}<br><sup>layer {c.layer}, "
-                                                        f"{image_label}, p = {c.probabilities[c.target]:.2f}{note}</sup>")
+                                      height=560, title=f"Grad-CAM, {which} model · {target}<br><sup>{sub}</sup>")
             builders[f"Grad-CAM, {which} model"] = cam
     return {k: None if names_only else build() for k, build in builders.items()}
