@@ -80,6 +80,12 @@ def test_overview_shows_real_baseline_metrics(app_env):
     accuracy = [m for m in at.main.metric if m.label == "Accuracy"][0]
     assert accuracy.value == f"{100 * expected['accuracy']:.2f} %"
     assert "not a medical device" in " ".join(c.value for c in at.caption)
+    # Which split the numbers come from, and how many test images have a twin in training.
+    from hscc_core.runs.split_overview import split_overview
+
+    sentence = split_overview(app_env).sentence()
+    assert sentence.startswith("Official split") and sentence in " ".join(texts([*at.info, *at.warning]))
+    assert "official split" in " ".join(c.value for c in at.caption)
 
 
 def test_missing_baseline_offers_prepare_button(tmp_path, monkeypatch):

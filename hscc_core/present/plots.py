@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from hscc_core.present.labels import class_label
+from hscc_core.present.labels import class_label, si, speed_text
+from hscc_core.runs.config import run_name
 from hscc_core.runs.pareto import axis_value, front_runs, get_axis
 
 __all__ = [
@@ -169,20 +170,10 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def _si(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    value = float(value)
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value:.3g}"
-
-
 def run_hover(run: Mapping[str, Any]) -> str:
     """HTML hover text of a run: configuration and headline metrics with their SEs."""
     cfg = run.get("config") or {}
-    lines = [f"<b>{html.escape(str(run.get('label') or run.get('method', '')))}</b>"]
+    lines = [f"<b>{html.escape(run_name(run))}</b>"]
     cfg_bits = [f"{k}={v}" for k, v in sorted(cfg.items()) if v is not None and k != "method"]
     if cfg_bits:
         lines.append(html.escape(", ".join(cfg_bits)))
@@ -192,12 +183,12 @@ def run_hover(run: Mapping[str, Any]) -> str:
     lines.append(f"macro F1 {_fmt(run.get('macro_f1'), '.3f')} ± {_fmt(run.get('macro_f1_se'), '.3f')}")
     if run.get("flops") is not None:
         fo = run.get("flops_original") or run["flops"]
-        lines.append(f"FLOPs {_si(run['flops'])} ({_fmt(1 - run['flops'] / fo, '.1%')} fewer)")
+        lines.append(f"{si(run['flops'], 'FLOPs')} ({_fmt(1 - run['flops'] / fo, '.1%')} fewer)")
     if run.get("params") is not None:
-        lines.append(f"params {_si(run['params'])}")
+        lines.append(f"{si(run['params'])} parameters")
     sp = run.get("speedup") or {}
     if sp.get("b1") is not None:
-        lines.append(f"speed-up x{sp['b1']:.2f} (batch 1), x{_fmt(sp.get('b32'), '.2f')} (batch 32)")
+        lines.append(f"{speed_text(sp['b1'])} (batch 1), {speed_text(sp.get('b32'))} (batch 32)")
     if run.get("agreement") is not None:
         lines.append(f"agreement {_fmt(run['agreement'], '.1%')}, KL {_fmt(run.get('kl_to_original'), '.2e')}")
     if run.get("p_value_vs_original") is not None:
