@@ -110,7 +110,7 @@ def _parcoords(base, ranges, categories) -> None:
         st.info("Pick two or more axes.")
         return
     fig = parcoords_figure(base, dims, colour, constraints_for(base, ranges, categories))
-    st.plotly_chart(fig, key="runs_parcoords", theme=None, config={"displaylogo": False})
+    frame.chart(fig, "runs_parcoords")
     st.caption("The filters above set the brushes (pink bars) and filter the table. Dragging on an axis "
                "highlights lines in the chart only: Streamlit does not report parallel-coordinates brushes back.")
 
@@ -131,8 +131,7 @@ def _importance_section(shown) -> None:
     if result.warning:
         st.warning(result.warning)
     if result.importances:
-        st.plotly_chart(importance_figure(result), key="runs_importance", theme=None,
-                        config={"displaylogo": False})
+        frame.chart(importance_figure(result), "runs_importance")
     st.caption(f"Fitted on the {result.n_used} shown runs that carry {column_label(metric)}"
                + (f" (a seeded sample of {result.n_runs})" if result.n_used < result.n_runs else "")
                + (f"; same value for every run: {', '.join(map(column_label, result.constant))}" if result.constant
@@ -205,7 +204,7 @@ def main(ctx) -> None:
     shown = sort_table(table[mask], sort_by, descending)
     data, config = _display(shown)
     event = st.dataframe(data, key="runs_table", on_select="rerun", selection_mode="multi-row", hide_index=True,
-                         column_config=config, height=420)
+                         column_config=config, height=420, placeholder="n/a")
     _handle_selection(ctx, shown, event)
     picked = st.session_state.get(COMPARE) or []
     st.caption(f"{len(shown)} of {len(table)} runs shown, {int(shown['pareto'].sum())} of them Pareto-optimal "
