@@ -58,10 +58,13 @@ def populate(ws, n: int) -> None:
                                                                               template["per_class"].values())})
     rng = np.random.default_rng(0)
     energies = np.round(np.linspace(0.5, 0.999, 100), 4)
-    shapes = itertools.product(range(1, 11), range(1, 11), energies, ("output", "input"))
+    # Grids 1-4 (the tiny model's smallest compressed map is 4 x 4), K 1-13, 100 energies, both sides.
+    shapes = itertools.product(range(1, 5), range(1, 14), energies, ("output", "input"))
     start = time.perf_counter()
     for i, (g, k, e, side) in enumerate(itertools.islice(shapes, n)):
         cfg = RunConfig(grid=g, clusters=k, energy=float(e), cluster_side=side)
+        if ws.store.has_run(run_key(ws, meta, cfg)):
+            continue  # a store being topped up (--keep)
         run = dict(template, config=cfg.canonical(), label=cfg.label(), cluster_side=side,
                    accuracy=float(0.3 + 0.6 * e - 0.01 * g + rng.normal(0, 0.02)),
                    flops=int(template["flops_original"] * (0.2 + 0.7 * e) * (1 + 0.02 * k)),
@@ -78,7 +81,7 @@ def main() -> int:
     a = p.parse_args()
 
     from conftest import make_imagefolder, tiny_env
-    from hscc_core.cli.compress import machine_description
+    from hscc_core.measure.machine import machine_description
     from hscc_core.present.dashboard import constraints_for, parcoords_figure
     from hscc_core.runs.importance import setting_importance
     from hscc_core.runs.pareto import front_runs
