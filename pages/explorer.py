@@ -16,6 +16,7 @@ import streamlit as st
 
 from hscc_core.present.labels import budget_sentence, duration, method_title, si, speed_text, split_name
 from hscc_core.present.report import layer_table
+from hscc_core.present.text import plain
 from hscc_core.runs import jobs
 from hscc_core.runs.config import (ALLOCATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig, default_allocation,
                                    describe_config)
@@ -233,7 +234,7 @@ def result_area(ctx, config: RunConfig, key: str) -> None:
         watch(ctx, key)
         return
     if job is not None and job.state == "failed":
-        st.error(f"The run failed: {job.error}. The store is unchanged.")
+        st.error(f"The run failed: {plain(job.error)}. The store is unchanged.")
         with st.expander("Details"):
             st.code(job.details or "", language=None)
         prompt = "Try again"
@@ -254,14 +255,14 @@ def main(ctx: frame.Context) -> None:
     extra = st.session_state.get("explorer_extra") or {}
     if extra:
         c = st.columns([4, 1])
-        c[0].caption("Also from the selected run: " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
+        c[0].caption(plain("Also from the selected run: " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items()))))
         if c[1].button("Use defaults", key="explorer_clear_extra"):
             st.session_state["explorer_extra"] = {}
             st.rerun()
     try:
         config = chosen_config(method, mode)
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return
     result_area(ctx, config, run_key(ctx.ws, ctx.meta, config))
 
