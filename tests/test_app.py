@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, PAGES, assert_page_ok, make_imagefolder, open_page, tiny_env, use_tiny_app_env
+from conftest import (APP, PAGES, assert_page_ok, make_imagefolder, open_page, shown, tiny_env,
+                      use_tiny_app_env)
 from hscc_core.runs.config import DEFAULTS, RunConfig, describe_config, run_name
 from hscc_core.runs import jobs, pipeline
 from hscc_core.runs.pipeline import compress_run, run_key
@@ -64,7 +65,7 @@ def explorer_config(at: AppTest, cfg: RunConfig) -> AppTest:
 
 
 def texts(elements) -> list[str]:
-    return [e.value for e in elements]
+    return [shown(e.value) for e in elements]
 
 
 # --------------------------------------------------------------------------------------------
