@@ -16,6 +16,7 @@ from hscc_core.present.plots import confusion_figure, per_class_figure
 from hscc_core.runs.compare import (COMPARE_MAX, COMPARE_MIN, compressed_layers, kept_fractions, metrics_wide,
                                     pairwise_tests, run_names)
 from hscc_core.present.labels import class_label, pct
+from hscc_core.present.text import plain
 from hscc_core.runs.config import run_name
 from pages import frame
 from pages.frame import load_arrays, load_run
@@ -68,7 +69,7 @@ def main(ctx) -> None:
     try:
         tests = pairwise_tests(runs, predictions, ctx.ws.images().y_test)
     except ValueError as exc:
-        st.warning(f"No paired tests: {exc}")
+        st.warning(f"No paired tests: {plain(exc)}")
     else:
         st.dataframe(tests, hide_index=True, key="compare_tests", column_config={
             "a": "run A", "b": "run B",

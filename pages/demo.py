@@ -20,6 +20,7 @@ from hscc_core.data.imageio import MAX_BYTES, SliceError, load_slice
 from hscc_core.present.labels import class_label
 from hscc_core.present.plots import METHOD_STYLE, OKABE_ITO, overlay_figure
 from hscc_core.present.predict import compare, probability_figure
+from hscc_core.present.text import plain
 from hscc_core.runs.config import run_name
 from pages.frame import NOTICE, chart, compressed_model, run_picker, show, workspace_id
 
@@ -86,7 +87,7 @@ def uploaded_slice():
     try:
         loaded = load_slice(data, up.name, frame=frame, window=window)
     except SliceError as exc:
-        st.error(f"Cannot use this file: {exc}")
+        st.error(f"Cannot use this file: {plain(exc)}")
         return None
     meta = loaded.meta
     if meta.get("frames", 1) > 1 or meta.get("format") == "DICOM" or meta.get("mode") in HIGH_DEPTH:
@@ -213,22 +214,23 @@ def main(ctx) -> None:
             with st.spinner("Running both models..."):
                 result = compare(ctx.ws, key, slice_, compressed=comp, run=run)
         except (SliceError, ValueError) as exc:
-            st.error(f"Cannot compare on this slice: {exc}")
+            st.error(f"Cannot compare on this slice: {plain(exc)}")
             return
         except Exception as exc:  # noqa: BLE001 - a demo shows a message, never a traceback
-            st.error(f"Could not run the models on this slice ({type(exc).__name__}: {exc})")
+            st.error(f"Could not run the models on this slice ({type(exc).__name__}: {plain(exc)})")
             return
         st.session_state[RESULT] = (token, result)
     notes = getattr(slice_, "notes", [])
-    st.caption(caption + (" Converted: " + "; ".join(notes) + "." if notes else ""))
+    # The caption carries the file's own strings (DICOM Modality, conversion notes): text, never Markdown.
+    st.caption(plain(caption + (" Converted: " + "; ".join(notes) + "." if notes else "")))
     if ctx.ws.is_phantom and source == SOURCES[1]:
         st.error(PHANTOM_WARNING, icon=":material/report:")
     if result["agree"] is None:
-        st.info(result["summary"])
+        st.info(plain(result["summary"]))
     elif result["agree"]:
-        st.success(result["summary"], icon=":material/check_circle:")
+        st.success(plain(result["summary"]), icon=":material/check_circle:")
     else:  # the words say it too; colour is never the only cue
-        st.error(result["summary"], icon=":material/error:")
+        st.error(plain(result["summary"]), icon=":material/error:")
     results(ctx, result, run, opacity)
 
 

@@ -16,6 +16,7 @@ import streamlit as st
 
 from hscc_core.present.labels import budget_sentence, duration, method_title, si, speed_text, split_name
 from hscc_core.present.report import layer_table
+from hscc_core.present.text import plain
 from hscc_core.runs import jobs
 from hscc_core.runs.config import (ALLOCATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig, default_allocation,
                                    describe_config)
@@ -77,15 +78,23 @@ def _on(name: str) -> dict:
     return {"key": FIELDS[name], "on_change": _changed, "args": (name, FIELDS[name])}
 
 
-def settings_widgets() -> tuple[str, str]:
-    """The method, target and HSCC widgets; returns (method, mode)."""
+def settings_widgets(max_grid: int = 8) -> tuple[str, str]:
+    """The method, target and HSCC widgets; returns (method, mode).
+
+    ``max_grid`` is the workspace's largest grid (``Workspace.max_grid``: the side of the model's
+    smallest compressed map); a remembered larger value is brought down to it.
+    """
+    values = st.session_state[VALUES]
+    if int(values["grid"]) > max_grid:
+        values["grid"] = st.session_state[FIELDS["grid"]] = max_grid
     top = st.columns([1, 1.3])
     method = top[0].selectbox("Method", METHOD_NAMES, **_on("method"), format_func=method_title)
     mode = top[1].radio("Target", MODES, **_on("mode"), horizontal=True)
     cols = st.columns(3)
     is_hscc = method == "hscc"
-    cols[0].slider("Region grid size G", 1, 8, **_on("grid"), disabled=not is_hscc,
-                   help="The layer's output map is split into G x G regions (clamped to the map size).")
+    cols[0].slider("Region grid size G", 1, max(max_grid, 2), **_on("grid"), disabled=not is_hscc,
+                   help=f"The layer's output map is split into G x G regions (clamped to the map size); at most "
+                        f"{max_grid}, the side of this model's smallest compressed map.")
     cols[1].slider("Clusters K", 1, 16, **_on("clusters"), disabled=not is_hscc,
                    help="Channels are clustered per region with k-means (clamped to the channel count).")
     if mode == MODES[0]:
@@ -233,7 +242,7 @@ def result_area(ctx, config: RunConfig, key: str) -> None:
         watch(ctx, key)
         return
     if job is not None and job.state == "failed":
-        st.error(f"The run failed: {job.error}. The store is unchanged.")
+        st.error(f"The run failed: {plain(job.error)}. The store is unchanged.")
         with st.expander("Details"):
             st.code(job.details or "", language=None)
         prompt = "Try again"
@@ -250,18 +259,18 @@ def result_area(ctx, config: RunConfig, key: str) -> None:
 
 def main(ctx: frame.Context) -> None:
     restore_state()
-    method, mode = settings_widgets()
+    method, mode = settings_widgets(ctx.ws.max_grid())
     extra = st.session_state.get("explorer_extra") or {}
     if extra:
         c = st.columns([4, 1])
-        c[0].caption("Also from the selected run: " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
+        c[0].caption(plain("Also from the selected run: " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items()))))
         if c[1].button("Use defaults", key="explorer_clear_extra"):
             st.session_state["explorer_extra"] = {}
             st.rerun()
     try:
         config = chosen_config(method, mode)
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return
     result_area(ctx, config, run_key(ctx.ws, ctx.meta, config))
 

@@ -10,6 +10,7 @@ from hscc_core.present.heatmaps import (REGION_LABELS, cluster_figure, cluster_l
 from hscc_core.present.labels import class_label
 from hscc_core.runs.config import run_name
 from hscc_core.present.plots import overlay_figure
+from hscc_core.present.text import plain
 from pages import frame
 
 KINDS = {label: kind for kind, label in REGION_LABELS.items()}  # widget label -> kind of region value
@@ -90,9 +91,9 @@ def main(ctx: frame.Context) -> None:
             st.rerun()
         draw_regions(run, summary, layer, kind, opacity, images.x_test[index], "heatmaps_regions_only")
         return
-    st.info(f"Test image #{index}, true class **{class_label(classes[true_cls])}**: the original model predicts "
-            f"**{class_label(classes[orig_pred[index]])}**, the compressed model predicts "
-            f"**{class_label(classes[pred[index]])}**. {frame.NOTICE}")
+    st.info(f"Test image #{index}, true class **{plain(class_label(classes[true_cls]))}**: the original model "
+            f"predicts **{plain(class_label(classes[orig_pred[index]]))}**, the compressed model predicts "
+            f"**{plain(class_label(classes[pred[index]]))}**. {frame.NOTICE}")
     maps = image_maps(frame.workspace_id(), ctx.cache_dir, run["cache_key"], layer, summary.cluster_side,
                       int(index), target, cam_layer)
     if int(maps["cam_compressed"].probabilities.argmax()) != int(pred[index]):
@@ -135,7 +136,7 @@ def draw(run, arrays, summary, layer, kind, opacity, slice_, maps, classes, cams
                                      f"p = {cam.probabilities[cam.target]:.2f}</sup>"), key=f"heatmaps_cam_{which}")
             if cam.empty:
                 earlier = explain.earlier_layers(cams, cam.layer)
-                st.warning(explain.empty_cam_message(tgt, cam.layer, earlier[0] if earlier else None),
+                st.warning(plain(explain.empty_cam_message(tgt, cam.layer, earlier[0] if earlier else None)),
                            icon=":material/visibility_off:")
                 if earlier:
                     st.button(f"Show Grad-CAM at {earlier[0]}", key=f"heatmaps_earlier_{which}",

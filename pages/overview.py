@@ -6,6 +6,7 @@ import streamlit as st
 
 from hscc_core.present.labels import class_label, si, split_name
 from hscc_core.present.plots import confusion_figure
+from hscc_core.present.text import plain
 from hscc_core.runs.split_overview import split_overview
 from pages import frame
 
@@ -21,9 +22,9 @@ def split_section(ctx: frame.Context) -> None:
         try:
             info = overview(frame.workspace_id(), frame.settings(), ctx.original["data_fingerprint"])
         except (OSError, ValueError) as exc:
-            st.warning(f"Which test images have a twin in training could not be worked out: {exc}")
+            st.warning(f"Which test images have a twin in training could not be worked out: {plain(exc)}")
             return
-    text = info["sentence"]
+    text = plain(info["sentence"])  # names the classes (folder names)
     if info["test_with_twin"]:
         share = info["test_with_twin"] / max(info["test_images"], 1)
         st.warning(f"{text} Accuracy on this split partly measures recall of images seen in training "
@@ -35,7 +36,7 @@ def split_section(ctx: frame.Context) -> None:
 
 def main(ctx: frame.Context) -> None:
     run = ctx.original
-    st.caption(f"{run['arch']} at {run['input_size']} px on {run['data']}, {split_name(run)} split "
+    st.caption(f"{run['arch']} at {run['input_size']} px on {plain(run['data'])}, {split_name(run)} split "
                f"({run['n']} test images); standard errors from 1,000 bootstrap resamples.")
     cols = st.columns(4)
     cols[0].metric("Accuracy", f"{100 * run['accuracy']:.2f} %", help=f"SE {100 * run['accuracy_se']:.2f} points")

@@ -8,6 +8,7 @@ import streamlit as st
 
 from hscc_core.present.dashboard import (DEFAULT_DIMENSIONS, column_label, constraints_for, importance_figure,
                                          parcoords_figure)
+from hscc_core.present.text import plain
 from hscc_core.runs.compare import COMPARE_MAX
 from hscc_core.runs.importance import IMPORTANCE_METHODS, setting_importance
 from hscc_core.runs.pareto import get_axis
@@ -170,7 +171,7 @@ def _search_section(ctx) -> None:
                 result = run_search(ctx.ws, config, progress=lambda d, t: bar.progress(
                     d / max(t, 1), text=f"search: {d}/{t} trials"), measure_speed=measure)
             except USER_ERRORS as exc:
-                st.error(f"Search not run: {exc}")
+                st.error(f"Search not run: {plain(exc)}")
                 return
             st.session_state["runs_search_result"] = (
                 f"{len(result.trials)} trials: {result.computed} computed, {result.cached} from the cache, "

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, PAGES, assert_page_ok, make_imagefolder, open_page, tiny_env, use_tiny_app_env
+from conftest import (APP, PAGES, assert_page_ok, make_imagefolder, open_page, shown, tiny_env,
+                      use_tiny_app_env)
 from hscc_core.runs.config import DEFAULTS, RunConfig, describe_config, run_name
 from hscc_core.runs import jobs, pipeline
 from hscc_core.runs.pipeline import compress_run, run_key
@@ -64,7 +65,7 @@ def explorer_config(at: AppTest, cfg: RunConfig) -> AppTest:
 
 
 def texts(elements) -> list[str]:
-    return [e.value for e in elements]
+    return [shown(e.value) for e in elements]
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,6 +283,18 @@ def test_queued_runs_compute_one_after_another_while_the_app_stays_usable(app_en
     assert "Background runs" in texts(at.sidebar.subheader) and "ready" in sidebar
     at.switch_page("pages/explorer.py").run()
     assert describe_config(second.canonical()) in texts(at.subheader)  # the result appeared when ready
+
+
+def test_grid_slider_stops_at_the_models_largest_grid(app_env):
+    """The tiny CNN's smallest compressed map is 4 x 4: the slider offers G = 1 .. 4 (Workspace.max_grid),
+    and a remembered larger G (another workspace's) comes down to 4."""
+    assert app_env.max_grid() == 4
+    at = open_page("pages/explorer.py")
+    assert at.slider(key="explorer_grid").max == 4
+    at.session_state["explorer_values"]["grid"] = 8
+    at.run()
+    assert_page_ok(at)
+    assert at.slider(key="explorer_grid").value == 4 and at.session_state["explorer_values"]["grid"] == 4
 
 
 def test_budget_mode_needs_no_energy(app_env):
