@@ -140,7 +140,8 @@ def _image_picker(ctx, runs, predictions, slot) -> int | None:
         st.info("No test image of that class.")
         return None
     original = (load_arrays(ctx, ctx.original["cache_key"]) or {}).get("predictions")
-    compared = [predictions[r["cache_key"]] for r in runs if r["method"] != "original" and r["cache_key"] in predictions]
+    compared = [predictions[r["cache_key"]] for r in runs
+                if r["method"] != "original" and r["cache_key"] in predictions]
 
     def describe(i):
         said = Counter(class_label(classes[p[i]]) for p in compared)

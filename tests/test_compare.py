@@ -126,7 +126,8 @@ def test_slice_map_notes_say_why_a_run_has_no_map(kinds):
     assert slice_map_note(kinds["original"], layer, "rank").startswith("The original model")
     for kind in SLICE_MAPS:
         assert slice_map_note(kinds["hscc output energy"], layer, kind) is None
-        assert slice_map_note(kinds["hscc output energy"], "features.99", kind) == "This run did not compress features.99."
+        assert (slice_map_note(kinds["hscc output energy"], "features.99", kind)
+                == "This run did not compress features.99.")
     assert slice_map_note(kinds["svd energy"], layer, "rank") is None
     assert "does not cluster" in slice_map_note(kinds["tucker budget"], layer, "clusters")
     assert "not stored" in slice_map_note(kinds["hscc input energy"], layer, "clusters", labels_stored=False)
