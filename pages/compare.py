@@ -3,6 +3,8 @@ per-class F1, confusion matrices, FLOPs kept per layer, and their heatmaps on on
 colour scale). The runs come from the Runs page's selection (session key ``compare_runs``) or the
 picker here."""
 
+import html
+import textwrap
 from collections import Counter
 
 import numpy as np
@@ -26,7 +28,7 @@ ORIGINAL = "original"  # picker entry for the original model
 
 
 def _picker(ctx) -> list[str]:
-    runs = sorted(ctx.runs(), key=lambda r: (r.get("method", ""), run_name(r)))
+    runs = sorted(ctx.run_summaries(), key=lambda r: (r.get("method", ""), run_name(r)))
     by_key = {r["cache_key"]: r for r in runs}
     options = [ORIGINAL, *by_key]
     wanted = [k for k in st.session_state.get(COMPARE, []) if k in options][:COMPARE_MAX]
@@ -55,10 +57,16 @@ def main(ctx) -> None:
         st.warning("Some of these runs are no longer in the store.")
         return
     names = run_names(runs)
+    # Tables name the runs #1..#4: four full names side by side are wider than the page, and a
+    # table that scrolls sideways hides its last columns (the p-values).
+    tags = {name: f"#{i + 1}" for i, name in enumerate(names)}
     classes = ctx.classes
 
+    st.markdown("  \n".join(f"**{tags[name]}** {name}" for name in names))
     st.subheader("Metrics (± bootstrap SE)")
-    st.dataframe(metrics_wide(runs), key="compare_metrics")
+    metrics = metrics_wide(runs).rename(columns=tags)
+    st.dataframe(metrics, key="compare_metrics", height=35 * (len(metrics) + 1) + 3,  # every row, no scrolling
+                 column_config={tag: st.column_config.TextColumn(tag, help=name) for name, tag in tags.items()})
 
     st.subheader("Paired tests on the same test images")
     predictions = {}
@@ -71,7 +79,7 @@ def main(ctx) -> None:
     except ValueError as exc:
         st.warning(f"No paired tests: {plain(exc)}")
     else:
-        st.dataframe(tests, hide_index=True, key="compare_tests", column_config={
+        st.dataframe(tests.replace({"a": tags, "b": tags}), hide_index=True, key="compare_tests", column_config={
             "a": "run A", "b": "run B",
             "accuracy_a": st.column_config.NumberColumn("accuracy A", format="percent"),
             "accuracy_b": st.column_config.NumberColumn("accuracy B", format="percent"),
@@ -94,7 +102,7 @@ def main(ctx) -> None:
         if i % 2 == 0:
             cols = st.columns(2, gap="medium")
         frame.chart(confusion_figure(run["confusion_matrix"], classes, norm,
-                                     f"{name}<br><sup>accuracy {100 * run['accuracy']:.1f} %</sup>"),
+                                     _title(f"{tags[name]} · accuracy {100 * run['accuracy']:.1f} %", name)),
                     f"compare_confusion_{i}", cols[i % 2])
 
     kept = kept_fractions(runs)
@@ -102,10 +110,16 @@ def main(ctx) -> None:
         frame.chart(kept_fraction_figure(kept.dropna(axis=1, how="all")), "compare_kept")
     else:
         st.info("None of these runs has per-layer FLOPs.")
-    heatmaps(ctx, runs, names, predictions)
+    heatmaps(ctx, runs, names, tags, predictions)
 
 
 HEIGHT = 560  # two maps per row at 1280-1440 px
+
+
+def _title(head: str, sub: str) -> str:
+    """A chart title: a short ``head`` line, then ``sub`` (a run name) as a subtitle wrapped every 60
+    characters, since two charts share a row and a long run name in the title line would be cut off."""
+    return f"{head}<br><sup>{'<br>'.join(html.escape(line) for line in textwrap.wrap(sub, 60))}</sup>"
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -152,7 +166,7 @@ def _image_picker(ctx, runs, predictions, slot) -> int | None:
     return slot[1].selectbox("Test image", idx, key=f"compare_hm_image_{true_cls}", format_func=describe)
 
 
-def heatmaps(ctx, runs, names, predictions) -> None:
+def heatmaps(ctx, runs, names, tags, predictions) -> None:
     """The runs' maps of one layer on one test image, side by side, with one colour scale per kind of map."""
     st.subheader("Heatmaps on the same slice")
     layers = compressed_layers(runs)
@@ -194,12 +208,12 @@ def heatmaps(ctx, runs, names, predictions) -> None:
         if i % 2 == 0:
             cols = st.columns(2, gap="medium")
         if isinstance(panel, str):
-            cols[i % 2].info(f"**{name}** · {layer}: {panel}")
+            cols[i % 2].info(f"**{tags[name]}** {name} · {layer}: {panel}")
             continue
-        summary, sub = panel[0], f"{SLICE_MAPS[kind]} · {layer} · test image #{index}"
+        summary, sub = panel[0], name
         if kind == "error":
-            sub += f"; mean {float(np.mean(panel[1])):.3f}"
-        title = f"{name}<br><sup>{sub}</sup>"
+            sub += f" · mean {float(np.mean(panel[1])):.3f}"
+        title = _title(f"{tags[name]} · {SLICE_MAPS[kind]} · {layer}", sub)
         if kind == "clusters":
             fig = cluster_figure(slice_, panel[1], summary, categories=categories, opacity=opacity, title=title,
                                  height=HEIGHT)
@@ -208,9 +222,9 @@ def heatmaps(ctx, runs, names, predictions) -> None:
         else:
             fig = region_figure(slice_, summary, kind, opacity=opacity, title=title, height=HEIGHT)
         frame.chart(fig, f"compare_map_{i}", cols[i % 2])
-    st.caption("Every map is drawn on the same test image with one colour scale: rank and FLOPs kept from 0 to 1, "
-               "cluster ids with the same colours, output errors from 0 to the largest of them. Cluster ids are "
-               "numbered per region: colours compare the layout of clusters, not which channels they hold.")
+    st.caption(f"Every map is drawn on the same test image (#{index}) with one colour scale: rank and FLOPs kept "
+               "from 0 to 1, cluster ids with the same colours, output errors from 0 to the largest of them. Cluster "
+               "ids are numbered per region: colours compare the layout of clusters, not which channels they hold.")
 
 
 frame.show("compare", main)

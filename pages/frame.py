@@ -218,7 +218,8 @@ class Context:
         return list(self.original["classes"])
 
     def runs(self) -> list[dict]:
-        """Every stored compression run of this baseline and data."""
+        """Every stored compression run of this baseline and data, whole (every run file is read: with
+        thousands of runs, list them with :meth:`run_summaries` and :func:`load_run` the ones shown)."""
         return _runs_for(self.cache_dir, self.original["data_fingerprint"], self.meta["fingerprint"],
                          tuple(self.ws.store.keys()))
 
@@ -353,7 +354,7 @@ def selected_run(ctx: Context) -> dict | None:
 
 def run_picker(ctx: Context, page: str) -> dict | None:
     """A select box of stored runs, synced with the selection; returns the chosen run or None."""
-    runs = sorted(ctx.runs(), key=lambda r: (r.get("method", ""), run_name(r)))
+    runs = sorted(ctx.run_summaries(), key=lambda r: (r.get("method", ""), run_name(r)))
     if not runs:
         st.info("No compressed run yet: compute one on the Explorer page (or with `hscc compress` / "
                 "`hscc sweep`).")
@@ -374,7 +375,7 @@ def run_picker(ctx: Context, page: str) -> dict | None:
     choice = st.selectbox("Run", list(by_key), key=widget, index=None, on_change=changed,
                           placeholder="pick a run (or click one on the Pareto page)",
                           format_func=lambda k: f"{run_name(by_key[k])}  ·  accuracy {pct(by_key[k]['accuracy'])}")
-    return by_key.get(choice)
+    return load_run(ctx, choice) if choice in by_key else None  # the whole run: pages draw its layers
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_page_ok, open_page, use_tiny_app_env
+from conftest import RUN_KINDS, assert_page_ok, open_page, use_tiny_app_env
 from conftest import table_run as fake_run
 from hscc_core.measure.metrics import paired_comparison
 from hscc_core.present.heatmaps import SLICE_MAPS, error_figure, slice_map_note
@@ -78,19 +78,7 @@ def test_holm_adjustment():
 # --------------------------------------------------------------------------------------------
 # Heatmaps of the compared runs on one slice (every kind of run)
 
-KINDS = {
-    "hscc output energy": RunConfig(grid=2, clusters=2, energy=0.9),
-    "hscc output greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0, allocation="greedy"),
-    "hscc input energy": RunConfig(grid=2, clusters=2, energy=0.9, cluster_side="input"),
-    "hscc input greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0, cluster_side="input",
-                                          allocation="greedy"),
-    "hscc output uniform budget": RunConfig(grid=3, clusters=2, energy=None, budget=2.0, allocation="uniform"),
-    "svd energy": RunConfig("svd", energy=0.8),
-    "svd budget": RunConfig("svd", energy=None, budget=2.0),
-    "tucker energy": RunConfig("tucker", energy=0.8),
-    "tucker budget": RunConfig("tucker", energy=None, budget=2.0),
-    "hscc fine-tuned": RunConfig(grid=2, clusters=2, energy=0.9, finetune_epochs=1),
-}
+KINDS = {**RUN_KINDS, "hscc fine-tuned": RunConfig(grid=2, clusters=2, energy=0.9, finetune_epochs=1)}
 # Groups of at most four runs compared at once; together they cover every kind, and the original.
 GROUPS = [("hscc output energy", "hscc input greedy budget", "svd energy", "original"),
           ("hscc output greedy budget", "hscc input energy", "tucker budget", "hscc fine-tuned"),
