@@ -6,7 +6,8 @@ real sweep stores) under the cache keys of N distinct HSCC configurations, with 
 docs/app-performance.md does). Then it times, server side, in this process:
 
 * building the runs table: from the run dicts, and from the store (the on-disk table cache:
-  first build, which lists every run, then a warm read as a fresh process does it);
+  first build, which lists every run, then a warm read as a fresh process does it); the run
+  summaries (runs without per-layer detail) from the same cache, as the Pareto page reads them;
 * the parallel-coordinates figure, built and serialised to JSON (what ``st.plotly_chart`` sends);
 * the Pareto data: the front marks of the table, and ``front_runs`` over the run dicts;
 * setting importance (fANOVA as Optuna computes it, and permutation importance);
@@ -86,7 +87,7 @@ def main() -> int:
     from hscc_core.runs.importance import setting_importance
     from hscc_core.runs.pareto import front_runs
     from hscc_core.runs.table import mark_pareto, runs_table
-    from hscc_core.runs.table_cache import stored_runs_table
+    from hscc_core.runs.table_cache import stored_run_summaries, stored_runs_table
     from hscc_core.runs.workspace import Workspace
 
     root = a.keep or Path(tempfile.mkdtemp(prefix="hscc-dash-"))
@@ -119,6 +120,9 @@ def main() -> int:
     rows["runs table from the store, cache warm"], cached = timed(
         lambda: stored_runs_table(ws.store, classes, data_fp, model_fp))
     assert len(cached) == n
+    rows["run summaries from the store, cache warm (Pareto page, pickers)"], summaries = timed(
+        lambda: stored_run_summaries(ws.store, classes, data_fp, model_fp))
+    assert len(summaries) == n
     cons = constraints_for(table, {"accuracy": (0.5, 0.9)}, {"cluster_side": ["output"]})
     rows["parallel coordinates (build + JSON)"], _ = timed(
         lambda: parcoords_figure(table, constraints=cons).to_json())
