@@ -62,7 +62,7 @@ def main(ctx) -> None:
     tags = {name: f"#{i + 1}" for i, name in enumerate(names)}
     classes = ctx.classes
 
-    st.markdown("  \n".join(f"**{tags[name]}** {name}" for name in names))
+    st.markdown("  \n".join(f"**{tags[name]}** {plain(name)}" for name in names))
     st.subheader("Metrics (± bootstrap SE)")
     metrics = metrics_wide(runs).rename(columns=tags)
     st.dataframe(metrics, key="compare_metrics", height=35 * (len(metrics) + 1) + 3,  # every row, no scrolling
@@ -208,7 +208,7 @@ def heatmaps(ctx, runs, names, tags, predictions) -> None:
         if i % 2 == 0:
             cols = st.columns(2, gap="medium")
         if isinstance(panel, str):
-            cols[i % 2].info(f"**{tags[name]}** {name} · {layer}: {panel}")
+            cols[i % 2].info(f"**{tags[name]}** {plain(name)} · {layer}: {panel}")
             continue
         summary, sub = panel[0], name
         if kind == "error":

@@ -142,6 +142,10 @@ def test_compare_page_draws_every_kind_of_run_on_one_slice(trained_workspace, ki
     at.session_state["compare_runs"] = ["original" if r["method"] == "original" else r["cache_key"] for r in runs]
     at.switch_page("pages/compare.py").run()
     assert_page_ok(at)
+    # The tables name the runs #1.. (full names in the legend above them), so they fit the page.
+    tags = [f"#{i + 1}" for i in range(len(runs))]
+    assert list(at.dataframe[0].value.columns) == tags
+    assert set(at.dataframe[1].value["a"]) | set(at.dataframe[1].value["b"]) == set(tags)
     layers = compressed_layers(runs)
     assert at.selectbox(key="compare_hm_layer").options == layers
     images = trained_workspace.images()
