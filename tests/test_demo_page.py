@@ -93,6 +93,8 @@ def test_test_slice_with_the_selected_run(page_env, stored, calls):
     assert calls["compare"] == 1 and not at.exception
     at.selectbox(key="demo_index").set_value(1).run()
     assert calls["compare"] == 2 and any("Test slice #1" in shown(c.value) for c in at.caption)
+    # The label stays bold: only the folder's strings are escaped, not the page's own Markdown.
+    assert any(re.search(r"labelled \*\*[^*\\]+\*\*\.$", c.value) for c in at.caption)
 
 
 def test_without_selection_pick_a_run_from_the_box(page_env, stored):

@@ -506,8 +506,9 @@ def per_class_figure(runs: Mapping[str, Mapping[str, Any]], metric: str = "f1", 
             hovertemplate=f"{html.escape(name)}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
         ))
     label = {"f1": "F1", "precision": "precision", "recall": "recall"}[metric]
+    # Anchored left so long run names wrap within the chart (right-anchored, they ran off its left edge).
     _layout(fig, title or f"Per-class {label} (± bootstrap SE)", height=440, barmode="group",
-            legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0})
+            legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "left", "x": 0.0})
     fig.update_yaxes(title_text=label, range=[0, 1.08])
     return fig
 
