@@ -92,7 +92,7 @@ def table(shown: list[dict], front_keys: set) -> pd.DataFrame:
 
 
 def main(ctx: frame.Context) -> None:
-    runs = ctx.runs()
+    runs = ctx.run_summaries()  # without per-layer detail: one cached table blob, not a file per run
     if not runs:
         st.info("No compressed run yet: compute some on the Explorer page, or run `hscc sweep`.")
         return
@@ -105,7 +105,8 @@ def main(ctx: frame.Context) -> None:
     show_original = c[4].checkbox("Original model", value=True, key="pareto_original")
     shown = filters(runs)
     fig = pareto_figure(shown, x, y, ctx.original if show_original else None, show_front=show_front,
-                        error_bars=error_bars, selected=st.session_state.get(frame.SELECTED))
+                        error_bars=error_bars, selected=st.session_state.get(frame.SELECTED),
+                        hovers=ctx.run_hovers())
     event = frame.chart(fig, "pareto_chart", on_select="rerun", selection_mode="points")
     selection = (event or {}).get("selection") or {}
     picked = key_from_selection(selection.get("points"), fig)

@@ -30,7 +30,7 @@ def main(ctx: frame.Context) -> None:
     run = frame.run_picker(ctx, "report")
     if run is None:
         return
-    runs = ctx.runs()
+    runs = ctx.run_summaries()  # the report's Pareto fronts draw every run: summaries suffice
     images = ctx.ws.images()
     classes = ctx.classes
     fine_tuned = int(run["config"].get("finetune_epochs") or 0) > 0

@@ -1,8 +1,6 @@
 """Runs page: every stored run in one table (sort, filter, search, Pareto marks, export, selection),
 parallel coordinates brushed by the same filters, which setting matters, and an Optuna search."""
 
-import hashlib
-
 import numpy as np
 import streamlit as st
 
@@ -24,10 +22,6 @@ COMPARE = frame.COMPARE  # session key: cache keys of the runs the Compare page 
 X_AXES = ("flops", "params", "latency")
 Y_AXES = ("accuracy", "macro_f1", "agreement", "kl_to_original")
 _PCT = ("accuracy", "agreement", "flops_kept", "accuracy_delta")
-
-
-def _digest(keys) -> str:
-    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -128,7 +122,7 @@ def _importance_section(shown) -> None:
     if not c[2].toggle("Rank the settings", key="runs_imp_on",
                        help="Fits a model of the metric on the shown runs; kept for these rows and choices."):
         return
-    result = _importance(shown, _digest(shown["key"].tolist()), metric, method)
+    result = _importance(shown, frame.listing_digest(shown["key"].tolist()), metric, method)
     if result.warning:
         st.warning(result.warning)
     if result.importances:
@@ -186,7 +180,7 @@ def _search_section(ctx) -> None:
 def main(ctx) -> None:
     keys = ctx.ws.store.keys()
     table = _table(ctx.cache_dir, ctx.original["data_fingerprint"], ctx.meta["fingerprint"],
-                   tuple(ctx.original["classes"]), _digest(keys))
+                   tuple(ctx.original["classes"]), frame.listing_digest(keys))
     if table.empty:
         st.info("No compressed run yet: compute some on the Explorer page, run `hscc sweep`, or search below.")
         _search_section(ctx)

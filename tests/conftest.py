@@ -199,6 +199,28 @@ def shown(text: str) -> str:
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text).replace("\u00a0", " ").replace("\u2060", "")
 
 
+def _run_kinds() -> dict:
+    from hscc_core.runs.config import RunConfig
+
+    return {
+        "hscc output energy": RunConfig(grid=2, clusters=2, energy=0.9),
+        "hscc output greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0, allocation="greedy"),
+        "hscc input energy": RunConfig(grid=2, clusters=2, energy=0.9, cluster_side="input"),
+        "hscc input greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0, cluster_side="input",
+                                              allocation="greedy"),
+        "hscc output uniform budget": RunConfig(grid=3, clusters=2, energy=None, budget=2.0, allocation="uniform"),
+        "svd energy": RunConfig("svd", energy=0.8),
+        "svd budget": RunConfig("svd", energy=None, budget=2.0),
+        "tucker energy": RunConfig("tucker", energy=0.8),
+        "tucker budget": RunConfig("tucker", energy=None, budget=2.0),
+    }
+
+
+#: Every kind of run the engine makes (method, cluster side, energy or budget, allocation): the pages
+#: are tested on each (tests/test_run_kinds.py, the Compare page's heatmaps in tests/test_compare.py).
+RUN_KINDS = _run_kinds()
+
+
 def assert_page_ok(at) -> None:
     """No exception escaped, and the frame did not catch one either (it shows an error id instead)."""
     assert not at.exception, at.exception

@@ -8,24 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from conftest import PAGES, assert_page_ok, open_page, use_tiny_app_env
+from conftest import PAGES, RUN_KINDS, assert_page_ok, open_page, use_tiny_app_env
 from hscc_core.cli.main import main as cli
 from hscc_core.present.heatmaps import heatmap_data
-from hscc_core.runs.config import RunConfig, run_name
+from hscc_core.runs.config import run_name
 from hscc_core.runs.pipeline import compress_run
 
-KINDS = {
-    "hscc output energy": RunConfig(grid=2, clusters=2, energy=0.9),
-    "hscc output greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0, allocation="greedy"),
-    "hscc input energy": RunConfig(grid=2, clusters=2, energy=0.9, cluster_side="input"),
-    "hscc input greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0, cluster_side="input",
-                                          allocation="greedy"),
-    "hscc output uniform budget": RunConfig(grid=3, clusters=2, energy=None, budget=2.0, allocation="uniform"),
-    "svd energy": RunConfig("svd", energy=0.8),
-    "svd budget": RunConfig("svd", energy=None, budget=2.0),
-    "tucker energy": RunConfig("tucker", energy=0.8),
-    "tucker budget": RunConfig("tucker", energy=None, budget=2.0),
-}
+KINDS = RUN_KINDS
 
 
 @pytest.fixture(scope="module")

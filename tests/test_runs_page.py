@@ -110,7 +110,8 @@ def test_selection_reaches_the_compare_page(page_env):
     assert "accuracy" in metrics.index and len(metrics.columns) == 2
     tests = at.dataframe[1].value
     assert len(tests) == 1 and 0 <= tests["p_value"].iloc[0] <= 1
-    assert len(at.get("plotly_chart")) == 1 + 2 + 1  # per-class F1, two confusion matrices, kept FLOPs
+    # Per-class F1, two confusion matrices, kept FLOPs, and the two runs' maps on one slice.
+    assert len(at.get("plotly_chart")) == 1 + 2 + 1 + 2
     # The original model can join; four is the most.
     at.multiselect(key="compare_pick").set_value(["original", keys[0], keys[2]]).run()
     assert not at.exception and len(at.dataframe[1].value) == 3
