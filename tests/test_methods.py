@@ -59,13 +59,35 @@ def test_budget_mode_uniform_for_every_method(method):
     assert plan.energy == outcome.energy and plan.macs() == outcome.macs <= d.original_macs / 2
 
 
-def test_greedy_only_where_the_method_supports_it():
-    _, m, d, _ = decomposition("hscc", "input")
-    plan, outcome = make_plan(m, d, budget=3.0, allocation="greedy")
-    assert isinstance(outcome, GreedyBudget) and plan.energy is None and plan.macs() <= d.original_macs / 3
+@pytest.mark.parametrize("method,side", [("hscc", "input"), ("hscc", "output"), ("svd", "output"),
+                                         ("tucker", "output")])
+def test_greedy_and_sensitivity_for_every_method(method, side):
+    model, m, d, _ = decomposition(method, side)
+    for allocation, weights in (("greedy", None), ("sensitivity", {n: 1.0 + i for i, n in enumerate(
+            plan_layers(m, d))})):
+        plan, outcome = make_plan(m, d, budget=3.0, allocation=allocation, weights=weights)
+        assert isinstance(outcome, GreedyBudget) and plan.energy is None and plan.macs() <= d.original_macs / 3
+        comp = m.build(model, plan)
+        counted = layer_flops(comp, list(plan.summaries()), SHAPE)
+        assert sum(counted.values()) == 2 * plan.macs()
+    with pytest.raises(ValueError, match="weights go with allocation 'sensitivity'"):
+        make_plan(m, d, budget=3.0, allocation="greedy", weights={"0": 1.0})
+    with pytest.raises(ValueError, match="weights go with allocation 'sensitivity'"):
+        make_plan(m, d, budget=3.0, allocation="sensitivity")
+
+
+def plan_layers(m, d):
+    return list(m.plan(d, 0.9).summaries())
+
+
+def test_plan_rules_every_method_refuses():
     _, svd, sd, _ = decomposition("svd")
-    with pytest.raises(ValueError, match="allocation 'greedy' is not available for Global SVD"):
-        make_plan(svd, sd, budget=3.0, allocation="greedy")
+    with pytest.raises(ValueError, match="rank multiples apply to HSCC only"):
+        make_plan(svd, sd, energy=0.9, multiple=8)
+    with pytest.raises(ValueError, match="weight-only"):
+        svd.fit_sequential(None, None, None)
+    assert get_method("hscc").calibrations == ("independent", "sequential")
+    assert get_method("tucker").calibrations == ("independent",)
     with pytest.raises(ValueError, match="either an energy threshold or a budget"):
         make_plan(svd, sd, energy=0.9, budget=3.0)
     with torch.no_grad():

@@ -24,6 +24,7 @@ from hscc_core.data import phantom
 from hscc_core.data import duplicates
 from hscc_core.data.folders import DatasetIndex, ImageSet, decode_all, deduplicate, discover
 from hscc_core.data.splits import DEFAULT_SEED, check_split, clean_split
+from hscc_core.nn.grey import fold_grey_input
 from hscc_core.nn.models import build_model, check_input_size, load_checkpoint, save_checkpoint
 from hscc_core.runs.store import RunStore, cache_key
 from hscc_core.nn.training import TrainConfig, TrainResult, train
@@ -70,6 +71,11 @@ class Workspace:
         Use this checkpoint instead of the cached/trained baseline.
     recipe : TrainConfig or None
         Baseline training recipe; None picks the default for the data.
+    fold_grey : bool
+        Fold the grey image's three identical input channels into a one-channel conv1 when the
+        baseline is loaded (:mod:`hscc_core.nn.grey`; exact). Off only to measure what the fold
+        changes (``benchmarks/fidelity_ablation.py``): the unfolded model gets its own fingerprint,
+        so its runs and statistics never mix with the folded model's.
     """
 
     data: Path | None = None
@@ -80,6 +86,7 @@ class Workspace:
     arch: str = "alexnet"
     checkpoint: Path | None = None
     recipe: TrainConfig | None = None
+    fold_grey: bool = True
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,7 +114,7 @@ class Workspace:
         return {"data": None if self.data is None else str(self.data), "cache_dir": str(self.cache_dir),
                 "dedupe": self.dedupe, "split": self.split, "input_size": self.input_size, "arch": self.arch,
                 "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
-                "recipe": None if self.recipe is None else self.recipe.to_dict()}
+                "recipe": None if self.recipe is None else self.recipe.to_dict(), "fold_grey": self.fold_grey}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Workspace":
@@ -116,7 +123,8 @@ class Workspace:
                    cache_dir=Path(spec["cache_dir"]), dedupe=spec["dedupe"], split=spec.get("split", "official"),
                    input_size=spec["input_size"],
                    arch=spec["arch"], checkpoint=None if spec["checkpoint"] is None else Path(spec["checkpoint"]),
-                   recipe=None if spec["recipe"] is None else TrainConfig(**spec["recipe"]))
+                   recipe=None if spec["recipe"] is None else TrainConfig(**spec["recipe"]),
+                   fold_grey=spec.get("fold_grey", True))
 
     # ---- data -------------------------------------------------------------------------------
     @property
@@ -228,7 +236,11 @@ class Workspace:
             raise FileNotFoundError("no baseline yet: run `hscc prepare` first")
         path = Path(self.checkpoint) if self.checkpoint is not None else \
             self.store.blob_path("checkpoints", self.baseline_key(), "pt")
-        return _file_hash(path)
+        return self._fingerprint(path)
+
+    def _fingerprint(self, path: Path) -> str:
+        # The folded model is the checkpoint's model (the fold is exact); the unfolded one is kept apart.
+        return _file_hash(path) + ("" if self.fold_grey else "-rgb")
 
     def has_baseline(self) -> bool:
         """True when a checkpoint for this data/architecture/recipe is in the cache (or given)."""
@@ -263,7 +275,9 @@ class Workspace:
                 self.store.put_blob_file("checkpoints", key, "pt",
                                          lambda p: save_checkpoint(p, result.model.cpu(), meta))
         model, meta = load_checkpoint(path, classes=images.classes, input_size=self.size)
-        meta = dict(meta, fingerprint=_file_hash(path))
+        if self.fold_grey:
+            model = fold_grey_input(model)
+        meta = dict(meta, fingerprint=self._fingerprint(path))
         self._memo["baseline"] = (model, meta)
         return model, meta
 
