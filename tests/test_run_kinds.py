@@ -21,10 +21,19 @@ KINDS = {
     "hscc input greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0, cluster_side="input",
                                           allocation="greedy"),
     "hscc output uniform budget": RunConfig(grid=3, clusters=2, energy=None, budget=2.0, allocation="uniform"),
+    "hscc output sequential greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0,
+                                                      allocation="greedy", calibration="sequential"),
+    "hscc input sequential energy": RunConfig(grid=2, clusters=2, energy=0.9, cluster_side="input",
+                                              calibration="sequential"),
+    "hscc sensitivity budget, rank multiples, all images flipped": RunConfig(
+        grid=2, clusters=2, energy=None, budget=3.0, allocation="sensitivity", rank_multiple=4, calib_size="all",
+        calib_flip=True),
     "svd energy": RunConfig("svd", energy=0.8),
-    "svd budget": RunConfig("svd", energy=None, budget=2.0),
+    "svd budget": RunConfig("svd", energy=None, budget=2.0, allocation="uniform"),
+    "svd greedy budget": RunConfig("svd", energy=None, budget=2.0, allocation="greedy"),
     "tucker energy": RunConfig("tucker", energy=0.8),
-    "tucker budget": RunConfig("tucker", energy=None, budget=2.0),
+    "tucker budget": RunConfig("tucker", energy=None, budget=2.0, allocation="uniform"),
+    "tucker greedy budget": RunConfig("tucker", energy=None, budget=2.0, allocation="greedy"),
 }
 
 

@@ -11,12 +11,21 @@ predictor, y^ = W_c x^, and solves the reduced-rank regression (linear form of Z
 
     min_{rank(M) <= k}  sum ||(y - mu_y) - M (y^ - mu_y^)||^2 ,
 
-whose solution is M_k = U_k U_k^T R with R = S_{y y^} S_{y^ y^}^+ (the full-rank regression) and U
-the eigenvectors of the fitted scatter R S_{y^ y}. The block then runs exactly as an independently
-calibrated one, mean + U_k V_k^T (W_c x^ - mean_in) with V_k = R^T U_k: the same two stages and the
-same MACs, only the stage-1 weights (V_k^T W_c instead of U_k^T W_c) and the bias change. With
-x^ = x the fit is the independent one (R is the identity on the data's span), so a plan that keeps
+whose solution is M_k = U_k U_k^T R with R = S_{y y^} S_{y^ y^}^-1 (the full-rank regression) and
+U the eigenvectors of the fitted scatter R S_{y^ y^} R^T. The block then runs exactly as an
+independently calibrated one, mean + U_k V_k^T (W_c x^ - mean_in) with V_k = R^T U_k: the same two
+stages and the same MACs, only the stage-1 weights (V_k^T W_c instead of U_k^T W_c) and the bias
+change. With x^ = x the fit is the independent one (R is the identity), so a plan that keeps
 everything is still exact.
+
+Regularisation: R has |c|^2 coefficients, fitted on M |r| samples, which on fine grids is barely
+more than |c| (on the phantom at G = 4, 576 samples for 384 channels): an unregularised fit
+overfits the calibration images and made a G = 4 model worse than its independent twin. R is
+therefore shrunk towards the identity, R_l = (S_{y y^} + l I)(S_{y^ y^} + l I)^-1 (large l gives
+back the independent directions), and the amount is chosen per block by two-fold cross-validation
+over the calibration images (even and odd images; the error of a rank-k fit on the other half
+follows from that half's moments alone): l in :data:`SHRINKAGE` times the predictor scatter's mean
+eigenvalue, or no refit at all when the independent block reconstructs the held-out images best.
 
 Both cluster sides are fitted: on the output side a block is a cluster of output channels; on the
 input side a block is the partial output of a cluster of input channels, fitted to the original's
@@ -46,40 +55,62 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hscc_core.compress.hscc.decomposition import Block, LayerDecomp, Region
+from hscc_core.compress.hscc.decomposition import Block, LayerDecomp
 from hscc_core.compress.hscc.npz import read_npz, write_npz
 from hscc_core.compress.hscc.plan import LayerPlan, Plan, layer_plan
 from hscc_core.compress.hscc.regions import im2col, window, window_span
 from hscc_core.compress.spectral import eig_desc, energy_ratio
 from hscc_core.nn.layers import conv_paddings, replace_module
 
-__all__ = ["CrossBlock", "CrossSource", "cross_stats", "fit_sequential", "load_cross", "prefix_ident", "refit_layer",
-           "save_cross"]
+__all__ = ["SHRINKAGE", "CrossBlock", "CrossSource", "Moments", "cross_stats", "fit_sequential", "load_cross",
+           "prefix_ident", "refit_layer", "save_cross"]
 
 _FORMAT_VERSION = 1
-# Relative ridge on the predictor scatter (times its mean eigenvalue): keeps the regression defined
-# where the compressed inputs span fewer directions than the block has (dead channels, tiny regions).
-RIDGE = 1e-6
-
 # (layer name, prefix model, layer plan, prefix identity) -> the layer's cross statistics.
 CrossSource = Callable[[str, nn.Module, LayerPlan, list], "list[list[CrossBlock | None]]"]
 
 
 @dataclass(frozen=True, eq=False)
+class Moments:
+    """Centred moments of a block's target a (the original's) and predictor b (the compressed
+    model's) over the same calibration samples."""
+
+    count: int
+    mean_a: np.ndarray  # (da,)
+    mean_b: np.ndarray  # (db,)
+    scatter_a: np.ndarray  # (da, da): sum (a - mean_a)(a - mean_a)^T
+    scatter_b: np.ndarray  # (db, db)
+    cross: np.ndarray  # (da, db): sum (a - mean_a)(b - mean_b)^T
+
+    def merge(self, other: Moments) -> Moments:
+        """The moments of both sample sets together (pairwise update, Chan et al.)."""
+        n = self.count + other.count
+        da, db = other.mean_a - self.mean_a, other.mean_b - self.mean_b
+        f = self.count * other.count / n
+        return Moments(n, self.mean_a + da * (other.count / n), self.mean_b + db * (other.count / n),
+                       self.scatter_a + other.scatter_a + np.outer(da, da) * f,
+                       self.scatter_b + other.scatter_b + np.outer(db, db) * f,
+                       self.cross + other.cross + np.outer(da, db) * f)
+
+
+FIELDS = ("mean_a", "mean_b", "scatter_a", "scatter_b", "cross")
+
+
+@dataclass(frozen=True, eq=False)
 class CrossBlock:
-    """Centred moments of one block's target a (the original's) and predictor b (the compressed
-    model's), over the same calibration samples.
+    """A block's moments on two halves of the calibration images (even and odd image index), so that
+    the regularisation of its fit can be chosen on held-out images.
 
     ``basis`` is ``"output"`` when a and b are block outputs (y and y^ = W_c x^), ``"input"`` when
     they are the block's im2col rows (x and x^; input side with |c| kh kw < O).
     """
 
     basis: str
-    count: int
-    mean_a: np.ndarray  # (da,)
-    mean_b: np.ndarray  # (db,)
-    scatter_b: np.ndarray  # (db, db): sum (b - mean_b)(b - mean_b)^T
-    cross: np.ndarray  # (da, db): sum (a - mean_a)(b - mean_b)^T
+    folds: tuple[Moments, Moments]
+
+    @property
+    def all(self) -> Moments:
+        return self.folds[0].merge(self.folds[1])
 
 
 class _Moments:
@@ -91,24 +122,28 @@ class _Moments:
     def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
         a, b = a.to(torch.float64), b.to(torch.float64)
         nb = a.shape[1]
+        if nb == 0:
+            return
         ma, mb = a.mean(dim=1), b.mean(dim=1)
         ac, bc = a - ma[:, None], b - mb[:, None]
-        sbb, sab = bc @ bc.T, ac @ bc.T
+        saa, sbb, sab = ac @ ac.T, bc @ bc.T, ac @ bc.T
         if self.n == 0:
-            self.n, self.ma, self.mb, self.sbb, self.sab = nb, ma, mb, sbb, sab
+            self.n, self.ma, self.mb, self.saa, self.sbb, self.sab = nb, ma, mb, saa, sbb, sab
             return
         tot = self.n + nb
         da, db = ma - self.ma, mb - self.mb
         f = self.n * nb / tot
+        self.saa += saa + torch.outer(da, da) * f
         self.sbb += sbb + torch.outer(db, db) * f
         self.sab += sab + torch.outer(da, db) * f
         self.ma += da * (nb / tot)
         self.mb += db * (nb / tot)
         self.n = tot
 
-    def result(self, basis: str) -> CrossBlock:
-        return CrossBlock(basis, int(self.n), self.ma.cpu().numpy(), self.mb.cpu().numpy(),
-                          self.sbb.cpu().numpy(), self.sab.cpu().numpy())
+    def result(self) -> Moments:
+        if self.n == 0:
+            raise ValueError("a sequential fit needs at least two calibration images")
+        return Moments(int(self.n), *(t.cpu().numpy() for t in (self.ma, self.mb, self.saa, self.sbb, self.sab)))
 
 
 def _factorised(lp: LayerPlan, r: int, j: int) -> bool:
@@ -142,12 +177,16 @@ def _layer_inputs(original: nn.Module, prefix: nn.Module, name: str, x: torch.Te
     return seen["x"], seen["xh"]
 
 
+def _input_basis(ld: LayerDecomp, b: Block) -> bool:
+    return ld.side.name == "input" and b.channels.size * ld.kernel_area < ld.out_channels
+
+
 @torch.no_grad()
 def cross_stats(original: nn.Module, prefix: nn.Module, name: str, lp: LayerPlan, images,
                 batch_size: int = 32, progress: Callable[[int, int], None] | None = None
                 ) -> list[list[CrossBlock | None]]:
     """Per region and block of layer ``name``, the moments a sequential fit needs (None for blocks
-    that are not factorised).
+    that are not factorised), on the even and on the odd calibration images.
 
     Parameters
     ----------
@@ -161,15 +200,13 @@ def cross_stats(original: nn.Module, prefix: nn.Module, name: str, lp: LayerPlan
     lp : LayerPlan
         Its independent plan (clusters, ranks).
     images : tensor (M, C, H, W) or an object that slices like one
-        Calibration images, normalised for the model.
+        Calibration images, normalised for the model (M >= 2).
     """
     conv = original.get_submodule(name)
     ld = lp.decomp
     pads = conv_paddings(conv)
     w = conv.weight.detach()
-    kh, kw = ld.kernel_size
-    area = kh * kw
-    acc = [[_Moments() if _factorised(lp, r, j) else None for j in range(len(reg.blocks))]
+    acc = [[(_Moments(), _Moments()) if _factorised(lp, r, j) else None for j in range(len(reg.blocks))]
            for r, reg in enumerate(ld.regions)]
     flags = [(m, m.training) for mod in (original, prefix) for m in mod.modules()]
     original.eval()
@@ -177,67 +214,120 @@ def cross_stats(original: nn.Module, prefix: nn.Module, name: str, lp: LayerPlan
     m_images = int(images.shape[0])
     try:
         for start in range(0, m_images, batch_size):
-            x, xh = _layer_inputs(original, prefix, name, images[start:start + batch_size])
-            for r, reg in enumerate(ld.regions):
-                if not any(acc[r]):
+            x_all, xh_all = _layer_inputs(original, prefix, name, images[start:start + batch_size])
+            for fold in (0, 1):
+                pick = torch.arange((start + fold) % 2, x_all.shape[0], 2, device=x_all.device)
+                if pick.numel() == 0:
                     continue
-                span = window_span(reg.bounds, conv.kernel_size, conv.stride, conv.dilation, pads)
-                win, winh = window(x, span), window(xh, span)
-                if ld.side.name == "output":
-                    y = F.conv2d(win, w, None, conv.stride, 0, conv.dilation)
-                    yh = F.conv2d(winh, w, None, conv.stride, 0, conv.dilation)
-                    ys = y.permute(1, 0, 2, 3).reshape(y.shape[1], -1)
-                    yhs = yh.permute(1, 0, 2, 3).reshape(yh.shape[1], -1)
-                    for b, m in zip(reg.blocks, acc[r]):
-                        if m is not None:
-                            ch = torch.as_tensor(b.channels, device=ys.device)
-                            m.update(ys[ch], yhs[ch])
-                    continue
-                for b, m in zip(reg.blocks, acc[r]):
-                    if m is None:
+                x, xh = x_all.index_select(0, pick), xh_all.index_select(0, pick)
+                for r, reg in enumerate(ld.regions):
+                    if not any(acc[r]):
                         continue
-                    ch = torch.as_tensor(b.channels, device=win.device)
-                    xc, xhc = im2col(win.index_select(1, ch), conv), im2col(winh.index_select(1, ch), conv)
-                    if b.channels.size * area < ld.out_channels:  # the im2col basis (see module docstring)
-                        m.update(xc, xhc)
-                    else:
-                        wc = w[:, ch].reshape(w.shape[0], -1)
-                        m.update(wc @ xc, wc @ xhc)
+                    span = window_span(reg.bounds, conv.kernel_size, conv.stride, conv.dilation, pads)
+                    win, winh = window(x, span), window(xh, span)
+                    if ld.side.name == "output":
+                        y = F.conv2d(win, w, None, conv.stride, 0, conv.dilation)
+                        yh = F.conv2d(winh, w, None, conv.stride, 0, conv.dilation)
+                        ys = y.permute(1, 0, 2, 3).reshape(y.shape[1], -1)
+                        yhs = yh.permute(1, 0, 2, 3).reshape(yh.shape[1], -1)
+                    for b, m in zip(reg.blocks, acc[r]):
+                        if m is None:
+                            continue
+                        ch = torch.as_tensor(b.channels, device=win.device)
+                        if ld.side.name == "output":
+                            m[fold].update(ys[ch], yhs[ch])
+                            continue
+                        xc, xhc = im2col(win.index_select(1, ch), conv), im2col(winh.index_select(1, ch), conv)
+                        if _input_basis(ld, b):  # the im2col basis (see module docstring)
+                            m[fold].update(xc, xhc)
+                        else:
+                            wc = w[:, ch].reshape(w.shape[0], -1)
+                            m[fold].update(wc @ xc, wc @ xhc)
             if progress is not None:
                 progress(min(start + batch_size, m_images), m_images)
     finally:
         for m, was in flags:
             m.training = was
-    return [[None if m is None else m.result("input" if ld.side.name == "input" and
-                                             b.channels.size * area < ld.out_channels else "output")
+    return [[None if m is None else CrossBlock("input" if _input_basis(ld, b) else "output",
+                                               (m[0].result(), m[1].result()))
              for b, m in zip(reg.blocks, row)] for reg, row in zip(ld.regions, acc)]
 
 
-def _inv_sqrt_psd(s: np.ndarray) -> np.ndarray:
-    """(S + ridge I)^(-1/2) of a PSD scatter, the ridge relative to its mean eigenvalue."""
-    vals, vecs = np.linalg.eigh(s)
-    vals = np.clip(vals, 0.0, None)
-    ridge = RIDGE * max(float(vals.mean()), np.finfo(np.float64).tiny)
-    return (vecs / np.sqrt(vals + ridge)[None, :]) @ vecs.T
+# --------------------------------------------------------------------------- the fit
+
+# Shrinkage of the regression towards the identity (the independent fit), as multiples of the
+# predictor scatter's mean eigenvalue: each block takes the one that reconstructs the held-out half
+# of the calibration images best, or stays as the independent fit when that does better.
+SHRINKAGE = (1e-3, 1e-2, 1e-1, 1.0)
 
 
-def _refit_block(b: Block, cs: CrossBlock, wc: np.ndarray) -> Block:
-    """The reduced-rank regression of a block's target on its predictor (see module docstring)."""
-    isq = _inv_sqrt_psd(cs.scatter_b)
-    if cs.basis == "output":
-        r = cs.cross @ isq @ isq  # R = S_ab S_bb^-1 in the block's output space
-        vals, u = eig_desc((cs.cross @ isq) @ (cs.cross @ isq).T)  # fitted scatter R S_ba
-        return replace(b, eigvals=vals, eigvecs=np.ascontiguousarray(u), mean=cs.mean_a,
-                       ratio=energy_ratio(vals), readout=np.ascontiguousarray(r.T @ u), mean_in=cs.mean_b)
+@dataclass(frozen=True)
+class _Fit:
+    """A block's rank-k readout: output = mean + U_k V_k^T (W_c x^ - mean_in)."""
+
+    vals: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    mean: np.ndarray
+    mean_in: np.ndarray
+
+
+def _shrunk(m: Moments, kappa: float) -> np.ndarray:
+    """(S_ab + l I)(S_bb + l I)^-1, l = kappa x the mean eigenvalue of S_bb: the regression of a on b
+    shrunk towards the identity."""
+    d = m.scatter_b.shape[0]
+    lam = kappa * max(float(np.trace(m.scatter_b)) / d, np.finfo(np.float64).tiny)
+    eye = np.eye(d)
+    return np.linalg.solve((m.scatter_b + lam * eye).T, (m.cross + lam * eye).T).T
+
+
+def _fit(basis: str, m: Moments, kappa: float, wc: np.ndarray) -> _Fit:
+    """Reduced-rank regression of the target on the predictor with shrinkage ``kappa`` (all ranks)."""
+    r = _shrunk(m, kappa)
+    if basis == "output":
+        rl = r @ _sqrt_psd(m.scatter_b)
+        vals, u = eig_desc(rl @ rl.T)  # the fitted scatter R S_bb R^T
+        return _Fit(vals, u, r.T @ u, m.mean_a, m.mean_b)
     # Input basis: a, b are the cluster's im2col rows x, x^ (d of them); y = W_c x, y^ = W_c x^.
-    # Fitted partial output W_c B (x^ - mean_b) with B = S_ab S_bb^-1; its scatter (W_c L)(W_c L)^T,
-    # L = S_ab S_bb^-1/2: the SVD of W_c L gives U and the eigenvalues (no O x O matrix).
-    u, sv, _ = np.linalg.svd(wc @ (cs.cross @ isq), full_matrices=False)
-    t = (u.T @ wc) @ (cs.cross @ isq @ isq)  # U^T W_c B
-    v = (t @ np.linalg.pinv(wc)).T  # V^T W_c = U^T W_c B when W_c has full column rank (d < O)
-    vals = sv**2
-    return replace(b, eigvals=vals, eigvecs=np.ascontiguousarray(u), mean=wc @ cs.mean_a, ratio=energy_ratio(vals),
-                   readout=np.ascontiguousarray(v), mean_in=wc @ cs.mean_b)
+    # Fitted partial output W_c B (x^ - mean_b); its scatter (W_c B L)(W_c B L)^T with L L^T = S_bb:
+    # the SVD of W_c B L gives U and the eigenvalues without any O x O matrix.
+    wb = wc @ r
+    u, sv, _ = np.linalg.svd(wb @ _sqrt_psd(m.scatter_b), full_matrices=False)
+    v = ((u.T @ wb) @ np.linalg.pinv(wc)).T  # V^T W_c = U^T W_c B when W_c has full column rank (d < O)
+    return _Fit(sv**2, u, v, wc @ m.mean_a, wc @ m.mean_b)
+
+
+def _sqrt_psd(s: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(s)
+    return vecs * np.sqrt(np.clip(vals, 0.0, None))[None, :]
+
+
+def _error(basis: str, f: _Fit, k: int, m: Moments, wc: np.ndarray) -> float:
+    """Squared error of the rank-k fit ``f`` on the samples of ``m`` (from their moments alone)."""
+    t = np.eye(m.scatter_a.shape[0]) if basis == "output" else wc  # target map: a -> the block's output
+    g = f.u[:, :k] @ f.v[:, :k].T
+    p = g if basis == "output" else g @ wc  # predictor map: b -> the block's output
+    resid = t @ m.mean_a - p @ m.mean_b - (f.mean - g @ f.mean_in)
+    return float(np.trace(t @ m.scatter_a @ t.T) - 2 * np.trace(p @ m.cross.T @ t.T)
+                 + np.trace(p @ m.scatter_b @ p.T) + m.count * resid @ resid)
+
+
+def _refit_block(b: Block, k: int, cs: CrossBlock, wc: np.ndarray) -> Block:
+    """The block refitted to the compressed inputs, or left as it is when that reconstructs the
+    held-out half of the calibration images better (see module docstring)."""
+    independent = _Fit(b.eigvals, b.eigvecs, b.input_vecs, b.mean, b.input_mean)
+    f0, f1 = cs.folds
+    best, best_err = None, sum(_error(cs.basis, independent, k, m, wc) for m in (f0, f1))
+    for kappa in SHRINKAGE:
+        err = _error(cs.basis, _fit(cs.basis, f0, kappa, wc), k, f1, wc) + \
+              _error(cs.basis, _fit(cs.basis, f1, kappa, wc), k, f0, wc)
+        if err < best_err:
+            best, best_err = kappa, err
+    if best is None:
+        return b
+    f = _fit(cs.basis, cs.all, best, wc)
+    return replace(b, eigvals=f.vals, eigvecs=np.ascontiguousarray(f.u), mean=f.mean, ratio=energy_ratio(f.vals),
+                   readout=np.ascontiguousarray(f.v), mean_in=f.mean_in)
 
 
 def refit_layer(lp: LayerPlan, cross: list[list[CrossBlock | None]], conv: nn.Conv2d) -> LayerPlan:
@@ -260,7 +350,7 @@ def refit_layer(lp: LayerPlan, cross: list[list[CrossBlock | None]], conv: nn.Co
                 wc = w[b.channels]
             else:
                 wc = w[:, (b.channels[:, None] * area + np.arange(area)[None, :]).ravel()]
-            blocks.append(_refit_block(b, cs, wc))
+            blocks.append(_refit_block(b, lp.ranks[r][j], cs, wc))
         regions.append(replace(reg, blocks=tuple(blocks)))
     fitted = layer_plan(replace(ld, regions=tuple(regions)), lp.ranks)
     if fitted.dense != lp.dense:
@@ -311,14 +401,14 @@ def fit_sequential(model: nn.Module, plan: Plan, cross: CrossSource) -> Plan:
 
 def save_cross(path: str | os.PathLike, cross: list[list[CrossBlock | None]]) -> None:
     """Write one layer's cross statistics to an ``.npz`` (no pickles), atomically."""
-    meta = {"version": _FORMAT_VERSION, "blocks": [[None if c is None else [c.basis, c.count] for c in row]
-                                                   for row in cross]}
+    meta = {"version": _FORMAT_VERSION,
+            "blocks": [[None if c is None else [c.basis, [m.count for m in c.folds]] for c in row] for row in cross]}
     arrays = {}
     for r, row in enumerate(cross):
         for j, c in enumerate(row):
-            if c is not None:
-                for field in ("mean_a", "mean_b", "scatter_b", "cross"):
-                    arrays[f"r{r}_b{j}_{field}"] = getattr(c, field)
+            for f, m in enumerate(() if c is None else c.folds):
+                for field in FIELDS:
+                    arrays[f"r{r}_b{j}_f{f}_{field}"] = getattr(m, field)
     write_npz(path, meta, arrays)
 
 
@@ -326,8 +416,9 @@ def load_cross(path: str | os.PathLike) -> list[list[CrossBlock | None]]:
     """Read a file of :func:`save_cross` (``allow_pickle=False``)."""
     with read_npz(path, _FORMAT_VERSION, "cross-statistics") as (meta, z):
         try:
-            return [[None if c is None else CrossBlock(
-                        c[0], int(c[1]), *(z[f"r{r}_b{j}_{f}"] for f in ("mean_a", "mean_b", "scatter_b", "cross")))
+            return [[None if c is None else CrossBlock(c[0], tuple(
+                        Moments(int(n), *(z[f"r{r}_b{j}_f{f}_{field}"] for field in FIELDS))
+                        for f, n in enumerate(c[1])))
                      for j, c in enumerate(row)] for r, row in enumerate(meta["blocks"])]
         except (KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"cross-statistics file {path} has damaged metadata ({exc})") from None
