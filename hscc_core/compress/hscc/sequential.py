@@ -53,9 +53,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 from torch import nn
 
-from hscc_core.compress.hscc.decomposition import Block, LayerDecomp
+from hscc_core.compress.hscc.decomposition import Block, LayerDecomp, Region
 from hscc_core.compress.hscc.npz import read_npz, write_npz
 from hscc_core.compress.hscc.plan import LayerPlan, Plan, layer_plan
 from hscc_core.compress.hscc.regions import im2col, window, window_span
@@ -263,7 +264,7 @@ SHRINKAGE = (1e-3, 1e-2, 1e-1, 1.0)
 
 @dataclass(frozen=True)
 class _Fit:
-    """A block's rank-k readout: output = mean + U_k V_k^T (W_c x^ - mean_in)."""
+    """A block's readout: output = mean + U_k V_k^T (W_c x^ - mean_in) (all n columns, or the top k)."""
 
     vals: np.ndarray
     u: np.ndarray
@@ -272,60 +273,72 @@ class _Fit:
     mean_in: np.ndarray
 
 
-def _shrunk(m: Moments, kappa: float) -> np.ndarray:
-    """(S_ab + l I)(S_bb + l I)^-1, l = kappa x the mean eigenvalue of S_bb: the regression of a on b
-    shrunk towards the identity."""
-    d = m.scatter_b.shape[0]
-    lam = kappa * max(float(np.trace(m.scatter_b)) / d, np.finfo(np.float64).tiny)
-    eye = np.eye(d)
-    return np.linalg.solve((m.scatter_b + lam * eye).T, (m.cross + lam * eye).T).T
+class _Half:
+    """One set of moments prepared for fits (the predictor scatter's eigenpairs) and for measuring a
+    fit's error on its samples (everything mapped to the block's outputs)."""
 
+    def __init__(self, basis: str, m: Moments, wc: np.ndarray) -> None:
+        self.basis, self.m, self.wc = basis, m, wc
+        self.d, self.q = np.linalg.eigh(m.scatter_b)
+        self.d = np.clip(self.d, 0.0, None)
+        to_out = (lambda a: a) if basis == "output" else (lambda a: wc @ a)  # a vector of a or b -> outputs
+        self.taa = float(np.trace(m.scatter_a)) if basis == "output" else float(np.sum(wc * (wc @ m.scatter_a)))
+        self.tab = m.cross if basis == "output" else wc @ m.cross @ wc.T  # outputs x outputs
+        self.tbb = m.scatter_b if basis == "output" else wc @ m.scatter_b @ wc.T
+        self.ma, self.mb = to_out(m.mean_a), to_out(m.mean_b)
 
-def _fit(basis: str, m: Moments, kappa: float, wc: np.ndarray) -> _Fit:
-    """Reduced-rank regression of the target on the predictor with shrinkage ``kappa`` (all ranks)."""
-    r = _shrunk(m, kappa)
-    if basis == "output":
-        rl = r @ _sqrt_psd(m.scatter_b)
-        vals, u = eig_desc(rl @ rl.T)  # the fitted scatter R S_bb R^T
-        return _Fit(vals, u, r.T @ u, m.mean_a, m.mean_b)
-    # Input basis: a, b are the cluster's im2col rows x, x^ (d of them); y = W_c x, y^ = W_c x^.
-    # Fitted partial output W_c B (x^ - mean_b); its scatter (W_c B L)(W_c B L)^T with L L^T = S_bb:
-    # the SVD of W_c B L gives U and the eigenvalues without any O x O matrix.
-    wb = wc @ r
-    u, sv, _ = np.linalg.svd(wb @ _sqrt_psd(m.scatter_b), full_matrices=False)
-    v = ((u.T @ wb) @ np.linalg.pinv(wc)).T  # V^T W_c = U^T W_c B when W_c has full column rank (d < O)
-    return _Fit(sv**2, u, v, wc @ m.mean_a, wc @ m.mean_b)
+    def fit(self, kappa: float, k: int | None = None) -> _Fit:
+        """Reduced-rank regression shrunk by ``kappa`` (top ``k`` directions; all when None)."""
+        m, q, d = self.m, self.q, self.d
+        lam = kappa * max(float(d.mean()), np.finfo(np.float64).tiny)
+        # R = (S_ab + l I)(S_bb + l I)^-1, from the eigenpairs of S_bb.
+        r = ((m.cross + lam * np.eye(d.size)) @ q / (d + lam)[None, :]) @ q.T
+        root = q * np.sqrt(d)[None, :]  # root root^T = S_bb
+        if self.basis == "output":
+            rl = r @ root
+            fitted = rl @ rl.T  # the fitted scatter R S_bb R^T
+            vals, u = eig_desc(fitted)
+            if k is not None:
+                vals, u = vals[:k], u[:, :k]
+            return _Fit(vals, u, r.T @ u, m.mean_a, m.mean_b)
+        # Input basis: a, b are the cluster's im2col rows x, x^ (d of them); y = W_c x, y^ = W_c x^.
+        # Fitted partial output W_c B (x^ - mean_b); its scatter (W_c B L)(W_c B L)^T with L L^T = S_bb:
+        # the SVD of W_c B L gives U and the eigenvalues without any O x O eigenproblem.
+        wb = self.wc @ r
+        u, sv, _ = np.linalg.svd(wb @ root, full_matrices=False)
+        if k is not None:
+            u, sv = u[:, :k], sv[:k]
+        v = ((u.T @ wb) @ self.pinv).T  # V^T W_c = U^T W_c B when W_c has full column rank (d < O)
+        return _Fit(sv**2, u, v, self.ma, self.mb)
 
+    @property
+    def pinv(self) -> np.ndarray:
+        if not hasattr(self, "_pinv"):
+            self._pinv = np.linalg.pinv(self.wc)
+        return self._pinv
 
-def _sqrt_psd(s: np.ndarray) -> np.ndarray:
-    vals, vecs = np.linalg.eigh(s)
-    return vecs * np.sqrt(np.clip(vals, 0.0, None))[None, :]
-
-
-def _error(basis: str, f: _Fit, k: int, m: Moments, wc: np.ndarray) -> float:
-    """Squared error of the rank-k fit ``f`` on the samples of ``m`` (from their moments alone)."""
-    t = np.eye(m.scatter_a.shape[0]) if basis == "output" else wc  # target map: a -> the block's output
-    g = f.u[:, :k] @ f.v[:, :k].T
-    p = g if basis == "output" else g @ wc  # predictor map: b -> the block's output
-    resid = t @ m.mean_a - p @ m.mean_b - (f.mean - g @ f.mean_in)
-    return float(np.trace(t @ m.scatter_a @ t.T) - 2 * np.trace(p @ m.cross.T @ t.T)
-                 + np.trace(p @ m.scatter_b @ p.T) + m.count * resid @ resid)
+    def error(self, f: _Fit, k: int) -> float:
+        """Squared error of the rank-k fit ``f`` on this half's samples, from their moments alone:
+        tr S_aa - 2 tr(G S_ba) + tr(G S_bb G^T) + n |residual of the means|^2, G = U_k V_k^T."""
+        u, v = f.u[:, :k], f.v[:, :k]
+        resid = (self.ma - f.mean) - u @ (v.T @ (self.mb - f.mean_in))
+        return (self.taa - 2 * float(np.sum(v * (self.tab.T @ u))) + float(np.sum(v * (self.tbb @ v)))
+                + self.m.count * float(resid @ resid))
 
 
 def _refit_block(b: Block, k: int, cs: CrossBlock, wc: np.ndarray) -> Block:
     """The block refitted to the compressed inputs, or left as it is when that reconstructs the
     held-out half of the calibration images better (see module docstring)."""
     independent = _Fit(b.eigvals, b.eigvecs, b.input_vecs, b.mean, b.input_mean)
-    f0, f1 = cs.folds
-    best, best_err = None, sum(_error(cs.basis, independent, k, m, wc) for m in (f0, f1))
+    h0, h1 = (_Half(cs.basis, m, wc) for m in cs.folds)
+    best, best_err = None, h0.error(independent, k) + h1.error(independent, k)
     for kappa in SHRINKAGE:
-        err = _error(cs.basis, _fit(cs.basis, f0, kappa, wc), k, f1, wc) + \
-              _error(cs.basis, _fit(cs.basis, f1, kappa, wc), k, f0, wc)
+        err = h1.error(h0.fit(kappa, k), k) + h0.error(h1.fit(kappa, k), k)
         if err < best_err:
             best, best_err = kappa, err
     if best is None:
         return b
-    f = _fit(cs.basis, cs.all, best, wc)
+    f = _Half(cs.basis, cs.all, wc).fit(best)
     return replace(b, eigvals=f.vals, eigvecs=np.ascontiguousarray(f.u), mean=f.mean, ratio=energy_ratio(f.vals),
                    readout=np.ascontiguousarray(f.v), mean_in=f.mean_in)
 
@@ -337,25 +350,33 @@ def refit_layer(lp: LayerPlan, cross: list[list[CrossBlock | None]], conv: nn.Co
     w = conv.weight.detach().to(torch.float64).cpu().numpy().reshape(ld.out_channels, -1)
     area = ld.kernel_area
     regions = []
-    for r, reg in enumerate(ld.regions):
-        blocks = []
-        for j, b in enumerate(reg.blocks):
-            cs = cross[r][j]
-            if not _factorised(lp, r, j):
-                blocks.append(b)
-                continue
-            if cs is None:
-                raise ValueError(f"{ld.name}: no cross statistics for factorised block ({r}, {j})")
-            if ld.side.name == "output":
-                wc = w[b.channels]
-            else:
-                wc = w[:, (b.channels[:, None] * area + np.arange(area)[None, :]).ravel()]
-            blocks.append(_refit_block(b, lp.ranks[r][j], cs, wc))
-        regions.append(replace(reg, blocks=tuple(blocks)))
+    # Many small dense eigenproblems: one BLAS thread (on a loaded 2-core machine OpenBLAS's threads
+    # made them several times slower, as in decomposition.py).
+    with threadpool_limits(limits=1):
+        for r, reg in enumerate(ld.regions):
+            regions.append(_refit_region(lp, r, reg, cross[r], w, area))
     fitted = layer_plan(replace(ld, regions=tuple(regions)), lp.ranks)
     if fitted.dense != lp.dense:
         raise AssertionError("a refit must not change which blocks run densely")
     return fitted
+
+
+def _refit_region(lp: LayerPlan, r: int, reg: Region, cross: list, w: np.ndarray, area: int) -> Region:
+    """Region ``r`` of ``lp`` with its factorised blocks refitted (``w``: the layer's O x fan-in weight)."""
+    ld = lp.decomp
+    blocks = []
+    for j, b in enumerate(reg.blocks):
+        if not _factorised(lp, r, j):
+            blocks.append(b)
+            continue
+        if cross[j] is None:
+            raise ValueError(f"{ld.name}: no cross statistics for factorised block ({r}, {j})")
+        if ld.side.name == "output":
+            wc = w[b.channels]
+        else:
+            wc = w[:, (b.channels[:, None] * area + np.arange(area)[None, :]).ravel()]
+        blocks.append(_refit_block(b, lp.ranks[r][j], cross[j], wc))
+    return replace(reg, blocks=tuple(blocks))
 
 
 def prefix_ident(done: list[tuple[str, LayerPlan]]) -> list:
