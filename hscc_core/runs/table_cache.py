@@ -23,7 +23,7 @@ from hscc_core.runs.table import mark_pareto, runs_table
 
 __all__ = ["TABLE_VERSION", "stored_runs_table"]
 
-TABLE_VERSION = 1  # bump when runs_table's columns change
+TABLE_VERSION = 2  # bump when runs_table's columns change (2: calibration; allocation for every method)
 _META = ("_mtime", "_size", "_data", "_model", "_method")
 _FULL_LISTING = 100  # above this many unread runs, one listing is cheaper than reads with arrays
 
