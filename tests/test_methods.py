@@ -7,6 +7,7 @@ from conftest import conv_stack, random_images
 from hscc_core.compress.allocation import GreedyBudget
 from hscc_core.compress.budgets import BudgetResult
 from hscc_core.compress.methods import METHODS, Settings, get_method, make_plan
+from hscc_core.compress.sensitivity import Sensitivity
 from hscc_core.compress.summary import LayerSummary
 from hscc_core.measure.costs import layer_flops
 
@@ -63,21 +64,16 @@ def test_budget_mode_uniform_for_every_method(method):
                                          ("tucker", "output")])
 def test_greedy_and_sensitivity_for_every_method(method, side):
     model, m, d, _ = decomposition(method, side)
-    for allocation, weights in (("greedy", None), ("sensitivity", {n: 1.0 + i for i, n in enumerate(
-            plan_layers(m, d))})):
-        plan, outcome = make_plan(m, d, budget=3.0, allocation=allocation, weights=weights)
+    curves = Sensitivity({n: [(0.1, 0.1 * (1 + i)), (0.3, 0.5 * (1 + i))]
+                          for i, n in enumerate(m.plan(d, 0.9).summaries())})
+    for allocation, sens in (("greedy", None), ("sensitivity", curves)):
+        plan, outcome = make_plan(m, d, budget=3.0, allocation=allocation, sensitivity=sens)
         assert isinstance(outcome, GreedyBudget) and plan.energy is None and plan.macs() <= d.original_macs / 3
         comp = m.build(model, plan)
         counted = layer_flops(comp, list(plan.summaries()), SHAPE)
         assert sum(counted.values()) == 2 * plan.macs()
-    with pytest.raises(ValueError, match="weights go with allocation 'sensitivity'"):
-        make_plan(m, d, budget=3.0, allocation="greedy", weights={"0": 1.0})
-    with pytest.raises(ValueError, match="weights go with allocation 'sensitivity'"):
-        make_plan(m, d, budget=3.0, allocation="sensitivity")
-
-
-def plan_layers(m, d):
-    return list(m.plan(d, 0.9).summaries())
+    with pytest.raises(ValueError, match="sensitivities go with allocation 'sensitivity'"):
+        make_plan(m, d, budget=3.0, allocation="greedy", sensitivity=curves)
 
 
 def test_plan_rules_every_method_refuses():

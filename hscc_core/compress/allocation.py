@@ -61,6 +61,7 @@ class GreedyBudget:
     met: bool
     message: str
     energy: None = None
+    prices: dict | None = None  # sensitivity allocation: the layer prices the plan was made with
 
     @property
     def achieved_ratio(self) -> float:
@@ -326,8 +327,9 @@ def greedy_budget(decomp, budget: float, tol: float = 0.02, weights: Mapping[str
         Relative window below the target that still counts as meeting it (0 <= tol < 1).
     weights, multiple
         As for :func:`greedy_plan`.
-    plan_fn : callable(target_macs) -> plan, optional
-        Plans for a target instead of :func:`greedy_plan` (tests).
+    plan_fn : callable(target_macs) -> (plan, prices), optional
+        Plans for a target instead of :func:`greedy_plan` (sensitivity allocation,
+        :func:`hscc_core.compress.sensitivity.sensitivity_plan`).
 
     Returns
     -------
@@ -339,7 +341,7 @@ def greedy_budget(decomp, budget: float, tol: float = 0.02, weights: Mapping[str
         raise ValueError(f"tol must be in [0, 1), got {tol}")
     original = int(decomp.original_macs)
     target = original / budget
-    plan = (plan_fn or (lambda t: greedy_plan(decomp, t, weights, multiple)))(target)
+    plan, prices = plan_fn(target) if plan_fn is not None else (greedy_plan(decomp, target, weights, multiple), None)
     macs = int(plan.macs())
     met = target * (1.0 - tol) <= macs <= target
     if met:
@@ -350,7 +352,7 @@ def greedy_budget(decomp, budget: float, tol: float = 0.02, weights: Mapping[str
     else:
         msg = (f"budget {budget:g}x not met within {tol:.0%}: every direction with calibration energy "
                f"costs only {macs} MACs, below the target window [{target * (1 - tol):.0f}, {target:.0f}]")
-    return plan, GreedyBudget(macs, target, original, met, msg)
+    return plan, GreedyBudget(macs, target, original, met, msg, prices=prices)
 
 
 def captured_energy(plan) -> dict[str, float]:

@@ -26,6 +26,7 @@ from hscc_core.compress.allocation import greedy_budget
 from hscc_core.compress.budgets import search_energy
 from hscc_core.compress.hscc import build_hscc, cluster_side, plan_at_energy
 from hscc_core.compress.hscc.sequential import CrossSource, fit_sequential
+from hscc_core.compress.sensitivity import Sensitivity, sensitivity_plan
 from hscc_core.compress.svd import build_svd, plan_svd, svd_decompose
 from hscc_core.compress.tucker import build_tucker, plan_tucker, tucker_decompose
 
@@ -158,7 +159,7 @@ def get_method(name: str) -> Method:
 
 
 def make_plan(method: Method, decomp: Any, energy: float | None = None, budget: float | None = None,
-              allocation: str = "uniform", weights: dict[str, float] | None = None,
+              allocation: str = "uniform", sensitivity: Sensitivity | None = None,
               multiple: int = 1) -> tuple[Any, Any]:
     """The plan for a run's target, and the budget outcome (None in energy mode).
 
@@ -173,10 +174,11 @@ def make_plan(method: Method, decomp: Any, energy: float | None = None, budget: 
         Compress the layers' MACs by this factor (budget mode, DESIGN 3.7).
     allocation : {"uniform", "greedy", "sensitivity"}
         Budget mode: one shared threshold found by bisection, greedy allocation, or greedy
-        allocation priced by ``weights``.
-    weights : dict of layer name to float, optional
-        ``sensitivity``: each layer's price of relative energy
-        (:func:`hscc_core.compress.sensitivity.layer_sensitivity`).
+        allocation priced by the layers' measured sensitivities.
+    sensitivity : Sensitivity, optional
+        ``sensitivity``: the layers' measured KL curves
+        (:func:`hscc_core.compress.sensitivity.layer_sensitivity`); the outcome's ``prices`` say
+        how they priced the layers for this budget.
     multiple : int
         Round every rank to a multiple of this (HSCC only; 1: no constraint).
 
@@ -191,11 +193,13 @@ def make_plan(method: Method, decomp: Any, energy: float | None = None, budget: 
     if allocation not in method.allocations:
         raise ValueError(f"allocation {allocation!r} is not available for {method.title} "
                          f"(allowed: {', '.join(method.allocations)})")
-    if (allocation == "sensitivity") != (weights is not None):
-        raise ValueError("layer weights go with allocation 'sensitivity', and only with it")
+    if (allocation == "sensitivity") != (sensitivity is not None):
+        raise ValueError("layer sensitivities go with allocation 'sensitivity', and only with it")
     if budget is None:
         return method.plan(decomp, energy, multiple), None
-    if allocation in ("greedy", "sensitivity"):
-        return greedy_budget(decomp, budget, weights=weights, multiple=multiple)
+    if allocation == "greedy":
+        return greedy_budget(decomp, budget, multiple=multiple)
+    if allocation == "sensitivity":
+        return greedy_budget(decomp, budget, plan_fn=lambda t: sensitivity_plan(decomp, t, sensitivity, multiple))
     outcome = search_energy(lambda e: method.plan(decomp, e, multiple).macs(), decomp.original_macs, budget)
     return method.plan(decomp, outcome.energy, multiple), outcome

@@ -221,7 +221,7 @@ def _decomposition(ws: Workspace, model: nn.Module, meta: dict, config: RunConfi
 
 
 def _sensitivity(ws: Workspace, model: nn.Module, meta: dict, config: RunConfig, decomp, progress) -> Sensitivity:
-    """Layer sensitivities of the run's method decomposition (computed once and stored): KL to the
+    """Layer sensitivities of the run's method decomposition (measured once and stored): KL to the
     original on up to 128 calibration images with one layer truncated at a time."""
     method = get_method(config.method)
     key = cache_key("sensitivity", {**_stats_base(ws, meta, config.calib_size, config.seed, False),
@@ -274,7 +274,7 @@ class Compressed:
     model: nn.Module
     plan: Any
     outcome: Any = None  # BudgetResult (uniform) or GreedyBudget (greedy, sensitivity); None in energy mode
-    sensitivity: Sensitivity | None = None  # the layer prices of sensitivity allocation
+    sensitivity: Sensitivity | None = None  # sensitivity allocation: the measured curves and the prices used
 
     @property
     def energy(self) -> float | None:
@@ -298,8 +298,9 @@ def build_compressed(ws: Workspace, config: RunConfig, progress=None, model=None
     decomp = _decomposition(ws, model, meta, config, progress)
     sens = _sensitivity(ws, model, meta, config, decomp, progress) if config.allocation == "sensitivity" else None
     plan, outcome = make_plan(method, decomp, energy=config.energy, budget=config.budget,
-                              allocation=config.allocation, weights=None if sens is None else sens.weights,
-                              multiple=config.rank_multiple)
+                              allocation=config.allocation, sensitivity=sens, multiple=config.rank_multiple)
+    if sens is not None:  # the measured curves, and the prices they gave this budget
+        sens = Sensitivity(sens.points, outcome.prices)
     if config.calibration == "sequential":
         plan = method.fit_sequential(model, plan, _cross_source(ws, model, meta, config, progress))
     return Compressed(method.build(model, plan), plan, outcome, sens)
