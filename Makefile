@@ -6,16 +6,22 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8501
 
-.PHONY: setup prepare run test browser-deps clean-cache
+.PHONY: setup native prepare run test browser-deps clean-cache
 
-setup: $(STAMP)
+setup: $(STAMP) native
 
 # Reinstall whenever the dependencies change; torch/torchvision are pinned in pyproject.toml.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,ray]'
+	$(PY) -m pip install --quiet -e '.[test,ray,onnx]'
 	touch $(STAMP)
+
+# The native HSCC kernel (C++/OpenMP, hscc_core/compress/native), built once per torch version and
+# source into ~/.cache/hscc-explorer/native (a no-op when built). Without a compiler the PyTorch
+# path runs instead, so a failed build does not stop the setup.
+native: $(STAMP)
+	$(PY) -m hscc_core.compress.native build || echo "native HSCC kernel not built: the PyTorch path will run"
 
 # Generates the embedded phantom and trains its baseline once (instant afterwards).
 prepare: setup

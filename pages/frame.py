@@ -17,9 +17,7 @@ key); run lists are cached by the store's current set of keys, so a new run show
 
 from __future__ import annotations
 
-import logging
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +25,21 @@ import streamlit as st
 
 from hscc_core.data.folders import DataError
 from hscc_core.nn.models import CheckpointError
+from hscc_core.present.errors import log_exception, viewer_message
 from hscc_core.present.labels import NOTICE, pct, speed_text
+from hscc_core.present.plots import themed
+from hscc_core.present.text import plain
+from hscc_core.runs import jobs
 from hscc_core.runs.config import run_name
-from hscc_core.runs.pipeline import original_run
+from hscc_core.runs.pipeline import original_run, rebuild_model
 from hscc_core.runs.selection import baseline_runs
+from hscc_core.runs.settings import DataSettings, data_choices, data_settings, resolve_data_folder
 from hscc_core.runs.store import RunStore
 from hscc_core.runs.workspace import Workspace
 
-__all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "baseline_ready", "baseline_run", "begin", "finish",
-           "load_arrays", "load_run", "prepare_with_progress", "run_page", "run_picker", "select_run", "selected_run",
-           "show", "workspace_for", "workspace_id", "app"]
+__all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "app", "baseline_ready", "baseline_run", "begin", "chart",
+           "compressed_model", "finish", "load_arrays", "load_run", "prepare_with_progress", "run_page", "run_picker",
+           "select_run", "selected_run", "settings", "show", "theme", "workspace_for", "workspace_id"]
 
 # The pages, in navigation order: file stem, navigation label, page title, icon.
 PAGES = [
@@ -61,7 +64,6 @@ _FRAMED = "_frame_open"  # session key: app.py opened the frame in this script r
 _WRITTEN = "_frame_link"  # session key: the ?run= value the frame itself last wrote into the URL
 USER_ERRORS = (DataError, CheckpointError, ValueError, OSError)
 _ENV_SETTINGS = ("HSCC_CACHE_DIR", "HSCC_ARCH", "HSCC_INPUT_SIZE", "HSCC_EPOCHS", "HSCC_SPLIT")
-_LOG = logging.getLogger("hscc_explorer.app")
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,14 +75,36 @@ def _settings() -> tuple[str, ...]:
     return tuple(os.environ.get(name, "") for name in _ENV_SETTINGS)
 
 
+def _operator() -> DataSettings:
+    """What the operator allows (data folders, preparing baselines): from the server's environment."""
+    return data_settings()
+
+
+def _default_data() -> str:
+    default = _operator().default
+    return "" if default is None else str(default)
+
+
+def settings() -> tuple[str, ...]:
+    """The environment settings that, with :func:`workspace_id`, identify the workspace (cache keys)."""
+    return _settings()
+
+
 def workspace_id() -> str:
     """Hashable description of the selected workspace (the data path; the rest comes from the env)."""
-    return st.session_state.get("data_path", os.environ.get("HSCC_DATA", "")).strip()
+    return str(st.session_state.get("data_path", _default_data())).strip()
 
 
 def workspace_for(data: str) -> Workspace:
-    """The (cached) workspace of a data path, with the rest of its settings from the environment."""
-    return _workspace(data, _settings())
+    """The (cached) workspace of a data path, with the rest of its settings from the environment.
+
+    Raises
+    ------
+    DataAccessError
+        A folder outside what the operator allows (``HSCC_DATA``, ``HSCC_DATA_ROOTS``).
+    """
+    folder = resolve_data_folder(data, _operator())
+    return _workspace("" if folder is None else str(folder), _settings())
 
 
 @st.cache_resource(show_spinner=False)
@@ -139,6 +163,36 @@ def prepare_with_progress(ws: Workspace) -> None:
     bar.empty()
 
 
+@st.cache_resource(show_spinner=False)
+def _opened() -> set:
+    # Workspaces whose page context opened once in this server process: later pages need no
+    # "loading" message (the model, the data and the original's metrics are in memory).
+    return set()
+
+
+# --------------------------------------------------------------------------------------------
+# Charts in the theme of the app
+
+
+def theme() -> str:
+    """``"dark"`` or ``"light"``: the theme the browser shows (light when Streamlit does not say)."""
+    try:
+        kind = getattr(st.context.theme, "type", None)
+    except Exception:  # noqa: BLE001 - no browser context (AppTest, bare mode)
+        kind = None
+    return "dark" if kind == "dark" else "light"
+
+
+def chart(fig, key: str, where=None, **kwargs):
+    """``st.plotly_chart`` of a figure of ``hscc_core.present`` in the app's theme (light or dark).
+
+    The figures carry their own colours (Okabe-Ito marks, readable fonts), so Streamlit's plotly theme
+    is off; :func:`hscc_core.present.plots.themed` gives them the dark theme's background and text.
+    """
+    return (where or st).plotly_chart(themed(fig, theme()), key=key, theme=None,
+                                      config={"displaylogo": False, **kwargs.pop("config", {})}, **kwargs)
+
+
 # --------------------------------------------------------------------------------------------
 # The context of a page
 
@@ -176,11 +230,11 @@ def _open_context() -> Context | None:
     try:
         ws = workspace_for(workspace_id())
     except USER_ERRORS as exc:
-        st.error(f"Cannot open this workspace: {exc}")
+        st.error(f"Cannot open this workspace: {plain(exc)}")
         return None
     ready, error = baseline_ready(ws)
     if error:
-        st.error(error)
+        st.error(plain(error))
         return None
     if not ready:
         st.info("Prepare the baseline from the sidebar (or run `hscc prepare`) first.")
@@ -190,7 +244,7 @@ def _open_context() -> Context | None:
             _, meta = ws.baseline(train_if_missing=False)
             original = baseline_run(workspace_id())
     except (*USER_ERRORS, FileNotFoundError) as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return None
     return Context(ws, meta, original)
 
@@ -237,6 +291,17 @@ def load_arrays(ctx: Context, key: str) -> dict | None:
         return None
 
 
+@st.cache_resource(show_spinner="Rebuilding the compressed model...", max_entries=4)
+def _compressed(data: str, settings: tuple[str, ...], cache_dir: str, key: str):
+    return rebuild_model(_workspace(data, settings), RunStore(cache_dir).get_run(key))
+
+
+def compressed_model(cache_dir: str, key: str):
+    """The compressed model of a stored run of this session's workspace, rebuilt once per run (a
+    resource). A fine-tuned run is fine-tuned again (its weights are not stored): pages ask first."""
+    return _compressed(workspace_id(), _settings(), str(cache_dir), key)
+
+
 def select_run(run: dict, sync_explorer: bool = True) -> None:
     """Make ``run`` the selected run of every page (and, optionally, load it into the explorer)."""
     st.session_state[SELECTED] = run["cache_key"]
@@ -280,29 +345,50 @@ def run_picker(ctx: Context, page: str) -> dict | None:
 # Drawing the frame (app.py)
 
 
+def _data_picker(operator: DataSettings) -> None:
+    """The data folder: a choice among what the operator allows, or a text box where they allow one."""
+    st.session_state.setdefault("data_path", _default_data())
+    help_text = ("An ImageFolder layout: ROOT/Training/<class>/, ROOT/Testing/<class>/ or ROOT/<class>/. "
+                 "The server's operator decides which folders the app may open (HSCC_DATA, HSCC_DATA_ROOTS).")
+    if operator.allow_input:
+        st.text_input("Data folder (empty: embedded MRI phantom)", key="data_path", help=help_text)
+        return
+    choices = data_choices(operator)
+    if st.session_state["data_path"] not in choices:
+        st.session_state["data_path"] = _default_data()
+    st.selectbox("Data folder", choices, key="data_path", help=help_text,
+                 format_func=lambda c: c or "embedded MRI phantom")
+
+
 def _sidebar() -> None:
     """Dataset choice, baseline status and headline metrics; a slot for the selected run."""
     with st.sidebar:
         st.header("Dataset")
-        st.text_input("Data folder (empty: embedded MRI phantom)", key="data_path",
-                      value=st.session_state.get("data_path", os.environ.get("HSCC_DATA", "")),
-                      help="An ImageFolder layout: ROOT/Training/<class>/, ROOT/Testing/<class>/ "
-                           "or ROOT/<class>/. Also settable with the HSCC_DATA environment variable.")
+        try:
+            operator = _operator()
+        except ValueError as exc:  # a switch set to neither on nor off
+            st.error(plain(exc))
+            return
+        _data_picker(operator)
         try:
             ws = workspace_for(workspace_id())
         except USER_ERRORS:
             return  # the main area says why
-        st.caption(ws.data_label())
+        st.caption(plain(ws.data_label()))
         ready, error = baseline_ready(ws)
         if error:
             return
         if not ready:
             st.warning("No baseline for this dataset yet.")
+            if not operator.allow_prepare:
+                st.caption("The operator prepares baselines on this server (`hscc prepare`, or "
+                           "HSCC_ALLOW_PREPARE=1 to allow it from the app).")
+                return
             if st.button("Prepare baseline", key="sidebar_prepare"):
                 try:
                     prepare_with_progress(ws)
                 except USER_ERRORS as exc:
-                    st.error(str(exc))
+                    st.error(plain(exc))
                     return
                 st.rerun()
             return
@@ -311,7 +397,8 @@ def _sidebar() -> None:
         except USER_ERRORS:
             return
         st.subheader("Baseline")
-        st.metric("Baseline accuracy", pct(run["accuracy"]), help=f"SE {100 * run['accuracy_se']:.1f} points (bootstrap)")
+        st.metric("Baseline accuracy", pct(run["accuracy"], 2),
+                  help=f"SE {100 * run['accuracy_se']:.1f} points (bootstrap)")
         st.metric("Macro F1", f"{run['macro_f1']:.3f}", help=f"SE {run['macro_f1_se']:.3f}")
         st.session_state[_SLOT] = st.container()  # filled by finish() once the page has run
         st.caption(NOTICE)
@@ -332,14 +419,26 @@ def _follow_link(ctx: Context) -> None:
 
 
 def begin(title: str) -> bool:
-    """Draw the frame's top (sidebar, title) and open the page's context; True when the page can run."""
+    """Draw the frame's top (title, sidebar) and open the page's context; True when the page can run.
+
+    The first page of a server process loads the baseline model, the data and the original's metrics
+    (half a minute for the real AlexNet): a message says so instead of a blank page.
+    """
     st.session_state.pop(_SLOT, None)
     st.session_state.pop(_CONTEXT, None)
-    _sidebar()
     st.title(title)
+    loading = st.empty()
+    wid = (workspace_id(), _settings())
+    if wid not in _opened():
+        loading.info("Loading the baseline model and the data: the first page after the server starts takes a "
+                     "little while (up to a minute for the real dataset); then pages open at once.",
+                     icon=":material/hourglass_top:")
+    _sidebar()
     ctx = _open_context()
+    loading.empty()
     if ctx is None:
         return False
+    _opened().add(wid)
     _follow_link(ctx)
     st.session_state[_CONTEXT] = ctx
     return True
@@ -382,13 +481,58 @@ def run_page(page) -> None:
     st.session_state[_FRAMED] = True
     try:
         page.run()
-    except Exception:  # noqa: BLE001 - Streamlit's stop/rerun signals are BaseExceptions and pass through
-        error_id = uuid.uuid4().hex[:8]
-        _LOG.exception("page %s failed (error id %s)", getattr(page, "title", "?"), error_id)
-        st.error(f"Something went wrong on this page (error id {error_id}). The details are in the server "
-                 "log; the other pages keep working.")
+    except Exception as exc:  # noqa: BLE001 - Streamlit's stop/rerun signals are BaseExceptions and pass through
+        st.error(viewer_message(log_exception(exc)) + " The other pages keep working.")
     finally:
         st.session_state.pop(_FRAMED, None)
+
+
+def seen_job(job_id: int) -> None:
+    """Mark a finished background run as seen by this session (the sidebar stops listing it)."""
+    st.session_state[f"_seen_job_{job_id}"] = True
+
+
+def _background_list(ctx: Context) -> None:
+    queue = jobs.queue_for(ctx.ws)
+    shown = [j for j in queue.jobs() if j.active or not st.session_state.get(f"_seen_job_{j.id}")][:5]
+    if any(j.active for j in shown):
+        # Redrawn every two seconds while something computes; a full rerun when it finishes (a new run).
+        st.session_state["_jobs_active"] = True
+    elif st.session_state.pop("_jobs_active", False):
+        st.rerun()
+    if not shown:
+        return
+    st.subheader("Background runs")
+    for job in shown:
+        name = describe(job.config)
+        if job.active:
+            state = job.status()
+            st.progress(state.fraction, text=f"{name}: " + (state.text() if job.state == "running" else "queued"))
+        elif job.state == "done":
+            c = st.columns([3, 1], vertical_alignment="center")
+            c[0].caption(f":material/check_circle: {name}: ready")
+            if c[1].button("Open", key=f"_open_job_{job.id}", help="Select this run and show it on the Explorer"):
+                seen_job(job.id)
+                run = load_run(ctx, job.key)
+                if run is not None:
+                    select_run(run)
+                st.switch_page("pages/explorer.py")
+        else:
+            c = st.columns([3, 1], vertical_alignment="center")
+            c[0].caption(f":material/error: {name}: failed ({job.error})")
+            if c[1].button("Hide", key=f"_hide_job_{job.id}"):
+                seen_job(job.id)
+                st.rerun(scope="fragment")
+
+
+def background_runs(ctx: Context) -> None:
+    """The background runs of this workspace in the sidebar (on every page), with their progress."""
+    active = bool(jobs.queue_for(ctx.ws).active())
+    st.fragment(run_every=2.0 if active else None)(_background_list)(ctx)
+
+
+def describe(config) -> str:
+    return run_name({"method": config.method, "config": config.canonical()})
 
 
 def finish() -> None:
@@ -400,6 +544,7 @@ def finish() -> None:
         st.query_params["run"] = st.session_state[_WRITTEN] = run["cache_key"]  # page switches clear it
     if slot is not None and ctx is not None:
         with slot:
+            background_runs(ctx)
             if run is None:
                 st.caption("No run selected: pick one on the Explorer or Pareto page.")
             else:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +91,20 @@ def use_tiny_app_env(monkeypatch, data: Path, cache: Path) -> None:
     for name, value in tiny_env(data, cache).items():
         monkeypatch.setenv(name, value)
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+
+
+def cnn(widths=(8, 16, 12), convs=((3, 1, 1), (5, 2, 2), (11, 4, 2)), seed: int = 0, head: bool = True,
+        inplace: bool = False) -> nn.Module:
+    """A small seeded CNN: 3-channel input, one ReLU'd Conv2d per (kernel, stride, padding) in ``convs``
+    with ``widths`` output channels, then (``head``) global pooling and a 4-class linear layer."""
+    torch.manual_seed(seed)
+    layers, cin = [], 3
+    for width, (k, stride, pad) in zip(widths, convs):
+        layers += [nn.Conv2d(cin, width, k, stride, pad), nn.ReLU(inplace=inplace)]
+        cin = width
+    if head:
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 4)]
+    return nn.Sequential(*layers).eval()
 
 
 def conv_stack(seed: int = 0) -> nn.Module:
@@ -174,6 +191,12 @@ def region_modules(model: nn.Module) -> dict:
 APP = Path(__file__).resolve().parents[1] / "app.py"
 PAGES = ["pages/overview.py", "pages/explorer.py", "pages/pareto.py", "pages/confusion.py", "pages/heatmaps.py",
          "pages/report.py", "pages/runs.py", "pages/compare.py", "pages/demo.py"]
+
+
+def shown(text: str) -> str:
+    """What a reader sees of Markdown made by ``present.text.plain``: CommonMark drops a backslash
+    before punctuation; no-break spaces look like spaces and word joiners (U+2060) are invisible."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text).replace("\u00a0", " ").replace("\u2060", "")
 
 
 def assert_page_ok(at) -> None:
@@ -478,3 +501,66 @@ def table_run(key, method="hscc", grid=2, clusters=4, energy=0.9, budget=None, a
                              "original": {"b1": {"median": 2.0}, "b32": {"median": 20.0}}}
         run["speedup"] = {"b1": 2.0 / latency, "b32": 20.0 / (10 * latency)}
     return run
+
+
+# --------------------------------------------------------------------------- faults (subprocesses, read-only caches)
+FAULT_TINY = ["--arch", "tiny", "--input-size", "32", "--epochs", "2", "--quiet"]
+
+
+def _without_override() -> list[str]:
+    # root ignores file modes (CAP_DAC_OVERRIDE); dropping the capability from the child's bounding
+    # set makes `chmod a-w` bind it as it binds any user.
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot make a folder read-only for the child")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+def hscc(*args: str, read_only: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m hscc_core ARGS`` from the repository root; stdout and stderr as text."""
+    cmd = [*(_without_override() if read_only else []), sys.executable, "-m", "hscc_core", *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def python(code: str, *, read_only: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -c CODE`` like :func:`hscc`."""
+    cmd = [*(_without_override() if read_only else []), sys.executable, "-c", code]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def set_read_only(path: Path, read_only: bool = True) -> None:
+    """``chmod -R a-w`` (or back to ``u+w``) on ``path`` and everything under it."""
+    for dirpath, dirs, files in os.walk(path):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirs + files)]:
+            mode = os.lstat(name).st_mode
+            if os.path.islink(name):
+                continue
+            os.chmod(name, (mode & ~0o222) if read_only else (mode | 0o200))
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, exactly one ``hscc: error:`` line, no traceback; returns that line."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("hscc: error: ")]
+    assert proc.returncode == 2, proc.stderr
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1 x 1 grey PNG whose header claims ``width`` x ``height`` (a decoder must not be reached)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    return bytes(data)

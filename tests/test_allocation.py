@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import SIDES, hscc_decomposition, region_modules
+from conftest import SIDES, cnn, hscc_decomposition, region_modules
 from hscc_core.compress.allocation import _steps, captured_energy, greedy_budget, greedy_plan
 from hscc_core.compress.budgets import search_energy
 from hscc_core.compress.hscc import Plan, build_hscc, plan_at_energy, plan_macs
@@ -18,12 +18,7 @@ torch.set_num_threads(2)
 
 
 def random_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 12, 3, 1, 1), nn.ReLU(),
-        nn.Conv2d(12, 16, 5, 2, 2), nn.ReLU(),
-        nn.Conv2d(16, 20, 3, 1, 1), nn.ReLU(),
-    ).eval()
+    return cnn((12, 16, 20), ((3, 1, 1), (5, 2, 2), (3, 1, 1)), seed, head=False)
 
 
 X = torch.randn(20, 3, 24, 24, generator=torch.Generator().manual_seed(1))

@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
+from conftest import cnn
 from hscc_core.compress.summary import LayerSummary
 from hscc_core.compress.svd import LowRankConv2d, build_svd, plan_svd, plan_svd_macs, svd_decompose
 from hscc_core.compress.tucker import Tucker2Conv2d, build_tucker, plan_tucker, plan_tucker_macs, tucker_decompose
@@ -20,13 +21,7 @@ ENERGIES = [0.2, 0.5, 0.8, 0.9, 0.97, 1.0]
 
 
 def tiny_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU(),
-        nn.Conv2d(16, 32, 5, 2, 2), nn.ReLU(),
-        nn.Conv2d(32, 24, 11, 4, 2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 4),
-    ).eval()
+    return cnn((16, 32, 24), ((3, 1, 1), (5, 2, 2), (11, 4, 2)), seed)
 
 
 def x_in(n=4, size=32, seed=1):

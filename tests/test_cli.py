@@ -124,7 +124,7 @@ def test_compress_json_and_stderr_summary(capsys, trained_workspace):
                              "--latency-runs", "2")
     run = json.loads(out)
     assert code == 0 and run["method"] == "svd" and run["config"]["budget"] == 2.0
-    assert "svd 2x" in err and len([l for l in err.splitlines() if "svd 2x" in l]) == 1
+    assert "svd greedy 2x" in err and len([l for l in err.splitlines() if "svd greedy 2x" in l]) == 1
     code, out, _ = run_cli(capsys, "compress", *args, "--method", "svd", "--budget", "2", "--json")
     assert json.loads(out)["cached"] is True
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import hscc_decomposition
+from conftest import cnn, hscc_decomposition
 from hscc_core.compress.hscc import build_hscc, plan_at_energy
 from hscc_core.measure.fidelity import layer_error_map, layer_errors
 
@@ -17,13 +17,8 @@ NAMES = ["0", "2", "4"]
 
 
 def small_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(  # in-place ReLUs as in AlexNet: captured outputs must not be overwritten
-        nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(inplace=True),
-        nn.Conv2d(8, 16, 5, 2, 2), nn.ReLU(inplace=True),
-        nn.Conv2d(16, 12, 3, 1, 1), nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 4),
-    ).eval()
+    # In-place ReLUs as in AlexNet: captured outputs must not be overwritten.
+    return cnn((8, 16, 12), ((3, 1, 1), (5, 2, 2), (3, 1, 1)), seed, inplace=True)
 
 
 def images(m: int, seed: int) -> torch.Tensor:

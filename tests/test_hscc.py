@@ -11,6 +11,7 @@ from torch import nn
 
 from conftest import (SIDES, apply, conv_stack, hscc_decomposition, hscc_model, layer_tensor, needs_gpu,
                       random_images, region_modules)
+from hscc_core.compress import native
 from hscc_core.compress.hscc import (INPUT, OUTPUT, HSCCConv2d, HSCCInputConv2d, build_hscc, cluster_side,
                                      input_conv, plan_at_energy, plan_macs, set_stage1_mode)
 from hscc_core.compress.hscc.regions import region_bounds
@@ -237,8 +238,9 @@ def test_sides_cost_one_direction_as_the_design_says():
 
 
 def assert_fast_equals_reference(mod, x: torch.Tensor, monkeypatch) -> None:
-    """Every execution choice of the fast path equals the reference forward."""
-    with torch.no_grad():
+    """Every execution choice of the PyTorch fast path equals the reference forward (the native
+    kernel, which would otherwise take the call, is tested in test_native.py)."""
+    with torch.no_grad(), native.disabled():
         ref = mod.forward_reference(x)
         tol = dict(rtol=1e-5, atol=1e-5 * max(1.0, ref.abs().max().item()))
         if isinstance(mod, HSCCConv2d):
@@ -295,7 +297,8 @@ def test_fast_path_counts_exactly_the_analytical_macs_and_trains_on_reference(si
     comp, plan = hscc_model(model, x, side, 3, 3, 0.7, batch_size=24)
     for mode in ("conv", "gemm"):
         set_stage1_mode(comp, mode)
-        counted = layer_flops(comp, list(plan.layers), (1, 3, 48, 48))
+        with native.disabled():  # the PyTorch path; the kernel's count is tested in test_native.py
+            counted = layer_flops(comp, list(plan.layers), (1, 3, 48, 48))
         for name, mod in region_modules(comp).items():
             assert counted[name] == 2 * mod.analytical_macs()  # no padded or masked work
     # With gradients the reference path runs; the same parameters learn.

@@ -10,7 +10,7 @@ from hscc_core.measure.metrics import predict_proba
 from hscc_core.present.explain import layer_reconstruction_error
 from hscc_core.runs import pipeline
 from hscc_core.runs.config import DEFAULTS, RunConfig
-from hscc_core.runs.pipeline import compress_run, original_run, rebuild_model
+from hscc_core.runs.pipeline import compress_run, original_run, rebuild_model, run_key
 
 RUN_FIELDS = ("method", "config", "cache_key", "cached", "accuracy", "accuracy_se", "macro_f1", "macro_f1_se",
               "per_class", "confusion_matrix", "flops", "flops_original", "layer_flops", "layer_flops_original",
@@ -77,10 +77,13 @@ def test_budget_met_or_reported(trained_workspace, method):
 
 
 def test_grid_and_clusters_clamping_reported(trained_workspace):
-    run, _ = compress_run(trained_workspace, RunConfig("hscc", grid=8, clusters=64, energy=0.9, calib_size=16),
+    # The grid is bounded by the smallest map (4 x 4 at 32 px input), so only clusters clamp here;
+    # a larger grid is refused before any work (tests/test_hardening.py).
+    assert trained_workspace.max_grid() == 4
+    run, _ = compress_run(trained_workspace, RunConfig("hscc", grid=4, clusters=64, energy=0.9, calib_size=16),
                           measure_speed=False)
     last = run["layers"]["features.6"]  # a 4 x 4 map at 32 px input
-    assert last["grid_clamped"] and last["grid_hw"] == [4, 4]
+    assert not last["grid_clamped"] and last["grid_hw"] == [4, 4]
     assert last["clusters_clamped"]
 
 
@@ -203,9 +206,20 @@ def test_calibration_on_the_whole_split_with_mirror_images(trained_workspace, mo
     seen = []
     real = calibration.compute_stats
     monkeypatch.setattr(calibration, "compute_stats", lambda m, x, *a, **k: seen.append(len(x)) or real(m, x, *a, **k))
-    run, _ = compress_run(ws, RunConfig(grid=5, clusters=1, energy=0.9, calib_size="all", calib_flip=True),
+    run, _ = compress_run(ws, RunConfig(grid=4, clusters=1, energy=0.9, calib_size="all", calib_flip=True),
                           measure_speed=False)
     assert seen == [2 * len(ws.images().y_train)]
     assert run["config"]["calib_size"] == "all" and run["config"]["calib_flip"] is True
     # The held-out layer errors then come from test images (nothing of the training split is left).
     assert set(run["layer_errors"]) == set(run["layers"])
+
+
+def test_baselines_ignore_the_calibration_size_they_leave_out_of_their_key(trained_workspace):
+    """Global SVD reads no calibration data: its key and every stored field, layer errors included,
+    are the same whatever --calib-size says."""
+    ws = trained_workspace
+    small, large = RunConfig("svd", energy=0.6, calib_size=8), RunConfig("svd", energy=0.6, calib_size=40)
+    assert run_key(ws, None, small) == run_key(ws, None, large)
+    a, _ = pipeline.compute_run(ws, small, measure_speed=False)
+    b, _ = pipeline.compute_run(ws, large, measure_speed=False)
+    assert a["layer_errors"] == b["layer_errors"]

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import sys
 
-from hscc_core.cli import bench, compress, data, heatmap, predict, search
+from hscc_core.cli import bench, compress, data, export, heatmap, predict, search
 from hscc_core.cli.common import EXIT_BAD_INPUT, Parser, UsageError
+from hscc_core.cli.messages import warning_lines
 from hscc_core.data.folders import DataError
 from hscc_core.nn.models import CheckpointError
 
 __all__ = ["build_parser", "main"]
 
-_GROUPS = (data, compress, bench, predict, heatmap, search)
+_GROUPS = (data, compress, bench, predict, heatmap, search, export)
 
 
 def build_parser() -> tuple[Parser, dict]:
@@ -35,12 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hscc`` console script."""
     parser, handlers = build_parser()
     try:
-        args = parser.parse_args(argv)
-        return handlers[args.command](args)
+        with warning_lines():  # warnings (a corrupt cache entry set aside) as `hscc: warning:` lines
+            args = parser.parse_args(argv)
+            return handlers[args.command](args)
     except UsageError as exc:
         print(f"hscc: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
+    except (DataError, CheckpointError, ValueError, FileNotFoundError) as exc:  # StoreError is a ValueError
+        print(f"hscc: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # what the environment refused (permissions, a full disk): still one line
         print(f"hscc: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -13,26 +13,33 @@ baseline) is saved as one ``torch.save`` file holding only plain data:
 unpickled), rebuilds the base architecture, swaps in empty modules of the described structure and
 loads the weights strictly, so any mismatch fails loudly. :func:`export_torchscript` writes a
 frozen TorchScript module (traced on the fast inference path) that runs with plain
-``torch.jit.load`` and no ``hscc_core`` import.
+``torch.jit.load`` and no ``hscc_core`` import; :func:`export_onnx` writes an ONNX file traced on
+the layers' plain module paths (standard operators only, never the native kernel's custom op) that
+runs in onnxruntime; :func:`onnx_session` opens one and :class:`OnnxModule` times it like a model.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from hscc_core.compress import native
 from hscc_core.compress.hscc import RegionLayer, cluster_side
 from hscc_core.compress.svd import LowRankConv2d
 from hscc_core.compress.tucker import Tucker2Conv2d
 from hscc_core.nn.layers import replace_module
 from hscc_core.nn.models import ARCHITECTURES, TinyCNN, build_model
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "describe", "export_torchscript", "load_compressed", "save_compressed"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "OnnxModule", "describe", "export_onnx", "export_torchscript",
+           "load_compressed", "onnx_session", "reference_forward", "save_compressed"]
 
 FORMAT = "hscc-explorer/compressed-model"
 FORMAT_VERSION = 2  # 2: one "hscc" layer type for both cluster sides, the side in its spec
@@ -209,3 +216,97 @@ def export_torchscript(model: nn.Module, path: str | Path, example_shape: tuple[
     finally:
         model.train(was)
     return path
+
+
+@contextmanager
+def reference_forward(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside, every compressed layer of ``model`` runs its plain module path: HSCC layers (either
+    side) their ``forward_reference``, Global SVD / Tucker-2 their chain of convolutions. Only
+    standard operators remain (no ``out=`` GEMMs, strided views or native calls), which is what
+    graph exporters need. The layers' own ``forward`` is restored afterwards."""
+    patched = []
+    for m in model.modules():
+        if isinstance(m, RegionLayer):
+            m.forward = m.forward_reference
+        elif isinstance(m, (LowRankConv2d, Tucker2Conv2d)):
+            m.forward = partial(nn.Sequential.forward, m)
+        else:
+            continue
+        patched.append(m)
+    try:
+        yield model
+    finally:
+        for m in patched:
+            del m.forward  # the instance attribute; the class's forward shows again
+
+
+def export_onnx(model: nn.Module, path: str | Path, example_shape: tuple[int, ...]) -> Path:
+    """Export ``model`` to one self-contained ONNX file with a dynamic batch size.
+
+    Traced (``torch.onnx.export``, the torch.export-based exporter) on the layers' plain module
+    paths (:func:`reference_forward`) with the native kernel switched off: standard ONNX operators
+    only. The spatial size is the one the compressed layers were calibrated for.
+
+    Parameters
+    ----------
+    model : nn.Module
+    path : str or Path
+    example_shape : tuple
+        (N, C, H, W) of an example input; N is exported as a dynamic dimension ``batch``.
+
+    Raises
+    ------
+    ValueError
+        When the ``onnx`` extra (onnx, onnxscript) is not installed.
+    """
+    try:
+        import onnxscript  # noqa: F401, PLC0415 - the exporter needs it
+    except ImportError:
+        raise ValueError("ONNX export needs the optional dependencies: pip install 'hscc-explorer[onnx]'") from None
+    path = Path(path)
+    was = model.training
+    model.eval()
+    try:
+        p = next(model.parameters())
+        # A batch of 2 at least: torch.export specialises a size-1 dimension to a constant.
+        n, *rest = tuple(example_shape)
+        example = torch.randn((max(n, 2), *rest), device=p.device, dtype=p.dtype)
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        with torch.no_grad(), native.disabled(), reference_forward(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # exporter chatter (deprecations, opset notes)
+            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"],
+                                        output_names=["logits"], dynamic_shapes=({0: batch},),
+                                        external_data=False, verbose=False)
+            program.save(str(path), external_data=False)
+    finally:
+        model.train(was)
+    return path
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session of ``path`` with ``threads`` intra-op threads (default: torch's
+    current thread count, so ONNX and PyTorch timings use the same CPUs)."""
+    try:
+        import onnxruntime as ort  # noqa: PLC0415
+    except ImportError:
+        raise ValueError("running ONNX models needs the optional dependencies: "
+                         "pip install 'hscc-explorer[onnx]'") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class OnnxModule(nn.Module):
+    """An onnxruntime session behind a module's call (float32 tensors in, logits out), so
+    :func:`hscc_core.measure.costs.measure_latency` times it exactly like a PyTorch model."""
+
+    def __init__(self, session) -> None:
+        super().__init__()
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feed = {self.input_name: x.detach().cpu().numpy().astype(np.float32, copy=False)}
+        return torch.from_numpy(self.session.run(None, feed)[0])

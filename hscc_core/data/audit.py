@@ -66,30 +66,8 @@ def audit(index: DatasetIndex, check_readable: bool = True,
         ``data.duplicates.duplicate_report``, else None), ``split`` (``official`` or the index's
         split rule) and ``summary`` counts.
     """
-    classes = index.classes
-    counts = {s: {c: 0 for c in classes} for s in ("train", "test")}
-    by_hash: dict[str, list[FileRecord]] = defaultdict(list)
-    for f in index.files:
-        counts[f.split][classes[f.label]] += 1
-        by_hash[f.sha256].append(f)
-
-    within = {"train": [], "test": []}
-    across, conflicts = [], []
-    for group in by_hash.values():
-        if len(group) < 2:
-            continue
-        for split in ("train", "test"):
-            members = sorted(f.relpath for f in group if f.split == split)
-            if len(members) > 1:
-                within[split].append(members)
-        splits = {f.split for f in group}
-        if splits == {"train", "test"}:
-            across.append({s: sorted(f.relpath for f in group if f.split == s) for s in ("train", "test")})
-        if len({f.label for f in group}) > 1:
-            conflicts.append(sorted(f"{f.relpath} ({classes[f.label]})" for f in group))
-
-    unreadable: list[str] = []
-    pixel_across = duplicates = None
+    counts, within, across, conflicts = _byte_copies(index)
+    unreadable, pixel_across, duplicates = [], None, None
     if check_readable and pixel_size is None:
         for i, f in enumerate(index.files):
             if not _readable(index.root / f.relpath):
@@ -101,26 +79,79 @@ def audit(index: DatasetIndex, check_readable: bool = True,
             signatures = compute_signatures(index, pixel_size, progress)
         elif signatures.size != pixel_size:
             raise ValueError(f"signatures decoded at {signatures.size} px, audit asked for {pixel_size} px")
-        by_pixels: dict[str, list[FileRecord]] = defaultdict(list)
-        for f in index.files:
-            digest = signatures.pixel[f.relpath]
-            if digest is None:
-                unreadable.append(f.relpath)
-            else:
-                by_pixels[digest].append(f)
-        pixel_across = sorted(
-            ({s: sorted(f.relpath for f in g if f.split == s) for s in ("train", "test")}
-             for g in by_pixels.values() if {f.split for f in g} == {"train", "test"}),
-            key=lambda g: g["test"])
+        unreadable, pixel_across = _pixel_copies(index, signatures)
         duplicates = duplicate_report(index, find_groups(index, signatures, threshold))
-
     try:
         would_drop = sorted(f.relpath for f in deduplicate(index).dropped)
         dedupe_error = None
     except DataError as exc:
         would_drop, dedupe_error = [], str(exc)
+    summary = _summary(index, counts, within, across, conflicts, unreadable, would_drop, pixel_across, pixel_size,
+                       duplicates)
+    return {
+        "root": str(index.root),
+        "split_on_disk": index.split_on_disk,
+        "classes": list(index.classes),
+        "counts": counts,
+        "duplicates_within": {s: sorted(v) for s, v in within.items()},
+        "duplicates_across": sorted(across, key=lambda g: g["test"]),
+        "label_conflicts": sorted(conflicts),
+        "unreadable": unreadable,
+        "would_drop": would_drop,
+        "dedupe_error": dedupe_error,
+        "pixel_copies_across": pixel_across,
+        "duplicate_groups": duplicates,
+        "split": index.split_rule or "official",
+        "summary": summary,
+    }
 
-    summary = {
+
+def _byte_copies(index: DatasetIndex):
+    """Class counts per split and the groups of byte-identical files: within a split, across the
+    splits, and under different classes."""
+    classes = index.classes
+    counts = {s: {c: 0 for c in classes} for s in ("train", "test")}
+    by_hash: dict[str, list[FileRecord]] = defaultdict(list)
+    for f in index.files:
+        counts[f.split][classes[f.label]] += 1
+        by_hash[f.sha256].append(f)
+    within = {"train": [], "test": []}
+    across, conflicts = [], []
+    for group in by_hash.values():
+        if len(group) < 2:
+            continue
+        for split in ("train", "test"):
+            members = sorted(f.relpath for f in group if f.split == split)
+            if len(members) > 1:
+                within[split].append(members)
+        if {f.split for f in group} == {"train", "test"}:
+            across.append({s: sorted(f.relpath for f in group if f.split == s) for s in ("train", "test")})
+        if len({f.label for f in group}) > 1:
+            conflicts.append(sorted(f"{f.relpath} ({classes[f.label]})" for f in group))
+    return counts, within, across, conflicts
+
+
+def _pixel_copies(index: DatasetIndex, signatures: Signatures) -> tuple[list[str], list[dict]]:
+    """Unreadable files, and the groups of test files whose decoded pixels equal a training file's."""
+    unreadable = []
+    by_pixels: dict[str, list[FileRecord]] = defaultdict(list)
+    for f in index.files:
+        digest = signatures.pixel[f.relpath]
+        if digest is None:
+            unreadable.append(f.relpath)
+        else:
+            by_pixels[digest].append(f)
+    pixel_across = sorted(
+        ({s: sorted(f.relpath for f in g if f.split == s) for s in ("train", "test")}
+         for g in by_pixels.values() if {f.split for f in g} == {"train", "test"}),
+        key=lambda g: g["test"])
+    return unreadable, pixel_across
+
+
+def _summary(index, counts, within, across, conflicts, unreadable, would_drop, pixel_across, pixel_size,
+             duplicates) -> dict:
+    """The audit's headline counts."""
+    return {
         "files": len(index.files),
         "train_files": sum(counts["train"].values()),
         "test_files": sum(counts["test"].values()),
@@ -142,22 +173,6 @@ def audit(index: DatasetIndex, check_readable: bool = True,
             "duplicate_group_label_conflicts": duplicates["summary"]["label_conflicts"],
             "test_images_with_twin_in_train": duplicates["summary"]["test_with_twin_in_train"],
             "near_duplicate_threshold": duplicates["threshold"]}),
-    }
-    return {
-        "root": str(index.root),
-        "split_on_disk": index.split_on_disk,
-        "classes": list(classes),
-        "counts": counts,
-        "duplicates_within": {s: sorted(v) for s, v in within.items()},
-        "duplicates_across": sorted(across, key=lambda g: g["test"]),
-        "label_conflicts": sorted(conflicts),
-        "unreadable": unreadable,
-        "would_drop": would_drop,
-        "dedupe_error": dedupe_error,
-        "pixel_copies_across": pixel_across,
-        "duplicate_groups": duplicates,
-        "split": index.split_rule or "official",
-        "summary": summary,
     }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -26,6 +27,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 from PIL import Image, ImageFile
+
+from hscc_core.data.imageio import MAX_PIXELS
 
 # Pillow would otherwise half-decode a truncated JPEG silently; we want an error we can count.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -222,10 +225,18 @@ def decode_image(data: bytes | Path, size: int) -> np.ndarray:
     Raises
     ------
     OSError, ValueError
-        When the file is not a decodable image (including truncated files).
+        When the file is not a decodable image (including truncated files), or has more than
+        ``imageio.MAX_PIXELS`` pixels (the cap ``predict`` applies), checked before decoding.
     """
     raw = data.read_bytes() if isinstance(data, Path) else data
-    with Image.open(io.BytesIO(raw)) as img:
+    with warnings.catch_warnings():
+        # Pillow warns from 89 Mpx on; the cap below refuses such images before they are decoded.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(raw))
+    with img:
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise ValueError(f"image is {w} x {h} pixels; the limit is {MAX_PIXELS:,} pixels")
         img.load()
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             arr = np.asarray(img, dtype=np.float64)

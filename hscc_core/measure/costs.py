@@ -18,7 +18,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_flops", "count_params", "flop_profile", "layer_flops", "measure_latency", "speedup"]
+# Seconds of timed rounds a compression run spends on its latency (runs.pipeline.compute_run): an
+# interleaved median of as many rounds as fit, batch 1 first (cheap: it gets its full count), batch
+# 32 on what is left.
+LATENCY_BUDGET_S = 4.0
+
+__all__ = ["LATENCY_BUDGET_S", "count_flops", "count_params", "flop_profile", "layer_flops", "measure_latency", "speedup"]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -115,6 +120,8 @@ def measure_latency(
     device: str | torch.device | None = None,
     seed: int = 0,
     cuda_graphs: bool = True,
+    budget_s: float | None = None,
+    min_runs: int = 5,
 ) -> dict:
     """Time forward passes of several models under the same conditions.
 
@@ -136,12 +143,23 @@ def measure_latency(
         per-kernel launch cost of the Python forward (a deployment would do the same). Every model
         gets the same treatment; when one model cannot be captured, no model's graph timing is
         reported for that batch size. Ignored on the CPU.
+    budget_s : float, optional
+        Wall-clock seconds the timed rounds may take in all (warm-ups included). Each batch size
+        gets an even share of what is left when it starts (so time batch 1 leaves to batch 32); its
+        number of interleaved rounds is what fits its share, measured from its last warm-up round,
+        between ``min_runs`` and ``runs``, and a round is not started once the share is spent
+        (unless fewer than ``min_runs`` were taken). Batch sizes after the first get one warm-up
+        round. None: exactly ``runs`` rounds, as before.
+    min_runs : int
+        Fewest timed rounds per batch size under a budget (>= 1; ``runs`` when that is fewer).
 
     Returns
     -------
     dict
         ``{"device": str, "runs": int, "warmup": int, "threads": int, "cuda_graphs": bool, "tf32": False,
+        "budget_s": float or None, "runs_taken": {"b1": int, ...},
         "models": {name: {"b1": {"median_ms": float, "p90_ms": float}, "b32": {...}}}}``.
+        ``runs`` is the fewest rounds any batch size got (``runs_taken`` has each).
         On a GPU with ``cuda_graphs``, each batch entry also has ``"graph_median_ms"`` and
         ``"graph_p90_ms"`` (absent for a batch size where a capture failed).
     """
@@ -149,6 +167,9 @@ def measure_latency(
         raise ValueError("no model to time")
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    if budget_s is not None and (budget_s <= 0 or min_runs < 1):
+        raise ValueError(f"budget_s must be > 0 and min_runs >= 1, got {budget_s}, {min_runs}")
+    min_runs = min(min_runs, runs)
     dev = torch.device(device) if device is not None else _device(next(iter(models.values())))
     gen = torch.Generator().manual_seed(seed)
     result = {
@@ -158,21 +179,37 @@ def measure_latency(
         "threads": torch.get_num_threads(),
         "cuda_graphs": bool(cuda_graphs and dev.type == "cuda"),
         "tf32": False,  # see _float32_math
+        "budget_s": None if budget_s is None else float(budget_s),
+        "runs_taken": {},
         "models": {name: {} for name in models},
     }
+    start = time.perf_counter()
     with _eval(*models.values()), _float32_math():
         moved = {name: m.to(dev) if _device(m) != dev else m for name, m in models.items()}
-        for bs in batch_sizes:
+        for i, bs in enumerate(batch_sizes):
             x = torch.randn((bs, *tuple(input_shape)[1:]), generator=gen).to(dev)
-            for m in moved.values():
-                for _ in range(warmup):
+            share_start = time.perf_counter()
+            share = None if budget_s is None else (budget_s - (share_start - start)) / (len(batch_sizes) - i)
+            n_warm = warmup if budget_s is None or i == 0 else min(warmup, 1)
+            round_s = 0.0
+            for _ in range(n_warm):
+                t0 = time.perf_counter()
+                for m in moved.values():
                     m(x)
-            _sync(dev)
+                _sync(dev)
+                round_s = time.perf_counter() - t0
+            n_runs = runs
+            if share is not None:  # as many rounds as the rest of this batch size's share holds
+                left = share - (time.perf_counter() - share_start)
+                n_runs = max(min_runs, min(runs, int(left / round_s) if round_s > 0 else runs))
             times: dict[str, list[float]] = {name: [] for name in moved}
-            for _ in range(runs):
+            for r in range(n_runs):
+                if share is not None and r >= min_runs and time.perf_counter() - share_start > share:
+                    break  # the machine got slower than the warm-up said: keep to the budget
                 # Interleave so drifts (thermal, other load) hit every model alike.
                 for name, m in moved.items():
                     times[name].append(_time_once(m, x, dev))
+            result["runs_taken"][f"b{bs}"] = len(next(iter(times.values())))
             for name, t in times.items():
                 result["models"][name][f"b{bs}"] = _stats(t)
             if result["cuda_graphs"]:
@@ -180,6 +217,7 @@ def measure_latency(
                 for name, t in (graph_times or {}).items():
                     g = _stats(t)
                     result["models"][name][f"b{bs}"].update(graph_median_ms=g["median_ms"], graph_p90_ms=g["p90_ms"])
+    result["runs"] = min(result["runs_taken"].values(), default=runs)
     return result
 
 

@@ -14,10 +14,11 @@ shared storage at the same path on every node; see ``docs/ray.md``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from hscc_core.runs.sweeps import LocalExecutor
 
@@ -143,14 +144,18 @@ class RayExecutor:
             ray.shutdown()  # stops a local instance we started; only disconnects from a cluster
 
     # ---- the Executor protocol -------------------------------------------------------------------
-    def submit_all(self, fn: Callable[[Any], Any], tasks: list) -> Iterator[tuple[Any, Any]]:
-        """Submit every task at once and yield ``(task, result or exception)`` as each finishes.
+    def submit_all(self, fn: Callable[[Any], Any], tasks: Iterable) -> Iterator[tuple[Any, Any]]:
+        """Submit tasks as the cluster has CPUs for them and yield ``(task, result or exception)``
+        as each finishes.
 
-        A task that raised (after its retries) yields the task's own exception, not Ray's wrapper,
-        so the sweep reports ``RuntimeError: ...`` as the local executor does.
+        At most one task per cluster CPU is in flight, so the sweep claims runs as they start and
+        a concurrent sweep can take the rest. A task that raised (after its retries) yields the
+        task's own exception, not Ray's wrapper, so the sweep reports ``RuntimeError: ...`` as
+        the local executor does.
         """
-        tasks = list(tasks)
-        if not tasks:
+        todo = iter(tasks)
+        first = next(todo, None)
+        if first is None:
             self._release()
             return
         ray = self._connect()
@@ -159,8 +164,15 @@ class RayExecutor:
         remote = ray.remote(num_cpus=1, max_retries=self.max_retries,
                             retry_exceptions=True)(_call_in_driver_cwd)
         cwd = os.getcwd()
+        todo = itertools.chain([first], todo)
+        window = max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+        def top_up() -> None:
+            for task in itertools.islice(todo, window - len(self._pending)):
+                self._pending[remote.remote(fn, task, cwd)] = task
+
         try:
-            self._pending = {remote.remote(fn, task, cwd): task for task in tasks}
+            top_up()
             while self._pending:
                 # A timeout keeps the wait short so Ctrl-C is handled within a second.
                 done, _ = ray.wait(list(self._pending), num_returns=1, timeout=1.0)
@@ -174,6 +186,7 @@ class RayExecutor:
                     except RayError as exc:  # worker or node died (after retries), task cancelled
                         outcome = exc
                     yield task, outcome
+                top_up()
         finally:
             # Normal end, Ctrl-C in ray.wait, or the consumer closing the generator early.
             self.shutdown()

@@ -26,16 +26,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from hscc_core.compress import native
 from hscc_core.compress.hscc.sequential import cross_stats, load_cross, save_cross
 from hscc_core.compress.methods import get_method, make_plan
 from hscc_core.compress.sensitivity import SENSITIVITY_ENERGIES, SENSITIVITY_IMAGES, Sensitivity, layer_sensitivity
 from hscc_core.data.folders import GreyBatches, calibration_indices
-from hscc_core.measure.costs import count_flops, count_params, flop_profile, layer_flops, measure_latency, speedup
+from hscc_core.measure.costs import (LATENCY_BUDGET_S, count_flops, count_params, flop_profile, layer_flops,
+                                     measure_latency, speedup)
 from hscc_core.measure.fidelity import layer_errors
 from hscc_core.measure.metrics import classification_metrics, fidelity, paired_comparison, predict_proba
 from hscc_core.nn.grey import input_channels, input_shape
 from hscc_core.nn.training import finetune_config, pick_device, train
-from hscc_core.runs.config import RunConfig, calibration_count
+from hscc_core.runs.config import DEFAULTS, RunConfig, calibration_count
 from hscc_core.runs.store import cache_key
 from hscc_core.runs.workspace import Workspace
 
@@ -113,7 +115,11 @@ def original_run(ws: Workspace, progress=None) -> tuple[dict, dict[str, np.ndarr
         return run, {"predictions": preds.astype(np.int64), "probabilities": probs.astype(np.float32)}
 
     run, cached = ws.store.get_or_compute(key, compute)
-    return dict(run, cached=cached), ws.store.get_arrays(key), cached
+    arrays = ws.store.get_arrays(key, required=("predictions", "probabilities"))
+    if arrays is None:  # unusable arrays were just set aside: compute the run again
+        run, cached = ws.store.get_or_compute(key, compute)
+        arrays = ws.store.get_arrays(key, required=("predictions", "probabilities"))
+    return dict(run, cached=cached), arrays, cached
 
 
 def original_key(ws: Workspace) -> str:
@@ -138,8 +144,11 @@ def run_key(ws: Workspace, meta: dict | None, config: RunConfig) -> str:
     """Cache key of a run: canonical config, model and data fingerprints, algorithm version.
 
     ``meta`` (the loaded baseline's metadata) is optional: without it the checkpoint file is hashed
-    instead of loaded, which keeps cache look-ups cheap.
+    instead of loaded, which keeps cache look-ups cheap. An HSCC grid above the model's
+    ``max_grid`` raises ValueError here, before any work.
     """
+    if config.method == "hscc":
+        ws.check_grid(config.grid)
     model = meta["fingerprint"] if meta is not None else ws.model_fingerprint()
     return cache_key("run", {"config": config.canonical(), "model": model,
                              "data": ws.index().fingerprint, "version": RUN_VERSION})
@@ -182,8 +191,7 @@ def calibration_stats(ws: Workspace, model: nn.Module, meta: dict, side, grid: i
         x = calibration_images(ws, model, calib_size, seed, flip)
         side.save_stats(path, side.compute_stats(model, x, grid, clusters, seed, progress=progress))
 
-    path, _ = ws.store.get_or_compute_blob("stats", key, "npz", write)
-    return side.load_stats(path)
+    return ws.store.load_or_compute_blob("stats", key, "npz", write, side.load_stats)[0]
 
 
 # The last decompositions (k-means, eigendecompositions, SVD, Tucker-2 mode spectra: everything that
@@ -240,8 +248,8 @@ def _sensitivity(ws: Workspace, model: nn.Module, meta: dict, config: RunConfig,
         sens = layer_sensitivity(method, model, decomp, x, progress=lambda d, t: progress("sensitivity", d, t))
         path.write_text(json.dumps(sens.to_json()))
 
-    path, _ = ws.store.get_or_compute_blob("sensitivity", key, "json", write)
-    return Sensitivity.from_json(json.loads(path.read_text()))
+    return ws.store.load_or_compute_blob("sensitivity", key, "json", write,
+                                         lambda p: Sensitivity.from_json(json.loads(p.read_text())))[0]
 
 
 def _cross_source(ws: Workspace, model: nn.Module, meta: dict, config: RunConfig, progress):
@@ -261,8 +269,7 @@ def _cross_source(ws: Workspace, model: nn.Module, meta: dict, config: RunConfig
             save_cross(path, cross_stats(model, prefix, name, lp, x,
                                          progress=lambda d, t: progress(f"sequential {name}", d, t)))
 
-        path, _ = ws.store.get_or_compute_blob("stats", key, "npz", write)
-        return load_cross(path)
+        return ws.store.load_or_compute_blob("stats", key, "npz", write, load_cross)[0]
 
     return source
 
@@ -292,6 +299,8 @@ def build_compressed(ws: Workspace, config: RunConfig, progress=None, model=None
         outcome (``met``, ``message``) in budget mode.
     """
     progress = progress or (lambda stage, done, total: None)
+    if config.method == "hscc":
+        ws.check_grid(config.grid)
     if model is None or meta is None:
         model, meta = ws.baseline(train_if_missing=False)
     method = get_method(config.method)
@@ -358,6 +367,7 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
     evaluation, probs = _evaluate(ws, compressed, original_arrays)
     progress("evaluate", 1, 1)
     progress("measure", 0, 1)
+    measure_start = time.perf_counter()
     summaries = built.plan.summaries()
     run = {"method": config.method, "config": config.canonical(), "label": config.label(),
            **_provenance(ws, meta), "energy": built.energy, "cluster_side": config.cluster_side,
@@ -370,6 +380,7 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
         "layer_flops_ratio": run["layer_flops_ratio"]}
     run.update(_speed(model, compressed, ws.size, latency_runs) if measure_speed
                else {"latency_ms": None, "speedup": None})
+    run["measure_seconds"] = time.perf_counter() - measure_start
     progress("measure", 1, 1)
     run["seconds"] = time.perf_counter() - start
     arrays = {"predictions": probs.argmax(1).astype(np.int64), "probabilities": probs.astype(np.float32),
@@ -424,8 +435,10 @@ def _layer_errors(ws: Workspace, model: nn.Module, compressed: nn.Module, layers
     """Each compressed layer's relative output error (errors not compounded) on 64 training images held
     out of calibration (test images when calibration took the whole training split)."""
     images = ws.images()
-    rest = np.setdiff1d(np.arange(len(images.y_train)),
-                        _calibration_set(ws, config.calib_size, config.seed, False)[0])
+    # The weight-only baselines' cache key leaves the calibration size out (they read no calibration
+    # data): their held-out images must not depend on it either.
+    calib_size = config.calib_size if get_method(config.method).data_aware else DEFAULTS["calib_size"]
+    rest = np.setdiff1d(np.arange(len(images.y_train)), _calibration_set(ws, calib_size, config.seed, False)[0])
     pool = images.x_train[rest] if rest.size else images.x_test
     held = np.sort(np.random.default_rng(config.seed).permutation(len(pool))[:_ERROR_IMAGES])
     dev = eval_device()
@@ -438,14 +451,22 @@ def _layer_errors(ws: Workspace, model: nn.Module, compressed: nn.Module, layers
 
 
 def _speed(model: nn.Module, compressed: nn.Module, size: int, latency_runs: int) -> dict:
-    """Latency of the original and the compressed model, timed interleaved in this process."""
-    lat = measure_latency({"original": model, "compressed": compressed}, input_shape(model, size), runs=latency_runs)
+    """Latency of the original and the compressed model, timed interleaved in this process.
+
+    As many rounds as fit :data:`hscc_core.measure.costs.LATENCY_BUDGET_S` (at most ``latency_runs``, at least 5 per batch
+    size): the measure stage once took minutes under load. The path the HSCC layers took (native
+    kernel or PyTorch) is recorded beside the timings.
+    """
+    lat = measure_latency({"original": model, "compressed": compressed}, input_shape(model, size), runs=latency_runs,
+                          budget_s=LATENCY_BUDGET_S)
 
     def block(name):
         return {b: {"median": v["median_ms"], "p90": v["p90_ms"]} for b, v in lat["models"][name].items()}
 
     return {"latency_ms": {"original": block("original"), "compressed": block("compressed"),
-                           "device": lat["device"], "threads": lat["threads"], "runs": lat["runs"]},
+                           "device": lat["device"], "threads": lat["threads"], "runs": lat["runs"],
+                           "runs_taken": lat["runs_taken"], "budget_s": lat["budget_s"],
+                           "kernel": native.kernel_of(compressed)},
             "speedup": dict(speedup(lat, "original", "compressed"))}
 
 

@@ -224,7 +224,6 @@ def run_search(ws: Workspace, config: SearchConfig, executor: Executor | None = 
         latency) is told to the sampler as failed and listed in ``failed``.
     """
     import optuna  # noqa: PLC0415
-    from optuna.trial import TrialState  # noqa: PLC0415
 
     objectives = config.objectives or default_objectives(config.budget, measure_speed)
     if "latency" in objectives and not measure_speed:
@@ -249,37 +248,8 @@ def run_search(ws: Workspace, config: SearchConfig, executor: Executor | None = 
         errors = {run_key(ws, None, RunConfig(**f["config"])): f["error"] for f in sweep.failed}
         computed_now = {k for k, r in runs.items() if not r.get("cached")}
         for trial, cfg in zip(batch, configs):
-            key = run_key(ws, None, cfg)
-            run = runs.get(key)
-            entry = {"number": trial.number, "config": asdict(cfg), "cache_key": key, "values": None}
-            if run is None:
-                # Interrupted before this run finished, or it failed: the sampler learns nothing from it.
-                entry["state"] = "fail"
-                error = errors.get(key, "interrupted before the run finished")
-                if not result.interrupted or key in errors:
-                    result.failed.append({"config": asdict(cfg), "error": error})
-                study.tell(trial, state=TrialState.FAIL)
-            else:
-                values = [axis_value(run, o) for o in objectives]
-                if key in computed_now:
-                    result.computed += 1
-                    computed_now.discard(key)  # a repeat within the batch is a cache hit
-                else:
-                    result.cached += 1
-                if key not in by_key:
-                    by_key[key] = run
-                    result.runs.append(run)
-                if all(math.isfinite(v) for v in values):
-                    entry.update(values=values, state="complete")
-                    study.tell(trial, values)
-                else:
-                    missing = [o for o, v in zip(objectives, values) if not math.isfinite(v)]
-                    entry["state"] = "fail"
-                    result.failed.append({"config": asdict(cfg),
-                                          "error": f"the stored run has no {', '.join(missing)} "
-                                                   "(computed without speed measurement?)"})
-                    study.tell(trial, state=TrialState.FAIL)
-            result.trials.append(entry)
+            result.trials.append(_tell(study, trial, cfg, run_key(ws, None, cfg), runs, errors, computed_now,
+                                       objectives, result, by_key))
             done += 1
         if progress is not None:
             progress(done, config.trials)
@@ -287,6 +257,42 @@ def run_search(ws: Workspace, config: SearchConfig, executor: Executor | None = 
     result.front = front_runs(result.runs, x, y)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _tell(study, trial, cfg: RunConfig, key: str, runs: dict, errors: dict, computed_now: set, objectives,
+          result: SearchResult, by_key: dict) -> dict:
+    """Tell the sampler one trial's outcome; count it, keep its run, and return its trial entry."""
+    from optuna.trial import TrialState  # noqa: PLC0415 - optuna is imported with the search
+
+    run = runs.get(key)
+    entry = {"number": trial.number, "config": asdict(cfg), "cache_key": key, "values": None}
+    if run is None:
+        # Interrupted before this run finished, or it failed: the sampler learns nothing from it.
+        entry["state"] = "fail"
+        error = errors.get(key, "interrupted before the run finished")
+        if not result.interrupted or key in errors:
+            result.failed.append({"config": asdict(cfg), "error": error})
+        study.tell(trial, state=TrialState.FAIL)
+        return entry
+    values = [axis_value(run, o) for o in objectives]
+    if key in computed_now:
+        result.computed += 1
+        computed_now.discard(key)  # a repeat within the batch is a cache hit
+    else:
+        result.cached += 1
+    if key not in by_key:
+        by_key[key] = run
+        result.runs.append(run)
+    if all(math.isfinite(v) for v in values):
+        entry.update(values=values, state="complete")
+        study.tell(trial, values)
+    else:
+        missing = [o for o, v in zip(objectives, values) if not math.isfinite(v)]
+        entry["state"] = "fail"
+        result.failed.append({"config": asdict(cfg), "error": f"the stored run has no {', '.join(missing)} "
+                                                               "(computed without speed measurement?)"})
+        study.tell(trial, state=TrialState.FAIL)
+    return entry
 
 
 def front_axes(objectives: Sequence[str]) -> tuple[str, str]:

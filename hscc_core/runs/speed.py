@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from hscc_core.compress.native import kernel_of
 from hscc_core.measure.costs import count_flops, flop_profile, layer_flops, measure_latency
 from hscc_core.measure.machine import machine_info
 from hscc_core.nn.grey import input_shape
@@ -106,7 +107,6 @@ def speed_table(
     flops_original = count_flops(model, shape)
     orig_layer_fl: dict[tuple, int] = {}
     total = len(methods) * len(budgets) * len(devices)
-    done = 0
     rows = []
     for method in methods:
         for budget in budgets:
@@ -114,23 +114,31 @@ def speed_table(
                                budget=float(budget),
                                allocation=hscc_allocation if method == "hscc" else "uniform")
             built = build_compressed(ws, config, progress, model=model, meta=meta)
-            compressed = built.model.eval()
             layers = list(built.plan.summaries())
-            fl, per_layer = flop_profile(compressed, layers, shape)  # one counted pass for both
-            layer_fl = sum(per_layer.values())
             if tuple(layers) not in orig_layer_fl:  # the same layers for every method: count once
                 orig_layer_fl[tuple(layers)] = sum(layer_flops(model, layers, shape).values())
-            layer_fl_orig = orig_layer_fl[tuple(layers)]
-            for device in devices:
-                report("speed", done, total)
-                lat = measure_latency({"original": model, "compressed": compressed}, shape,
-                                      batch_sizes=BATCHES, runs=runs, device=device)
-                rows.append(_row(method, budget, built, lat, fl, flops_original, layer_fl, layer_fl_orig))
-                done += 1
-            # Back on the CPU for the next method's build and FLOPs count.
-            model.cpu()
+            done = len(rows)
+            rows += _time_on_devices(model, built, method, budget, layers, shape, devices, runs, flops_original,
+                                     orig_layer_fl[tuple(layers)], lambda i: report("speed", done + i, total))
+            model.cpu()  # back on the CPU for the next method's build and FLOPs count
     report("speed", total, total)
     return {"rows": rows, "machine": machine_info(), "runs": runs, "input_shape": list(shape)}
+
+
+def _time_on_devices(model, built, method: str, budget: float, layers, shape, devices, runs: int,
+                     flops_original: int, layer_fl_orig: int, tick) -> list[dict]:
+    """One row per device: original and compressed model timed interleaved in this process."""
+    compressed = built.model.eval()
+    fl, per_layer = flop_profile(compressed, layers, shape)  # one counted pass for both
+    out = []
+    for i, device in enumerate(devices):
+        tick(i)
+        lat = measure_latency({"original": model, "compressed": compressed}, shape, batch_sizes=BATCHES,
+                              runs=runs, device=device)
+        row = _row(method, budget, built, lat, fl, flops_original, sum(per_layer.values()), layer_fl_orig)
+        row["kernel"] = kernel_of(compressed.to(device))  # which path the HSCC layers took
+        out.append(row)
+    return out
 
 
 def _row(method: str, budget: float, built, lat: dict, fl: int, flops_original: int, layer_fl: int,

@@ -10,8 +10,10 @@ On-disk layout under ``root``::
     runs/<key>/arrays-<sha16>.npz       its arrays (plain .npy members, never pickled)
     blobs/<kind>/<key>.<ext>            other artefacts (``stats/<key>.npz``, ``ckpt/<key>.pt``)
     blobs/<kind>/<key>.<ext>.sha256     sidecar checksum, ``sha256sum`` format, written last
-    locks/<key>.lock                    one inter-process lock per key, held during writes
+    locks/<key>.lock                    one inter-process lock per key, held during writes and
+                                        while a sweep computes the key (its claim)
     quarantine/<key>-<ns>/              corrupt run entries moved aside (safe to delete)
+    quarantine/blobs/<kind>/<name>-<ns> corrupt blobs moved aside, with their sidecars
 
 ``_checksum`` in ``run.json`` is ``{"algorithm": "sha256", "arrays": A, "body": B}`` where
 ``A = sha256(bytes of the arrays file)`` and ``B = sha256(canonical_json(run without
@@ -26,9 +28,19 @@ crash at any moment leaves either the previous complete entry or the new one rea
 
 A corrupt or partial entry (unparsable JSON, checksum mismatch, missing arrays) is re-checked
 under the key's lock (a concurrent writer may just have swapped files), then reported once per
-key per process with a :class:`StoreWarning`, moved aside and treated as absent, so the caller
-recomputes it. Listing reads every ``run.json`` (about 50 us each: 10,000 runs list in about
-half a second, see ``tests/test_store.py``), so there is no index to fall out of step.
+key per process with a :class:`StoreWarning` naming where it went, moved to ``quarantine/``
+(never deleted) and treated as absent, so the caller recomputes it. Listing reads every
+``run.json`` (about 50 us each: 10,000 runs list in about half a second, see
+``tests/test_store.py``), so there is no index to fall out of step.
+
+A read-only cache (a shared copy, a read-only mount) serves everything that only reads: nothing
+is created until something is written, and a corrupt entry there is reported, left in place and
+treated as absent. Writing to it (a new run or blob) raises :class:`StoreError` naming the folder.
+
+Claims (:meth:`RunStore.try_claim`) let concurrent sweeps on one cache split the work: a sweep
+holds the key's lock while the run is computed elsewhere (a worker process, a Ray task), so
+another sweep skips that key and picks the stored run up afterwards. The lock is an OS file lock
+(``flock``): a holder that dies, even by ``kill -9``, releases it, so no claim goes stale.
 """
 
 from __future__ import annotations
@@ -53,10 +65,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 __all__ = [
+    "Claim",
     "RunStore",
+    "StoreError",
     "StoreWarning",
     "cache_key",
     "canonical_json",
@@ -83,6 +97,10 @@ _reported_guard = threading.Lock()
 
 class StoreWarning(UserWarning):
     """A corrupt or partial store entry was found, set aside and will be recomputed."""
+
+
+class StoreError(ValueError):
+    """The cache folder cannot be used for what was asked (not a folder, not writable)."""
 
 
 class _Corrupt(Exception):
@@ -306,7 +324,10 @@ class RunStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Nothing is created here: a read-only cache must serve reads. Folders appear on write.
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"the cache folder {self.root} is a file, not a folder: choose another "
+                             "cache folder")
         self.runs_dir = self.root / "runs"
         self._runs_str = os.fspath(self.runs_dir)
         self.blobs_dir = self.root / "blobs"
@@ -315,6 +336,22 @@ class RunStore:
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn a failed write into one :class:`StoreError` that names the cache folder."""
+        try:
+            yield
+        except (StoreError, Timeout):  # filelock's Timeout is an OSError: another holder, not the disk
+            raise
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise StoreError(f"the cache folder {self.root} is not writable ({reason}, writing {what}): "
+                             "use a writable cache folder") from None
+
+    def _mkdir(self, path: Path, what: str) -> None:
+        with self._writing(what):
+            path.mkdir(parents=True, exist_ok=True)
 
     # ---- locking ---------------------------------------------------------------------------
 
@@ -335,41 +372,84 @@ class RunStore:
         timeout
             Seconds to wait; negative waits forever. Raises ``filelock.Timeout`` when exceeded.
         """
-        validate_key(key)
-        self.locks_dir.mkdir(parents=True, exist_ok=True)
-        # is_singleton: one lock object per path and process, so nested use does not deadlock;
-        # it must be built with the same arguments each time, hence the timeout on acquire.
-        lock = FileLock(self.locks_dir / f"{key}.lock", is_singleton=True)
-        lock.acquire(timeout=timeout)
+        lock = self._acquire(key, timeout)
         try:
             yield
         finally:
             lock.release()
 
+    def _acquire(self, key: str, timeout: float) -> FileLock:
+        validate_key(key)
+        self._mkdir(self.locks_dir, "a lock")
+        # is_singleton: one lock object per path and process, so nested use does not deadlock;
+        # it must be built with the same arguments each time, hence the timeout on acquire.
+        lock = FileLock(self.locks_dir / f"{key}.lock", is_singleton=True)
+        with self._writing("a lock"):
+            lock.acquire(timeout=timeout)
+        return lock
+
+    def try_claim(self, key: str) -> "Claim | None":
+        """Claim ``key`` for computing it, or return ``None`` when another process holds it.
+
+        The claim is the key's lock (:meth:`lock`), so a concurrent ``get_or_compute`` or another
+        sweep waits for it or skips the key; call ``release()`` once the run is stored. A process
+        that dies releases its claims with it (OS file locks).
+        """
+        try:
+            return Claim(self._acquire(key, timeout=0))
+        except Timeout:
+            return None
+
+    @contextlib.contextmanager
+    def _lock_if_writable(self, key: str) -> Iterator[bool]:
+        """The key's lock when the cache is writable (yields True), else nothing (False)."""
+        try:
+            lock = self._acquire(key, timeout=-1)
+        except StoreError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
     # ---- corruption handling ---------------------------------------------------------------
 
-    def _report(self, what: str, reason: str) -> None:
+    def _report(self, what: str, reason: str, outcome: str) -> None:
         token = (str(self.root.resolve()), what)
         with _reported_guard:
             if token in _reported:
                 return
             _reported.add(token)
-        warnings.warn(
-            f"cache entry {what} in {self.root} is corrupt ({reason}); set aside, will recompute",
-            StoreWarning,
-            stacklevel=5,  # usually the caller of get_run / verify_blob
-        )
+        warnings.warn(f"cache entry {what} in {self.root} is corrupt ({reason}); {outcome}",
+                      StoreWarning, stacklevel=5)  # usually the caller of get_run / verify_blob
 
-    def _discard_run(self, key: str, reason: str) -> None:
-        """Report and move aside a corrupt run entry (caller holds the key's lock)."""
-        self._report(f"run {key}", reason)
-        src = self.runs_dir / key
-        dst = self.quarantine_dir / f"{key}-{time.time_ns()}"
-        try:
-            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
-        except OSError:
-            shutil.rmtree(src, ignore_errors=True)
+    def _move_aside(self, what: str, reason: str, paths: list[Path], dest: Path, locked: bool) -> Path | None:
+        """Move ``paths`` into the new quarantine folder ``dest`` and report it (nothing is
+        deleted); the caller holds the key's lock if ``locked``.
+
+        Returns ``dest``, or ``None`` when the cache is not writable: the entry then stays where
+        it is and is treated as absent.
+        """
+        if locked:
+            try:
+                # One rename per path (a run's whole folder at once), so no reader sees half.
+                dest.mkdir(parents=True)
+                for p in paths:
+                    if os.path.lexists(p):
+                        os.replace(p, dest / p.name)
+            except OSError:
+                pass
+            else:
+                self._report(what, reason, f"moved to {dest}, will recompute")
+                return dest
+        self._report(what, reason, "left in place (the cache is not writable) and treated as absent")
+        return None
+
+    def _discard_run(self, key: str, reason: str, locked: bool = True) -> None:
+        """Report and quarantine a corrupt run entry (caller holds the key's lock if ``locked``)."""
+        self._move_aside(f"run {key}", reason, [self.runs_dir / key],
+                         self.quarantine_dir / f"{key}-{time.time_ns()}", locked)
 
     # ---- runs ------------------------------------------------------------------------------
 
@@ -424,11 +504,11 @@ class RunStore:
         except _Corrupt:
             pass
         # A writer may have swapped files between our reads: decide under its lock.
-        with self.lock(key):
+        with self._lock_if_writable(key) as locked:
             try:
                 return self._read_run(key, read_arrays=read_arrays)
             except _Corrupt as exc:
-                self._discard_run(key, str(exc))
+                self._discard_run(key, str(exc), locked)
                 return None
 
     def put_run(
@@ -472,10 +552,11 @@ class RunStore:
         doc_text = '{"_checksum":' + _dumps(checksum) + "," + body_text[1:] + "\n"
         d = self._run_dir(key)
         with self.lock(key):
-            d.mkdir(parents=True, exist_ok=True)
             keep = _arrays_name(arrays_sha)
-            _atomic_write_bytes(d / keep, npz)
-            _atomic_write_bytes(d / "run.json", doc_text.encode("ascii"))
+            with self._writing("a run"):
+                d.mkdir(parents=True, exist_ok=True)
+                _atomic_write_bytes(d / keep, npz)
+                _atomic_write_bytes(d / "run.json", doc_text.encode("ascii"))
             # Old arrays files and temporaries of crashed writers are now unreferenced.
             for p in d.iterdir():
                 if p.name not in (keep, "run.json"):
@@ -491,17 +572,34 @@ class RunStore:
         got = self._get(key, read_arrays=True)
         return None if got is None else got[0]
 
-    def get_arrays(self, key: str) -> dict[str, np.ndarray] | None:
-        """The verified arrays of ``key`` (loaded with ``allow_pickle=False``), or ``None``."""
+    def get_arrays(self, key: str, required: Iterable[str] = ()) -> dict[str, np.ndarray] | None:
+        """The verified arrays of ``key`` (loaded with ``allow_pickle=False``), or ``None``.
+
+        An entry whose arrays np.load rejects, or that lacks one of the ``required`` names
+        (checksums can be forged, names cannot be guessed by a reader), is set aside as corrupt.
+        """
+        entry = self.get_entry(key, required)
+        return None if entry is None else entry[1]
+
+    def get_entry(self, key: str, required: Iterable[str] = ()) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """``(run, arrays)`` of ``key`` from one verified write, or ``None`` (see :meth:`get_arrays`).
+
+        Calling :meth:`get_run` then :meth:`get_arrays` may pair a run with the arrays of a later
+        rewrite of the same key; this reads both from one snapshot.
+        """
         got = self._get(key, read_arrays=True)
         if got is None:
             return None
         try:
-            return _load_npz(got[1])
+            arrays = _load_npz(got[1])
+            missing = [name for name in required if name not in arrays]
+            if missing:
+                raise KeyError(f"no array named {', '.join(missing)}")
+            return got[0], arrays
         except (ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
-            # The bytes matched their checksum, so the writer stored something np.load rejects.
-            with self.lock(key):
-                self._discard_run(key, f"arrays unreadable: {exc}")
+            # The bytes matched their checksum, so the writer stored something unusable.
+            with self._lock_if_writable(key) as locked:
+                self._discard_run(key, f"arrays unreadable: {exc}", locked)
             return None
 
     def has_run(self, key: str) -> bool:
@@ -627,22 +725,28 @@ class RunStore:
         The sidecar ``<key>.<ext>.sha256`` is written after the blob. Returns the blob path.
         """
         path = self.blob_path(kind, key, ext)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._mkdir(path.parent, f"a {kind} file")
         with self.lock(key):
             tmp = _tmp_path(path.parent, key, f".{ext}")
             try:
+                with self._writing(f"a {kind} file"):
+                    # Fails early (before a long writer runs) when the folder is not writable.
+                    open(tmp, "xb").close()
+                    tmp.unlink()
                 writer(tmp)
                 if not tmp.is_file():
                     raise RuntimeError(f"blob writer did not create {tmp.name}")
-                with open(tmp, "rb") as fh:
-                    os.fsync(fh.fileno())
-                digest = _sha256_file(tmp)
-                os.replace(tmp, path)
+                with self._writing(f"a {kind} file"):
+                    with open(tmp, "rb") as fh:
+                        os.fsync(fh.fileno())
+                    digest = _sha256_file(tmp)
+                    os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
                 raise
-            _atomic_write_bytes(_sidecar(path), f"{digest}  {path.name}\n".encode("ascii"))
+            with self._writing(f"a {kind} checksum"):
+                _atomic_write_bytes(_sidecar(path), f"{digest}  {path.name}\n".encode("ascii"))
             # Temporaries that crashed writers of this key left behind (we hold its lock).
             for stale in path.parent.glob(f".tmp-{key}*"):
                 with contextlib.suppress(OSError):
@@ -670,22 +774,34 @@ class RunStore:
         """True if the blob exists and matches its sidecar checksum.
 
         An absent blob gives False quietly; a corrupt or half-written one is reported once,
-        removed, and gives False, so the caller recomputes it.
+        moved to the quarantine folder (never deleted), and gives False, so the caller
+        recomputes it.
         """
         path = self.blob_path(kind, key, ext)
         try:
             return bool(self._check_blob(path))
         except _Corrupt:
             pass
-        with self.lock(key):
+        with self._lock_if_writable(key) as locked:
             try:
                 return bool(self._check_blob(path))
             except _Corrupt as exc:
-                self._report(f"blob {kind}/{path.name}", str(exc))
-                for p in (path, _sidecar(path)):
-                    with contextlib.suppress(OSError):
-                        p.unlink()
+                self._quarantine_blob(path, kind, str(exc), locked)
                 return False
+
+    def quarantine_blob(self, kind: str, key: str, ext: str, reason: str) -> Path | None:
+        """Move a blob that verified but cannot be used (a damaged checkpoint, an ``.npz``
+        without its arrays) and its sidecar to the quarantine folder, and report it.
+
+        Returns the folder it went to, or ``None`` when the cache is not writable (it stays).
+        """
+        path = self.blob_path(kind, key, ext)
+        with self._lock_if_writable(key) as locked:
+            return self._quarantine_blob(path, kind, reason, locked)
+
+    def _quarantine_blob(self, path: Path, kind: str, reason: str, locked: bool) -> Path | None:
+        dest = self.quarantine_dir / "blobs" / kind / f"{path.name}-{time.time_ns()}"
+        return self._move_aside(f"blob {kind}/{path.name}", reason, [path, _sidecar(path)], dest, locked)
 
     def get_or_compute_blob(
         self, kind: str, key: str, ext: str, writer: Callable[[Path], None]
@@ -698,6 +814,49 @@ class RunStore:
                 return self.blob_path(kind, key, ext), True
             return self.put_blob_file(kind, key, ext, writer), False
 
+    def load_or_compute_blob(
+        self, kind: str, key: str, ext: str, writer: Callable[[Path], None], loader: Callable[[Path], Any]
+    ) -> tuple[Any, bool]:
+        """Return ``(loader(path), cached)``, writing the blob first if needed.
+
+        A blob whose checksum holds but that ``loader`` cannot read (an ``.npz`` without the
+        expected arrays: ``KeyError``; a bad format: ``ValueError``, ``OSError``) is quarantined
+        and written again once; a second failure propagates.
+        """
+        path, cached = self.get_or_compute_blob(kind, key, ext, writer)
+        try:
+            return loader(path), cached
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            if not cached:
+                raise
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            reason = f"unreadable: {type(exc).__name__}" + (f": {detail}" if detail else "")
+            if self.quarantine_blob(kind, key, ext, reason) is None:
+                raise StoreError(f"the {kind} file {path} in the cache is {reason}, and the cache folder "
+                                 f"{self.root} is not writable, so it cannot be rebuilt") from None
+        path, cached = self.get_or_compute_blob(kind, key, ext, writer)
+        return loader(path), cached
+
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
+
+
+class Claim:
+    """A held claim on a run key (see :meth:`RunStore.try_claim`); ``release()`` it once the run
+    is stored. Also a context manager."""
+
+    def __init__(self, lock: FileLock) -> None:
+        self._lock: FileLock | None = lock
+
+    def release(self) -> None:
+        """Give the key back (idempotent)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -7,6 +7,12 @@ local processes; a cluster engine (Ray, Dask) plugs in by implementing the same 
 
 Runs sharing a grid reuse its calibration statistics through the run store (computed once under a
 lock, whichever worker gets there first); tasks are ordered by grid so this happens early.
+
+Concurrent sweeps on one cache split the work: a run is claimed in the store
+(``RunStore.try_claim``) just before it is handed to a worker and released once stored, and
+executors take tasks lazily (about one per worker in flight), so a second sweep skips what the
+first is computing, computes the rest, then waits for the first one's runs and reports them as
+cached. A claim dies with its process, so a killed sweep's runs are picked up by the other.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from hscc_core.compress.hscc import cluster_side
 from hscc_core.compress.methods import get_method
 from hscc_core.runs.config import DEFAULTS, METHOD_NAMES, RunConfig
 from hscc_core.runs.pipeline import calibration_stats, compute_run, original_run, run_key
+from hscc_core.runs.store import Claim, RunStore
 from hscc_core.runs.workspace import Workspace
 
 DEFAULT_GRIDS = (1, 2, 4)
@@ -72,9 +79,13 @@ def expand(methods: Iterable[str] = METHOD_NAMES, grids: Iterable[int] = DEFAULT
 # ---- execution --------------------------------------------------------------------------------
 
 class Executor(Protocol):
-    """Where sweep tasks run. ``submit_all`` yields ``(task, result or exception)`` as tasks finish."""
+    """Where sweep tasks run. ``submit_all`` yields ``(task, result or exception)`` as tasks finish.
 
-    def submit_all(self, fn: Callable[[Any], Any], tasks: list) -> Iterator[tuple[Any, Any]]: ...
+    ``tasks`` is an iterable taken lazily, about one task per free worker (the sweep claims each
+    run as it is taken, so a concurrent sweep can take the others).
+    """
+
+    def submit_all(self, fn: Callable[[Any], Any], tasks: Iterable) -> Iterator[tuple[Any, Any]]: ...
 
     def shutdown(self) -> None: ...
 
@@ -98,16 +109,27 @@ class LocalExecutor:
                 except Exception as exc:  # noqa: BLE001 - reported per task, the sweep goes on
                     yield task, exc
             return
-        # spawn, not fork: forking a process that has started torch's thread pool can deadlock.
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
-                                         initializer=_init_worker, initargs=(self.workers,))
-        pending = {self._pool.submit(fn, t): t for t in tasks}
+        todo = iter(tasks)
+        pending: dict = {}
+
+        def top_up() -> None:
+            # One task per worker in flight: the rest stay unclaimed for a concurrent sweep.
+            for task in itertools.islice(todo, self.workers - len(pending)):
+                if self._pool is None:
+                    # spawn, not fork: forking a process that has started torch's thread pool can
+                    # deadlock. Started on the first task, so a pass with nothing to do costs nothing.
+                    self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+                                                     initializer=_init_worker, initargs=(self.workers,))
+                pending[self._pool.submit(fn, task)] = task
+
+        top_up()
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 task = pending.pop(fut)
                 exc = fut.exception()
                 yield task, (exc if exc is not None else fut.result())
+            top_up()
         self.shutdown()
 
     def shutdown(self) -> None:
@@ -137,6 +159,7 @@ class SweepTask:
     config: dict
     measure_speed: bool = True
     latency_runs: int = 20
+    key: str = ""  # the run's cache key (the sweep's claim), unused by workers
 
 
 _WORKSPACES: dict[str, Workspace] = {}
@@ -173,7 +196,11 @@ def prepare_shared(ws: Workspace, configs: list[RunConfig]) -> None:
 
 @dataclass
 class SweepResult:
-    """What a sweep did: every run it covers, and how many were computed, cached or failed."""
+    """What a sweep did: every run it covers, and how many were computed, cached or failed.
+
+    ``computed`` counts only the runs this sweep computed and stored; runs another process
+    computed meanwhile count as ``cached`` and also as ``elsewhere``.
+    """
 
     runs: list[dict] = field(default_factory=list)
     computed: int = 0
@@ -181,6 +208,7 @@ class SweepResult:
     failed: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    elsewhere: int = 0
 
 
 def run_sweep(ws: Workspace, configs: list[RunConfig], executor: Executor | None = None,
@@ -208,36 +236,90 @@ def run_sweep(ws: Workspace, configs: list[RunConfig], executor: Executor | None
     executor = executor or LocalExecutor(1)
     result = SweepResult()
     todo: list[SweepTask] = []
+    repeats: list[str] = []  # a configuration given twice (the bench's rows and ablation share one)
     for cfg in configs:
-        stored = ws.store.get_run(run_key(ws, None, cfg))
+        key = run_key(ws, None, cfg)  # also refuses a grid beyond the model's max_grid, before any work
+        stored = ws.store.get_run(key)
         if stored is not None:
             result.runs.append(dict(stored, cached=True))
             result.cached += 1
+        elif key in {t.key for t in todo}:
+            repeats.append(key)
         else:
-            todo.append(SweepTask(ws.spec(), asdict(cfg), measure_speed, latency_runs))
+            todo.append(SweepTask(ws.spec(), asdict(cfg), measure_speed, latency_runs, key))
+    total, done = len(todo), 0
     if progress is not None:
-        progress(0, len(todo))
+        progress(0, total)
+
+    def took_elsewhere(stored: dict) -> None:
+        nonlocal done
+        result.runs.append(dict(stored, cached=True))
+        result.cached += 1
+        result.elsewhere += 1
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    claims: dict[str, Claim] = {}
     try:
         if todo:
             prepare_shared(ws, [RunConfig(**t.config) for t in todo])
-        for i, (task, outcome) in enumerate(executor.submit_all(run_task, todo), 1):
-            if isinstance(outcome, BaseException):
-                result.failed.append({"config": task.config, "error": f"{type(outcome).__name__}: {outcome}"})
-            else:
-                # The one writer: workers compute, only this process stores.
-                run, arrays = outcome
-                key = run_key(ws, None, RunConfig(**task.config))
-                with ws.store.lock(key):
-                    stored = ws.store.get_run(key)
-                    if stored is None:
-                        ws.store.put_run(key, run, arrays)
-                        stored = ws.store.get_run(key)
-                result.runs.append(dict(stored, cached=False))
-                result.computed += 1
-            if progress is not None:
-                progress(i, len(todo))
+        while todo:
+            held: list[SweepTask] = []  # claimed by another process right now
+            tasks = _claimed(ws.store, todo, claims, held, took_elsewhere)
+            for task, outcome in executor.submit_all(run_task, tasks):
+                claim = claims.pop(task.key)
+                try:
+                    if isinstance(outcome, BaseException):
+                        result.failed.append({"config": task.config,
+                                              "error": f"{type(outcome).__name__}: {outcome}"})
+                    else:
+                        # The one writer: workers compute, only this process stores (under its claim).
+                        ws.store.put_run(task.key, *outcome)
+                        result.runs.append(dict(ws.store.get_run(task.key), cached=False))
+                        result.computed += 1
+                finally:
+                    claim.release()
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            if held:
+                # Everything else is done: wait until the holder of one of these releases it (it
+                # stored the run, or it died and the run is ours to compute), then look again.
+                with ws.store.lock(held[0].key):
+                    pass
+            todo = held
     except KeyboardInterrupt:
         result.interrupted = True
         executor.shutdown()
+    finally:
+        for claim in claims.values():
+            claim.release()
+    for key in repeats:  # computed once above: served from the store
+        stored = ws.store.get_run(key)
+        if stored is not None:
+            result.runs.append(dict(stored, cached=True))
+            result.cached += 1
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _claimed(store: RunStore, tasks: list[SweepTask], claims: dict[str, Claim], held: list[SweepTask],
+             took_elsewhere: Callable[[dict], None]) -> Iterator[SweepTask]:
+    """Yield the tasks this process claims, lazily (as the executor has room for them).
+
+    A task another process holds goes to ``held``; one whose run appeared meanwhile (another
+    sweep stored it) is passed to ``took_elsewhere`` instead of being computed again.
+    """
+    for task in tasks:
+        claim = store.try_claim(task.key)
+        if claim is None:
+            held.append(task)
+            continue
+        stored = store.get_run(task.key)
+        if stored is not None:
+            claim.release()
+            took_elsewhere(stored)
+            continue
+        claims[task.key] = claim
+        yield task

@@ -5,11 +5,15 @@ into the cache), decodes it once per input size (cached), and finds or trains th
 checkpoint that matches the data, architecture, input size and recipe. Everything it stores goes
 through the run store under content hashes. With ``split="clean"`` the dataset is re-split so that no
 duplicate group crosses it (``data.splits``); the duplicate signatures are cached like the images.
+
+The model's fingerprint (part of every run's cache key) is what the checkpoint computes
+(``models.model_fingerprint``), looked up once per file state: retraining to bit-identical weights
+keeps every stored run, while any change to the weights, classes, input size or normalisation
+gives new keys.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -25,8 +29,9 @@ from hscc_core.data import duplicates
 from hscc_core.data.folders import DatasetIndex, ImageSet, decode_all, deduplicate, discover
 from hscc_core.data.splits import DEFAULT_SEED, check_split, clean_split
 from hscc_core.nn.grey import fold_grey_input
-from hscc_core.nn.models import build_model, check_input_size, load_checkpoint, save_checkpoint
-from hscc_core.runs.store import RunStore, cache_key
+from hscc_core.nn.models import (CorruptCheckpointError, build_model, check_grid, check_input_size,
+                                 checkpoint_fingerprint, load_checkpoint, max_grid, save_checkpoint)
+from hscc_core.runs.store import RunStore, StoreError, cache_key
 from hscc_core.nn.training import TrainConfig, TrainResult, train
 
 # Bump when decoding or training changes in a way that makes cached artefacts stale.
@@ -160,8 +165,15 @@ class Workspace:
             return Path(self.data).expanduser()
         key = cache_key("phantom", {"spec": PHANTOM_SPEC.__dict__, "version": phantom.PHANTOM_VERSION})
         root = Path(self.cache_dir) / "phantom" / key
-        return phantom.write_phantom_dataset(root, PHANTOM_SPEC,
-                                             progress=lambda d, t: progress("phantom", d, t))
+        _ = self.store  # a cache folder that is a file is refused here, in one line
+        try:
+            return phantom.write_phantom_dataset(root, PHANTOM_SPEC,
+                                                 progress=lambda d, t: progress("phantom", d, t))
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise StoreError(f"cannot write the phantom dataset to the cache folder {self.cache_dir} "
+                             f"({exc.strerror or exc}): use a writable cache folder") from None
 
     def index(self, progress: Progress = _quiet) -> DatasetIndex:
         """The files in use: the chosen split, de-duplicated when asked."""
@@ -208,11 +220,12 @@ class Workspace:
             return self._memo["images"]
         index = self.index(progress)
         key = cache_key("images", {"data": index.fingerprint, "size": self.size, "version": DATA_VERSION})
-        path = self.store.blob_path("images", key, "npz")
-        if not self.store.verify_blob("images", key, "npz"):
-            images = decode_all(index, self.size, progress=lambda d, t: progress("decode", d, t))
-            self.store.put_blob_file("images", key, "npz", lambda p: _save_images(p, images))
-        images = _load_images(path, index, self.size)
+
+        def write(path: Path) -> None:
+            _save_images(path, decode_all(index, self.size, progress=lambda d, t: progress("decode", d, t)))
+
+        images, _ = self.store.load_or_compute_blob("images", key, "npz", write,
+                                                    lambda path: _load_images(path, index, self.size))
         self._memo["images"] = images
         return images
 
@@ -223,24 +236,39 @@ class Workspace:
                                         "recipe": self.train_recipe.to_dict(), "version": TRAIN_VERSION})
 
     def model_fingerprint(self) -> str:
-        """Content hash of the baseline checkpoint, without loading it (memoised per file state).
+        """What the baseline computes, as a hash (``models.model_fingerprint``), without building
+        the model: only the checkpoint's metadata is read, once per file state.
 
         Raises
         ------
         FileNotFoundError
             When there is no baseline yet.
+        CheckpointError
+            When the checkpoint cannot be read.
         """
         if "baseline" in self._memo:
             return self._memo["baseline"][1]["fingerprint"]
         if not self.has_baseline():
             raise FileNotFoundError("no baseline yet: run `hscc prepare` first")
-        path = Path(self.checkpoint) if self.checkpoint is not None else \
-            self.store.blob_path("checkpoints", self.baseline_key(), "pt")
-        return self._fingerprint(path)
+        return self._folded(_fingerprint(self._checkpoint_path()))
 
-    def _fingerprint(self, path: Path) -> str:
-        # The folded model is the checkpoint's model (the fold is exact); the unfolded one is kept apart.
-        return _file_hash(path) + ("" if self.fold_grey else "-rgb")
+    def _folded(self, fingerprint: str) -> str:
+        # The folded model computes what the checkpoint's model computes (the fold is exact), so it
+        # keeps the checkpoint's fingerprint; the unfolded one is kept apart.
+        return fingerprint + ("" if self.fold_grey else "-rgb")
+
+    def _checkpoint_path(self) -> Path:
+        if self.checkpoint is not None:
+            return Path(self.checkpoint)
+        return self.store.blob_path("checkpoints", self.baseline_key(), "pt")
+
+    def max_grid(self) -> int:
+        """Largest HSCC grid for this architecture and input size (``models.max_grid``)."""
+        return max_grid(self.arch, self.size)
+
+    def check_grid(self, grid: int) -> None:
+        """Raise ValueError naming the allowed range when ``grid`` exceeds :meth:`max_grid`."""
+        check_grid(self.arch, self.size, grid)
 
     def has_baseline(self) -> bool:
         """True when a checkpoint for this data/architecture/recipe is in the cache (or given)."""
@@ -270,14 +298,26 @@ class Workspace:
             if not self.store.verify_blob("checkpoints", key, "pt"):
                 if not train_if_missing:
                     raise FileNotFoundError("no baseline yet: run `hscc prepare` first")
-                result = self.train_baseline(progress)
-                meta = self._baseline_meta(result)
-                self.store.put_blob_file("checkpoints", key, "pt",
-                                         lambda p: save_checkpoint(p, result.model.cpu(), meta))
-        model, meta = load_checkpoint(path, classes=images.classes, input_size=self.size)
+
+                def write(p: Path) -> None:
+                    # Inside the store's write: a read-only cache fails before training starts,
+                    # and a concurrent prepare waits for this one instead of training again.
+                    result = self.train_baseline(progress)
+                    save_checkpoint(p, result.model.cpu(), self._baseline_meta(result))
+
+                self.store.get_or_compute_blob("checkpoints", key, "pt", write)
+        try:
+            model, meta = load_checkpoint(path, classes=images.classes, input_size=self.size)
+        except CorruptCheckpointError as exc:
+            if self.checkpoint is not None:
+                raise  # the user's own file: never moved
+            # The sidecar matched, so the file was written damaged: keep it for inspection.
+            where = self.store.quarantine_blob("checkpoints", self.baseline_key(), "pt", "weights damaged")
+            moved = f"moved to {where}" if where is not None else "left in place (the cache is not writable)"
+            raise CorruptCheckpointError(f"{exc}; {moved}: prepare the baseline again to retrain it") from None
         if self.fold_grey:
             model = fold_grey_input(model)
-        meta = dict(meta, fingerprint=self._fingerprint(path))
+        meta = dict(meta, fingerprint=self._folded(meta["fingerprint"]))
         self._memo["baseline"] = (model, meta)
         return model, meta
 
@@ -314,21 +354,16 @@ def _load_images(path: Path, index: DatasetIndex, size: int) -> ImageSet:
                         z["skipped"].tolist(), z["train_paths"].tolist(), z["test_paths"].tolist())
 
 
-_HASHES: dict[tuple, str] = {}
+_FINGERPRINTS: dict[tuple, str] = {}
 
 
-def _file_hash(path: Path) -> str:
-    # Checkpoints are large (230 MB for AlexNet): hash each file state once per process.
+def _fingerprint(path: Path) -> str:
+    # Looked up on every cache access: read each checkpoint file state once per process (a
+    # rewrite by rename gives a new inode, any write a new mtime).
     st = os.stat(path)
-    ident = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if ident not in _HASHES:
-        _HASHES[ident] = _hash_file(path)
-    return _HASHES[ident]
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:24]
+    ident = (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if ident not in _FINGERPRINTS:
+        if len(_FINGERPRINTS) > 256:
+            _FINGERPRINTS.clear()
+        _FINGERPRINTS[ident] = checkpoint_fingerprint(path)
+    return _FINGERPRINTS[ident]

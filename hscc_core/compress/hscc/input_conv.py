@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hscc_core.compress import native
 from hscc_core.compress.hscc.layer import RegionLayer
 from hscc_core.compress.hscc.plan import LayerPlan
 
@@ -208,6 +209,8 @@ class HSCCInputConv2d(RegionLayer):
         """Per region the GEMM path (:meth:`_InputRegionConv.forward_rows`), or the module path
         where the region's im2col matrix would be large (there a direct convolution is faster);
         equal to :meth:`forward_reference` up to float round-off, same FLOPs."""
+        if native.usable(self, x):  # one compiled call for the whole layer (compress/native)
+            return native.run(self, x)
         self.check_input(x)
         n, o = x.shape[0], self.out_channels
         ho, wo = self.out_hw

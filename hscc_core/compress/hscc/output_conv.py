@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hscc_core.compress import native
 from hscc_core.compress.hscc.layer import RegionLayer
 from hscc_core.compress.hscc.plan import LayerPlan
 from hscc_core.compress.hscc.regions import window
@@ -233,6 +234,8 @@ class HSCCConv2d(RegionLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fast path (see class docstring); equals :meth:`forward_reference` to round-off."""
+        if native.usable(self, x):  # one compiled call for the whole layer (compress/native)
+            return native.run(self, x)
         if needs_grad(self, x):
             return self.forward_reference(x)
         ho, wo = self.check_input(x)

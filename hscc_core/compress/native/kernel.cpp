@@ -1,0 +1,274 @@
+// One HSCC layer per call: the region program of program.py executed in compiled code.
+//
+// Work items are (region, row tile) pairs shared over OpenMP threads (dynamic schedule, largest
+// first); inside a work item BLAS runs single-threaded on cache-resident buffers: im2col of the
+// tile into A, the program's GEMM steps (A -> Z -> Y), then one write-out pass that adds the bias,
+// scatters Y's columns to their channels and fills the constant channels. No padding and no extra
+// MACs: exactly the program's steps, which are the layer's analytical MACs.
+//
+// Built by build.py with -fopenmp: ATen's own headers would otherwise compile the OpenMP pragmas
+// away and the layer would run on one thread. The OpenMP runtime is the one torch already loaded.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+
+extern "C" {
+// Fortran BLAS as exported by libtorch_cpu (MKL or OpenBLAS); column-major.
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
+// MKL only (weak: absent elsewhere): the BLAS thread count of the calling thread (C interface;
+// the lower-case name is the Fortran one, which takes a pointer).
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+}
+
+namespace {
+
+enum Buffer { kA = 0, kZ = 1, kY = 2 };
+
+struct Geometry {
+  int64_t in_c, out_c, kh, kw, sh, sw, dh, dw, pad_t, pad_l, ho, wo;
+};
+
+struct Region {
+  int64_t h0, h1, w0, w1, gather_off, gather_len, group_off, n_groups, step_off, n_steps, nz, ny,
+      out_off, const_off, n_const, macs_per_position;
+};
+
+struct Step {
+  int64_t src, s0, s1, dst, d0, d1, accumulate, weight_off;
+};
+
+struct Input {
+  const float* data;
+  int64_t sn, sc, sh, sw, h, w;
+};
+
+// dst[rows x m] (leading dim ldd) (+)= src[rows x k] (leading dim lds) * w^T, w (m x k) row-major.
+inline void gemm_rows(int rows, int m, int k, const float* w, const float* src, int lds, bool acc,
+                      float* dst, int ldd) {
+  if (rows <= 0 || m <= 0) return;
+  if (k <= 0) {
+    if (!acc)
+      for (int r = 0; r < rows; ++r) std::memset(dst + (int64_t)r * ldd, 0, sizeof(float) * m);
+    return;
+  }
+  const char ta = 'T', tb = 'N';
+  const float one = 1.f, beta = acc ? 1.f : 0.f;
+  // Column-major view: dst^T (m x rows) = w (as k x m, transposed) * src^T (k x rows).
+  sgemm_(&ta, &tb, &m, &rows, &k, &one, w, &k, src, &lds, &beta, dst, &ldd);
+}
+
+// Short runs (a few channels of an 11 x 11 first layer) are copied inline: a memcpy call per run
+// cost more than the copy itself.
+inline void copy_run(float* dst, const float* src, int64_t n) {
+  if (n > 64) {
+    std::memcpy(dst, src, sizeof(float) * n);
+    return;
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+}
+
+// Rows [row0, row0 + rows) of a region's im2col matrix into A (leading dim d).
+void im2col(const Input& x, const Geometry& g, const Region& r, const int64_t* gather,
+            const int64_t* groups, const char* contiguous, int64_t row0, int rows, float* a,
+            int64_t d) {
+  const int64_t hr = r.h1 - r.h0, wr = r.w1 - r.w0, per_image = hr * wr;
+  for (int t = 0; t < rows; ++t) {
+    const int64_t p = row0 + t, n = p / per_image, rem = p % per_image;
+    const int64_t oy = r.h0 + rem / wr, ox = r.w0 + rem % wr;
+    float* arow = a + t * d;
+    const float* base_n = x.data + n * x.sn;
+    for (int64_t gi = 0; gi < r.n_groups; ++gi) {
+      const int64_t gs = groups[2 * gi], ge = groups[2 * gi + 1], gc = ge - gs;
+      const int64_t* ch = gather + gs;
+      float* gcol = arow + gs * g.kh * g.kw;
+      const bool contig = contiguous[gi];
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        const int64_t iy = oy * g.sh - g.pad_t + ky * g.dh;
+        float* trow = gcol + ky * g.kw * gc;
+        if (iy < 0 || iy >= x.h) {
+          std::memset(trow, 0, sizeof(float) * g.kw * gc);
+          continue;
+        }
+        const float* base_y = base_n + iy * x.sh;
+        const int64_t ix0 = ox * g.sw - g.pad_l, ix1 = ix0 + (g.kw - 1) * g.dw;
+        // Channels-last input, all channels, no dilation, row inside the map: one copy.
+        if (contig && g.dw == 1 && x.sw == gc && x.sc == 1 && ix0 >= 0 && ix1 < x.w) {
+          copy_run(trow, base_y + ix0 * x.sw + ch[0], g.kw * gc);
+          continue;
+        }
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const int64_t ix = ix0 + kx * g.dw;
+          float* dst = trow + kx * gc;
+          if (ix < 0 || ix >= x.w) {
+            std::memset(dst, 0, sizeof(float) * gc);
+          } else if (contig && x.sc == 1) {
+            copy_run(dst, base_y + ix * x.sw + ch[0], gc);
+          } else {
+            const float* src = base_y + ix * x.sw;
+            for (int64_t c = 0; c < gc; ++c) dst[c] = src[ch[c] * x.sc];
+          }
+        }
+      }
+    }
+  }
+}
+
+at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const at::Tensor& regions,
+                       const at::Tensor& gather, const at::Tensor& groups, const at::Tensor& steps,
+                       const at::Tensor& weights, const at::Tensor& order, const at::Tensor& bias,
+                       const at::Tensor& const_channels, const at::Tensor& const_values,
+                       int64_t tile_rows, int64_t macs_per_image, int64_t out_channels, int64_t out_h,
+                       int64_t out_w) {
+  TORCH_CHECK(x_in.device().is_cpu() && x_in.scalar_type() == at::kFloat && x_in.dim() == 4,
+              "region_conv: x must be a float32 CPU tensor (N, C, H, W)");
+  TORCH_CHECK(geometry.numel() == 12 && regions.dim() == 2 && regions.size(1) == 16 &&
+                  steps.size(-1) == 8,
+              "region_conv: malformed program");
+  for (const at::Tensor* t : {&geometry, &regions, &gather, &groups, &steps, &order, &const_channels})
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous(), "region_conv: int64 tables expected");
+  for (const at::Tensor* t : {&weights, &bias, &const_values})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "region_conv: float32 tables expected");
+  (void)macs_per_image;  // used by the FLOP formula only
+
+  const auto* gp = geometry.data_ptr<int64_t>();
+  const Geometry g{gp[0], gp[1], gp[2], gp[3], gp[4], gp[5], gp[6], gp[7], gp[8], gp[9], gp[10], gp[11]};
+  TORCH_CHECK(g.out_c == out_channels && g.ho == out_h && g.wo == out_w, "region_conv: output shape");
+  TORCH_CHECK(x_in.size(1) == g.in_c, "region_conv: expected ", g.in_c, " input channels");
+  // Channels-last input: each tap of the im2col tile is then one copy of a channel run (an NCHW
+  // image for the first layer costs one conversion, far less than strided gathers per tap).
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const Input in{x.data_ptr<float>(), x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+                 x.size(2), x.size(3)};
+  const int64_t n = x.size(0);
+  at::Tensor out = at::empty({n, g.out_c, g.ho, g.wo},
+                             x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (n == 0) return out;
+  float* outp = out.data_ptr<float>();  // (N, Ho, Wo, O) in memory
+
+  const int64_t n_regions = regions.size(0);
+  const auto* rp = reinterpret_cast<const Region*>(regions.data_ptr<int64_t>());
+  const auto* sp = reinterpret_cast<const Step*>(steps.data_ptr<int64_t>());
+  const int64_t* gat = gather.data_ptr<int64_t>();
+  const int64_t* grp = groups.data_ptr<int64_t>();
+  const float* wts = weights.data_ptr<float>();
+  const int64_t* ord = order.data_ptr<int64_t>();
+  const float* bia = bias.data_ptr<float>();
+  const int64_t* cch = const_channels.data_ptr<int64_t>();
+  const float* cval = const_values.data_ptr<float>();
+
+  // Per group: are its gathered channels consecutive (one memcpy per tap on channels-last input)?
+  // Per region: is Y already in channel order (the write-out is then a plain add)?
+  std::vector<char> contiguous(groups.size(0), 0), identity(n_regions, 0);
+  int64_t max_d = 0, max_z = 0, max_y = 0, total_rows = 0;
+  for (int64_t r = 0; r < n_regions; ++r) {
+    const Region& reg = rp[r];
+    const int64_t* rg = gat + reg.gather_off;  // group bounds index the region's own gather
+    for (int64_t i = reg.group_off; i < reg.group_off + reg.n_groups; ++i) {
+      const int64_t gs = grp[2 * i], ge = grp[2 * i + 1];
+      bool c = ge > gs;
+      for (int64_t j = gs + 1; j < ge && c; ++j) c = rg[j] == rg[j - 1] + 1;
+      contiguous[i] = c;
+    }
+    bool id = reg.ny == g.out_c;
+    for (int64_t j = 0; j < reg.ny && id; ++j) id = ord[reg.out_off + j] == j;
+    identity[r] = id;
+    max_d = std::max(max_d, reg.gather_len * g.kh * g.kw);
+    max_z = std::max(max_z, reg.nz);
+    max_y = std::max(max_y, reg.ny);
+    total_rows += n * (reg.h1 - reg.h0) * (reg.w1 - reg.w0);
+  }
+  const int threads_wanted = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
+  int64_t tile = tile_rows;
+  if (tile <= 0) {
+    // Enough items for every thread (four each), but never tiles so small that BLAS starves, nor
+    // so tall that the weights are re-read less often than the tile leaves cache (128 rows
+    // measured best on AlexNet's layers at batch 32, 1 thread).
+    const int64_t cap = 128;
+    tile = (total_rows + 4 * threads_wanted - 1) / (4 * threads_wanted);
+    tile = std::min<int64_t>(cap, std::max<int64_t>(16, (tile + 7) / 8 * 8));
+  }
+
+  struct Item {
+    int64_t region, row0, rows, cost;
+  };
+  std::vector<Item> items;
+  for (int64_t r = 0; r < n_regions; ++r) {
+    const Region& reg = rp[r];
+    const int64_t rows = n * (reg.h1 - reg.h0) * (reg.w1 - reg.w0);
+    for (int64_t row0 = 0; row0 < rows; row0 += tile) {
+      const int64_t len = std::min(tile, rows - row0);
+      items.push_back({r, row0, len, len * (reg.macs_per_position + reg.gather_len * g.kh * g.kw + g.out_c)});
+    }
+  }
+  // Largest first: the dynamic schedule then balances the tail.
+  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
+  const int n_threads = static_cast<int>(std::min<int64_t>(threads_wanted, items.size()));
+
+#pragma omp parallel num_threads(n_threads)
+  {
+    const int saved = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
+    std::vector<float> a(tile * std::max<int64_t>(max_d, 1)), z(tile * std::max<int64_t>(max_z, 1)),
+        y(tile * std::max<int64_t>(max_y, 1));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < static_cast<int64_t>(items.size()); ++i) {
+      const Item& it = items[i];
+      const Region& reg = rp[it.region];
+      const int rows = static_cast<int>(it.rows);
+      const int64_t d = reg.gather_len * g.kh * g.kw;
+      if (reg.n_steps > 0)
+        im2col(in, g, reg, gat + reg.gather_off, grp + 2 * reg.group_off, contiguous.data() + reg.group_off,
+               it.row0, rows, a.data(), d);
+      for (int64_t s = 0; s < reg.n_steps; ++s) {
+        const Step& st = sp[reg.step_off + s];
+        const float* src = st.src == kA ? a.data() : z.data();
+        const int lds = static_cast<int>(st.src == kA ? d : reg.nz);
+        float* dst = st.dst == kZ ? z.data() : y.data();
+        const int ldd = static_cast<int>(st.dst == kZ ? reg.nz : reg.ny);
+        gemm_rows(rows, static_cast<int>(st.d1 - st.d0), static_cast<int>(st.s1 - st.s0),
+                  wts + st.weight_off, src + st.s0, lds, st.accumulate != 0, dst + st.d0, ldd);
+      }
+      // Write-out: bias, channel scatter, constants, into the channels-last output.
+      const int64_t hr = reg.h1 - reg.h0, wr = reg.w1 - reg.w0, per_image = hr * wr;
+      const int64_t* o_ord = ord + reg.out_off;
+      const float* o_bias = bia + reg.out_off;
+      const int64_t* c_ch = cch + reg.const_off;
+      const float* c_val = cval + reg.const_off;
+      for (int t = 0; t < rows; ++t) {
+        const int64_t p = it.row0 + t, img = p / per_image, rem = p % per_image;
+        const int64_t oy = reg.h0 + rem / wr, ox = reg.w0 + rem % wr;
+        float* o = outp + ((img * g.ho + oy) * g.wo + ox) * g.out_c;
+        const float* yr = y.data() + static_cast<int64_t>(t) * reg.ny;
+        if (identity[it.region]) {
+          for (int64_t j = 0; j < reg.ny; ++j) o[j] = yr[j] + o_bias[j];
+        } else {
+          for (int64_t j = 0; j < reg.ny; ++j) o[o_ord[j]] = yr[j] + o_bias[j];
+        }
+        for (int64_t j = 0; j < reg.n_const; ++j) o[c_ch[j]] = c_val[j];
+      }
+    }
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(saved);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(hscc_native, m) {
+  m.def(
+      "region_conv(Tensor x, Tensor geometry, Tensor regions, Tensor gather, Tensor groups, "
+      "Tensor steps, Tensor weights, Tensor order, Tensor bias, Tensor const_channels, "
+      "Tensor const_values, int tile_rows, int macs_per_image, int out_channels, int out_h, "
+      "int out_w) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(hscc_native, CPU, m) { m.impl("region_conv", &region_conv); }
