@@ -28,9 +28,11 @@ KINDS = {
     "hscc sensitivity budget, rank multiples, all images flipped": RunConfig(
         grid=2, clusters=2, energy=None, budget=3.0, allocation="sensitivity", rank_multiple=4, calib_size="all",
         calib_flip=True),
+    "hscc rank multiples energy": RunConfig(grid=2, clusters=2, energy=0.8, rank_multiple=8),
     "svd energy": RunConfig("svd", energy=0.8),
     "svd budget": RunConfig("svd", energy=None, budget=2.0, allocation="uniform"),
     "svd greedy budget": RunConfig("svd", energy=None, budget=2.0, allocation="greedy"),
+    "svd sensitivity budget": RunConfig("svd", energy=None, budget=2.0, allocation="sensitivity"),
     "tucker energy": RunConfig("tucker", energy=0.8),
     "tucker budget": RunConfig("tucker", energy=None, budget=2.0, allocation="uniform"),
     "tucker greedy budget": RunConfig("tucker", energy=None, budget=2.0, allocation="greedy"),

@@ -15,8 +15,9 @@ from typing import Any
 from hscc_core.compress.hscc import CLUSTER_SIDES
 from hscc_core.compress.methods import ALLOCATIONS, CALIBRATIONS, METHODS, Settings, get_method
 
-__all__ = ["ALLOCATIONS", "CALIBRATIONS", "CLUSTER_SIDES", "DEFAULTS", "LEGACY", "METHOD_NAMES", "RunConfig",
-           "calibration_count", "default_allocation", "describe_config", "run_name"]
+__all__ = ["ALLOCATIONS", "ALLOCATION_TITLES", "CALIBRATIONS", "CALIBRATION_TITLES", "CLUSTER_SIDES", "DEFAULTS",
+           "LEGACY", "METHOD_NAMES", "RunConfig", "calibration_count", "default_allocation", "describe_config",
+           "describe_calibration_set", "run_name"]
 
 METHOD_NAMES = tuple(METHODS)
 
@@ -49,6 +50,12 @@ LEGACY = {"cluster_side": "output", "allocation": "uniform", "calibration": "ind
 # to measure sensitivity).
 _DATA_FIELDS = ("grid", "clusters", "calibration")
 _CALIB_FIELDS = ("calib_size", "calib_flip")
+
+
+# Readable names of the allocation and calibration rules (run names, tables, the app's choices).
+ALLOCATION_TITLES = {"uniform": "uniform tau", "greedy": "greedy (energy per FLOP)",
+                     "sensitivity": "greedy (sensitivity-priced)"}
+CALIBRATION_TITLES = {"independent": "independent", "sequential": "sequential"}
 
 
 def default_allocation(method: str, budget: float | None) -> str:
@@ -226,22 +233,41 @@ class RunConfig:
         return " ".join(parts)
 
 
+def describe_calibration_set(calib_size, flip: bool = False) -> str:
+    """``"512 calibration images"``, ``"all training images"``, each ``" and their mirror images"``."""
+    text = "all training images" if calib_size == "all" else \
+        f"{calib_size} calibration image{'s' if calib_size != 1 else ''}"
+    return text + (" and their mirror images" if flip else "")
+
+
 def describe_config(config: Mapping[str, Any]) -> str:
-    """A readable name of a run configuration, e.g. ``HSCC 2x2 regions, 4 input clusters, tau 0.95``."""
+    """A readable name of a run configuration, e.g. ``HSCC 2x2 regions, 4 input clusters, tau 0.95``.
+
+    Every choice away from its default is named (a budget's allocation rule always, since the
+    default rule differs between the modes); fields missing from a stored canonical config are at
+    their :data:`LEGACY` values.
+    """
     method = config.get("method", "hscc")
     parts = [get_method(method).title if method in METHODS else str(method)]
-    if method in METHODS and METHODS[method].data_aware:
+    data_aware = method in METHODS and METHODS[method].data_aware
+    if data_aware:
         g, k = config.get("grid"), config.get("clusters")
         side = config.get("cluster_side") or "output"
         parts = [f"{parts[0]} {g}x{g} region{'s' if g != 1 else ''}, "
                  f"{k} {side} cluster{'s' if k != 1 else ''}"]
+    allocation = config.get("allocation") or LEGACY["allocation"]
     if config.get("budget") is not None:
-        rule = {"greedy": "greedy ", "sensitivity": "sensitivity-greedy "}.get(config.get("allocation"), "")
+        rule = {"uniform": "uniform-tau ", "greedy": "greedy ", "sensitivity": "sensitivity-greedy "}.get(allocation, "")
         parts.append(f"{rule}budget x{config['budget']:g}")
     elif config.get("energy") is not None:
         parts.append(f"tau {config['energy']:g}")
     if config.get("calibration") == "sequential":
         parts.append("sequential calibration")
+    # Calibration images matter to the data-aware methods and to sensitivity allocation only.
+    if (data_aware or allocation == "sensitivity") and "calib_size" in config:
+        size, flip = config.get("calib_size"), bool(config.get("calib_flip"))
+        if size != DEFAULTS["calib_size"] or flip != DEFAULTS["calib_flip"]:
+            parts.append(describe_calibration_set(size, flip))
     if config.get("rank_multiple", 1) != 1:
         parts.append(f"ranks in multiples of {config['rank_multiple']}")
     epochs = config.get("finetune_epochs") or 0
