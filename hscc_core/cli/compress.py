@@ -26,12 +26,9 @@ def calib_size(text: str) -> int | str:
     if text == "all":
         return text
     try:
-        value = int(text)
-    except ValueError:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'all', got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'all', got {value}")
-    return value
 
 
 def run_options(p: argparse.ArgumentParser) -> None:
