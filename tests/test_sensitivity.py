@@ -1,7 +1,6 @@
 """Tests for hscc_core.compress.sensitivity: each layer's measured KL curve, for every method, and the
 sensitivity-priced greedy plan that follows from it."""
 
-import numpy as np
 import pytest
 import torch
 
