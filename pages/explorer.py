@@ -14,11 +14,11 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
+from hscc_core.compress.methods import get_method
 from hscc_core.present.labels import budget_sentence, duration, method_title, si, speed_text, split_name
 from hscc_core.present.report import layer_table
 from hscc_core.present.text import plain
 from hscc_core.runs import jobs
-from hscc_core.compress.methods import get_method
 from hscc_core.runs.config import (ALLOCATIONS, CALIBRATIONS, CLUSTER_SIDES, DEFAULTS, LEGACY, METHOD_NAMES, RunConfig,
                                    default_allocation, describe_config)
 from hscc_core.runs.pipeline import run_key
