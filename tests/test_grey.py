@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import conv_stack, hscc_model, random_images
 from hscc_core.measure.costs import count_flops, layer_flops
 from hscc_core.nn.grey import fold_grey_input, input_channels, input_shape
 from hscc_core.nn.models import build_model
@@ -59,3 +60,15 @@ def test_the_workspace_serves_the_folded_model(trained_workspace):
     with torch.no_grad():
         torch.testing.assert_close(model(x), unfolded(images.to_tensor(images.x_test[:3], channels=3)),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_input_channels_of_a_compressed_unfolded_model_with_input_side_conv1():
+    """An input-side HSCC conv1 of a three-channel model holds one-channel convolutions (one
+    channel per cluster): the model still reads three channels."""
+    model = conv_stack()
+    x = random_images(16)
+    comp, _ = hscc_model(model, x, "input", 2, 3, 0.8)
+    first = next(m for m in comp.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 1 and input_channels(comp) == 3
+    with torch.no_grad():
+        assert comp(torch.zeros(input_shape(comp, 48))).shape == (1, 4)

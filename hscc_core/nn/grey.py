@@ -32,9 +32,17 @@ def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
 
 
 def input_channels(model: nn.Module) -> int:
-    """Channels the model reads: the input channels of its first convolution (in module order,
-    which is forward order for every architecture here)."""
-    return int(_first_conv(model)[1].in_channels)
+    """Channels the model reads: the input channels of its first convolution, in module order
+    (forward order for every architecture here).
+
+    A compressed first layer counts as one convolution: an HSCC region layer reads every input
+    channel although its inner convolutions may read a cluster of them (the input side), so a
+    module with ``in_channels`` of its own answers before its children do.
+    """
+    for _, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) or isinstance(getattr(m, "in_channels", None), int):
+            return int(m.in_channels)
+    raise ValueError("the model has no Conv2d layer")
 
 
 def input_shape(model: nn.Module, size: int, batch: int = 1) -> tuple[int, int, int, int]:
