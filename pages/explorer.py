@@ -150,7 +150,7 @@ def settings_widgets(max_grid: int = 8) -> tuple[str, str]:
         cal[0].selectbox("Calibration images", sorted(sizes, key=lambda v: (v == "all", v if v != "all" else 0)),
                          **_on("calib_size"), disabled=not reads_images,
                          format_func=lambda v: "whole training split" if v == "all" else str(v),
-                         help=f"Drawn (seeded, stratified) from the training split; default "
+                         help=f"Drawn (seeded, at random) from the training split; default "
                               f"{DEFAULTS['calib_size']}. More images give steadier regional statistics at "
                               "fine grids and cost proportionally more calibration time.")
         cal[1].checkbox("Add mirror images", **_on("calib_flip"), disabled=not reads_images,
