@@ -1,6 +1,5 @@
 """Tests for hscc_core.nn.training: a tiny model learns, training is seeded, configs are validated."""
 
-import numpy as np
 import pytest
 import torch
 
