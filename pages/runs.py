@@ -8,6 +8,7 @@ from hscc_core.present.dashboard import (DEFAULT_DIMENSIONS, column_label, const
                                          parcoords_figure)
 from hscc_core.present.text import plain
 from hscc_core.runs.compare import COMPARE_MAX
+from hscc_core.runs.config import ALLOCATION_TITLES, CALIBRATION_TITLES
 from hscc_core.runs.importance import IMPORTANCE_METHODS, setting_importance
 from hscc_core.runs.pareto import get_axis
 from hscc_core.runs.search import SAMPLERS, SearchConfig, SearchSpace, default_objectives, run_search
@@ -22,6 +23,14 @@ COMPARE = frame.COMPARE  # session key: cache keys of the runs the Compare page 
 X_AXES = ("flops", "params", "latency")
 Y_AXES = ("accuracy", "macro_f1", "agreement", "kl_to_original")
 _PCT = ("accuracy", "agreement", "flops_kept", "accuracy_delta")
+# Category values shown by their readable names (the table and its exports keep the identifiers).
+_VALUE_TITLES = {"allocation": ALLOCATION_TITLES, "calibration": CALIBRATION_TITLES}
+
+
+def _value_title(col: str, value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    return _VALUE_TITLES.get(col, {}).get(value, value)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -64,7 +73,7 @@ def _filters(table):
             options = category_values(table, col)
             categories[col] = box.multiselect(column_label(col), options, default=options,
                                               key=f"runs_cat_{col}_{'_'.join(map(str, options))}",
-                                              format_func=lambda v: "n/a" if v is None else v)
+                                              format_func=lambda v, col=col: _value_title(col, v))
     return text, ranges, categories, only_front
 
 
@@ -77,7 +86,9 @@ def _display(shown):
         elif col not in config:
             config[col] = st.column_config.Column(column_label(col))
     order = ["pareto", "label", *[c for c in shown.columns if c not in ("pareto", "label", "key")], "key"]
-    return shown[order], config
+    readable = {col: shown[col].map(titles.get).fillna(shown[col])
+                for col, titles in _VALUE_TITLES.items() if col in shown.columns}
+    return shown.assign(**readable)[order], config
 
 
 def _handle_selection(ctx, shown, event) -> None:

@@ -209,15 +209,26 @@ def _run_kinds() -> dict:
         "hscc input greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0, cluster_side="input",
                                               allocation="greedy"),
         "hscc output uniform budget": RunConfig(grid=3, clusters=2, energy=None, budget=2.0, allocation="uniform"),
+        "hscc output sequential greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0,
+                                                          allocation="greedy", calibration="sequential"),
+        "hscc input sequential energy": RunConfig(grid=2, clusters=2, energy=0.9, cluster_side="input",
+                                                  calibration="sequential"),
+        "hscc sensitivity budget, rank multiples, all images flipped": RunConfig(
+            grid=2, clusters=2, energy=None, budget=3.0, allocation="sensitivity", rank_multiple=4, calib_size="all",
+            calib_flip=True),
+        "hscc rank multiples energy": RunConfig(grid=2, clusters=2, energy=0.8, rank_multiple=8),
         "svd energy": RunConfig("svd", energy=0.8),
-        "svd budget": RunConfig("svd", energy=None, budget=2.0),
+        "svd budget": RunConfig("svd", energy=None, budget=2.0, allocation="uniform"),
+        "svd greedy budget": RunConfig("svd", energy=None, budget=2.0, allocation="greedy"),
+        "svd sensitivity budget": RunConfig("svd", energy=None, budget=2.0, allocation="sensitivity"),
         "tucker energy": RunConfig("tucker", energy=0.8),
-        "tucker budget": RunConfig("tucker", energy=None, budget=2.0),
+        "tucker budget": RunConfig("tucker", energy=None, budget=2.0, allocation="uniform"),
+        "tucker greedy budget": RunConfig("tucker", energy=None, budget=2.0, allocation="greedy"),
     }
 
 
-#: Every kind of run the engine makes (method, cluster side, energy or budget, allocation): the pages
-#: are tested on each (tests/test_run_kinds.py, the Compare page's heatmaps in tests/test_compare.py).
+#: Every kind of run the engine makes (method, cluster side, energy or budget, allocation, calibration,
+#: rank multiples, calibration set): the pages are tested on each (tests/test_run_kinds.py, the Compare page's heatmaps in tests/test_compare.py).
 RUN_KINDS = _run_kinds()
 
 

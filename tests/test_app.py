@@ -316,7 +316,57 @@ def test_hscc_plus_switches_change_the_run(app_env, stored_runs):
     assert_page_ok(at)
     assert any("4 input clusters, greedy budget x3** has not been computed" in i for i in texts(at.info))
     at.radio(key="explorer_alloc").set_value("uniform").run()
-    assert any("4 input clusters, budget x3** has not been computed" in i for i in texts(at.info))
+    assert any("4 input clusters, uniform-tau budget x3** has not been computed" in i for i in texts(at.info))
+
+
+def test_sequential_calibration_chosen_in_the_explorer_is_the_stored_run(app_env, counters):
+    """The Advanced choices reach the run: sequential calibration, rank multiples and the whole split
+    with mirror images are named in the heading and stored in the run's config."""
+    cfg = RunConfig(grid=1, clusters=2, energy=0.8, seed=5, calibration="sequential", rank_multiple=2,
+                    calib_size="all", calib_flip=True)
+    at = explorer_config(open_page("pages/explorer.py"), RunConfig(grid=1, clusters=2, energy=0.8, seed=5))
+    at.radio(key="explorer_calibration").set_value("sequential").run()
+    at.selectbox(key="explorer_multiple").set_value(2).run()
+    at.selectbox(key="explorer_calib").set_value("all").run()
+    at.checkbox(key="explorer_flip").check().run()
+    assert_page_ok(at)
+    name = describe_config(cfg.canonical())
+    assert "sequential calibration" in name and "all training images and their mirror images" in name
+    assert any(f"{name}** has not been computed" in i for i in texts(at.info))
+    at.button(key="explorer_run").click().run()
+    at = finish_background_runs(at)
+    assert_page_ok(at)
+    key = run_key(app_env, None, cfg)
+    stored = app_env.store.get_run(key)
+    assert stored["config"]["calibration"] == "sequential" and stored["calibration"] == "sequential"
+    assert stored["config"]["calib_size"] == "all" and stored["config"]["calib_flip"] is True
+    assert stored["config"]["rank_multiple"] == 2
+    assert name in texts(at.subheader)
+    # Chosen again from the sidebar's store, the run brings its settings back into the widgets.
+    at.radio(key="explorer_calibration").set_value("independent").run()
+    assert name not in texts(at.subheader)
+    at.session_state["explorer_pending"] = dict(stored["config"], method="hscc")
+    at.run()
+    assert at.radio(key="explorer_calibration").value == "sequential" and name in texts(at.subheader)
+
+
+def test_baselines_get_every_budget_allocation_in_the_explorer(app_env):
+    """Global SVD in budget mode: the allocation choice is open (like for like with HSCC), the
+    HSCC-only settings are not, and sensitivity allocation opens the calibration images."""
+    at = open_page("pages/explorer.py")
+    at.selectbox(key="explorer_method").set_value("svd").run()
+    at.radio(key="explorer_mode").set_value("FLOPs budget").run()
+    assert_page_ok(at)
+    assert not at.radio(key="explorer_alloc").disabled and at.radio(key="explorer_alloc").value == "greedy"
+    assert at.radio(key="explorer_calibration").disabled and at.selectbox(key="explorer_multiple").disabled
+    assert at.selectbox(key="explorer_calib").disabled
+    assert any("Global SVD, greedy budget x3** has not been computed" in i for i in texts(at.info))
+    at.radio(key="explorer_alloc").set_value("sensitivity").run()
+    assert not at.selectbox(key="explorer_calib").disabled
+    assert any("Global SVD, sensitivity-greedy budget x3** has not been computed" in i for i in texts(at.info))
+    at.radio(key="explorer_mode").set_value("energy threshold").run()  # the budget's rule waits for budget mode
+    at.radio(key="explorer_mode").set_value("FLOPs budget").run()
+    assert at.radio(key="explorer_alloc").value == "sensitivity"
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import copy_workspace, use_tiny_app_env
-from hscc_core.runs.config import RunConfig, describe_config
+from hscc_core.runs.config import ALLOCATION_TITLES, RunConfig, describe_config
 from hscc_core.runs.pipeline import compress_run, run_key
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -82,6 +82,26 @@ def test_filters_search_and_pareto_only(page_env):
     at.text_input(key="runs_search").set_value("").run()
     at.checkbox(key="runs_only_front").check().run()
     assert table(at)["pareto"].all() and 0 < len(table(at)) < 10
+
+
+def test_allocation_and_calibration_read_as_words(page_env):
+    """The table names each run's allocation and calibration rule (not its identifier); the
+    filters offer the same words."""
+    ws = page_env
+    meta = ws.baseline()[1]
+    base = ws.store.get_run(run_key(ws, meta, REAL[0]))
+    cfg = RunConfig(grid=2, clusters=2, energy=None, budget=2.0, allocation="sensitivity", calibration="sequential")
+    run = {k: v for k, v in base.items() if k not in ("cache_key", "cached")}
+    run.update(config=cfg.canonical(), label=cfg.label(), allocation="sensitivity", calibration="sequential")
+    ws.store.put_run(run_key(ws, meta, cfg), run, ws.store.get_arrays(base["cache_key"]))
+    at = open_runs()
+    t = table(at)
+    row = t[t["label"] == describe_config(cfg.canonical())]
+    assert list(row["allocation"]) == [ALLOCATION_TITLES["sensitivity"]] and list(row["calibration"]) == ["sequential"]
+    assert set(t["allocation"].dropna()) == {ALLOCATION_TITLES["uniform"], ALLOCATION_TITLES["sensitivity"]}
+    at.multiselect(key="runs_filter_cols").set_value(["allocation"]).run()
+    assert not at.exception
+    assert ALLOCATION_TITLES["sensitivity"] in by_label(at.multiselect, "allocation").options
 
 
 def test_importance_section_warns_on_few_runs(page_env):

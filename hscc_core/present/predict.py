@@ -54,7 +54,8 @@ WARMUP_RUNS = 3
 
 
 def model_input(meta: Mapping[str, Any], grey: np.ndarray | LoadedSlice) -> torch.Tensor:
-    """Normalised (1, 3, S, S) tensor from a grey slice, resized to the model's input size if needed.
+    """Normalised (1, 1, S, S) tensor from a grey slice (the workspace's models read one folded grey
+    channel, hscc_core.nn.grey), resized to the model's input size if needed.
 
     Parameters
     ----------

@@ -170,7 +170,7 @@ def _layer_rows_text(rows: list[dict]) -> list[list[str]]:
 
 
 def image_maps(original, compressed, x, layers: list[str], cam_layer: str) -> dict:
-    """What the report draws on one test image ``x`` (1, 3, S, S): each compressed layer's output error
+    """What the report draws on one test image ``x`` (1, C, S, S): each compressed layer's output error
     (the same input fed to both layers) and both models' Grad-CAM for the original's answer.
 
     Returns

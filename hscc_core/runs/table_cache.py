@@ -29,7 +29,8 @@ from hscc_core.runs.table import mark_pareto, runs_table
 
 __all__ = ["DETAIL_FIELDS", "TABLE_VERSION", "stored_run_summaries", "stored_runs_table"]
 
-TABLE_VERSION = 2  # bump when runs_table's columns (or the summaries) change
+TABLE_VERSION = 3  # bump when runs_table's columns or the summaries change (3: calibration, allocation
+#                    for every method; run summaries)
 #: Fields of a stored run that a summary leaves out: per-layer summaries and errors, per-layer FLOPs,
 #: the confusion matrix and the budget search's record. Listings never read them.
 DETAIL_FIELDS = ("layers", "layer_errors", "layer_flops", "layer_flops_original", "confusion_matrix",
