@@ -141,7 +141,7 @@ def main() -> int:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
     at.run()
     t = time.perf_counter()
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     rows["Runs page, first visit (AppTest)"] = time.perf_counter() - t
     assert not at.exception, at.exception
     assert len(at.dataframe[0].value) == n, (len(at.dataframe[0].value), n)
@@ -152,7 +152,7 @@ def main() -> int:
     assert not at.exception, at.exception
     rows["Runs page, rerun with importance shown (AppTest)"], _ = timed(lambda: at.run())
     t = time.perf_counter()
-    at.switch_page("pages/pareto.py").run()
+    at.switch_page("views/pareto.py").run()
     rows["Pareto page, first visit (AppTest)"] = time.perf_counter() - t
     assert not at.exception, at.exception
     rows["Pareto page, rerun (AppTest)"], _ = timed(lambda: at.run())

@@ -87,7 +87,7 @@ def tiny_env(data: Path, cache: Path, epochs: int = 4) -> dict[str, str]:
 
 def use_tiny_app_env(monkeypatch, data: Path, cache: Path) -> None:
     """Point the app (run in this process by AppTest) at a tiny model on ``data``; the pages import
-    ``pages.common``, so the repository root goes on ``sys.path``."""
+    ``views.frame``, so the repository root goes on ``sys.path``."""
     for name, value in tiny_env(data, cache).items():
         monkeypatch.setenv(name, value)
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
@@ -189,8 +189,8 @@ def region_modules(model: nn.Module) -> dict:
 # --------------------------------------------------------------------------- the app (AppTest)
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
-PAGES = ["pages/overview.py", "pages/explorer.py", "pages/pareto.py", "pages/confusion.py", "pages/heatmaps.py",
-         "pages/report.py", "pages/runs.py", "pages/compare.py", "pages/demo.py"]
+PAGES = ["views/overview.py", "views/explorer.py", "views/pareto.py", "views/confusion.py", "views/heatmaps.py",
+         "views/report.py", "views/runs.py", "views/compare.py", "views/demo.py"]
 
 
 def shown(text: str) -> str:

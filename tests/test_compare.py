@@ -138,9 +138,9 @@ def test_shared_scale_figures():
 def test_compare_page_draws_every_kind_of_run_on_one_slice(trained_workspace, kinds, group, monkeypatch):
     use_tiny_app_env(monkeypatch, trained_workspace.data, trained_workspace.cache_dir)
     runs = [kinds[name] for name in group]
-    at = open_page("pages/overview.py")
+    at = open_page("views/overview.py")
     at.session_state["compare_runs"] = ["original" if r["method"] == "original" else r["cache_key"] for r in runs]
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("views/compare.py").run()
     assert_page_ok(at)
     # The tables name the runs #1.. (full names in the legend above them), so they fit the page.
     tags = [f"#{i + 1}" for i in range(len(runs))]

@@ -1,4 +1,4 @@
-"""AppTest of the clinician demo page (pages/demo.py) on the tiny trained workspace.
+"""AppTest of the clinician demo page (views/demo.py) on the tiny trained workspace.
 
 The page runs on its own (it calls ``sidebar()`` itself), so these tests do not depend on app.py's
 navigation. Uploads go through AppTest's file uploader: bytes in memory, as in the browser.
@@ -21,7 +21,7 @@ from hscc_core.present import predict
 from hscc_core.runs.pipeline import compress_run
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = ROOT / "pages" / "demo.py"
+PAGE = ROOT / "views" / "demo.py"
 RUN = RunConfig(grid=2, clusters=2, energy=0.9)
 
 

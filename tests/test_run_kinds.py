@@ -67,17 +67,17 @@ def counted_original(run: dict, layer: str) -> int:
 
 def test_a_link_to_an_unknown_run_is_a_message(trained_workspace, kinds, monkeypatch):
     use_tiny_app_env(monkeypatch, trained_workspace.data, trained_workspace.cache_dir)
-    at = open_page("pages/confusion.py", link="0" * 24)
+    at = open_page("views/confusion.py", link="0" * 24)
     assert any("not stored for this dataset" in w.value for w in at.warning)
     assert "selected_run" not in at.session_state
-    at = open_page("pages/pareto.py", link="not-a-key")
+    at = open_page("views/pareto.py", link="not-a-key")
     assert_page_ok(at)
 
 
 def test_a_new_selection_replaces_the_link(trained_workspace, kinds, monkeypatch):
     use_tiny_app_env(monkeypatch, trained_workspace.data, trained_workspace.cache_dir)
     first, second = kinds["svd energy"], kinds["hscc input energy"]
-    at = open_page("pages/confusion.py", link=first["cache_key"])
+    at = open_page("views/confusion.py", link=first["cache_key"])
     at.selectbox(key="confusion_pick").set_value(second["cache_key"]).run()
     assert_page_ok(at)
     assert at.session_state["selected_run"] == second["cache_key"]

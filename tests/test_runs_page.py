@@ -37,7 +37,7 @@ def page_env(trained_workspace, tmp_path, monkeypatch):
 
 def open_runs() -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=120).run()
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -123,7 +123,7 @@ def test_selection_reaches_the_compare_page(page_env):
     assert not at.exception
     assert at.session_state["compare_runs"] == [keys[0], keys[2]]
     assert at.session_state["selected_run"] == keys[0]
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("views/compare.py").run()
     assert not at.exception and not at.error
     assert at.multiselect(key="compare_pick").value == [keys[0], keys[2]]
     metrics = at.dataframe[0].value
@@ -140,7 +140,7 @@ def test_selection_reaches_the_compare_page(page_env):
 
 def test_compare_page_without_a_selection_asks_for_runs(page_env):
     at = AppTest.from_file(str(APP), default_timeout=120).run()
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("views/compare.py").run()
     assert not at.exception and any("Pick 2 to 4 runs" in i.value for i in at.info)
 
 

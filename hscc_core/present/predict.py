@@ -1,6 +1,6 @@
 """One slice, both models: predictions, per-slice timing, Grad-CAM and a plain-language comparison.
 
-The clinician demo (``pages/demo.py``) and ``hscc predict`` are thin layers over this module:
+The clinician demo (``views/demo.py``) and ``hscc predict`` are thin layers over this module:
 
 * :func:`predict_slice` classifies one grey slice with one model and times that single inference
   (median of a few runs after warm-up, batch 1, in this process; :func:`compare` interleaves the two

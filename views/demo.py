@@ -22,7 +22,7 @@ from hscc_core.present.plots import METHOD_STYLE, OKABE_ITO, overlay_figure
 from hscc_core.present.predict import compare, probability_figure
 from hscc_core.present.text import plain
 from hscc_core.runs.config import run_name
-from pages.frame import NOTICE, chart, compressed_model, run_picker, show, workspace_id
+from views.frame import NOTICE, chart, compressed_model, run_picker, show, workspace_id
 
 SOURCES = ("Test slice", "Upload a file")
 HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")

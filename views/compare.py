@@ -20,8 +20,8 @@ from hscc_core.runs.compare import (COMPARE_MAX, COMPARE_MIN, compressed_layers,
 from hscc_core.present.labels import class_label, pct
 from hscc_core.present.text import plain
 from hscc_core.runs.config import run_name
-from pages import frame
-from pages.frame import load_arrays, load_run
+from views import frame
+from views.frame import load_arrays, load_run
 
 COMPARE = frame.COMPARE  # session key shared with the Runs page
 ORIGINAL = "original"  # picker entry for the original model

@@ -10,7 +10,7 @@ from hscc_core.present.labels import class_label, method_title, speed_text, spli
 from hscc_core.present.plots import key_from_selection, pareto_figure, plotted_runs
 from hscc_core.runs.config import ALLOCATION_TITLES, CALIBRATION_TITLES, LEGACY, run_name
 from hscc_core.runs.pareto import axis_value, front_runs, get_axis
-from pages import frame
+from views import frame
 
 X_AXES = ("flops", "params", "latency")
 SIDE_LABELS = {"output": "output channels", "input": "input channels"}

@@ -16,8 +16,8 @@ from hscc_core.runs.store import RunStore
 from hscc_core.runs.table import (SETTINGS, category_values, filter_mask, is_numeric, mark_pareto, search_mask,
                                   sort_table, to_csv, to_json)
 from hscc_core.runs.table_cache import stored_runs_table
-from pages import frame
-from pages.frame import USER_ERRORS, load_run, select_run
+from views import frame
+from views.frame import USER_ERRORS, load_run, select_run
 
 COMPARE = frame.COMPARE  # session key: cache keys of the runs the Compare page shows
 X_AXES = ("flops", "params", "latency")

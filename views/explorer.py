@@ -23,7 +23,7 @@ from hscc_core.runs.config import (ALLOCATIONS, CALIBRATIONS, CLUSTER_SIDES, DEF
                                    default_allocation, describe_config)
 from hscc_core.runs.pipeline import run_key
 from hscc_core.runs.progress import StageTimes, profile_of
-from pages import frame
+from views import frame
 
 # Finer steps near 1, where accuracy changes fastest.
 ENERGIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999)

@@ -12,7 +12,7 @@ from hscc_core.present.png import PRINT_DPI, figure_png, figures_zip
 from hscc_core.present.report import (config_rows, environment_info, image_maps, layer_table, metrics_rows,
                                       report_figures, report_html)
 from hscc_core.runs.config import run_name
-from pages import frame
+from views import frame
 
 
 @st.cache_data(show_spinner="Computing the error and Grad-CAM maps...", max_entries=16)

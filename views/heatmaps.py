@@ -11,7 +11,7 @@ from hscc_core.present.labels import class_label
 from hscc_core.runs.config import run_name
 from hscc_core.present.plots import overlay_figure
 from hscc_core.present.text import plain
-from pages import frame
+from views import frame
 
 KINDS = {label: kind for kind, label in REGION_LABELS.items()}  # widget label -> kind of region value
 

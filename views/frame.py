@@ -8,8 +8,8 @@ exception into one visible message with an error id (the traceback goes to the s
 
 Pages hold widgets and layout only: each is a ``main(ctx)`` function handed to :func:`show`, which
 runs it inside the frame app.py drew (or draws the frame itself when Streamlit runs the page file
-alone: its pages-directory mode does that for the first request of a server process, and AppTest for
-every page switch); they pick runs with :func:`run_picker` and select one with :func:`select_run`. All computation is in ``hscc_core``. Runs are immutable once
+alone, as AppTest does on every page switch); they pick runs with :func:`run_picker` and select one
+with :func:`select_run`. All computation is in ``hscc_core``. Runs are immutable once
 stored (their key is a content hash), so they are cached with ``st.cache_data`` by (cache folder,
 key); run lists are cached by the store's current set of keys, so a new run shows up at once.
 ``st.cache_resource`` holds loaded things (workspaces with their baseline model) and the run summaries
@@ -503,9 +503,10 @@ def app(default: str | None = None) -> None:
 def show(stem: str, main) -> None:
     """Run a page's ``main(ctx)`` inside the frame :func:`app` opened in this script run.
 
-    Streamlit sometimes runs a page file alone (its pages-directory mode does, for the first request
-    of a server process that names a page, and AppTest on page switches): the page then runs the
-    app, which draws the frame and runs this page again inside it.
+    AppTest runs a page file alone on page switches: the page then runs the app, which draws the
+    frame and runs this page again inside it. (The pages live in ``views/``, not ``pages/``: a
+    ``pages/`` folder beside app.py puts Streamlit in its pages-directory mode until app.py first
+    runs, so a deep link as a server's first request showed the raw page list and "Page not found".)
     """
     if st.session_state.pop(_FRAMED, False):
         main(st.session_state[_CONTEXT])
@@ -553,7 +554,7 @@ def _background_list(ctx: Context) -> None:
                 run = load_run(ctx, job.key)
                 if run is not None:
                     select_run(run)
-                st.switch_page("pages/explorer.py")
+                st.switch_page("views/explorer.py")
         else:
             c = st.columns([3, 1], vertical_alignment="center")
             c[0].caption(f":material/error: {name}: failed ({job.error})")
