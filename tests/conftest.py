@@ -24,6 +24,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from torch import nn
 
+from hscc_core.runs.versions import RUN_VERSION
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
 CLASSES = ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor")
@@ -522,6 +524,7 @@ def table_run(key, method="hscc", grid=2, clusters=4, energy=0.9, budget=None, a
             cfg["allocation"] = allocation
     label = f"{method} G{grid} K{clusters}" if method == "hscc" else method
     run = {"cache_key": key, "label": label, "method": method, "config": cfg, "classes": TABLE_CLASSES,
+           "version": RUN_VERSION,
            "cluster_side": side or "output", "allocation": allocation or "uniform",
            "energy": 0.93 if budget else energy, "accuracy": accuracy, "accuracy_se": 0.01,
            "macro_f1": accuracy - 0.05, "macro_f1_se": 0.02,

@@ -10,11 +10,14 @@ from hscc_core.runs.store import RunStore
 from hscc_core.runs.table import runs_table
 from hscc_core.present.plots import pareto_figure, run_hover
 from hscc_core.runs.table_cache import DETAIL_FIELDS, stored_run_summaries, stored_runs_table
+from hscc_core.runs.versions import ORIGINAL_VERSION, RUN_VERSION
 
 
-def put(store, run, data="d" * 24, model="m" * 24):
+def put(store, run, data="d" * 24, model="m" * 24, version=None):
     body = {k: v for k, v in run.items() if k != "cache_key"}
-    store.put_run(run["cache_key"], dict(body, data_fingerprint=data, model_fingerprint=model), {})
+    if version is None:
+        version = ORIGINAL_VERSION if run.get("method") == "original" else RUN_VERSION
+    store.put_run(run["cache_key"], dict(body, data_fingerprint=data, model_fingerprint=model, version=version), {})
 
 
 @pytest.fixture
@@ -144,3 +147,20 @@ def test_summaries_draw_the_same_pareto_figure_as_the_full_runs(tmp_path):
         hovers = {r["cache_key"]: run_hover(r) for r in summaries}
         assert pareto_figure(summaries, x, y, error_bars=True, selected=full[2]["cache_key"],
                              hovers=hovers).to_json() == want
+
+
+def test_runs_of_an_older_pipeline_are_not_listed(tmp_path):
+    # Their FLOPs and timings describe another computation (before conv1 was folded, say): a plot or
+    # table beside the current runs would compare unlike with like.
+    from hscc_core.runs.selection import baseline_runs
+
+    store = RunStore(tmp_path)
+    current, old, unversioned = (fake_run(f"{i:024x}") for i in range(3))
+    put(store, current)
+    put(store, old, version=RUN_VERSION - 1)
+    body = {k: v for k, v in unversioned.items() if k not in ("cache_key", "version")}  # before versions
+    store.put_run(unversioned["cache_key"], dict(body, data_fingerprint="d" * 24, model_fingerprint="m" * 24), {})
+    listed = stored_runs_table(store, CLASSES, data_fingerprint="d" * 24, model_fingerprint="m" * 24)
+    assert list(listed["key"]) == [current["cache_key"]]
+    assert [r["cache_key"] for r in stored_run_summaries(store, CLASSES, "d" * 24, "m" * 24)] == [current["cache_key"]]
+    assert [r["cache_key"] for r in baseline_runs(store, "d" * 24, "m" * 24)] == [current["cache_key"]]

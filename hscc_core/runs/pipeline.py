@@ -39,20 +39,13 @@ from hscc_core.nn.grey import input_channels, input_shape
 from hscc_core.nn.training import finetune_config, pick_device, train
 from hscc_core.runs.config import DEFAULTS, RunConfig, calibration_count
 from hscc_core.runs.store import cache_key
+from hscc_core.runs.versions import ORIGINAL_VERSION, RUN_VERSION
 from hscc_core.runs.workspace import Workspace
 
 __all__ = ["Compressed", "ORIGINAL_VERSION", "RUN_VERSION", "SENSITIVITY_VERSION", "SEQUENTIAL_VERSION",
            "STATS_VERSION", "build_compressed", "calibration_images", "calibration_stats", "compress_run",
            "compute_run", "eval_device", "original_key", "original_run", "rebuild_model", "run_key"]
 
-# 2: the grey input is folded into a one-channel conv1 (hscc_core.nn.grey): the original's FLOPs
-# (conv1's drop to a third) and its float round-off change.
-ORIGINAL_VERSION = 2
-# Bump when the compression, evaluation or measurement of runs changes. 2: runs carry typed
-# per-layer summaries (kind, geometry, per-region ranks and MACs) that every page reads. 3: conv1
-# folded to one grey channel for every model (FLOPs, budgets and timings change: conv1's cost is a
-# third of what it was, so every budget's target is lower and a conv1 direction is cheaper).
-RUN_VERSION = 3
 # 2: computed on the folded model (input-side statistics of conv1 have 1 input channel, not 3).
 STATS_VERSION = 2  # bump when the calibration statistics change
 SEQUENTIAL_VERSION = 1  # bump when the cross statistics of sequential calibration change
@@ -108,7 +101,8 @@ def original_run(ws: Workspace, progress=None) -> tuple[dict, dict[str, np.ndarr
         preds = probs.argmax(1)
         shape = input_shape(model, images.size)
         flops, params = count_flops(model, shape), count_params(model)
-        run = {"method": "original", "config": {}, "cache_key": key, **_provenance(ws, meta),
+        run = {"method": "original", "config": {}, "cache_key": key, "version": ORIGINAL_VERSION,
+               **_provenance(ws, meta),
                **classification_metrics(images.y_test, preds, images.classes),
                "flops": flops, "flops_original": flops, "params": params, "params_original": params,
                "skipped_files": len(images.skipped), "seconds": time.perf_counter() - start}
@@ -369,7 +363,7 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
     progress("measure", 0, 1)
     measure_start = time.perf_counter()
     summaries = built.plan.summaries()
-    run = {"method": config.method, "config": config.canonical(), "label": config.label(),
+    run = {"method": config.method, "config": config.canonical(), "label": config.label(), "version": RUN_VERSION,
            **_provenance(ws, meta), "energy": built.energy, "cluster_side": config.cluster_side,
            "allocation": config.allocation, "calibration": config.calibration,
            "sensitivity": None if built.sensitivity is None else built.sensitivity.to_json(), **evaluation,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from hscc_core.runs.store import RunStore
+from hscc_core.runs.versions import is_current
 from hscc_core.runs.workspace import Workspace
 
 __all__ = ["baseline_runs", "resolve_run"]
@@ -17,9 +18,11 @@ __all__ = ["baseline_runs", "resolve_run"]
 
 def baseline_runs(store: RunStore, data_fingerprint: str, model_fingerprint: str,
                   method: str | None = None) -> list[dict]:
-    """The stored compression runs (not the original's) of one dataset and baseline model."""
+    """The stored compression runs (not the original's) of one dataset and baseline model, computed
+    by this version of the pipeline (:mod:`hscc_core.runs.versions`)."""
     return [r for r in store.list_runs(method=method, data_fingerprint=data_fingerprint)
-            if r.get("method") != "original" and r.get("model_fingerprint") == model_fingerprint]
+            if r.get("method") != "original" and r.get("model_fingerprint") == model_fingerprint
+            and is_current(r)]
 
 
 _HEX = re.compile(r"[0-9a-f]{4,64}")

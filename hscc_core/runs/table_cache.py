@@ -26,16 +26,17 @@ import pandas as pd
 
 from hscc_core.runs.store import RunStore, cache_key
 from hscc_core.runs.table import mark_pareto, runs_table
+from hscc_core.runs.versions import is_current
 
 __all__ = ["DETAIL_FIELDS", "TABLE_VERSION", "stored_run_summaries", "stored_runs_table"]
 
-TABLE_VERSION = 3  # bump when runs_table's columns or the summaries change (3: calibration, allocation
-#                    for every method; run summaries)
+TABLE_VERSION = 4  # bump when runs_table's columns or the summaries change (3: calibration, allocation
+#                    for every method; run summaries; 4: whether a run is current)
 #: Fields of a stored run that a summary leaves out: per-layer summaries and errors, per-layer FLOPs,
 #: the confusion matrix and the budget search's record. Listings never read them.
 DETAIL_FIELDS = ("layers", "layer_errors", "layer_flops", "layer_flops_original", "confusion_matrix",
                  "budget_search")
-_META = ("_mtime", "_size", "_data", "_model", "_method", "_summary")
+_META = ("_mtime", "_size", "_data", "_model", "_method", "_current", "_summary")
 _FULL_LISTING = 100  # above this many unread runs, one listing is cheaper than reads with arrays
 
 
@@ -54,6 +55,7 @@ def _rows(runs: list[dict], classes: Sequence[str], states: dict) -> pd.DataFram
     text = pd.StringDtype(na_value=np.nan)
     for col, field in (("_data", "data_fingerprint"), ("_model", "model_fingerprint"), ("_method", "method")):
         table[col] = pd.array([r.get(field) for r in runs], dtype=text)
+    table["_current"] = np.array([is_current(r) for r in runs], dtype=bool)
     table["_summary"] = pd.array([json.dumps({k: v for k, v in r.items() if k not in DETAIL_FIELDS},
                                              separators=(",", ":")) for r in runs], dtype=text)
     return table
@@ -102,7 +104,8 @@ def _chosen(rows: pd.DataFrame, data_fingerprint: str | None, model_fingerprint:
     if data_fingerprint is not None:
         mask &= (rows["_data"] == data_fingerprint).to_numpy(bool)
     if model_fingerprint is not None:
-        mask &= (rows["_model"] == model_fingerprint).to_numpy(bool)
+        # A model's runs from an older pipeline describe another computation: never listed beside it.
+        mask &= (rows["_model"] == model_fingerprint).to_numpy(bool) & rows["_current"].to_numpy(bool)
     return mask
 
 
