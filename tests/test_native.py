@@ -124,7 +124,16 @@ def test_program_follows_new_weights(kernel):
             p.mul_(0.5)
         after = native.run(layer, xi)
         torch.testing.assert_close(after, layer.forward_reference(xi), rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(before, after)
+        assert not torch.allclose(before, after)
+        # a parameter replaced by another object, and one whose data was swapped (no version bump)
+        for change in ("replace", "data"):
+            owner = next(m for m in layer.modules() if m._parameters.get("weight") is not None)
+            new = owner.weight.detach() * 0.25
+            if change == "replace":
+                owner.weight = torch.nn.Parameter(new)
+            else:
+                owner.weight.data = new
+            torch.testing.assert_close(native.run(layer, xi), layer.forward_reference(xi), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("side", ["output", "input"])

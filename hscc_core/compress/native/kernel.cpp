@@ -14,9 +14,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <utility>
 #include <cstring>
 #include <vector>
 
+#include <immintrin.h>
 #include <omp.h>
 
 extern "C" {
@@ -51,19 +54,113 @@ struct Input {
   int64_t sn, sc, sh, sw, h, w;
 };
 
-// dst[rows x m] (leading dim ldd) (+)= src[rows x k] (leading dim lds) * w^T, w (m x k) row-major.
-inline void gemm_rows(int rows, int m, int k, const float* w, const float* src, int lds, bool acc,
-                      float* dst, int ldd) {
+// ---- GEMM on panel-packed weights ----------------------------------------------------------------
+//
+// program.pack() stores every step's weight (m x k) as panels of kPanel output columns: panel p
+// holds columns [16 p, 16 p + w_p) as a (k x w_p) row-major block (w_p = 16, the last one the
+// rest), one panel after the other: the same m x k numbers, no padding. A panel row is one vector
+// of 16 output columns, so the kernel below streams the weights in order, broadcasts one src value
+// per row and keeps RB rows x NP panels of partial sums in registers for the whole k loop: with a
+// handful of rows (batch 1: the positions of one region) each weight is read once from memory and
+// no horizontal sums are needed. The last panel's missing lanes are masked: they load and store
+// nothing, so the MACs are exactly rows x m x k. BLAS runs the same panels (one call per panel)
+// for tall tiles and where AVX-512 is absent.
+
+constexpr int kPanel = 16;
+
+template <int RB, int NP>
+__attribute__((target("avx512f"))) void panel_block(int k, const float* panels, int m_left, const float* src,
+                                                    int lds, bool acc, float* dst, int ldd) {
+  // Every loop over RB or NP is unrolled (pragmas): otherwise GCC keeps the accumulators in memory.
+  __m512 s[RB][NP];
+  const float* pw[NP];
+  __mmask16 mask[NP];
+  int width[NP];
+#pragma GCC unroll 16
+  for (int p = 0; p < NP; ++p) {
+    width[p] = std::min(kPanel, m_left - p * kPanel);
+    mask[p] = static_cast<__mmask16>((1u << width[p]) - 1u);
+    pw[p] = panels + static_cast<int64_t>(p) * kPanel * k;
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 16
+    for (int p = 0; p < NP; ++p) s[r][p] = _mm512_setzero_ps();
+  for (int i = 0; i < k; ++i) {
+    __m512 wv[NP];
+#pragma GCC unroll 16
+    for (int p = 0; p < NP; ++p) wv[p] = _mm512_maskz_loadu_ps(mask[p], pw[p] + static_cast<int64_t>(i) * width[p]);
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) {
+      const __m512 a = _mm512_set1_ps(src[static_cast<int64_t>(r) * lds + i]);
+#pragma GCC unroll 16
+      for (int p = 0; p < NP; ++p) s[r][p] = _mm512_fmadd_ps(a, wv[p], s[r][p]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 16
+    for (int p = 0; p < NP; ++p) {
+      float* d = dst + static_cast<int64_t>(r) * ldd + p * kPanel;
+      const __m512 v = acc ? _mm512_add_ps(s[r][p], _mm512_maskz_loadu_ps(mask[p], d)) : s[r][p];
+      _mm512_mask_storeu_ps(d, mask[p], v);
+    }
+}
+
+constexpr int kMaxRowBlock = 12;  // 12 rows x 2 panels = 24 of the 32 vector registers
+using PanelBlock = void (*)(int, const float*, int, const float*, int, bool, float*, int);
+template <int NP, int... RB>
+constexpr std::array<PanelBlock, sizeof...(RB)> panel_table(std::integer_sequence<int, RB...>) {
+  return {panel_block<RB + 1, NP>...};
+}
+constexpr auto kPanel1 = panel_table<1>(std::make_integer_sequence<int, kMaxRowBlock>{});
+constexpr auto kPanel2 = panel_table<2>(std::make_integer_sequence<int, kMaxRowBlock>{});
+
+// dst[rows x m] (+)= src[rows x k] w^T, w in panels: two panels at a time, the rows in even
+// blocks of at most kMaxRowBlock.
+void panel_gemm(int rows, int m, int k, const float* panels, const float* src, int lds, bool acc, float* dst,
+                int ldd) {
+  const int blocks = (rows + kMaxRowBlock - 1) / kMaxRowBlock;
+  for (int j = 0; j < m; j += 2 * kPanel) {
+    const auto& table = m - j > kPanel ? kPanel2 : kPanel1;
+    for (int b = 0, r = 0; b < blocks; ++b) {
+      const int rb = (rows - r) / (blocks - b);
+      table[rb - 1](k, panels + static_cast<int64_t>(j) * k, m - j, src + static_cast<int64_t>(r) * lds, lds, acc,
+                    dst + static_cast<int64_t>(r) * ldd + j, ldd);
+      r += rb;
+    }
+  }
+}
+
+constexpr int kPanelDefaultLimit = 32;
+
+bool have_avx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+}
+
+// dst[rows x m] (leading dim ldd) (+)= src[rows x k] (leading dim lds) w^T, w (m x k) in panels:
+// the register kernel for tiles of at most ``panel_limit`` rows, else BLAS once per panel.
+inline void gemm_rows(int rows, int m, int k, const float* panels, const float* src, int lds, bool acc,
+                      float* dst, int ldd, int panel_limit) {
   if (rows <= 0 || m <= 0) return;
   if (k <= 0) {
     if (!acc)
       for (int r = 0; r < rows; ++r) std::memset(dst + (int64_t)r * ldd, 0, sizeof(float) * m);
     return;
   }
-  const char ta = 'T', tb = 'N';
+  if (rows <= panel_limit) {
+    panel_gemm(rows, m, k, panels, src, lds, acc, dst, ldd);
+    return;
+  }
+  const char tn = 'N';
   const float one = 1.f, beta = acc ? 1.f : 0.f;
-  // Column-major view: dst^T (m x rows) = w (as k x m, transposed) * src^T (k x rows).
-  sgemm_(&ta, &tb, &m, &rows, &k, &one, w, &k, src, &lds, &beta, dst, &ldd);
+  for (int j = 0; j < m; j += kPanel) {
+    const int w = std::min(kPanel, m - j);
+    // Column-major view: dst^T (w x rows) = panel (w x k, leading dim w) * src^T (k x rows).
+    sgemm_(&tn, &tn, &w, &rows, &k, &one, panels + static_cast<int64_t>(j) * k, &w, src, &lds, &beta,
+           dst + j, &ldd);
+  }
 }
 
 // Short runs (a few channels of an 11 x 11 first layer) are copied inline: a memcpy call per run
@@ -127,8 +224,8 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
                        const at::Tensor& gather, const at::Tensor& groups, const at::Tensor& steps,
                        const at::Tensor& weights, const at::Tensor& order, const at::Tensor& bias,
                        const at::Tensor& const_channels, const at::Tensor& const_values,
-                       int64_t tile_rows, int64_t macs_per_image, int64_t out_channels, int64_t out_h,
-                       int64_t out_w) {
+                       int64_t tile_rows, int64_t panel_rows, int64_t macs_per_image,
+                       int64_t out_channels, int64_t out_h, int64_t out_w) {
   TORCH_CHECK(x_in.device().is_cpu() && x_in.scalar_type() == at::kFloat && x_in.dim() == 4,
               "region_conv: x must be a float32 CPU tensor (N, C, H, W)");
   TORCH_CHECK(geometry.numel() == 12 && regions.dim() == 2 && regions.size(1) == 16 &&
@@ -213,6 +310,10 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
   // Largest first: the dynamic schedule then balances the tail.
   std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
   const int n_threads = static_cast<int>(std::min<int64_t>(threads_wanted, items.size()));
+  // Tiles of at most this many rows use the register kernel (AVX-512 only; < 0: the default).
+  const int panel_limit = !have_avx512()      ? 0
+                          : panel_rows < 0 ? kPanelDefaultLimit
+                                           : static_cast<int>(std::min<int64_t>(panel_rows, 1 << 20));
 
 #pragma omp parallel num_threads(n_threads)
   {
@@ -235,7 +336,7 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
         float* dst = st.dst == kZ ? z.data() : y.data();
         const int ldd = static_cast<int>(st.dst == kZ ? reg.nz : reg.ny);
         gemm_rows(rows, static_cast<int>(st.d1 - st.d0), static_cast<int>(st.s1 - st.s0),
-                  wts + st.weight_off, src + st.s0, lds, st.accumulate != 0, dst + st.d0, ldd);
+                  wts + st.weight_off, src + st.s0, lds, st.accumulate != 0, dst + st.d0, ldd, panel_limit);
       }
       // Write-out: bias, channel scatter, constants, into the channels-last output.
       const int64_t hr = reg.h1 - reg.h0, wr = reg.w1 - reg.w0, per_image = hr * wr;
@@ -267,7 +368,7 @@ TORCH_LIBRARY(hscc_native, m) {
   m.def(
       "region_conv(Tensor x, Tensor geometry, Tensor regions, Tensor gather, Tensor groups, "
       "Tensor steps, Tensor weights, Tensor order, Tensor bias, Tensor const_channels, "
-      "Tensor const_values, int tile_rows, int macs_per_image, int out_channels, int out_h, "
+      "Tensor const_values, int tile_rows, int panel_rows, int macs_per_image, int out_channels, int out_h, "
       "int out_w) -> Tensor");
 }
 
