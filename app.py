@@ -5,10 +5,19 @@ Serve it on localhost with ``make run`` (``--server.address 127.0.0.1``); see RE
 Every page reads ``?run=<cache key>``: a URL opens a given run on a given page.
 """
 
-import streamlit as st
+import sys
 
-from pages import frame
+import streamlit as st
 
 if __name__ == "__main__":  # Streamlit runs the app as __main__; a process pool's child imports it otherwise
     st.set_page_config(page_title="hscc-explorer", page_icon="🧠", layout="wide")
+    starting = st.empty()
+    if "pages.frame" not in sys.modules:
+        # The first request of a server process imports PyTorch and the engine (seconds): say so
+        # rather than show a blank page. The frame then says when it loads the model.
+        starting.info("Starting hscc-explorer: loading PyTorch and the compression engine...",
+                      icon=":material/hourglass_top:")
+    from pages import frame
+
+    starting.empty()
     frame.app()

@@ -9,6 +9,7 @@ from hscc_core.present.plots import confusion_figure, per_class_figure
 from hscc_core.runs.compare import (COMPARE_MAX, COMPARE_MIN, kept_fractions, metrics_wide, pairwise_tests,
                                     run_names)
 from hscc_core.present.labels import pct
+from hscc_core.present.text import plain
 from hscc_core.runs.config import run_name
 from pages import frame
 from pages.frame import load_arrays, load_run
@@ -61,7 +62,7 @@ def main(ctx) -> None:
     try:
         tests = pairwise_tests(runs, predictions, ctx.ws.images().y_test)
     except ValueError as exc:
-        st.warning(f"No paired tests: {exc}")
+        st.warning(f"No paired tests: {plain(exc)}")
     else:
         st.dataframe(tests, hide_index=True, key="compare_tests", column_config={
             "a": "run A", "b": "run B",
@@ -76,20 +77,22 @@ def main(ctx) -> None:
         st.caption("McNemar's exact test on the images one run classifies correctly and the other does not; "
                    "the difference's SE is a paired bootstrap. Holm's adjustment accounts for testing every pair.")
 
-    st.plotly_chart(per_class_figure(dict(zip(names, runs)), "f1"), key="compare_f1", theme=None)
+    frame.chart(per_class_figure(dict(zip(names, runs)), "f1"), "compare_f1")
 
     st.subheader("Confusion matrices")
     norm = st.radio("Cells", ("counts", "row-normalised (recall per true class)"), key="compare_norm",
                     horizontal=True) != "counts"
-    cols = st.columns(len(runs))
-    for i, (col, name, run) in enumerate(zip(cols, names, runs)):
-        col.plotly_chart(confusion_figure(run["confusion_matrix"], classes, norm,
-                                          f"{name}<br><sup>accuracy {100 * run['accuracy']:.1f} %</sup>"),
-                         key=f"compare_confusion_{i}", theme=None)
+    # Two per row: four matrices in a row are too narrow for their labels at 1440 px.
+    for i, (name, run) in enumerate(zip(names, runs)):
+        if i % 2 == 0:
+            cols = st.columns(2, gap="medium")
+        frame.chart(confusion_figure(run["confusion_matrix"], classes, norm,
+                                     f"{name}<br><sup>accuracy {100 * run['accuracy']:.1f} %</sup>"),
+                    f"compare_confusion_{i}", cols[i % 2])
 
     kept = kept_fractions(runs)
     if len(kept):
-        st.plotly_chart(kept_fraction_figure(kept.dropna(axis=1, how="all")), key="compare_kept", theme=None)
+        frame.chart(kept_fraction_figure(kept.dropna(axis=1, how="all")), "compare_kept")
     else:
         st.info("None of these runs has per-layer FLOPs.")
 

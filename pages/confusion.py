@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from hscc_core.runs.config import run_name
+from hscc_core.present.labels import split_name
 from hscc_core.present.plots import confusion_difference_figure, confusion_figure, per_class_figure
+from hscc_core.runs.config import run_name
 from pages import frame
 
 
@@ -14,25 +15,28 @@ def main(ctx: frame.Context) -> None:
     original, classes, name = ctx.original, ctx.classes, run_name(run)
     norm = st.radio("Cells", ("counts", "row-normalised (recall per true class)"), key="confusion_norm",
                     horizontal=True) != "counts"
-    left, right = st.columns(2)
-    left.plotly_chart(confusion_figure(original["confusion_matrix"], classes, norm,
-                                       f"Original model<br><sup>accuracy {100 * original['accuracy']:.1f} "
-                                       f"± {100 * original['accuracy_se']:.1f} %</sup>"),
-                      key="confusion_original", theme=None)
-    right.plotly_chart(confusion_figure(run["confusion_matrix"], classes, norm,
-                                        f"{name}<br><sup>accuracy {100 * run['accuracy']:.1f} "
-                                        f"± {100 * run['accuracy_se']:.1f} %</sup>"),
-                       key="confusion_run", theme=None)
-    left, right = st.columns(2)
-    left.plotly_chart(confusion_difference_figure(run["confusion_matrix"], original["confusion_matrix"], classes, norm,
-                                                  "Change: compressed minus original"
-                                                  "<br><sup>orange: more images in that cell, blue: fewer</sup>"),
-                      key="confusion_diff", theme=None)
+    st.caption(f"{original.get('n', '?')} test images of the {split_name(run)} split; rows: true class, "
+               "columns: predicted class.")
+    left, right = st.columns(2, gap="medium")
+    frame.chart(confusion_figure(original["confusion_matrix"], classes, norm,
+                                 f"Original model<br><sup>accuracy {100 * original['accuracy']:.1f} "
+                                 f"± {100 * original['accuracy_se']:.1f} %</sup>"), "confusion_original", left)
+    frame.chart(confusion_figure(run["confusion_matrix"], classes, norm,  # a long name would be cut as a title
+                                 f"Compressed model<br><sup>{name}<br>accuracy {100 * run['accuracy']:.1f} "
+                                 f"± {100 * run['accuracy_se']:.1f} %</sup>"), "confusion_run", right)
+    left, right = st.columns(2, gap="medium")
+    unit = "points of each row's share" if norm else "images"
+    frame.chart(confusion_difference_figure(
+        run["confusion_matrix"], original["confusion_matrix"], classes, norm,
+        f"Change: compressed minus original<br><sup>{unit}; blue better, vermillion worse</sup>"),
+        "confusion_diff", left)
+    left.caption("On the diagonal more images means more correct answers (blue); off it, more errors (vermillion). "
+                 "The numbers are the change itself.")
     pair = {"original": original, name: run}
-    right.plotly_chart(per_class_figure(pair, "f1"), key="confusion_f1", theme=None)
-    left, right = st.columns(2)
+    frame.chart(per_class_figure(pair, "f1"), "confusion_f1", right)
+    left, right = st.columns(2, gap="medium")
     for col, metric in zip((left, right), ("precision", "recall")):
-        col.plotly_chart(per_class_figure(pair, metric), key=f"confusion_{metric}", theme=None)
+        frame.chart(per_class_figure(pair, metric), f"confusion_{metric}", col)
 
 
 frame.show("confusion", main)

@@ -3,7 +3,8 @@
 For the original model and a compressed run side by side: the answer and its probability, the four
 class probabilities, Grad-CAM over the slice (where each model looked for its own answer), the time
 of this one inference, and one sentence on what the compression saved and whether the answers agree.
-Laid out to fit a 1920 x 1080 projector without scrolling, in large type and Okabe-Ito colours.
+Laid out for screens from 1280 px wide (answers wrap instead of being cut; class names sit above their
+bars) up to a 1920 x 1080 projector without scrolling, in large type and Okabe-Ito colours.
 
 Uploads stay in memory (Streamlit's upload buffer and this session's state); they are decoded by
 ``hscc_core.data.imageio.load_slice`` from bytes, never written to disk, never unpickled, and their names are
@@ -11,22 +12,27 @@ only shown back. All computation is in ``hscc_core.present.predict``.
 """
 
 import hashlib
+import html
 
 import streamlit as st
 
 from hscc_core.data.imageio import MAX_BYTES, SliceError, load_slice
 from hscc_core.present.labels import class_label
-from hscc_core.runs.config import run_name
 from hscc_core.present.plots import METHOD_STYLE, OKABE_ITO, overlay_figure
-from hscc_core.present.predict import compare, probability_figure, rebuild_compressed
-from hscc_core.runs.store import RunStore
-from pages.frame import NOTICE, run_picker, show, workspace_for, workspace_id
+from hscc_core.present.predict import compare, probability_figure
+from hscc_core.present.text import plain
+from hscc_core.runs.config import run_name
+from pages.frame import NOTICE, chart, compressed_model, run_picker, show, workspace_id
 
 SOURCES = ("Test slice", "Upload a file")
 HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 RESULT = "demo_result"  # session key: (token, result) of the last comparison, so widgets do not recompute
 UPLOAD_TOKEN = "demo_upload_token"
-FIGURE_HEIGHT = 320
+CAM_SIZE = 300  # px: the Grad-CAM map's width (and the probability chart's height)
+PROBS_WIDTH = 330
+ANSWER_WIDTH = 320
+PHANTOM_WARNING = ("This model was trained on the synthetic MRI phantom only: it has never seen a real scan. "
+                   "Its answer for an uploaded image means nothing clinically, whatever its confidence.")
 
 # Projector-friendly type: larger body text, answers and alerts; a tighter top margin so the whole
 # page fits 1080 px. Static CSS written here (no user content in it).
@@ -37,13 +43,11 @@ STYLE = """<style>
 [data-testid="stMain"] [data-testid="stMetricValue"] p { font-size: 2.2rem; line-height: 1.25; }
 [data-testid="stMain"] [data-testid="stMetricLabel"] p { font-size: 1.05rem; }
 [data-testid="stMain"] h1 { font-size: 2.2rem; padding-bottom: 0.2rem; }
+.demo-answer { font-size: 2rem; font-weight: 600; line-height: 1.2; white-space: normal; overflow-wrap: anywhere;
+               margin-bottom: 0.3rem; }
+.demo-label { font-size: 1rem; opacity: 0.75; margin-bottom: 0.1rem; }
+.demo-time { font-size: 1.4rem; font-weight: 600; line-height: 1.2; }
 </style>"""
-
-
-@st.cache_resource(show_spinner="Rebuilding the compressed model...", max_entries=4)
-def compressed_model(data: str, cache_dir: str, key: str):
-    """The run's compressed model, rebuilt once per run (a loaded model: a resource)."""
-    return rebuild_compressed(workspace_for(data), RunStore(cache_dir).get_run(key))
 
 
 def pick_test_slice(ctx):
@@ -62,7 +66,7 @@ def pick_test_slice(ctx):
 
 def uploaded_slice():
     """File uploader plus frame/window controls; returns (LoadedSlice, token, caption) or None."""
-    up = st.file_uploader(f"Upload one slice: PNG, JPEG, 16-bit PNG, TIFF or DICOM (up to {MAX_BYTES // 2**20} MB)",
+    up = st.file_uploader(f"One slice: PNG, JPEG, TIFF or DICOM, up to {MAX_BYTES // 2**20} MB",
                           key="demo_upload", max_upload_size=MAX_BYTES // 2**20,
                           help="The format is found from the content (DICOM files often have no extension). "
                                "The file stays in memory and is discarded with the session.")
@@ -83,7 +87,7 @@ def uploaded_slice():
     try:
         loaded = load_slice(data, up.name, frame=frame, window=window)
     except SliceError as exc:
-        st.error(f"Cannot use this file: {exc}")
+        st.error(f"Cannot use this file: {plain(exc)}")
         return None
     meta = loaded.meta
     if meta.get("frames", 1) > 1 or meta.get("format") == "DICOM" or meta.get("mode") in HIGH_DEPTH:
@@ -131,40 +135,60 @@ def pick_run(ctx):
     return run, None
 
 
+def answer_block(res: dict, ref: dict | None) -> None:
+    """The answer and the time, as text that wraps (a metric card would cut a long class name); side by
+    side where the panel is wide enough, one above the other otherwise."""
+    p = res["probabilities"][res["class"]]
+    compare_to = "" if ref is None else f" (original model: {ref['ms']:,.0f} ms)"
+    with st.container(horizontal=True, wrap=True, gap="medium"):
+        st.markdown(f"<div class='demo-label'>Answer, with probability {100 * p:.0f} %</div>"
+                    f"<div class='demo-answer'>{html.escape(class_label(res['class']))}</div>",
+                    unsafe_allow_html=True, width=ANSWER_WIDTH)
+        st.markdown(f"<div class='demo-label'>Time for this image{compare_to}</div>"
+                    f"<div class='demo-time'>{res['ms']:,.0f} ms</div>", unsafe_allow_html=True, width=ANSWER_WIDTH,
+                    help=f"median of {res['runs']} single-image inferences after warm-up on {res['device']} "
+                         f"(fastest {res['ms_min']:,.1f} ms, slowest {res.get('ms_max', res['ms_min']):,.1f} ms); "
+                         "the two models' runs are interleaved so both see the same machine load")
+
+
 def results(ctx, result, run, opacity) -> None:
-    """Both models side by side: answer, time, Grad-CAM overlay and probability bars."""
+    """Both models side by side: answer, time, Grad-CAM overlay and probability bars.
+
+    The map and the bars have fixed widths in a wrapping row: side by side where the panel is wide
+    enough (a 1920-px projector), one above the other on a 1280- or 1440-px laptop, never squeezed.
+    """
     o, c = result["original"], result["compressed"]
     columns = st.columns(2, gap="large")
     method = (run or {}).get("method", "hscc")
-    panels = [(columns[0], "Original model", o, OKABE_ITO["black"], None),
-              (columns[1], f"Compressed · {run_name(run)}" if run else "Compressed model", c,
+    panels = [(columns[0], "Original model", None, o, OKABE_ITO["black"], None),
+              (columns[1], "Compressed model", run_name(run) if run else None, c,
                METHOD_STYLE.get(method, METHOD_STYLE["hscc"])[1], o)]
-    for col, title, res, colour, ref in panels:
+    for col, title, sub, res, colour, ref in panels:
         with col:
-            st.subheader(title, anchor=False)
+            # The run's name is in the Run box above (and in this heading's help): one line less to scroll.
+            st.subheader(title, anchor=False, help=sub)
             if res is None:
                 st.info("No compressed run to compare: pick one above.")
                 continue
-            m = st.columns(2)
-            m[0].metric(f"Answer (p = {res['probabilities'][res['class']]:.2f})", class_label(res["class"]))
-            # The comparison goes in the label, not a delta line: both columns keep the same height.
-            label = "Time for this slice" + ("" if ref is None else f" (original {ref['ms']:.1f} ms)")
-            m[1].metric(label, f"{res['ms']:.1f} ms",
-                        help=f"median of {res['runs']} single-slice inferences after warm-up, {res['device']}; "
-                             "the two models' runs are interleaved so both see the same machine load")
-            f = st.columns([1, 1.15])
-            f[0].plotly_chart(overlay_figure(result["input"], res.get("cam"), opacity=opacity, colorscale="Inferno",
-                                             zmin=0, zmax=1, colorbar_title="Grad-CAM", height=FIGURE_HEIGHT,
-                                             title=f"Where it looked for <b>{class_label(res['class'])}</b>"),
-                              key=f"demo_cam_{'o' if ref is None else 'c'}", theme=None)
-            f[1].plotly_chart(probability_figure(res, colour, title="Class probabilities", height=FIGURE_HEIGHT),
-                              key=f"demo_probs_{'o' if ref is None else 'c'}", theme=None)
+            answer_block(res, ref)
+            tag = "o" if ref is None else "c"
+            with st.container(horizontal=True, wrap=True, gap="small"):
+                cam = overlay_figure(result["input"], res.get("cam"), opacity=opacity, colorscale="Inferno",
+                                     zmin=0, zmax=1, colorbar_title="evidence (Grad-CAM)", height=CAM_SIZE + 50,
+                                     title="Where it looked")
+                cam.update_layout(margin={"t": 40})  # a one-line title: the map gets the height
+                chart(cam, f"demo_cam_{tag}", width=CAM_SIZE)
+                chart(probability_figure(res, colour, title="Class probabilities", height=CAM_SIZE),
+                      f"demo_probs_{tag}", width=PROBS_WIDTH)
+            if res.get("cam_empty"):
+                st.caption("The map is empty: no positive evidence for this answer at the last layer "
+                           "(the Heatmaps page shows earlier layers).")
 
 
 def main(ctx) -> None:
     st.markdown(STYLE, unsafe_allow_html=True)
     st.warning(NOTICE, icon=":material/warning:")
-    top = st.columns([1.0, 2.3, 2.3, 1.0], vertical_alignment="top")
+    top = st.columns([1.2, 2.2, 2.2, 1.1], vertical_alignment="top")
     source = top[0].radio("Slice", SOURCES, key="demo_source")
     with top[1]:
         picked = pick_test_slice(ctx) if source == SOURCES[0] else uploaded_slice()
@@ -172,7 +196,8 @@ def main(ctx) -> None:
         run, message = pick_run(ctx)
         if message:
             st.warning(message)
-    opacity = top[3].slider("Grad-CAM opacity", 0.0, 1.0, 0.45, 0.05, key="demo_opacity")
+    opacity = top[3].slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="demo_opacity",
+                            help="Opacity of the Grad-CAM map over the image")
     if picked is None:
         if source == SOURCES[1] and st.session_state.get("demo_upload") is None:
             st.info("Upload one MRI slice to see both models' answers.")
@@ -185,24 +210,27 @@ def main(ctx) -> None:
         result = memo[1]
     else:
         try:
-            comp = compressed_model(workspace_id(), ctx.cache_dir, key) if run else None
+            comp = compressed_model(ctx.cache_dir, key) if run else None
             with st.spinner("Running both models..."):
                 result = compare(ctx.ws, key, slice_, compressed=comp, run=run)
         except (SliceError, ValueError) as exc:
-            st.error(f"Cannot compare on this slice: {exc}")
+            st.error(f"Cannot compare on this slice: {plain(exc)}")
             return
         except Exception as exc:  # noqa: BLE001 - a demo shows a message, never a traceback
-            st.error(f"Could not run the models on this slice ({type(exc).__name__}: {exc})")
+            st.error(f"Could not run the models on this slice ({type(exc).__name__}: {plain(exc)})")
             return
         st.session_state[RESULT] = (token, result)
     notes = getattr(slice_, "notes", [])
-    st.caption(caption + (" Converted: " + "; ".join(notes) + "." if notes else ""))
+    # The caption carries the file's own strings (DICOM Modality, conversion notes): text, never Markdown.
+    st.caption(plain(caption + (" Converted: " + "; ".join(notes) + "." if notes else "")))
+    if ctx.ws.is_phantom and source == SOURCES[1]:
+        st.error(PHANTOM_WARNING, icon=":material/report:")
     if result["agree"] is None:
-        st.info(result["summary"])
+        st.info(plain(result["summary"]))
     elif result["agree"]:
-        st.success(result["summary"], icon=":material/check_circle:")
+        st.success(plain(result["summary"]), icon=":material/check_circle:")
     else:  # the words say it too; colour is never the only cue
-        st.error(result["summary"], icon=":material/error:")
+        st.error(plain(result["summary"]), icon=":material/error:")
     results(ctx, result, run, opacity)
 
 

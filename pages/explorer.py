@@ -1,14 +1,27 @@
-"""Explorer page: pick a method and its parameters; a cached run shows at once, a new one runs on demand."""
+"""Explorer page: pick a method and its parameters; a stored run shows at once, a new one is computed in
+the background (hscc_core.runs.jobs) while the app stays usable, and its result replaces the prompt.
+
+State rules: the settings live in ``explorer_values`` (session state), the one source of truth: every
+run puts them into the widgets, and a widget's change callback writes them back. So each target mode
+keeps its own value (tau in energy mode, the budget in budget mode) however often the widgets come and
+go (Streamlit forgets a widget's state when a run does not draw it); defaults come from
+``hscc_core.runs.config.DEFAULTS``. One result area shows exactly one of: the
+stored run, the queued/running job with its progress, its failure, or the prompt to run it.
+"""
 
 import dataclasses
 
 import pandas as pd
 import streamlit as st
 
-from hscc_core.present.heatmaps import layer_summaries
-from hscc_core.present.labels import budget_sentence, method_title, si, speed_text
-from hscc_core.runs.config import ALLOCATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig, describe_config
-from hscc_core.runs.pipeline import compress_run, run_key
+from hscc_core.present.labels import budget_sentence, duration, method_title, si, speed_text, split_name
+from hscc_core.present.report import layer_table
+from hscc_core.present.text import plain
+from hscc_core.runs import jobs
+from hscc_core.runs.config import (ALLOCATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig, default_allocation,
+                                   describe_config)
+from hscc_core.runs.pipeline import run_key
+from hscc_core.runs.progress import StageTimes, profile_of
 from pages import frame
 
 # Finer steps near 1, where accuracy changes fastest.
@@ -16,80 +29,147 @@ ENERGIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0
 BUDGETS = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0)
 CALIB_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 MODES = ("energy threshold", "FLOPs budget")
-STAGES = ("calibrate", "compress", "finetune", "evaluate", "measure")
-WIDGETS = {"explorer_method": DEFAULTS["method"], "explorer_mode": MODES[0], "explorer_grid": DEFAULTS["grid"],
-           "explorer_clusters": DEFAULTS["clusters"], "explorer_energy": DEFAULTS["energy"],
-           "explorer_budget": DEFAULTS["budget"], "explorer_finetune": DEFAULTS["finetune_epochs"],
-           "explorer_calib": DEFAULTS["calib_size"], "explorer_seed": DEFAULTS["seed"], "explorer_measure": True,
-           "explorer_side": DEFAULTS["cluster_side"], "explorer_alloc": "greedy"}
+VALUES = "explorer_values"  # session key: the settings, kept while their widgets come and go
+# setting -> widget key
+FIELDS = {"method": "explorer_method", "mode": "explorer_mode", "grid": "explorer_grid",
+          "clusters": "explorer_clusters", "energy": "explorer_energy", "budget": "explorer_budget",
+          "finetune_epochs": "explorer_finetune", "calib_size": "explorer_calib", "seed": "explorer_seed",
+          "measure": "explorer_measure", "cluster_side": "explorer_side", "allocation": "explorer_alloc"}
+DEFAULT_VALUES = {**{k: DEFAULTS[k] for k in FIELDS if k in DEFAULTS}, "mode": MODES[0], "measure": True,
+                  "allocation": default_allocation(DEFAULTS["method"], DEFAULTS["budget"])}
 SIDE_LABELS = {"output": "output channels (paper)", "input": "input channels (HSCC+)"}
 ALLOC_LABELS = {"uniform": "uniform tau (paper)", "greedy": "greedy energy per FLOP (HSCC+)"}
-CONFIG_WIDGETS = {"grid": "explorer_grid", "clusters": "explorer_clusters", "energy": "explorer_energy",
-                  "budget": "explorer_budget", "finetune_epochs": "explorer_finetune", "calib_size": "explorer_calib",
-                  "seed": "explorer_seed", "cluster_side": "explorer_side", "allocation": "explorer_alloc"}
+POLL_SECONDS = 1.0
+MINE = "explorer_jobs"  # session key: ids of the background jobs this session submitted
 
 
-def widget_values(config: dict) -> dict:
-    """Explorer widget state for a run config (fields a method ignores keep their current value)."""
-    out = {"explorer_method": config.get("method", DEFAULTS["method"]),
-           "explorer_mode": MODES[0] if config.get("energy") is not None else MODES[1]}
-    out.update({key: config[field] for field, key in CONFIG_WIDGETS.items() if config.get(field) is not None})
+def config_values(config: dict) -> dict:
+    """Explorer settings for a run config: its mode's value only (the other mode keeps its own)."""
+    out = {"method": config.get("method", DEFAULTS["method"]),
+           "mode": MODES[0] if config.get("energy") is not None else MODES[1]}
+    out.update({k: config[k] for k in FIELDS if k not in out and config.get(k) is not None})
     return out
 
 
 def restore_state() -> None:
-    """Load a run chosen elsewhere into the widgets, or restore the widgets after a page switch.
+    """Put the remembered settings into the widgets (and a run chosen elsewhere, if there is one).
 
     Config fields without a widget here (settings added to ``RunConfig`` later) are kept from the
-    loaded run in ``explorer_extra`` so that its key, and so its cached result, is found.
+    loaded run in ``explorer_extra`` so that its key, and so its stored result, is found.
     """
+    values = st.session_state.setdefault(VALUES, dict(DEFAULT_VALUES))
     pending = st.session_state.pop(frame.EXPLORER_PENDING, None)
     if pending:
         known = {f.name for f in dataclasses.fields(RunConfig)}
         st.session_state["explorer_extra"] = {k: v for k, v in pending.items()
-                                              if k in known and k != "method" and k not in CONFIG_WIDGETS}
-    saved = st.session_state.get("explorer_saved", WIDGETS)
-    values = {**WIDGETS, **saved, **(widget_values(pending) if pending else {})}
-    for key, value in values.items():
-        if pending or key not in st.session_state:
-            st.session_state[key] = value
+                                              if k in known and k != "method" and k not in FIELDS}
+        values.update(config_values(pending))
+    for name, key in FIELDS.items():
+        st.session_state[key] = values[name]
 
 
-def stage_progress(bar):
-    """A ``progress(stage, done, total)`` callback driving one bar across the pipeline's stages."""
-    def progress(stage, done, total):
-        i = STAGES.index(stage) if stage in STAGES else 0
-        frac = (i + min(done / max(total, 1), 1.0)) / len(STAGES)
-        bar.progress(min(frac, 1.0), text=f"{stage}: {done}/{total}")
-    return progress
+def _changed(name: str, key: str) -> None:
+    # A widget's change callback (runs before the script): the new value becomes the remembered one.
+    st.session_state[VALUES][name] = st.session_state[key]
+
+
+def _on(name: str) -> dict:
+    """Widget arguments that keep ``explorer_values[name]`` in step with the widget."""
+    return {"key": FIELDS[name], "on_change": _changed, "args": (name, FIELDS[name])}
+
+
+def settings_widgets(max_grid: int = 8) -> tuple[str, str]:
+    """The method, target and HSCC widgets; returns (method, mode).
+
+    ``max_grid`` is the workspace's largest grid (``Workspace.max_grid``: the side of the model's
+    smallest compressed map); a remembered larger value is brought down to it.
+    """
+    values = st.session_state[VALUES]
+    if int(values["grid"]) > max_grid:
+        values["grid"] = st.session_state[FIELDS["grid"]] = max_grid
+    top = st.columns([1, 1.3])
+    method = top[0].selectbox("Method", METHOD_NAMES, **_on("method"), format_func=method_title)
+    mode = top[1].radio("Target", MODES, **_on("mode"), horizontal=True)
+    cols = st.columns(3)
+    is_hscc = method == "hscc"
+    cols[0].slider("Region grid size G", 1, max(max_grid, 2), **_on("grid"), disabled=not is_hscc,
+                   help=f"The layer's output map is split into G x G regions (clamped to the map size); at most "
+                        f"{max_grid}, the side of this model's smallest compressed map.")
+    cols[1].slider("Clusters K", 1, 16, **_on("clusters"), disabled=not is_hscc,
+                   help="Channels are clustered per region with k-means (clamped to the channel count).")
+    if mode == MODES[0]:
+        options = sorted(set(ENERGIES) | {float(st.session_state[VALUES]["energy"])})
+        cols[2].select_slider("Energy threshold tau", options, **_on("energy"),
+                              help="Each block keeps the smallest rank whose eigenvalue energy reaches tau.")
+    else:
+        options = sorted(set(BUDGETS) | {float(st.session_state[VALUES]["budget"])})
+        cols[2].select_slider("FLOPs budget (times fewer in the compressed layers)", options, **_on("budget"),
+                              format_func=lambda b: f"x{b:g}",
+                              help="The compressed layers' FLOPs are at most their original / B (within 2 %).")
+    side_cols = st.columns(2)
+    side_cols[0].radio("Cluster side", CLUSTER_SIDES, **_on("cluster_side"), horizontal=True,
+                       format_func=SIDE_LABELS.get, disabled=not is_hscc,
+                       help="Cluster a region's output channels (each cluster repeats the k x k stage) or its "
+                            "input channels (clusters make the k x k stage cheaper); docs/results.md compares them.")
+    side_cols[1].radio("Rank allocation", ALLOCATIONS, **_on("allocation"), horizontal=True,
+                       format_func=ALLOC_LABELS.get, disabled=not is_hscc or mode == MODES[0],
+                       help="Budget mode only: one tau for every block, or ranks chosen across all blocks by "
+                            "captured energy per FLOP (the default, measured better on the real data).")
+    with st.expander("Advanced"):
+        adv = st.columns(4)
+        adv[0].number_input("Fine-tuning epochs", 0, 100, step=1, **_on("finetune_epochs"))
+        adv[1].selectbox("Calibration images", CALIB_SIZES, **_on("calib_size"), disabled=not is_hscc)
+        adv[2].number_input("Seed", 0, 2**31 - 1, step=1, **_on("seed"))
+        adv[3].checkbox("Measure speed", **_on("measure"),
+                        help="Time original and compressed models (batch 1 and 32, 20 runs each) with new runs.")
+    return method, mode
+
+
+def chosen_config(method: str, mode: str) -> RunConfig:
+    """The RunConfig the settings describe (ValueError when they describe none)."""
+    extra = st.session_state.get("explorer_extra") or {}
+    v = st.session_state[VALUES]
+    is_hscc = method == "hscc"
+    return RunConfig(**extra, method=method, grid=int(v["grid"]), clusters=int(v["clusters"]),
+                     energy=float(v["energy"]) if mode == MODES[0] else None,
+                     budget=float(v["budget"]) if mode == MODES[1] else None,
+                     finetune_epochs=int(v["finetune_epochs"]), calib_size=int(v["calib_size"]), seed=int(v["seed"]),
+                     cluster_side=v["cluster_side"] if is_hscc else DEFAULTS["cluster_side"],
+                     allocation=v["allocation"] if is_hscc and mode == MODES[1] else None)
+
+
+# --------------------------------------------------------------------------------------------
+# The result: cards and the per-layer table
 
 
 def headline(run: dict, original: dict) -> None:
-    """Metric cards: FLOPs/params reduction, speed-up, accuracy and macro F1 with SEs, change and p."""
+    """Metric cards: FLOPs/params reduction, speed, accuracy and macro F1 with SEs, change and p."""
     c = st.columns(3) + st.columns(3)
     flops_red = 1 - run["flops"] / max(run["flops_original"], 1)
-    c[0].metric("FLOPs (whole model)", si(run["flops"], "FLOPs"), f"-{100 * flops_red:.1f} %", delta_color="inverse",
-                help=f"original {si(run['flops_original'], 'FLOPs')}; compressed layers "
-                     f"{run.get('layer_flops_ratio', float('nan')):.2f}x fewer FLOPs")
+    ratio = run.get("layer_flops_ratio")
+    c[0].metric("FLOPs (whole model)", si(run["flops"], "FLOPs"), f"{-100 * flops_red:.1f} %", delta_color="inverse",
+                help=f"original {si(run['flops_original'], 'FLOPs')}"
+                     + (f"; the compressed layers need {ratio:.2f}x fewer FLOPs" if ratio else ""))
     params_red = 1 - run["params"] / max(run["params_original"], 1)
     c[1].metric("Parameters", si(run["params"]), f"{-100 * params_red:+.1f} %", delta_color="inverse",
                 help=f"original {si(run['params_original'])}")
-    sp = run.get("speedup")
-    if sp:
-        lat = run["latency_ms"]
-        c[2].metric("Measured speed (batch 1)", speed_text(sp["b1"]), f"{speed_text(sp['b32'])} at batch 32",
-                    delta_color="normal" if sp["b1"] >= 1 else "inverse",
-                    help=f"median of {lat.get('runs', '?')} timed runs on {lat.get('device', '?')}, batch 1: "
-                         f"{lat['compressed']['b1']['median']:.2f} ms vs {lat['original']['b1']['median']:.2f} ms")
+    sp, lat = run.get("speedup"), run.get("latency_ms")
+    if sp and lat:
+        faster = sp["b1"] >= 1
+        c[2].metric("Measured speed (batch 1)", speed_text(sp["b1"]),
+                    f"{lat['compressed']['b1']['median']:.1f} ms vs {lat['original']['b1']['median']:.1f} ms",
+                    delta_color="normal" if faster else "inverse", delta_arrow="up" if faster else "down",
+                    help=f"median of {lat.get('runs', '?')} timed runs on {lat.get('device', '?')}, original and "
+                         f"compressed interleaved; batch 32: {speed_text(sp['b32'])}")
     else:
         c[2].metric("Measured speed (batch 1)", "not measured", help="Tick 'Measure speed' and run again to time it.")
     c[3].metric("Accuracy", f"{100 * run['accuracy']:.2f} ± {100 * run['accuracy_se']:.2f} %",
-                f"{100 * (run['accuracy'] - original['accuracy']):+.2f} pts",
+                f"{100 * (run['accuracy'] - original['accuracy']):+.2f} points",
                 help="± bootstrap SE (1,000 resamples); change against the original model")
     c[4].metric("Macro F1", f"{run['macro_f1']:.3f} ± {run['macro_f1_se']:.3f}",
                 f"{run['macro_f1'] - original['macro_f1']:+.3f}")
     c[5].metric("vs original", f"p = {run['p_value_vs_original']:.3g}",
-                f"{100 * run['accuracy_delta']:+.2f} ± {100 * run.get('accuracy_delta_se', 0):.2f} pts",
+                f"{100 * run['accuracy_delta']:+.2f} ± {100 * run.get('accuracy_delta_se', 0):.2f} points",
                 delta_color="off", help="McNemar's exact test on the same test images; paired bootstrap SE")
 
 
@@ -97,121 +177,102 @@ def details(run: dict) -> None:
     """The budget outcome and one row per compressed layer, from the run's typed summaries."""
     sentence = budget_sentence(run)
     if sentence:
-        message = f"{sentence} {run['budget_search'].get('message', '')}"
-        (st.success if run["budget_search"].get("met") else st.warning)(message)
-    rows = []
-    for i, (name, s) in enumerate(layer_summaries(run).items(), 1):
-        rows.append({"#": i, "layer": name, "original MFLOPs": run["layer_flops_original"].get(name, 0) / 1e6,
-                     "compressed MFLOPs": run["layer_flops"].get(name, 0) / 1e6, "kept %": 100 * s.kept_fraction,
-                     "regions": "x".join(map(str, s.grid_hw)) if s.grid_hw else "1",
-                     "clusters used": (f"{min(s.clusters_used)}-{max(s.clusters_used)}" if s.clusters_used else ""),
-                     "ranks kept": s.rank_text()})
+        (st.success if run["budget_search"].get("met") else st.warning)(sentence)
+    rows = layer_table(run)
     if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="explorer_layers",
                      column_config={"original MFLOPs": st.column_config.NumberColumn(format="%.1f"),
                                     "compressed MFLOPs": st.column_config.NumberColumn(format="%.1f"),
-                                    "kept %": st.column_config.NumberColumn(format="%.1f %%")})
+                                    "kept %": st.column_config.NumberColumn(format="%.1f %%"),
+                                    "output error": st.column_config.NumberColumn(format="%.3f")})
 
 
-def settings_widgets() -> tuple[str, str]:
-    """The method, target and HSCC widgets; returns (method, mode)."""
-    top = st.columns([1, 1.3])
-    method = top[0].selectbox("Method", METHOD_NAMES, key="explorer_method", format_func=method_title)
-    mode = top[1].radio("Target", MODES, key="explorer_mode", horizontal=True)
-    cols = st.columns(3)
-    is_hscc = method == "hscc"
-    cols[0].slider("Region grid size G", 1, 8, key="explorer_grid", disabled=not is_hscc,
-                   help="The layer's output map is split into G x G regions (clamped to the map size).")
-    cols[1].slider("Clusters K", 1, 16, key="explorer_clusters", disabled=not is_hscc,
-                   help="Channels are clustered per region with k-means (clamped to the channel count).")
-    if mode == MODES[0]:
-        options = sorted(set(ENERGIES) | {float(st.session_state["explorer_energy"])})
-        cols[2].select_slider("Energy threshold tau", options, key="explorer_energy",
-                              help="Each block keeps the smallest rank whose eigenvalue energy reaches tau.")
+def show_run(ctx, run: dict) -> None:
+    frame.select_run(run, sync_explorer=False)
+    st.subheader(describe_config(run["config"]))
+    st.caption(f"Measured on the {split_name(run)} split's {run.get('n', '?')} test images.")
+    headline(run, ctx.original)
+    details(run)
+
+
+# --------------------------------------------------------------------------------------------
+# The result area: stored run, job in progress, failure, or the prompt
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def watch(ctx, key: str) -> None:
+    """The job's progress, redrawn every second; the whole page reruns once it has finished."""
+    queue = jobs.queue_for(ctx.ws)
+    job = queue.job(key)
+    if job is None or not job.active:
+        st.rerun()  # done or failed: the result area shows it
+    ahead = [j for j in queue.active() if j.id < job.id]
+    state = job.status()
+    text = state.text() if job.state == "running" else (
+        f"waiting in the queue behind {len(ahead)} run{'s' if len(ahead) != 1 else ''}")
+    st.progress(state.fraction, text=text)
+    st.caption("Computing in the background: other pages and other settings stay usable, and this result "
+               "appears here when it is ready (the sidebar follows it from every page).")
+
+
+def expected_seconds(ctx, config: RunConfig, measure: bool) -> float:
+    queue = jobs.queue_for(ctx.ws)
+    return sum(StageTimes.for_cache(ctx.ws.cache_dir).expected(queue.workspace_label, profile_of(config),
+                                                                 measure).values())
+
+
+def result_area(ctx, config: RunConfig, key: str) -> None:
+    """Exactly one of: the stored run, the job computing it, its failure, or the prompt to compute it."""
+    queue = jobs.queue_for(ctx.ws)
+    run = frame.load_run(ctx, key)
+    job = queue.job(key)
+    if run is not None:
+        if job is not None and job.state == "done":
+            frame.seen_job(job.id)  # shown here: the sidebar need not point to it any more
+        if job is not None and job.state == "done" and not job.cached and job.id in st.session_state.get(MINE, ()):
+            st.success(f"Computed and stored in {duration(run.get('seconds', 0))}.")
+        else:
+            st.caption(f"From the store (key {key}), computed in {duration(run.get('seconds', 0))}; "
+                       "nothing recomputed.")
+        show_run(ctx, run)
+        return
+    name = describe_config(config.canonical())
+    if job is not None and job.active:
+        st.subheader(name)
+        watch(ctx, key)
+        return
+    if job is not None and job.state == "failed":
+        st.error(f"The run failed: {plain(job.error)}. The store is unchanged.")
+        with st.expander("Details"):
+            st.code(job.details or "", language=None)
+        prompt = "Try again"
     else:
-        options = sorted(set(BUDGETS) | {float(st.session_state["explorer_budget"])})
-        cols[2].select_slider("FLOPs budget (x fewer in the compressed layers)", options, key="explorer_budget",
-                              format_func=lambda b: f"x{b:g}",
-                              help="The compressed layers' FLOPs are at most their original / B (within 2 %).")
-    side_cols = st.columns(2)
-    side_cols[0].radio("Cluster side", CLUSTER_SIDES, key="explorer_side", horizontal=True,
-                       format_func=SIDE_LABELS.get, disabled=not is_hscc,
-                       help="Cluster a region's output channels (each cluster repeats the k x k stage) or its "
-                            "input channels (clusters make the k x k stage cheaper); docs/results.md compares them.")
-    side_cols[1].radio("Rank allocation", ALLOCATIONS, key="explorer_alloc", horizontal=True,
-                       format_func=ALLOC_LABELS.get, disabled=not is_hscc or mode == MODES[0],
-                       help="Budget mode only: one tau for every block, or ranks chosen across all blocks by "
-                            "captured energy per FLOP (the default, measured better on the real data).")
-    with st.expander("Advanced"):
-        adv = st.columns(4)
-        adv[0].number_input("Fine-tuning epochs", 0, 100, step=1, key="explorer_finetune")
-        adv[1].selectbox("Calibration images", CALIB_SIZES, key="explorer_calib", disabled=not is_hscc)
-        adv[2].number_input("Seed", 0, 2**31 - 1, step=1, key="explorer_seed")
-        adv[3].checkbox("Measure speed", key="explorer_measure",
-                        help="Time original and compressed models (batch 1 and 32, 20 runs each) with new runs.")
-    st.session_state["explorer_saved"] = {k: st.session_state[k] for k in WIDGETS}
-    return method, mode
-
-
-def chosen_config(method: str, mode: str) -> RunConfig:
-    """The RunConfig the widgets describe (ValueError when they describe none)."""
-    extra = st.session_state.get("explorer_extra") or {}
-    is_hscc = method == "hscc"
-    state = st.session_state
-    return RunConfig(**extra, method=method, grid=int(state["explorer_grid"]), clusters=int(state["explorer_clusters"]),
-                     energy=float(state["explorer_energy"]) if mode == MODES[0] else None,
-                     budget=float(state["explorer_budget"]) if mode == MODES[1] else None,
-                     finetune_epochs=int(state["explorer_finetune"]), calib_size=int(state["explorer_calib"]),
-                     seed=int(state["explorer_seed"]),
-                     cluster_side=state["explorer_side"] if is_hscc else DEFAULTS["cluster_side"],
-                     allocation=state["explorer_alloc"] if is_hscc and mode == MODES[1] else None)
-
-
-def compute(ctx, config: RunConfig) -> dict | None:
-    """Compute and store ``config``'s run with a progress bar; None (after a message) when it fails."""
-    bar = st.progress(0.0, text="starting")
-    try:
-        run, _ = compress_run(ctx.ws, config, progress=stage_progress(bar),
-                              measure_speed=bool(st.session_state["explorer_measure"]))
-    except Exception as exc:  # noqa: BLE001 - any failure is shown; the store is left as it was
-        bar.empty()
-        st.error(f"The run failed: {exc}")
-        return None
-    bar.empty()
-    st.success(f"Computed and stored in {run.get('seconds', 0):.1f} s.")
-    return frame.load_run(ctx, run["cache_key"]) or run
+        measure = bool(st.session_state[VALUES]["measure"])
+        st.info(f"**{name}** has not been computed yet. **Run** computes it in the background (about "
+                f"{duration(expected_seconds(ctx, config, measure))} on this machine, from earlier runs).")
+        prompt = "Run"
+    if st.button(prompt, key="explorer_run", type="primary"):
+        job = queue.submit(key, config, measure_speed=bool(st.session_state[VALUES]["measure"]))
+        st.session_state[MINE] = {*st.session_state.get(MINE, ()), job.id}
+        st.rerun()
 
 
 def main(ctx: frame.Context) -> None:
     restore_state()
-    method, mode = settings_widgets()
+    method, mode = settings_widgets(ctx.ws.max_grid())
     extra = st.session_state.get("explorer_extra") or {}
     if extra:
         c = st.columns([4, 1])
-        c[0].caption("Also from the selected run: " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
+        c[0].caption(plain("Also from the selected run: " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items()))))
         if c[1].button("Use defaults", key="explorer_clear_extra"):
             st.session_state["explorer_extra"] = {}
             st.rerun()
     try:
         config = chosen_config(method, mode)
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return
-    key = run_key(ctx.ws, ctx.meta, config)
-    run = frame.load_run(ctx, key)
-    if run is None:
-        st.info(f"**{describe_config(config.canonical())}** has not been computed yet.")
-        if not st.button("Run", key="explorer_run", type="primary"):
-            return
-        run = compute(ctx, config)
-        if run is None:
-            return
-    else:
-        st.caption(f"From the cache (key {key}), computed in {run.get('seconds', 0):.1f} s; nothing recomputed.")
-    frame.select_run(run, sync_explorer=False)
-    st.subheader(describe_config(run["config"]))
-    headline(run, ctx.original)
-    details(run)
+    result_area(ctx, config, run_key(ctx.ws, ctx.meta, config))
 
 
 frame.show("explorer", main)

@@ -27,17 +27,19 @@ from hscc_core.data.folders import DataError
 from hscc_core.nn.models import CheckpointError
 from hscc_core.present.errors import log_exception, viewer_message
 from hscc_core.present.labels import NOTICE, pct, speed_text
+from hscc_core.present.plots import themed
 from hscc_core.present.text import plain
+from hscc_core.runs import jobs
 from hscc_core.runs.config import run_name
-from hscc_core.runs.pipeline import original_run
+from hscc_core.runs.pipeline import original_run, rebuild_model
 from hscc_core.runs.selection import baseline_runs
 from hscc_core.runs.settings import DataSettings, data_choices, data_settings, resolve_data_folder
 from hscc_core.runs.store import RunStore
 from hscc_core.runs.workspace import Workspace
 
-__all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "baseline_ready", "baseline_run", "begin", "finish",
-           "load_arrays", "load_run", "prepare_with_progress", "run_page", "run_picker", "select_run", "selected_run",
-           "show", "workspace_for", "workspace_id", "app"]
+__all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "app", "baseline_ready", "baseline_run", "begin", "chart",
+           "compressed_model", "finish", "load_arrays", "load_run", "prepare_with_progress", "run_page", "run_picker",
+           "select_run", "selected_run", "settings", "show", "theme", "workspace_for", "workspace_id"]
 
 # The pages, in navigation order: file stem, navigation label, page title, icon.
 PAGES = [
@@ -81,6 +83,11 @@ def _operator() -> DataSettings:
 def _default_data() -> str:
     default = _operator().default
     return "" if default is None else str(default)
+
+
+def settings() -> tuple[str, ...]:
+    """The environment settings that, with :func:`workspace_id`, identify the workspace (cache keys)."""
+    return _settings()
 
 
 def workspace_id() -> str:
@@ -154,6 +161,36 @@ def prepare_with_progress(ws: Workspace) -> None:
     ws.images(stage)
     ws.baseline(progress=training)
     bar.empty()
+
+
+@st.cache_resource(show_spinner=False)
+def _opened() -> set:
+    # Workspaces whose page context opened once in this server process: later pages need no
+    # "loading" message (the model, the data and the original's metrics are in memory).
+    return set()
+
+
+# --------------------------------------------------------------------------------------------
+# Charts in the theme of the app
+
+
+def theme() -> str:
+    """``"dark"`` or ``"light"``: the theme the browser shows (light when Streamlit does not say)."""
+    try:
+        kind = getattr(st.context.theme, "type", None)
+    except Exception:  # noqa: BLE001 - no browser context (AppTest, bare mode)
+        kind = None
+    return "dark" if kind == "dark" else "light"
+
+
+def chart(fig, key: str, where=None, **kwargs):
+    """``st.plotly_chart`` of a figure of ``hscc_core.present`` in the app's theme (light or dark).
+
+    The figures carry their own colours (Okabe-Ito marks, readable fonts), so Streamlit's plotly theme
+    is off; :func:`hscc_core.present.plots.themed` gives them the dark theme's background and text.
+    """
+    return (where or st).plotly_chart(themed(fig, theme()), key=key, theme=None,
+                                      config={"displaylogo": False, **kwargs.pop("config", {})}, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,6 +291,17 @@ def load_arrays(ctx: Context, key: str) -> dict | None:
         return None
 
 
+@st.cache_resource(show_spinner="Rebuilding the compressed model...", max_entries=4)
+def _compressed(data: str, settings: tuple[str, ...], cache_dir: str, key: str):
+    return rebuild_model(_workspace(data, settings), RunStore(cache_dir).get_run(key))
+
+
+def compressed_model(cache_dir: str, key: str):
+    """The compressed model of a stored run of this session's workspace, rebuilt once per run (a
+    resource). A fine-tuned run is fine-tuned again (its weights are not stored): pages ask first."""
+    return _compressed(workspace_id(), _settings(), str(cache_dir), key)
+
+
 def select_run(run: dict, sync_explorer: bool = True) -> None:
     """Make ``run`` the selected run of every page (and, optionally, load it into the explorer)."""
     st.session_state[SELECTED] = run["cache_key"]
@@ -349,7 +397,8 @@ def _sidebar() -> None:
         except USER_ERRORS:
             return
         st.subheader("Baseline")
-        st.metric("Baseline accuracy", pct(run["accuracy"]), help=f"SE {100 * run['accuracy_se']:.1f} points (bootstrap)")
+        st.metric("Baseline accuracy", pct(run["accuracy"], 2),
+                  help=f"SE {100 * run['accuracy_se']:.1f} points (bootstrap)")
         st.metric("Macro F1", f"{run['macro_f1']:.3f}", help=f"SE {run['macro_f1_se']:.3f}")
         st.session_state[_SLOT] = st.container()  # filled by finish() once the page has run
         st.caption(NOTICE)
@@ -370,14 +419,26 @@ def _follow_link(ctx: Context) -> None:
 
 
 def begin(title: str) -> bool:
-    """Draw the frame's top (sidebar, title) and open the page's context; True when the page can run."""
+    """Draw the frame's top (title, sidebar) and open the page's context; True when the page can run.
+
+    The first page of a server process loads the baseline model, the data and the original's metrics
+    (half a minute for the real AlexNet): a message says so instead of a blank page.
+    """
     st.session_state.pop(_SLOT, None)
     st.session_state.pop(_CONTEXT, None)
-    _sidebar()
     st.title(title)
+    loading = st.empty()
+    wid = (workspace_id(), _settings())
+    if wid not in _opened():
+        loading.info("Loading the baseline model and the data: the first page after the server starts takes a "
+                     "little while (up to a minute for the real dataset); then pages open at once.",
+                     icon=":material/hourglass_top:")
+    _sidebar()
     ctx = _open_context()
+    loading.empty()
     if ctx is None:
         return False
+    _opened().add(wid)
     _follow_link(ctx)
     st.session_state[_CONTEXT] = ctx
     return True
@@ -426,6 +487,54 @@ def run_page(page) -> None:
         st.session_state.pop(_FRAMED, None)
 
 
+def seen_job(job_id: int) -> None:
+    """Mark a finished background run as seen by this session (the sidebar stops listing it)."""
+    st.session_state[f"_seen_job_{job_id}"] = True
+
+
+def _background_list(ctx: Context) -> None:
+    queue = jobs.queue_for(ctx.ws)
+    shown = [j for j in queue.jobs() if j.active or not st.session_state.get(f"_seen_job_{j.id}")][:5]
+    if any(j.active for j in shown):
+        # Redrawn every two seconds while something computes; a full rerun when it finishes (a new run).
+        st.session_state["_jobs_active"] = True
+    elif st.session_state.pop("_jobs_active", False):
+        st.rerun()
+    if not shown:
+        return
+    st.subheader("Background runs")
+    for job in shown:
+        name = describe(job.config)
+        if job.active:
+            state = job.status()
+            st.progress(state.fraction, text=f"{name}: " + (state.text() if job.state == "running" else "queued"))
+        elif job.state == "done":
+            c = st.columns([3, 1], vertical_alignment="center")
+            c[0].caption(f":material/check_circle: {name}: ready")
+            if c[1].button("Open", key=f"_open_job_{job.id}", help="Select this run and show it on the Explorer"):
+                seen_job(job.id)
+                run = load_run(ctx, job.key)
+                if run is not None:
+                    select_run(run)
+                st.switch_page("pages/explorer.py")
+        else:
+            c = st.columns([3, 1], vertical_alignment="center")
+            c[0].caption(f":material/error: {name}: failed ({job.error})")
+            if c[1].button("Hide", key=f"_hide_job_{job.id}"):
+                seen_job(job.id)
+                st.rerun(scope="fragment")
+
+
+def background_runs(ctx: Context) -> None:
+    """The background runs of this workspace in the sidebar (on every page), with their progress."""
+    active = bool(jobs.queue_for(ctx.ws).active())
+    st.fragment(run_every=2.0 if active else None)(_background_list)(ctx)
+
+
+def describe(config) -> str:
+    return run_name({"method": config.method, "config": config.canonical()})
+
+
 def finish() -> None:
     """Draw the frame's bottom: the selected run in the sidebar, the URL's ``?run=``, the notice."""
     ctx = st.session_state.get(_CONTEXT)
@@ -435,6 +544,7 @@ def finish() -> None:
         st.query_params["run"] = st.session_state[_WRITTEN] = run["cache_key"]  # page switches clear it
     if slot is not None and ctx is not None:
         with slot:
+            background_runs(ctx)
             if run is None:
                 st.caption("No run selected: pick one on the Explorer or Pareto page.")
             else:

@@ -9,42 +9,38 @@ from hscc_core.present.heatmaps import layer_summaries, region_value_map
 from hscc_core.present.labels import class_label
 from hscc_core.runs.config import run_name
 from hscc_core.present.plots import overlay_figure
-from hscc_core.runs.pipeline import rebuild_model
-from hscc_core.runs.store import RunStore
+from hscc_core.present.text import plain
 from pages import frame
 
 KINDS = {"rank kept": "rank", "FLOPs kept": "flops"}
 
 
-@st.cache_resource(show_spinner="Rebuilding the compressed model...", max_entries=4)
-def compressed(data: str, cache_dir: str, key: str):
-    """The run's compressed model, rebuilt once per run (a loaded model: a resource)."""
-    return rebuild_model(frame.workspace_for(data), RunStore(cache_dir).get_run(key))
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def image_maps(data: str, cache_dir: str, key: str, layer: str, cluster_side: str | None, index: int,
-               target: int | None) -> dict:
+               target: int | None, cam_layer: str) -> dict:
     """Reconstruction error, cluster activations and Grad-CAM of both models for one test image."""
     ws = frame.workspace_for(data)
     model, _ = ws.baseline(train_if_missing=False)
-    comp = compressed(data, cache_dir, key)
+    comp = frame.compressed_model(cache_dir, key)
     images = ws.images()
     x = images.to_tensor(images.x_test[index:index + 1])
     error, layer_in, layer_out = explain.layer_reconstruction_error(model, comp, layer, x)
-    cam_layer = compress_candidates(model)[-1]
-    cam_o, cls, probs_o = explain.grad_cam(model, cam_layer, x, target)
-    cam_c, _, probs_c = explain.grad_cam(comp, cam_layer, x, cls)
+    cam_o = explain.grad_cam_result(model, cam_layer, x, target)
+    cam_c = explain.grad_cam_result(comp, cam_layer, x, cam_o.target)
     activation = explain.cluster_activation(cluster_side, layer_in, layer_out) if cluster_side else None
     return {"error": error, "activation": activation, "cam_original": cam_o, "cam_compressed": cam_c,
-            "target": cls, "probs_original": probs_o, "probs_compressed": probs_c, "cam_layer": cam_layer}
+            "target": cam_o.target, "cam_layer": cam_layer}
+
+
+HEIGHT = 600  # two maps side by side at 1280-1440 px: each about 560 px square
 
 
 def region_figure(run, summary, layer, kind, opacity, slice_, key):
     values, regions, labels = region_value_map(summary, KINDS[kind])
-    return st.plotly_chart(overlay_figure(
-        slice_, values, opacity=opacity, zmin=0, zmax=1, regions=regions, region_text=labels, colorbar_title=kind,
-        title=f"{kind.capitalize()} · {layer}<br><sup>per region; {run_name(run)}</sup>"), key=key, theme=None)
+    return frame.chart(overlay_figure(
+        slice_, values, opacity=opacity, zmin=0, zmax=1, regions=regions, region_text=labels,
+        colorbar_title=f"{kind} (share of the original)", height=HEIGHT,
+        title=f"{kind.capitalize()} per region · {layer}<br><sup>{run_name(run)}</sup>"), key=key)
 
 
 def main(ctx: frame.Context) -> None:
@@ -72,12 +68,19 @@ def main(ctx: frame.Context) -> None:
         "Test image", idx, key=f"heatmaps_image_{run['cache_key']}",
         format_func=lambda i: f"#{i}: original says {class_label(classes[orig_pred[i]])}, "
                               f"compressed says {class_label(classes[pred[i]])}")
-    c = st.columns([2, 2, 2])
+    cams = compress_candidates(ctx.ws.baseline(train_if_missing=False)[0])
+    c = st.columns([2, 2, 2, 2])
     opacity = c[0].slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="heatmaps_opacity")
     kind = c[1].radio("Regions coloured by", tuple(KINDS), key="heatmaps_kind", horizontal=True)
     target = c[2].selectbox("Grad-CAM for class", [None, *range(len(classes))], key="heatmaps_target",
                             format_func=lambda k: "the original's prediction" if k is None
                             else class_label(classes[k]))
+    if st.session_state.get("heatmaps_cam_layer") not in cams:
+        st.session_state["heatmaps_cam_layer"] = cams[-1]
+    cam_layer = c[3].selectbox("Grad-CAM layer", cams[::-1], key="heatmaps_cam_layer",
+                               format_func=lambda n: f"{n} (last conv)" if n == cams[-1] else n,
+                               help="Grad-CAM weighs this layer's activations; the last conv layer is usual, "
+                                    "earlier ones are finer and show evidence the last one pools away.")
     summary = summaries[layer]
     epochs = int(run["config"].get("finetune_epochs") or 0)
     if epochs and not st.session_state.get(f"heatmaps_ft_{run['cache_key']}"):
@@ -89,20 +92,20 @@ def main(ctx: frame.Context) -> None:
             st.rerun()
         region_figure(run, summary, layer, kind, opacity, images.x_test[index], "heatmaps_regions_only")
         return
-    st.info(f"Test image #{index}, true class **{class_label(classes[true_cls])}**: the original model predicts "
-            f"**{class_label(classes[orig_pred[index]])}**, the compressed model predicts "
-            f"**{class_label(classes[pred[index]])}**. {frame.NOTICE}")
+    st.info(f"Test image #{index}, true class **{plain(class_label(classes[true_cls]))}**: the original model "
+            f"predicts **{plain(class_label(classes[orig_pred[index]]))}**, the compressed model predicts "
+            f"**{plain(class_label(classes[pred[index]]))}**. {frame.NOTICE}")
     maps = image_maps(frame.workspace_id(), ctx.cache_dir, run["cache_key"], layer, summary.cluster_side,
-                      int(index), target)
-    if int(maps["probs_compressed"].argmax()) != int(pred[index]):
+                      int(index), target, cam_layer)
+    if int(maps["cam_compressed"].probabilities.argmax()) != int(pred[index]):
         st.warning("The rebuilt compressed model predicts differently from the stored run on this image "
                    "(fine-tuning is not bit-reproducible across machines).")
-    draw(run, arrays, summary, layer, kind, opacity, images.x_test[index], maps, classes)
+    draw(run, arrays, summary, layer, kind, opacity, images.x_test[index], maps, classes, cams)
 
 
-def draw(run, arrays, summary, layer, kind, opacity, slice_, maps, classes) -> None:
-    """The five overlays: regions, clusters, output error, and Grad-CAM of both models."""
-    left, middle, right = st.columns(3)
+def draw(run, arrays, summary, layer, kind, opacity, slice_, maps, classes, cams) -> None:
+    """The five overlays, two per row: regions and clusters, output error, Grad-CAM of both models."""
+    left, right = st.columns(2, gap="medium")
     with left:
         region_figure(run, summary, layer, kind, opacity, slice_, "heatmaps_regions")
     labels = arrays.get(f"labels.{layer}")
@@ -111,24 +114,37 @@ def draw(run, arrays, summary, layer, kind, opacity, slice_, maps, classes) -> N
         cmap = explain.cluster_map(maps["activation"], labels, regions).astype(float)
         cmap[cmap < 0] = np.nan
         k = int(np.nanmax(cmap)) + 1 if np.isfinite(cmap).any() else 1
-        middle.plotly_chart(overlay_figure(
-            slice_, cmap, opacity=opacity, categories=k, regions=regions, colorbar_title="cluster",
-            title=f"Dominant {summary.cluster_side}-channel cluster · {layer}<br><sup>per position; "
-                  "ids are per region</sup>"), key="heatmaps_clusters", theme=None)
+        frame.chart(overlay_figure(
+            slice_, cmap, opacity=opacity, categories=k, regions=regions, colorbar_title="cluster (ids per region)",
+            height=HEIGHT, title=f"Dominant {summary.cluster_side}-channel cluster · {layer}<br><sup>per position: "
+                                 "the cluster with the most activation</sup>"), key="heatmaps_clusters", where=right)
     else:
-        middle.info("Cluster maps exist for HSCC runs only (the baselines do not cluster channels).")
-    right.plotly_chart(overlay_figure(
-        slice_, maps["error"], opacity=opacity, colorscale="Inferno", zmin=0, colorbar_title="error",
-        title=f"Output error · {layer}<br><sup>||y - y'|| / RMS ||y||, same input; "
-              f"mean {float(np.mean(maps['error'])):.3f}</sup>"), key="heatmaps_error", theme=None)
+        right.info("Cluster maps exist for HSCC runs only (the baselines do not cluster channels).")
+    left, right = st.columns(2, gap="medium")
+    frame.chart(overlay_figure(
+        slice_, maps["error"], opacity=opacity, colorscale="Inferno", zmin=0, colorbar_title="relative error",
+        height=HEIGHT, title=f"Output error · {layer}<br><sup>||y - y'|| / RMS ||y||, same input; "
+                             f"mean {float(np.mean(maps['error'])):.3f}</sup>"), key="heatmaps_error", where=left)
+    right.markdown(f"**Grad-CAM** below: where each model finds evidence for "
+                   f"**{class_label(classes[maps['target']])}** "
+                   f"at layer {maps['cam_layer']} (Selvaraju et al. 2017). Brighter means more positive evidence; "
+                   "each map is scaled to its own maximum.")
     tgt = class_label(classes[maps["target"]])
-    left, right = st.columns(2)
-    for col, which, title in ((left, "original", "original"), (right, "compressed", "compressed")):
-        col.plotly_chart(overlay_figure(
-            slice_, maps[f"cam_{which}"], opacity=opacity, colorscale="Inferno", zmin=0, zmax=1,
-            colorbar_title="Grad-CAM",
-            title=f"Grad-CAM, {title} · class {tgt}<br><sup>layer {maps['cam_layer']}, "
-                  f"p = {maps[f'probs_{which}'][maps['target']]:.2f}</sup>"), key=f"heatmaps_cam_{which}", theme=None)
+    left, right = st.columns(2, gap="medium")
+    for col, which in ((left, "original"), (right, "compressed")):
+        cam = maps[f"cam_{which}"]
+        with col:
+            frame.chart(overlay_figure(
+                slice_, cam.cam, opacity=opacity, colorscale="Inferno", zmin=0, zmax=1, colorbar_title="Grad-CAM",
+                height=HEIGHT, title=f"Grad-CAM, {which} model<br><sup>class {tgt}, layer {cam.layer}, "
+                                     f"p = {cam.probabilities[cam.target]:.2f}</sup>"), key=f"heatmaps_cam_{which}")
+            if cam.empty:
+                earlier = explain.earlier_layers(cams, cam.layer)
+                st.warning(plain(explain.empty_cam_message(tgt, cam.layer, earlier[0] if earlier else None)),
+                           icon=":material/visibility_off:")
+                if earlier:
+                    st.button(f"Show Grad-CAM at {earlier[0]}", key=f"heatmaps_earlier_{which}",
+                              on_click=st.session_state.__setitem__, args=("heatmaps_cam_layer", earlier[0]))
 
 
 frame.show("heatmaps", main)

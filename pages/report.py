@@ -1,14 +1,29 @@
-"""Report page: export the selected run as a self-contained HTML report and as PNG figures."""
+"""Report page: export the selected run as a self-contained HTML report and as figure files (300-dpi PNG
+and SVG), with its heat maps, Grad-CAM maps and per-layer table."""
 
 import re
 
 import pandas as pd
 import streamlit as st
 
+from hscc_core.nn.layers import compress_candidates
+from hscc_core.present.labels import class_label, split_name
+from hscc_core.present.png import PRINT_DPI, figure_png, figures_zip
+from hscc_core.present.report import (environment_info, image_maps, layer_table, metrics_rows, report_figures,
+                                      report_html)
 from hscc_core.runs.config import run_name
-from hscc_core.present.png import figure_png, figures_zip
-from hscc_core.present.report import environment_info, metrics_rows, report_figures, report_html
 from pages import frame
+
+
+@st.cache_data(show_spinner="Computing the error and Grad-CAM maps...", max_entries=16)
+def maps_of(data: str, cache_dir: str, key: str, index: int) -> dict:
+    """Output error of every compressed layer and both models' Grad-CAM on one test image."""
+    ws = frame.workspace_for(data)
+    model, _ = ws.baseline(train_if_missing=False)
+    images = ws.images()
+    layers = list(ws.store.get_run(key).get("layers") or {})
+    return image_maps(model, frame.compressed_model(cache_dir, key), images.to_tensor(images.x_test[index:index + 1]),
+                      layers, compress_candidates(model)[-1])
 
 
 def main(ctx: frame.Context) -> None:
@@ -16,9 +31,25 @@ def main(ctx: frame.Context) -> None:
     if run is None:
         return
     runs = ctx.runs()
-    slice_ = ctx.ws.images().x_test[0]
-    figures = lambda: report_figures(run, ctx.original, runs, slice_)  # noqa: E731 - built only when exported
-    names = list(report_figures(run, ctx.original, runs, slice_, names_only=True))
+    images = ctx.ws.images()
+    classes = ctx.classes
+    fine_tuned = int(run["config"].get("finetune_epochs") or 0) > 0
+    c = st.columns([2, 1])
+    index = c[0].selectbox("Test image for the heat maps and Grad-CAM", range(len(images.y_test)), key="report_image",
+                           format_func=lambda i: f"#{i} · labelled {class_label(classes[images.y_test[i]])}")
+    with_maps = c[1].toggle("Error and Grad-CAM maps", value=not fine_tuned, key="report_maps", disabled=fine_tuned,
+                            help="Needs the compressed model rebuilt (a fine-tuned run would be fine-tuned again, "
+                                 "so its report has the region maps only).")
+    slice_ = images.x_test[index]
+    label = f"test image #{index} ({class_label(classes[images.y_test[index]])})"
+    layers = list(run.get("layers") or {})
+
+    def figures():  # built only when exported or previewed
+        maps = maps_of(frame.workspace_id(), ctx.cache_dir, run["cache_key"], int(index)) if with_maps else None
+        return report_figures(run, ctx.original, runs, slice_, maps=maps, image_label=label)
+
+    names = list(report_figures(run, ctx.original, runs, slice_, names_only=True, image_label=label,
+                                maps={"error": dict.fromkeys(layers)} if with_maps else None))
     stem = re.sub(r"[^A-Za-z0-9]+", "-", run.get("label", "run")).strip("-").lower() or "run"
     env = environment_info()
     c = st.columns(3)
@@ -26,12 +57,21 @@ def main(ctx: frame.Context) -> None:
                          file_name=f"hscc-report-{stem}.html", mime="text/html", key="report_html",
                          on_click="ignore", type="primary",
                          help="One file with interactive figures; plotly.js is embedded, so it opens offline.")
-    c[1].download_button("Download PNG figures (zip)", data=lambda: figures_zip(figures()),
+    c[1].download_button("Download figures (PNG + SVG, zip)", data=lambda: figures_zip(figures()),
                          file_name=f"hscc-figures-{stem}.zip", mime="application/zip", key="report_png",
-                         on_click="ignore")
+                         on_click="ignore", help=f"Every figure as a {PRINT_DPI}-dpi PNG and as an SVG.")
+    st.caption(f"Measured on the {split_name(run)} split's {run.get('n', '?')} test images.")
     st.subheader("Metrics")
     st.dataframe(pd.DataFrame(metrics_rows(run, ctx.original), columns=["metric", "original", run_name(run)]),
                  hide_index=True, key="report_metrics")
+    rows = layer_table(run)
+    if rows:
+        st.subheader("Per layer")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="report_layers", placeholder="n/a",
+                     column_config={"original MFLOPs": st.column_config.NumberColumn(format="%.1f"),
+                                    "compressed MFLOPs": st.column_config.NumberColumn(format="%.1f"),
+                                    "kept %": st.column_config.NumberColumn(format="%.1f %%"),
+                                    "output error": st.column_config.NumberColumn(format="%.3f")})
     st.subheader("Configuration")
     st.json(run["config"], expanded=True)
     st.subheader("Figures in the report")

@@ -8,6 +8,7 @@ import streamlit as st
 
 from hscc_core.present.dashboard import (DEFAULT_DIMENSIONS, column_label, constraints_for, importance_figure,
                                          parcoords_figure)
+from hscc_core.present.text import plain
 from hscc_core.runs.compare import COMPARE_MAX
 from hscc_core.runs.importance import IMPORTANCE_METHODS, setting_importance
 from hscc_core.runs.pareto import get_axis
@@ -110,7 +111,7 @@ def _parcoords(base, ranges, categories) -> None:
         st.info("Pick two or more axes.")
         return
     fig = parcoords_figure(base, dims, colour, constraints_for(base, ranges, categories))
-    st.plotly_chart(fig, key="runs_parcoords", theme=None, config={"displaylogo": False})
+    frame.chart(fig, "runs_parcoords")
     st.caption("The filters above set the brushes (pink bars) and filter the table. Dragging on an axis "
                "highlights lines in the chart only: Streamlit does not report parallel-coordinates brushes back.")
 
@@ -131,8 +132,7 @@ def _importance_section(shown) -> None:
     if result.warning:
         st.warning(result.warning)
     if result.importances:
-        st.plotly_chart(importance_figure(result), key="runs_importance", theme=None,
-                        config={"displaylogo": False})
+        frame.chart(importance_figure(result), "runs_importance")
     st.caption(f"Fitted on the {result.n_used} shown runs that carry {column_label(metric)}"
                + (f" (a seeded sample of {result.n_runs})" if result.n_used < result.n_runs else "")
                + (f"; same value for every run: {', '.join(map(column_label, result.constant))}" if result.constant
@@ -171,7 +171,7 @@ def _search_section(ctx) -> None:
                 result = run_search(ctx.ws, config, progress=lambda d, t: bar.progress(
                     d / max(t, 1), text=f"search: {d}/{t} trials"), measure_speed=measure)
             except USER_ERRORS as exc:
-                st.error(f"Search not run: {exc}")
+                st.error(f"Search not run: {plain(exc)}")
                 return
             st.session_state["runs_search_result"] = (
                 f"{len(result.trials)} trials: {result.computed} computed, {result.cached} from the cache, "
@@ -205,7 +205,7 @@ def main(ctx) -> None:
     shown = sort_table(table[mask], sort_by, descending)
     data, config = _display(shown)
     event = st.dataframe(data, key="runs_table", on_select="rerun", selection_mode="multi-row", hide_index=True,
-                         column_config=config, height=420)
+                         column_config=config, height=420, placeholder="n/a")
     _handle_selection(ctx, shown, event)
     picked = st.session_state.get(COMPARE) or []
     st.caption(f"{len(shown)} of {len(table)} runs shown, {int(shown['pareto'].sum())} of them Pareto-optimal "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import socket
 import struct
@@ -190,6 +191,12 @@ def region_modules(model: nn.Module) -> dict:
 APP = Path(__file__).resolve().parents[1] / "app.py"
 PAGES = ["pages/overview.py", "pages/explorer.py", "pages/pareto.py", "pages/confusion.py", "pages/heatmaps.py",
          "pages/report.py", "pages/runs.py", "pages/compare.py", "pages/demo.py"]
+
+
+def shown(text: str) -> str:
+    """What a reader sees of Markdown made by ``present.text.plain``: CommonMark drops a backslash
+    before punctuation; no-break spaces look like spaces and word joiners (U+2060) are invisible."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text).replace("\u00a0", " ").replace("\u2060", "")
 
 
 def assert_page_ok(at) -> None:

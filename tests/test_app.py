@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, PAGES, assert_page_ok, make_imagefolder, open_page, tiny_env, use_tiny_app_env
-from hscc_core.runs.config import RunConfig, describe_config, run_name
-from hscc_core.runs import pipeline
+from conftest import (APP, PAGES, assert_page_ok, make_imagefolder, open_page, shown, tiny_env,
+                      use_tiny_app_env)
+from hscc_core.runs.config import DEFAULTS, RunConfig, describe_config, run_name
+from hscc_core.runs import jobs, pipeline
 from hscc_core.runs.pipeline import compress_run, run_key
 from hscc_core.runs.store import RunStore
 
@@ -63,7 +65,7 @@ def explorer_config(at: AppTest, cfg: RunConfig) -> AppTest:
 
 
 def texts(elements) -> list[str]:
-    return [e.value for e in elements]
+    return [shown(e.value) for e in elements]
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,6 +81,12 @@ def test_overview_shows_real_baseline_metrics(app_env):
     accuracy = [m for m in at.main.metric if m.label == "Accuracy"][0]
     assert accuracy.value == f"{100 * expected['accuracy']:.2f} %"
     assert "not a medical device" in " ".join(c.value for c in at.caption)
+    # Which split the numbers come from, and how many test images have a twin in training.
+    from hscc_core.runs.split_overview import split_overview
+
+    sentence = split_overview(app_env).sentence()
+    assert sentence.startswith("Official split") and sentence in " ".join(texts([*at.info, *at.warning]))
+    assert "official split" in " ".join(c.value for c in at.caption)
 
 
 def test_missing_baseline_offers_prepare_button_where_the_operator_allows_it(tmp_path, monkeypatch):
@@ -184,21 +192,35 @@ def test_moving_a_slider_changes_the_shown_run(app_env, stored_runs, counters):
     assert counters == {"compress": 0, "put": 0}
 
 
-def test_run_button_computes_with_progress_and_then_hits_the_cache(app_env, counters):
+def finish_background_runs(at: AppTest) -> AppTest:
+    """Wait for the background queue (its worker thread computes in this process), then rerun the page."""
+    assert jobs.wait_all(timeout=120), "the background run did not finish"
+    return at.run()
+
+
+def test_run_button_computes_in_the_background_and_then_hits_the_cache(app_env, counters):
     cfg = RunConfig(grid=1, clusters=1, energy=0.9, seed=7)
     at = explorer_config(open_page("pages/explorer.py"), cfg)
     assert any("has not been computed" in i for i in texts(at.info))
     assert counters["compress"] == 0
     at.button(key="explorer_run").click().run()
     assert_page_ok(at)
+    # The prompt is replaced at once: no "has not been computed" nor Run button above the progress.
+    assert not any("has not been computed" in i for i in texts(at.info))
+    assert not [b for b in at.button if b.key == "explorer_run"]
+    at = finish_background_runs(at)
+    assert_page_ok(at)
     assert counters == {"compress": 1, "put": 1}
     assert any("Computed and stored" in s for s in texts(at.success))
     assert describe_config(cfg.canonical()) in texts(at.subheader)
+    assert not any("has not been computed" in i for i in texts(at.info))
+    assert not [b for b in at.button if b.key == "explorer_run"]
     key = run_key(app_env, app_env.baseline()[1], cfg)
     assert app_env.store.has_run(key)
     # A fresh session finds it in the store: no second computation.
     at2 = explorer_config(open_page("pages/explorer.py"), cfg)
     assert describe_config(cfg.canonical()) in texts(at2.subheader)
+    assert any("nothing recomputed" in c for c in texts(at2.caption))
     assert counters == {"compress": 1, "put": 1}
 
 
@@ -210,12 +232,69 @@ def test_failed_run_is_a_message_and_leaves_the_store_intact(app_env, monkeypatc
     before = app_env.store.keys()
     at = explorer_config(open_page("pages/explorer.py"), RunConfig(grid=3, clusters=2, energy=0.9, seed=8))
     at.button(key="explorer_run").click().run()
+    at = finish_background_runs(at)
     assert_page_ok(at)
     assert any("decomposition exploded" in e for e in texts(at.error))
+    assert at.button(key="explorer_run").label == "Try again"
     assert app_env.store.keys() == before
     at.switch_page("pages/pareto.py").run()  # the app keeps working
     assert_page_ok(at)
     assert at.get("plotly_chart")
+
+
+def test_each_target_mode_keeps_its_own_value(app_env):
+    at = open_page("pages/explorer.py")
+    # Defaults as documented, in either mode.
+    assert at.select_slider(key="explorer_energy").value == DEFAULTS["energy"]
+    at.select_slider(key="explorer_energy").set_value(0.9).run()
+    at.radio(key="explorer_mode").set_value("FLOPs budget").run()
+    assert_page_ok(at)
+    assert at.select_slider(key="explorer_budget").value == DEFAULTS["budget"]
+    at.select_slider(key="explorer_budget").set_value(6.0).run()
+    at.radio(key="explorer_mode").set_value("energy threshold").run()
+    assert at.select_slider(key="explorer_energy").value == 0.9  # not reset to the slider's first step
+    at.switch_page("pages/pareto.py").run()  # widgets of another page come and go too
+    at.switch_page("pages/explorer.py").run()
+    assert at.select_slider(key="explorer_energy").value == 0.9
+    at.radio(key="explorer_mode").set_value("FLOPs budget").run()
+    assert at.select_slider(key="explorer_budget").value == 6.0
+    assert any("greedy budget x6** has not been computed" in i for i in texts(at.info))
+
+
+def test_queued_runs_compute_one_after_another_while_the_app_stays_usable(app_env, counters):
+    first = RunConfig(grid=1, clusters=2, energy=0.8, seed=11)
+    second = RunConfig(grid=1, clusters=2, energy=0.7, seed=11)
+    at = explorer_config(open_page("pages/explorer.py"), first)
+    at.button(key="explorer_run").click().run()
+    at.select_slider(key="explorer_energy").set_value(0.7).run()  # another setting while the first computes
+    assert_page_ok(at)
+    at.button(key="explorer_run").click().run()
+    queue = jobs.queue_for(app_env)
+    keys = {run_key(app_env, app_env.baseline()[1], cfg) for cfg in (first, second)}
+    assert keys <= {j.key for j in queue.jobs()}
+    at.switch_page("pages/confusion.py").run()  # other pages work meanwhile, and show the queue
+    assert_page_ok(at)
+    at = finish_background_runs(at)
+    assert all(app_env.store.has_run(k) for k in keys)
+    assert counters["put"] == 2
+    done = [j for j in queue.jobs() if j.key in keys]
+    assert all(j.state == "done" for j in done) and done[0].started >= done[1].finished  # one at a time
+    sidebar = " ".join(texts(at.sidebar.caption))
+    assert "Background runs" in texts(at.sidebar.subheader) and "ready" in sidebar
+    at.switch_page("pages/explorer.py").run()
+    assert describe_config(second.canonical()) in texts(at.subheader)  # the result appeared when ready
+
+
+def test_grid_slider_stops_at_the_models_largest_grid(app_env):
+    """The tiny CNN's smallest compressed map is 4 x 4: the slider offers G = 1 .. 4 (Workspace.max_grid),
+    and a remembered larger G (another workspace's) comes down to 4."""
+    assert app_env.max_grid() == 4
+    at = open_page("pages/explorer.py")
+    assert at.slider(key="explorer_grid").max == 4
+    at.session_state["explorer_values"]["grid"] = 8
+    at.run()
+    assert_page_ok(at)
+    assert at.slider(key="explorer_grid").value == 4 and at.session_state["explorer_values"]["grid"] == 4
 
 
 def test_budget_mode_needs_no_energy(app_env):
@@ -269,26 +348,46 @@ def test_pareto_click_selects_the_run_for_every_page(app_env, stored_runs):
     assert at.selectbox(key="confusion_pick").value == target["cache_key"]
 
 
+def pills(at: AppTest, label: str):
+    return [p for p in at.pills if p.label == label][0]
+
+
 def test_pareto_axes_and_filters(app_env, stored_runs):
     at = open_page("pages/pareto.py")
     at.selectbox(key="pareto_y").set_value("kl_to_original")
     at.selectbox(key="pareto_x").set_value("params")
     at.checkbox(key="pareto_se").check().run()
     assert_page_ok(at)
-    at.multiselect(key="pareto_methods").set_value(["svd"]).run()
+    pills(at, "Methods").set_value(["svd"]).run()
     assert_page_ok(at)
     spec = at.get("plotly_chart")[0].proto.spec
     assert stored_runs[SVD]["cache_key"] in spec
     assert stored_runs[LOW]["cache_key"] not in spec
-    at.selectbox(key="pareto_x").set_value("latency").run()  # no run has latency: still renders
+    at.selectbox(key="pareto_x").set_value("latency").run()  # no run has latency: still renders, and says why
     assert_page_ok(at)
+    caption = " ".join(texts(at.caption))
+    assert "0 of" in caption and "have no latency, batch 1 (ms) (speed not measured)" in caption
     at.selectbox(key="pareto_x").set_value("flops")
-    at.multiselect(key="pareto_methods").set_value(["hscc", "svd"]).run()
-    sides = [m for m in at.multiselect if m.label == "HSCC cluster side"][0]
+    pills(at, "Methods").set_value(["hscc", "svd"]).run()
+    sides = pills(at, "HSCC cluster side")
     assert "output" in sides.value  # (other tests of the session may have stored input-side runs)
     sides.set_value([]).run()  # no HSCC side chosen: only the baseline is left
     spec = at.get("plotly_chart")[0].proto.spec
     assert stored_runs[SVD]["cache_key"] in spec and stored_runs[LOW]["cache_key"] not in spec
+
+
+def test_pareto_table_lists_every_run_drawn_with_the_front_marked(app_env, stored_runs):
+    at = open_page("pages/pareto.py")
+    table = at.dataframe[0].value
+    runs = {r["cache_key"] for r in stored_runs.values()}
+    assert runs <= set(table["key"])  # every run the filters keep, not only the front
+    caption = " ".join(texts(at.caption))
+    assert f"{len(table)} of {len(table)} stored runs drawn" in caption
+    assert table["front"].any() and not table["front"].all() or len(table) == 1
+    assert set(table["run"]) >= {run_name(r) for r in stored_runs.values()}
+    at.selectbox(key="pareto_rank").set_value("MFLOPs").run()
+    ranked = at.dataframe[0].value
+    assert list(ranked["MFLOPs"]) == sorted(ranked["MFLOPs"])
 
 
 def test_confusion_page_counts_and_normalised(app_env, stored_runs):
@@ -297,7 +396,7 @@ def test_confusion_page_counts_and_normalised(app_env, stored_runs):
     assert_page_ok(at)
     at.radio(key="confusion_norm").set_value("row-normalised (recall per true class)").run()
     assert_page_ok(at)
-    assert "share of row" in at.get("plotly_chart")[0].proto.spec
+    assert re.search(r'"\d+ %"', at.get("plotly_chart")[0].proto.spec)  # row shares, one label per cell
 
 
 def test_heatmaps_page_draws_all_overlays(app_env, stored_runs):
@@ -342,11 +441,38 @@ def test_heatmaps_of_a_fine_tuned_run_ask_before_fine_tuning_again(trained_works
 def test_report_page_offers_html_and_png(app_env, stored_runs):
     at = open_page("pages/report.py", selected=stored_runs[LOW]["cache_key"])
     labels = [b.proto.label for b in at.get("download_button")]
-    assert labels == ["Download HTML report", "Download PNG figures (zip)"]
+    assert labels == ["Download HTML report", "Download figures (PNG + SVG, zip)"]
     assert_page_ok(at)
+    assert "official split" in " ".join(texts(at.caption))
     at.selectbox(key="report_preview").set_value("Per-class F1").run()
     assert_page_ok(at)
     assert len(at.get("image")) == 1
+    at.selectbox(key="report_preview").set_value("Grad-CAM, compressed model").run()  # maps of the selected run
+    assert_page_ok(at)
+    assert len(at.get("image")) == 1
+
+
+def test_heatmaps_say_when_a_grad_cam_map_is_empty(app_env, stored_runs, monkeypatch):
+    import streamlit as st
+
+    from hscc_core.present import explain
+
+    real = explain.grad_cam_result
+
+    def no_evidence(*args, **kwargs):  # what Grad-CAM returns when no position supports the class
+        r = real(*args, **kwargs)
+        return explain.CamResult(r.cam * 0, r.target, r.probabilities, r.layer, 0.0)
+
+    monkeypatch.setattr(explain, "grad_cam_result", no_evidence)
+    st.cache_data.clear()  # the maps of this image may be cached from another test
+    at = open_page("pages/heatmaps.py", selected=stored_runs[LOW]["cache_key"])
+    warnings = [w for w in texts(at.warning) if w.startswith("No positive evidence")]
+    assert len(warnings) == 2 and "earlier layer" in warnings[0]  # one per model, naming an earlier layer
+    last = at.selectbox(key="heatmaps_cam_layer").value
+    at.button(key="heatmaps_earlier_original").click().run()
+    assert_page_ok(at)
+    assert at.selectbox(key="heatmaps_cam_layer").value != last
+    st.cache_data.clear()
 
 
 @pytest.mark.parametrize("size", ["5", "abc"])

@@ -116,7 +116,7 @@ def test_every_page_in_headless_chromium(server, tmp_path, stored_runs):
             open_page("Heatmaps", "Heatmaps")
             page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 4")
             assert page.get_by_text("HSCC runs only").first.is_visible()
-            page.locator("[data-testid='stSelectbox']").first.click()  # back to an HSCC run: type its name
+            page.locator("[data-testid='stMain'] [data-testid='stSelectbox']").first.click()  # back to an HSCC run: type its name
             page.keyboard.type(run_name(stored_runs[LOW]))
             page.get_by_role("option").filter(has_text=run_name(stored_runs[LOW])).first.click()
             page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 5")

@@ -105,3 +105,34 @@ def test_cluster_activation_for_each_side():
     np.testing.assert_allclose(pooled[:, 0, 0], inp[:, :2, :2].mean(axis=(1, 2)))
     with pytest.raises(ValueError, match="cluster side"):
         heatmaps.cluster_activation("both", inp, out)
+
+
+def _no_evidence_model() -> nn.Module:
+    # One conv, ReLU, mean pool and a linear head whose class-1 weights are all negative: every positive
+    # activation lowers the class-1 score, so Grad-CAM for class 1 has no positive evidence anywhere.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.abs_()
+        model[0].bias.fill_(0.1)
+        model[4].weight[0] = 1.0
+        model[4].weight[1] = -1.0
+    return model.eval()
+
+
+def test_empty_grad_cam_is_detected_and_explained():
+    model = _no_evidence_model()
+    x = torch.rand(1, 1, 8, 8) + 0.1
+    empty = heatmaps.grad_cam_result(model, "0", x, target=1)
+    assert empty.empty and empty.peak == 0 and not empty.cam.any()
+    full = heatmaps.grad_cam_result(model, "0", x, target=0)
+    assert not full.empty and full.peak > 0 and full.cam.max() == pytest.approx(1.0)
+    cam, target, probs = heatmaps.grad_cam(model, "0", x, 1)  # the tuple form is the same map
+    assert target == 1 and not cam.any() and probs.shape == (2,)
+    message = heatmaps.empty_cam_message("glioma tumor", "features.10", "features.8")
+    assert message.startswith("No positive evidence for glioma tumor at layer features.10")
+    assert "earlier layer features.8" in message
+    assert "earlier" not in heatmaps.empty_cam_message("glioma tumor", "features.0")
+    assert heatmaps.earlier_layers(["a", "b", "c"], "c") == ["b", "a"]
+    assert heatmaps.earlier_layers(["a", "b", "c"], "a") == [] == heatmaps.earlier_layers(["a"], "zz")

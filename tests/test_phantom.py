@@ -269,3 +269,15 @@ def test_a_concurrent_writer_that_finished_first_wins(tmp_path, monkeypatch):
     root = write_phantom_dataset(tmp_path / "ph", TINY)
     assert root == tmp_path / "ph"
     assert [p.name for p in tmp_path.iterdir()] == ["ph"]
+
+
+def test_a_phantom_written_before_the_package_moved_is_still_used(tmp_path):
+    # Caches from before the move into hscc_core/data/ name the generator "hscc_core.phantom".
+    root = write_phantom_dataset(tmp_path / "ph", TINY)
+    manifest = root / "phantom.json"
+    old = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**old, "generator": "hscc_core.phantom"}))
+    assert write_phantom_dataset(root, TINY) == root  # no "exists and is not the phantom" error
+    manifest.write_text(json.dumps({**old, "generator": "someone.else"}))
+    with pytest.raises(FileExistsError):
+        write_phantom_dataset(root, TINY)

@@ -113,15 +113,49 @@ def test_confusion_values_and_figures():
     fig = confusion_figure(cm, CLASSES, normalise=True, title="t")
     hm = fig.data[0]
     np.testing.assert_allclose(hm.z, norm)
-    assert hm.text[0][0] == "0.83" and hm.zmax == 1
+    assert hm.text[0][0] == "83 %" and hm.zmax == 1  # one short label per cell
     assert list(hm.x) == ["glioma tumor", "meningioma tumor", "no tumor", "pituitary tumor"]
     assert fig.layout.yaxis.autorange == "reversed"
     counts = confusion_figure(cm, CLASSES)
     assert counts.data[0].text[2][2] == "6"
     other = [[6, 0, 0, 0], [1, 4, 1, 0], [0, 0, 5, 1], [0, 0, 0, 0]]
     diff = confusion_difference_figure(other, cm, CLASSES)
-    np.testing.assert_allclose(diff.data[0].z, np.asarray(other) - np.asarray(cm))
     assert diff.data[0].zmid == 0 and diff.data[0].zmin == -1 and diff.data[0].text[0][0] == "+1"
+    assert [row[:2] for row in diff.data[0].text[:1]] == [["+1", "-1"]]  # the labels keep the signed change
+
+
+def test_difference_colours_say_better_or_worse():
+    # On the diagonal one more image is one more correct answer (better); off it, one more error (worse):
+    # the colour value is the change's merit, so the same +1 gets opposite colours.
+    cm = RUNS[0]["confusion_matrix"]
+    other = [[6, 0, 0, 0], [1, 4, 1, 0], [0, 0, 5, 1], [0, 0, 0, 0]]
+    trace = confusion_difference_figure(other, cm, CLASSES).data[0]
+    merit = np.asarray(trace.z)
+    assert merit[0, 0] == 1 and merit[0, 1] == 1  # +1 correct (better) and -1 error (better)
+    assert merit[2, 2] == -1 and merit[2, 3] == -1  # -1 correct (worse) and +1 error (worse)
+    assert trace.colorscale[0][1] == plots.WORSE and trace.colorscale[-1][1] == plots.BETTER
+    assert list(trace.colorbar.ticktext) == ["worse", "same", "better"]
+    assert trace.customdata[2][3][1] == "worse" and trace.customdata[0][1][1] == "better"
+
+
+def test_dark_theme_makes_the_background_transparent_and_black_marks_light():
+    fig = pareto_figure(RUNS, "flops", "accuracy", ORIGINAL)
+    assert plots.themed(fig, "light") is fig
+    dark = plots.themed(fig, "dark")
+    assert dark.layout.paper_bgcolor == "rgba(0,0,0,0)"
+    assert dark.layout.font.color == plots.THEME_COLOURS["dark"]["text"]
+    assert trace(dark, "Original").marker.color == plots.THEME_COLOURS["dark"]["text"]
+    assert all(s.line.color == plots.THEME_COLOURS["dark"]["text"] for s in dark.layout.shapes)
+    assert fig.layout.paper_bgcolor == "white" and trace(fig, "Original").marker.color == OKABE_ITO["black"]
+    with pytest.raises(ValueError):
+        plots.themed(fig, "blue")
+
+
+def test_kl_axis_is_logarithmic_when_it_spans_decades():
+    spread = [dict(r, kl_to_original=10.0 ** -k) for k, r in enumerate(RUNS)]
+    assert pareto_figure(spread, "flops", "kl_to_original").layout.yaxis.type == "log"
+    assert pareto_figure(RUNS, "flops", "kl_to_original").layout.yaxis.type == "linear"
+    assert pareto_figure(RUNS, "flops", "kl_to_original").layout.yaxis.tickformat == "~g"  # 0.7, not 7e-1
 
 
 def test_per_class_bars_have_se_error_bars_and_patterns():

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import ORIGINAL, RUNS, sample_figures
 from hscc_core.present.plots import pareto_figure
-from hscc_core.present.png import figure_png, figures_zip
+from hscc_core.present.png import PRINT_DPI, figure_file, figure_png, figures_zip
 
 
 @pytest.mark.parametrize("name", list(sample_figures()))
@@ -32,9 +32,33 @@ def test_png_draws_the_data_colours():
     assert (np.abs(rgb - blue).sum(axis=2) < 30).sum() > 50
 
 
-def test_figures_zip_has_safe_names():
+def test_figures_zip_has_safe_names_and_300_dpi_png_plus_svg():
     data = figures_zip({"Pareto: a/b": sample_figures()["Pareto"], "../../etc": sample_figures()["Change"]})
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         names = zf.namelist()
-        assert names == ["01-pareto-a-b.png", "02-etc.png"]
-        assert zf.read(names[0])[:4] == b"\x89PNG"
+        assert names == ["01-pareto-a-b.png", "01-pareto-a-b.svg", "02-etc.png", "02-etc.svg"]
+        png = Image.open(io.BytesIO(zf.read(names[0])))
+        assert png.format == "PNG" and round(png.info["dpi"][0]) == PRINT_DPI == 300
+        assert png.size[0] >= 2000  # a report-sized figure at print resolution, not a 110-dpi screen copy
+        svg = zf.read(names[1]).decode("utf-8")
+        assert "<svg" in svg and "</svg>" in svg
+
+
+def test_static_pareto_keeps_the_originals_reference_lines():
+    # The original's dotted lines are plotly shapes spanning the plot ("x domain"/"y domain"); the
+    # static figure draws them as full-width/height lines at the original's values.
+    fig = pareto_figure(RUNS, "flops", "accuracy", ORIGINAL)
+    svg = figure_file(fig, "svg").decode("utf-8")
+    plain = figure_file(pareto_figure(RUNS, "flops", "accuracy", None), "svg").decode("utf-8")
+    assert svg.count("stroke-dasharray") >= plain.count("stroke-dasharray") + 2
+
+
+def test_overlay_colourbar_stays_under_its_image():
+    # The bar is an inset of the image's own axes, so it follows the image when the figure is wider
+    # than the square image (a bar at the figure's edge drifted away from it).
+    image = (np.add.outer(np.arange(32), np.arange(32)) * 4 % 255).astype(np.uint8)
+    fig = sample_figures()["Regions"]
+    data = figure_png(fig, width=900, height=500, dpi=100)
+    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=float)
+    cols = np.flatnonzero((rgb < 250).any(axis=0))
+    assert image.shape == (32, 32) and cols.max() - cols.min() < 0.48 * rgb.shape[1]  # 0.53 with the bar at the edge

@@ -34,8 +34,9 @@ def test_html_report_is_self_contained_and_escaped():
     assert "<td>grid</td><td>2</td>" in text
     assert "85.00 ± 2.00" in text and "0.800 ± 0.030" in text
     assert "McNemar p = 0.3" in text and "-2.00 ± 1.00" in text
-    assert "Budget x3 met: 3.02x fewer FLOPs in the compressed layers, by energy threshold 0.9000" in text
-    assert "x1.50 / x1.40 on cpu" in text
+    assert ("Budget x3 met: the compressed layers need 3.02x fewer FLOPs (100 FLOPs instead of 300 FLOPs), "
+            "by one energy threshold for every block, tau = 0.900") in text
+    assert "1.5x faster / 1.4x faster on cpu" in text and "test images of the official split" in text
     assert text.count(report.NOTICE) == 2
 
 
@@ -47,7 +48,8 @@ def test_metrics_rows_cover_every_class_and_speed():
             assert f"{cls.replace('_', ' ')}: {metric}" in names
     assert rows[0] == ("accuracy (%)", "88.00 ± 2.00", "85.00 ± 2.00")
     assert ("latency, batch 1 (median / p90 ms)", "2.00 / 2.50", "1.00 / 1.20") in rows
-    assert ("FLOPs of the compressed layers", "300", "100") in rows
+    assert ("FLOPs of the compressed layers", "300 FLOPs", "100 FLOPs") in rows
+    assert ("FLOPs (whole model)", "2 MFLOPs", "1 MFLOPs") in rows
     assert report.metrics_rows({"accuracy": 0.5})[0] == ("accuracy (%)", "n/a", "50.00")
 
 
@@ -55,3 +57,41 @@ def test_environment_info():
     env = report.environment_info()
     for key in ("python", "platform", "cpu_count", "torch", "numpy", "plotly", "generated"):
         assert env.get(key), key
+
+
+def test_report_of_a_real_run_has_maps_grad_cam_and_the_layer_table(trained_workspace, tmp_path):
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from conftest import copy_workspace
+    from hscc_core.nn.layers import compress_candidates
+    from hscc_core.present.heatmaps import layer_order
+    from hscc_core.present.png import figures_zip
+    from hscc_core.runs.config import RunConfig
+    from hscc_core.runs.pipeline import compress_run, original_run, rebuild_model
+
+    ws = copy_workspace(trained_workspace, tmp_path / "cache")
+    run = compress_run(ws, RunConfig(grid=2, clusters=2, energy=0.9), measure_speed=False)[0]
+    original = original_run(ws)[0]
+    model, _ = ws.baseline()
+    images = ws.images()
+    layers = sorted(run["layers"], key=layer_order)
+    assert layer_order("features.3") < layer_order("features.10")
+    maps = report.image_maps(model, rebuild_model(ws, run), images.to_tensor(images.x_test[:1]), layers,
+                             compress_candidates(model)[-1])
+    assert set(maps["error"]) == set(layers) and maps["cam_original"].cam.shape == images.x_test[0].shape
+    figures = report.report_figures(run, original, [run], images.x_test[0], maps=maps)
+    names = list(figures)
+    assert [n for n in names if n.startswith("Output error")] == [f"Output error, {layer}" for layer in layers]
+    assert "Grad-CAM, original model" in names and "Grad-CAM, compressed model" in names
+    assert names == list(report.report_figures(run, original, [run], images.x_test[0], names_only=True,
+                                               maps={"error": dict.fromkeys(layers)}))
+    rows = report.layer_table(run)
+    assert [r["layer"] for r in rows] == [f"conv {i} · {name}" for i, name in enumerate(layers, 1)]
+    text = report.report_html(run, original, {}, {"python": "3"})
+    assert "<h2>Per layer</h2>" in text and rows[0]["layer"] in text and rows[0]["ranks kept"] in text
+    with zipfile.ZipFile(io.BytesIO(figures_zip({"Grad-CAM": figures["Grad-CAM, original model"]}))) as zf:
+        assert zf.namelist() == ["01-grad-cam.png", "01-grad-cam.svg"]
+        assert round(Image.open(io.BytesIO(zf.read("01-grad-cam.png"))).info["dpi"][0]) == 300

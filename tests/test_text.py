@@ -15,6 +15,7 @@ import string
 
 import pytest
 
+from conftest import shown
 from hscc_core.present.text import plain
 
 LINK = "[clickme](http://x) **bold**"  # the issue's class folder name, as a string
@@ -37,16 +38,11 @@ HOSTILE = [
 ]
 
 
-def unescape(text: str) -> str:
-    """What a reader sees of ``plain``'s output: CommonMark drops a backslash before punctuation;
-    no-break spaces look like spaces and word joiners (U+2060) are invisible."""
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text).replace("\u00a0", " ").replace("\u2060", "")
-
 
 @pytest.mark.parametrize("text", HOSTILE)
 def test_every_punctuation_character_is_escaped_and_nothing_else_changes(text):
     out = plain(text)
-    assert unescape(out) == text
+    assert shown(out) == text
     bare = re.sub(r"\\[!-/:-@\[-`{-~]", "", out)  # drop the escaped pairs: no punctuation may remain
     assert not set(bare) & set(string.punctuation), out
 
@@ -73,7 +69,7 @@ def test_the_beacon_dicom_tag_and_a_markdown_class_folder_reach_the_page_escaped
     assert loaded.meta["modality"] == BEACON  # the tag arrives intact: only plain() stands between
     assert plain(loaded.meta["modality"]) == plain(BEACON)  # ... and what the browser test renders
     index = discover(make_imagefolder(tmp_path / "mri", n_train=2, n_test=1, classes=("glioma", FOLDER)))
-    assert FOLDER in index.classes and unescape(plain(FOLDER)) == FOLDER and "](" not in plain(FOLDER)
+    assert FOLDER in index.classes and shown(plain(FOLDER)) == FOLDER and "](" not in plain(FOLDER)
 
 
 def test_line_breaks_controls_and_bidi_overrides_cannot_reshape_the_text():
@@ -82,7 +78,7 @@ def test_line_breaks_controls_and_bidi_overrides_cannot_reshape_the_text():
     assert plain("bell\x07") == "bell\ufffd"
     assert plain("    x") == "\u00a0" * 4 + "x"  # no indented code block
     assert plain(ValueError("[x](y)")) == "\\[x\\]\\(y\\)"
-    assert plain("glioma_tumor") == "glioma\\_tumor" and unescape(plain("glioma_tumor")) == "glioma_tumor"
+    assert plain("glioma_tumor") == "glioma\\_tumor" and shown(plain("glioma_tumor")) == "glioma_tumor"
 
 
 SCRIPT = """
@@ -138,12 +134,12 @@ def test_hostile_strings_render_as_text_in_chromium(tmp_path):
             found = escaped.locator(active).evaluate_all(
                 "els => els.map(e => e.tagName + ': ' + e.closest('[data-testid=stMarkdownContainer], [data-testid=stCaptionContainer]')?.outerHTML)")
             assert not found, "\n".join(found)
-            shown = escaped.locator("[data-testid='stMarkdownContainer'], [data-testid='stCaptionContainer']"
+            seen = escaped.locator("[data-testid='stMarkdownContainer'], [data-testid='stCaptionContainer']"
                                     ).all_inner_texts()
-            assert len(shown) == 3 * len(HOSTILE)
+            assert len(seen) == 3 * len(HOSTILE)
             for i, text in enumerate(HOSTILE):
                 want = " ".join(text.split())
-                for got in shown[3 * i:3 * i + 3]:
+                for got in seen[3 * i:3 * i + 3]:
                     assert " ".join(got.replace("\u2060", "").split()) == want  # split(): nbsp too
         finally:
             browser.close()

@@ -101,6 +101,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_run_option(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--run CACHE_KEY``: a stored run named by its cache key or a unique prefix of it."""
+    p.add_argument("--run", required=required, default=None, metavar="CACHE_KEY",
+                   help="a compression run's cache key or a unique prefix (see `hscc runs`)")
+
+
 def workspace_from(args) -> Workspace:
     """The Workspace the common options describe."""
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():

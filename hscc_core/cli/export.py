@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hscc_core.cli.common import add_common, emit, log, workspace_with_baseline
+from hscc_core.cli.common import add_common, add_run_option, emit, log, workspace_with_baseline
 from hscc_core.cli.progress import StageBars
 from hscc_core.runs.selection import resolve_run
 
@@ -32,8 +32,7 @@ def register(sub) -> dict:
                     "(onnxruntime) or TorchScript (torch.jit.load), check its logits against PyTorch on "
                     "the test images and, for ONNX, time it against the original exported the same way.")
     add_common(p)
-    p.add_argument("--run", required=True, metavar="CACHE_KEY",
-                   help="a compression run's cache key or a unique prefix (see `hscc runs`)")
+    add_run_option(p)
     p.add_argument("--format", choices=FORMATS, required=True, help="onnx or torchscript")
     p.add_argument("--out", type=Path, required=True, metavar="PATH", help="file to write")
     p.add_argument("--check-images", type=int, default=0, metavar="N",

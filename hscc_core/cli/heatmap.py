@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hscc_core.cli.common import add_common, emit, workspace_from
+from hscc_core.cli.common import add_common, add_run_option, emit, workspace_from
 from hscc_core.present.heatmaps import heatmap_data
 from hscc_core.runs.selection import resolve_run
 
@@ -16,8 +16,7 @@ def register(sub) -> dict:
                                    "stored run: per region the rank kept and the original's, the MACs "
                                    "computed and the original's, and the cluster label map.")
     add_common(p)
-    p.add_argument("--run", required=True, metavar="CACHE_KEY",
-                   help="a compression run's cache key or a unique prefix (see `hscc runs`)")
+    add_run_option(p)
     p.add_argument("--layer", default=None, metavar="NAME",
                    help="a compressed layer, e.g. features.3 (default: the run's first compressed layer)")
     return {"heatmap": cmd_heatmap}

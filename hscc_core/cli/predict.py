@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hscc_core.cli.common import add_common, emit, log, workspace_with_baseline
+from hscc_core.cli.common import add_common, add_run_option, emit, log, workspace_with_baseline
 from hscc_core.data.imageio import MAX_BYTES, load_slice
 from hscc_core.present.predict import DEFAULT_RUNS, NOTICE, compare, json_ready
 
@@ -26,8 +26,7 @@ def register(sub) -> dict:
                     "device: not for diagnosis.")
     add_common(p)
     p.add_argument("image", type=Path, metavar="IMAGE", help="the image file (format found from its content)")
-    p.add_argument("--run", default=None, metavar="CACHE_KEY",
-                   help="a compression run's cache key or a unique prefix (see `hscc runs`)")
+    add_run_option(p, required=False)
     p.add_argument("--frame", type=int, default=None, metavar="N",
                    help="frame of a multi-frame file, from 1 (default: the middle frame)")
     p.add_argument("--window", type=float, nargs=2, default=None, metavar=("C", "W"),

@@ -49,7 +49,9 @@ class TrainBar:
             return
         total = info["epochs"] * info["batches"]
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, file=sys.stderr, dynamic_ncols=True)
+            # A resumed training first replays the epochs it kept: say so rather than look instant.
+            desc = f"{self.desc} (resumed)" if info.get("resumed") else self.desc
+            self.bar = tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True)
         done = (info["epoch"] - 1) * info["batches"] + info["batch"]
         post = {"epoch": f"{info['epoch']}/{info['epochs']}", "loss": f"{info['loss']:.3f}",
                 "acc": f"{info['acc']:.3f}"}

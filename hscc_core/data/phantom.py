@@ -702,11 +702,19 @@ def image_rng(spec: PhantomSpec, split: str, label: str, index: int) -> np.rando
     return np.random.default_rng(seq)
 
 
+# The generator's module before the package moved into subpackages: the same code and version
+# wrote byte-identical images under that name, so a cache from before the move stays valid.
+_FORMER_GENERATORS = {"hscc_core.phantom": "hscc_core.data.phantom"}
+
+
 def _read_manifest(root: Path) -> dict | None:
     try:
-        return json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        found = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if isinstance(found, dict) and found.get("generator") in _FORMER_GENERATORS:
+        found["generator"] = _FORMER_GENERATORS[found["generator"]]
+    return found
 
 
 def write_phantom_dataset(

@@ -8,22 +8,33 @@ Pure tensor/numpy functions behind the app's Heatmaps page and the report:
   original's, both computed from the *same* input (the original model's input to that layer), as
   ``||y_p - y'_p||_2 / sqrt(mean_p ||y_p||_2^2)``, so one number reads "error relative to the
   layer's typical output norm" and positions with near-zero output do not blow up;
-* :func:`grad_cam`: Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep
-  Networks via Gradient-based Localization", ICCV): ReLU of the activation maps of a layer weighted
-  by the spatial mean of the class score's gradient, upsampled to the input and scaled to [0, 1].
+* :func:`grad_cam` / :func:`grad_cam_result`: Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual
+  Explanations from Deep Networks via Gradient-based Localization", ICCV): ReLU of the activation
+  maps of a layer weighted by the spatial mean of the class score's gradient, upsampled to the input
+  and scaled to [0, 1]. When no position has positive weighted evidence the map is empty (all
+  zeros); :func:`grad_cam_result` says so (``empty``) and :func:`empty_cam_message` explains it and
+  names an earlier layer, where evidence is less pooled.
+
+Grad-CAM is written here rather than taken from the ``grad-cam`` package (PyPI): the formula is a
+dozen lines; the package would add OpenCV and ttach to the dependencies, it rescales every map to
+[0, 1] by its own min and max (so an empty map and a faint one look alike: the very case people
+must be told about), and its forward hook stores the layer's output tensor itself, which the
+in-place ReLU of torchvision's AlexNet then overwrites on the CPU (the map is then taken after the
+ReLU), whereas here a copy feeds the rest of the network and the layer's own output is weighted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["cluster_activation", "cluster_map", "grad_cam", "layer_io", "layer_reconstruction_error",
-           "relative_error_map"]
+__all__ = ["CamResult", "cluster_activation", "cluster_map", "earlier_layers", "empty_cam_message", "grad_cam",
+           "grad_cam_result", "layer_io", "layer_reconstruction_error", "relative_error_map"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,8 +156,45 @@ def layer_reconstruction_error(original: nn.Module, compressed: nn.Module, layer
     return relative_error_map(out[0], approx[0]), inp[0].cpu().numpy(), out[0].cpu().numpy()
 
 
+@dataclass(frozen=True)
+class CamResult:
+    """A Grad-CAM map and what it rests on.
+
+    Attributes
+    ----------
+    cam : ndarray (H, W)
+        In [0, 1] at the input's size; all zeros when :attr:`empty`.
+    target : int
+        The class explained.
+    probabilities : ndarray
+        The model's class probabilities on the image.
+    layer : str
+        The layer whose activations are weighted.
+    peak : float
+        The largest positive weighted activation before scaling; 0 when no position supports the class.
+    """
+
+    cam: np.ndarray
+    target: int
+    probabilities: np.ndarray
+    layer: str
+    peak: float
+
+    @property
+    def empty(self) -> bool:
+        """No position of the layer carries positive evidence for the class: nothing to show."""
+        return not self.peak > 0
+
+
 def grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: int | None = None
              ) -> tuple[np.ndarray, int, np.ndarray]:
+    """Grad-CAM of ``layer`` for class ``target`` on one image: ``(cam, target, probabilities)``,
+    the first fields of :func:`grad_cam_result`."""
+    r = grad_cam_result(model, layer, x, target)
+    return r.cam, r.target, r.probabilities
+
+
+def grad_cam_result(model: nn.Module, layer: str, x: torch.Tensor, target: int | None = None) -> CamResult:
     """Grad-CAM of ``layer`` for class ``target`` on one image.
 
     Parameters
@@ -162,9 +210,9 @@ def grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: int | None =
 
     Returns
     -------
-    (cam, target, probabilities)
-        ``cam`` (H, W) in [0, 1] (all zeros when no position supports the class), bilinearly
-        upsampled to the input size.
+    CamResult
+        ``cam`` (H, W) in [0, 1] (all zeros when no position supports the class: ``empty``),
+        bilinearly upsampled to the input size.
     """
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"x must have shape (1, C, H, W), got {tuple(x.shape)}")
@@ -194,6 +242,23 @@ def grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: int | None =
     weights = grad[0].mean(dim=(1, 2))
     cam = torch.relu((weights[:, None, None] * act[0].detach()).sum(0))
     cam = F.interpolate(cam[None, None], size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
-    top = cam.max()
+    top = float(cam.max())
     cam = cam / top if top > 0 else torch.zeros_like(cam)
-    return cam.cpu().numpy().astype(np.float64), cls, probs
+    return CamResult(cam.cpu().numpy().astype(np.float64), cls, probs, layer, max(top, 0.0))
+
+
+def earlier_layers(candidates: Sequence[str], layer: str) -> list[str]:
+    """The layers before ``layer`` in ``candidates`` (forward order), nearest first."""
+    names = list(candidates)
+    return names[:names.index(layer)][::-1] if layer in names else []
+
+
+def empty_cam_message(class_name: str, layer: str, earlier: str | None = None) -> str:
+    """Why a Grad-CAM map is empty, in words, and what to try."""
+    text = (f"No positive evidence for {class_name} at layer {layer}: weighted by how much they raise the "
+            f"{class_name} score, this layer's activations add up to zero or less everywhere, so Grad-CAM "
+            "(which keeps positive evidence only) has nothing to show. The answer then rests on what the "
+            "layer does not see, or on evidence too spread out to survive its pooling.")
+    if earlier:
+        text += f" The earlier layer {earlier} keeps finer detail and usually shows where the evidence lies."
+    return text

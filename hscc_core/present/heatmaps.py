@@ -16,16 +16,23 @@ import numpy as np
 
 from hscc_core.compress.summary import LayerSummary
 
-__all__ = ["KINDS_OF_VALUE", "heatmap_data", "layer_summaries", "layer_summary", "region_value_map",
+__all__ = ["KINDS_OF_VALUE", "heatmap_data", "layer_order", "layer_summaries", "layer_summary", "region_value_map",
            "region_values"]
 
 # What a region map can show: the directions kept over the original's, or the MACs kept.
 KINDS_OF_VALUE = ("rank", "flops")
 
 
+def layer_order(name: str) -> tuple:
+    """Sort key putting layer names in forward order: numbers compare as numbers (``features.3`` before
+    ``features.10``; a stored run's JSON has its keys in text order)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split("."))
+
+
 def layer_summaries(run: Mapping[str, Any]) -> dict[str, LayerSummary]:
     """The typed summaries of every compressed layer of a stored run, in forward order."""
-    return {name: LayerSummary.from_json(s) for name, s in (run.get("layers") or {}).items()}
+    layers = run.get("layers") or {}
+    return {name: LayerSummary.from_json(layers[name]) for name in sorted(layers, key=layer_order)}
 
 
 def layer_summary(run: Mapping[str, Any], layer: str) -> LayerSummary:

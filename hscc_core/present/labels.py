@@ -16,7 +16,8 @@ from hscc_core.compress.methods import METHODS
 # One wording of the research-tool notice, everywhere a prediction or a metric is shown.
 NOTICE = "Research tool, not a medical device: predictions shown here must not be used for diagnosis."
 
-__all__ = ["NOTICE", "budget_sentence", "class_label", "method_title", "pct", "si", "speed_text"]
+__all__ = ["NOTICE", "budget_sentence", "class_label", "duration", "method_title", "pct", "si", "speed_text",
+           "split_name"]
 
 
 def class_label(name: str) -> str:
@@ -56,17 +57,41 @@ def speed_text(ratio: float | None) -> str:
     return f"{ratio:.2g}x faster" if ratio > 1 else f"{1 / ratio:.2g}x slower"
 
 
-def budget_sentence(run: Mapping[str, Any]) -> str | None:
-    """What a budget run reached, in one sentence (None for a run with an energy threshold).
+def duration(seconds: float | None) -> str:
+    """``4.2`` -> ``"4.2 s"``, ``95`` -> ``"1 min 35 s"``, ``7300`` -> ``"2 h 2 min"``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "n/a"
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
 
-    Greedy runs have no single threshold: the sentence names the rule instead of an energy.
+
+def split_name(run: Mapping[str, Any]) -> str:
+    """The split whose test images a run was measured on; runs stored before splits existed used the
+    official one."""
+    return str(run.get("split") or "official")
+
+
+def budget_sentence(run: Mapping[str, Any]) -> str | None:
+    """What a budget run reached, in one sentence with human units (None for a run with an energy threshold).
+
+    ``"Budget x3 met: the compressed layers need 3.02x fewer FLOPs (48.6 MFLOPs instead of 147 MFLOPs),
+    by greedy allocation (no single threshold)."`` Greedy runs have no single threshold: the sentence
+    names the rule instead of an energy.
     """
     budget = run.get("budget_search")
     if not isinstance(budget, Mapping):
         return None
     ratio = budget.get("layer_flops_ratio") or run.get("layer_flops_ratio")
     how = ("greedy allocation (no single threshold)" if run.get("energy") is None
-           else f"energy threshold {run['energy']:.4f}")
-    reached = f"{ratio:.2f}x fewer FLOPs in the compressed layers" if ratio else "an unknown reduction"
+           else f"one energy threshold for every block, tau = {run['energy']:.3f}")
+    reached = f"the compressed layers need {ratio:.2f}x fewer FLOPs" if ratio else "an unknown reduction"
+    new, old = run.get("layer_flops"), run.get("layer_flops_original")
+    if isinstance(new, Mapping) and isinstance(old, Mapping) and new:
+        reached += f" ({si(sum(new.values()), 'FLOPs')} instead of {si(sum(old.values()), 'FLOPs')})"
     verdict = "met" if budget.get("met") else "not met"
     return f"Budget x{budget['target']:g} {verdict}: {reached}, by {how}."

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from hscc_core.present.labels import class_label
+from hscc_core.present.labels import class_label, si, speed_text
+from hscc_core.runs.config import run_name
 from hscc_core.runs.pareto import axis_value, front_runs, get_axis
 
 __all__ = [
@@ -35,8 +36,10 @@ __all__ = [
     "overlay_figure",
     "pareto_figure",
     "per_class_figure",
+    "plotted_runs",
     "run_hover",
     "run_title",
+    "themed",
 ]
 
 #: The Okabe-Ito colour-blind-safe palette.
@@ -66,7 +69,9 @@ _FRONT_COLOUR = OKABE_ITO["orange"]
 
 FONT = {"family": "DejaVu Sans, Arial, sans-serif", "size": 15}
 _AXIS_FORMAT = {"flops": "~s", "params": "~s", "latency": ".3~f", "accuracy": ".1%", "agreement": ".1%",
-                "macro_f1": ".3f", "kl_to_original": ".2~e"}
+                "macro_f1": ".3f", "kl_to_original": "~g"}
+# A positive metric that spans more than this ratio gets a log axis (KL divergences do).
+_LOG_SPAN = 30.0
 _SE_FIELDS = {"accuracy": "accuracy_se", "macro_f1": "macro_f1_se", "agreement": "agreement_se",
               "kl_to_original": "kl_to_original_se"}
 
@@ -91,6 +96,42 @@ def _layout(fig: go.Figure, title: str, height: int = 520, **extra: Any) -> go.F
                       title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 18}},
                       margin={"l": 70, "r": 30, "t": 110, "b": 60}, **extra)
     return fig
+
+
+#: Text, grid and line colours of Streamlit's two themes.
+THEME_COLOURS = {"light": {"text": "#31333F", "grid": _GRID, "line": "#888888"},
+                 "dark": {"text": "#FAFAFA", "grid": "#3B3F4A", "line": "#9A9DA6"}}
+
+
+def themed(fig: go.Figure, theme: str = "light") -> go.Figure:
+    """The figure for Streamlit's ``"light"`` or ``"dark"`` theme.
+
+    The builders draw for a white page (as the report and the PNG files need); for the dark theme
+    this returns a copy with a transparent background, light text and grid, and the black marks
+    (the original's star and reference lines, outlines) in the text colour, so nothing is a white card.
+    """
+    if theme not in THEME_COLOURS:
+        raise ValueError(f"theme must be 'light' or 'dark', got {theme!r}")
+    if theme == "light":
+        return fig
+    c = THEME_COLOURS[theme]
+    out = go.Figure(fig)
+    out.update_layout(paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", font_color=c["text"],
+                      legend_bgcolor="rgba(0,0,0,0)")
+    out.update_xaxes(gridcolor=c["grid"], linecolor=c["line"], zerolinecolor=c["grid"])
+    out.update_yaxes(gridcolor=c["grid"], linecolor=c["line"], zerolinecolor=c["grid"])
+    black = {OKABE_ITO["black"], "black"}
+    for t in out.data:
+        for part in ("marker", "line", "error_y"):
+            obj = getattr(t, part, None)
+            if obj is not None and getattr(obj, "color", None) in black:
+                obj.color = c["text"]
+        if t.type == "bar" and t.marker.line is not None and t.marker.line.color in black:
+            t.marker.line.color = c["text"]
+    for shape in out.layout.shapes or ():
+        if shape.line.color in black:
+            shape.line.color = c["text"]
+    return out
 
 
 def run_title(run: Mapping[str, Any]) -> str:
@@ -129,20 +170,10 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def _si(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    value = float(value)
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value:.3g}"
-
-
 def run_hover(run: Mapping[str, Any]) -> str:
     """HTML hover text of a run: configuration and headline metrics with their SEs."""
     cfg = run.get("config") or {}
-    lines = [f"<b>{html.escape(str(run.get('label') or run.get('method', '')))}</b>"]
+    lines = [f"<b>{html.escape(run_name(run))}</b>"]
     cfg_bits = [f"{k}={v}" for k, v in sorted(cfg.items()) if v is not None and k != "method"]
     if cfg_bits:
         lines.append(html.escape(", ".join(cfg_bits)))
@@ -152,12 +183,12 @@ def run_hover(run: Mapping[str, Any]) -> str:
     lines.append(f"macro F1 {_fmt(run.get('macro_f1'), '.3f')} ± {_fmt(run.get('macro_f1_se'), '.3f')}")
     if run.get("flops") is not None:
         fo = run.get("flops_original") or run["flops"]
-        lines.append(f"FLOPs {_si(run['flops'])} ({_fmt(1 - run['flops'] / fo, '.1%')} fewer)")
+        lines.append(f"{si(run['flops'], 'FLOPs')} ({_fmt(1 - run['flops'] / fo, '.1%')} fewer)")
     if run.get("params") is not None:
-        lines.append(f"params {_si(run['params'])}")
+        lines.append(f"{si(run['params'])} parameters")
     sp = run.get("speedup") or {}
     if sp.get("b1") is not None:
-        lines.append(f"speed-up x{sp['b1']:.2f} (batch 1), x{_fmt(sp.get('b32'), '.2f')} (batch 32)")
+        lines.append(f"{speed_text(sp['b1'])} (batch 1), {speed_text(sp.get('b32'))} (batch 32)")
     if run.get("agreement") is not None:
         lines.append(f"agreement {_fmt(run['agreement'], '.1%')}, KL {_fmt(run.get('kl_to_original'), '.2e')}")
     if run.get("p_value_vs_original") is not None:
@@ -220,7 +251,7 @@ def pareto_figure(
         :func:`key_from_selection`), then "Pareto front", "Original" and "Selected" traces.
     """
     ax_x, ax_y = get_axis(x), get_axis(y)
-    plotted = [r for r in runs if not (math.isnan(axis_value(r, x)) or math.isnan(axis_value(r, y)))]
+    plotted = plotted_runs(runs, x, y)
     fig = go.Figure()
     _method_traces(fig, plotted, x, y, error_bars)
     if show_front and plotted:
@@ -234,12 +265,31 @@ def pareto_figure(
             sub = run_title({"label": "compressed runs", "arch": first.get("arch"),
                              "input_size": first.get("input_size"), "data": first.get("data")})
             title += f"<br><sup>{html.escape(sub)}</sup>"
-    _layout(fig, title, height=580,
-            legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "xanchor": "right", "x": 1.0},
+    # The legend goes under the plot: above it, a narrow column wraps it into the title.
+    _layout(fig, title, height=620,
+            legend={"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0.0},
             clickmode="event+select", hovermode="closest")
-    fig.update_xaxes(title_text=_axis_title(x), tickformat=_AXIS_FORMAT.get(x, ""), showgrid=True)
-    fig.update_yaxes(title_text=_axis_title(y), tickformat=_AXIS_FORMAT.get(y, ".3f"), showgrid=True)
+    fig.update_layout(margin={"l": 70, "r": 30, "t": 80, "b": 140})
+    fig.update_xaxes(title_text=_axis_title(x), tickformat=_AXIS_FORMAT.get(x, ""), showgrid=True,
+                     type=_axis_type(plotted, original, x))
+    fig.update_yaxes(title_text=_axis_title(y), tickformat=_AXIS_FORMAT.get(y, ".3f"), showgrid=True,
+                     type=_axis_type(plotted, original, y))
     return fig
+
+
+def plotted_runs(runs: Sequence[Mapping[str, Any]], x: str, y: str) -> list[Mapping[str, Any]]:
+    """The runs :func:`pareto_figure` draws: those with a value on both axes."""
+    return [r for r in runs if not (math.isnan(axis_value(r, x)) or math.isnan(axis_value(r, y)))]
+
+
+def _axis_type(plotted, original, name: str) -> str:
+    """``log`` for a divergence whose values span decades (linear ticks would read 7e-1 ... 0e+0)."""
+    if name != "kl_to_original":
+        return "linear"
+    values = [axis_value(r, name) for r in plotted]
+    if not values or min(values) <= 0:
+        return "linear"
+    return "log" if max(values) / min(values) > _LOG_SPAN else "linear"
 
 
 def _method_traces(fig: go.Figure, plotted, x: str, y: str, error_bars: bool) -> None:
@@ -358,41 +408,70 @@ def confusion_values(cm: Sequence[Sequence[float]] | np.ndarray, normalise: bool
     return np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
 
 
-def confusion_figure(cm, classes: Sequence[str], normalise: bool = False, title: str = "") -> go.Figure:
-    """Heatmap of a confusion matrix (rows: true class, columns: predicted), values printed in cells."""
+def _cell_text(z: np.ndarray, normalise: bool, signed: bool = False) -> list[list[str]]:
+    """One short label per cell: counts, or percentages of the row (signed for differences)."""
+    if normalise:
+        return [[f"{100 * v:+.0f} pt" if signed else f"{100 * v:.0f} %" for v in row] for row in z]
+    return [[f"{int(round(v)):+d}" if signed else f"{int(round(v))}" for v in row] for row in z]
+
+
+def confusion_figure(cm, classes: Sequence[str], normalise: bool = False, title: str = "",
+                     height: int = 520) -> go.Figure:
+    """Heatmap of a confusion matrix (rows: true class, columns: predicted), one label per cell
+    (the count, or the percentage of the row: ``"83 %"``); no colour bar, the labels say the values."""
     z = confusion_values(cm, normalise)
     labels = [class_label(c) for c in classes]
-    text = [[f"{v:.2f}" if normalise else f"{int(round(v))}" for v in row] for row in z]
     fig = go.Figure(go.Heatmap(
         z=z, x=labels, y=labels, colorscale="Blues", zmin=0, zmax=1 if normalise else max(float(z.max()), 1.0),
-        text=text, texttemplate="%{text}", textfont={"size": 16},
-        colorbar={"title": {"text": "share of row" if normalise else "images"}},
+        text=_cell_text(z, normalise), texttemplate="%{text}", textfont={"size": 17}, xgap=2, ygap=2,
+        showscale=False,  # every cell carries its number: a colour bar would only take the matrix's width
         hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
     ))
-    _layout(fig, title, height=480)
-    fig.update_xaxes(title_text="predicted class", side="bottom")
-    fig.update_yaxes(title_text="true class", autorange="reversed")
+    return _matrix_layout(fig, labels, title, height)
+
+
+def _matrix_layout(fig: go.Figure, labels: list[str], title: str, height: int) -> go.Figure:
+    """Axes of a class-by-class matrix: each class name on two lines, so four fit side by side."""
+    _layout(fig, title, height=height)
+    fig.update_layout(margin={"l": 90, "r": 20, "t": 90, "b": 80})
+    wrapped = [label.replace(" ", "<br>", 1) for label in labels]
+    # Plotly tilts the names only when a narrow matrix would make them overlap.
+    fig.update_xaxes(title_text="predicted class", side="bottom", showline=False,
+                     tickvals=labels, ticktext=wrapped, tickfont={"size": 13})
+    fig.update_yaxes(title_text="true class", autorange="reversed", showline=False, tickvals=labels, ticktext=wrapped,
+                     tickfont={"size": 13})
     return fig
+
+
+#: The difference matrix's two ends: better (more correct answers, fewer errors) and worse.
+BETTER, WORSE = OKABE_ITO["blue"], OKABE_ITO["vermillion"]
 
 
 def confusion_difference_figure(cm_new, cm_ref, classes: Sequence[str], normalise: bool = False,
-                                title: str = "") -> go.Figure:
-    """Heatmap of ``cm_new - cm_ref`` on a diverging scale centred on 0 (more: orange, fewer: blue)."""
+                                title: str = "", height: int = 520) -> go.Figure:
+    """``cm_new - cm_ref`` with colours that say better or worse.
+
+    On the diagonal more images means more correct answers (better); off it, more errors (worse). The
+    colour is therefore the change's *merit*: +change on the diagonal, -change off it, on a diverging
+    scale from vermillion (worse) through white (no change) to blue (better). The cell labels keep the
+    signed change in images (or points of the row's percentage), so the numbers read as they are.
+    """
     z = confusion_values(cm_new, normalise) - confusion_values(cm_ref, normalise)
+    merit = np.where(np.eye(z.shape[0], dtype=bool), z, -z)
     labels = [class_label(c) for c in classes]
-    text = [[f"{v:+.2f}" if normalise else f"{int(round(v)):+d}" for v in row] for row in z]
     lim = max(float(np.abs(z).max()), 1e-9 if normalise else 1.0)
-    scale = [[0.0, OKABE_ITO["blue"]], [0.5, "#f7f7f7"], [1.0, OKABE_ITO["orange"]]]
+    meaning = np.where(merit > 0, "better", np.where(merit < 0, "worse", "no change"))
+    kind = np.where(np.eye(z.shape[0], dtype=bool), "correct answers", "errors")
     fig = go.Figure(go.Heatmap(
-        z=z, x=labels, y=labels, colorscale=scale, zmin=-lim, zmax=lim, zmid=0,
-        text=text, texttemplate="%{text}", textfont={"size": 16},
-        colorbar={"title": {"text": "change"}},
-        hovertemplate="true %{y}<br>predicted %{x}<br>change %{text}<extra></extra>",
+        z=merit, x=labels, y=labels, colorscale=[[0.0, WORSE], [0.5, "#f7f7f7"], [1.0, BETTER]],
+        zmin=-lim, zmax=lim, zmid=0, xgap=2, ygap=2,
+        text=_cell_text(z, normalise, signed=True), texttemplate="%{text}", textfont={"size": 17},
+        customdata=np.dstack([kind, meaning]),
+        colorbar={"title": {"text": "", "side": "right"}, "thickness": 14, "tickvals": [-lim, 0, lim],
+                  "ticktext": ["worse", "same", "better"]},
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{text} %{customdata[0]}: %{customdata[1]}<extra></extra>",
     ))
-    _layout(fig, title, height=480)
-    fig.update_xaxes(title_text="predicted class")
-    fig.update_yaxes(title_text="true class", autorange="reversed")
-    return fig
+    return _matrix_layout(fig, labels, title, height)
 
 
 def per_class_figure(runs: Mapping[str, Mapping[str, Any]], metric: str = "f1", title: str | None = None) -> go.Figure:
@@ -491,10 +570,11 @@ def overlay_figure(
         fig.add_trace(go.Heatmap(
             z=ov, x0=(sx - 1) / 2, dx=sx, y0=(sy - 1) / 2, dy=sy, colorscale=colorscale, zmin=zmin, zmax=zmax,
             opacity=float(np.clip(opacity, 0.0, 1.0)), name="overlay", hoverongaps=False,
-            colorbar={"title": {"text": colorbar_title, "font": {"size": 13}}, "thickness": 14,
-                      **({"tickvals": list(range(categories)),
-                                                              "ticktext": [str(c) for c in range(categories)]}
-                                                           if categories else {})},
+            # Under the image, as wide as it: a bar beside a square image drifts away from it in a wide column.
+            colorbar={"title": {"text": colorbar_title, "font": {"size": 14}, "side": "top"}, "thickness": 12,
+                      "orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.01, "yanchor": "top", "len": 0.9,
+                      **({"tickvals": list(range(categories)), "ticktext": [str(c) for c in range(categories)]}
+                         if categories else {})},
             hovertemplate=f"{html.escape(colorbar_title) or 'value'} %{{z:.3g}}<extra></extra>",
         ))
         if regions is not None:
@@ -507,7 +587,7 @@ def overlay_figure(
                                        font={"color": "white", "size": 13},
                                        bgcolor="rgba(0,0,0,0.45)")
     _layout(fig, title, height=height)
-    fig.update_layout(margin={"l": 10, "r": 10, "t": 80, "b": 10})
+    fig.update_layout(margin={"l": 10, "r": 10, "t": 80, "b": 70 if overlay is not None else 10})
     fig.update_xaxes(visible=False, range=[-0.5, wi - 0.5], constrain="domain")
     fig.update_yaxes(visible=False, range=[hi - 0.5, -0.5], scaleanchor="x", constrain="domain")
     return fig

@@ -28,9 +28,11 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import EngFormatter, PercentFormatter  # noqa: E402
 from plotly.colors import get_colorscale, unlabel_rgb  # noqa: E402
 
-__all__ = ["FORMATS", "figure_file", "figure_png", "figures_zip"]
+__all__ = ["FORMATS", "PRINT_DPI", "SCREEN_DPI", "figure_file", "figure_png", "figures_zip"]
 
 FORMATS = ("png", "svg", "pdf")
+SCREEN_DPI = 110  # previews; sizes are pixels at this resolution
+PRINT_DPI = 300  # exported files: the same figure, sharper
 
 
 _MARKERS = {"circle": "o", "square": "s", "diamond": "D", "star": "*", "triangle-up": "^", "cross": "P",
@@ -147,12 +149,21 @@ def _draw_heatmap(ax, t) -> None:
                 ax.text(x0 + j * dx, y0 + i * dy, _text(text[i, j]), ha="center", va="center", fontsize=12,
                         color="white" if frac > 0.6 else "black")
     if t.showscale is not False:
-        bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        horizontal = bool(t.colorbar and t.colorbar.orientation == "h")
+        if t.name == "overlay":
+            # An inset axes follows the image's box after its aspect is fixed, so the bar stays beside
+            # (or under) the image instead of at the figure's edge.
+            cax = ax.inset_axes([0.05, -0.075, 0.9, 0.035] if horizontal else [1.03, 0.0, 0.04, 1.0])
+            bar = ax.figure.colorbar(im, cax=cax, orientation="horizontal" if horizontal else "vertical")
+        else:
+            bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        if t.colorbar and t.colorbar.tickvals is not None and t.colorbar.ticktext is not None:
+            bar.set_ticks(list(t.colorbar.tickvals), labels=[_text(v) for v in t.colorbar.ticktext])
         if t.colorbar and t.colorbar.title and t.colorbar.title.text:
             bar.set_label(_text(t.colorbar.title.text))
 
 
-def figure_png(fig: go.Figure, width: int | None = None, height: int | None = None, dpi: int = 110) -> bytes:
+def figure_png(fig: go.Figure, width: int | None = None, height: int | None = None, dpi: int = SCREEN_DPI) -> bytes:
     """Render a figure of :mod:`hscc_core.present.plots` to PNG bytes with matplotlib (offline, no browser).
 
     Parameters
@@ -172,7 +183,7 @@ def figure_png(fig: go.Figure, width: int | None = None, height: int | None = No
 
 
 def figure_file(fig: go.Figure, fmt: str = "png", width: int | None = None, height: int | None = None,
-                dpi: int = 110) -> bytes:
+                dpi: int = SCREEN_DPI) -> bytes:
     """:func:`figure_png` in another format: ``"png"``, ``"svg"`` or ``"pdf"`` (vector formats ignore dpi)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -181,7 +192,7 @@ def figure_file(fig: go.Figure, fmt: str = "png", width: int | None = None, heig
     is_image = any(t.type == "heatmap" and t.name == "slice" for t in fig.data)
     width = int(width or lay.width or (height if is_image else round(height * 1.45)))
     # Sizes are pixels at 110 dpi: a 300-dpi file is the same figure, sharper.
-    mfig = Figure(figsize=(width / min(dpi, 110), height / min(dpi, 110)), dpi=dpi)
+    mfig = Figure(figsize=(width / min(dpi, SCREEN_DPI), height / min(dpi, SCREEN_DPI)), dpi=dpi)
     ax = mfig.add_subplot(1, 1, 1)
     bars = [t for t in fig.data if t.type == "bar"]
     if bars:
@@ -195,6 +206,9 @@ def figure_file(fig: go.Figure, fmt: str = "png", width: int | None = None, heig
     _draw_annotations(ax, lay)
     _style_axes(ax, fig, is_image)
     mfig.tight_layout()
+    if is_image and any(t.type == "heatmap" and t.name == "overlay" and t.colorbar and t.colorbar.orientation == "h"
+                        for t in fig.data):
+        mfig.subplots_adjust(bottom=max(mfig.subplotpars.bottom, 0.13))  # room for the bar under the image
     buf = io.BytesIO()
     mfig.savefig(buf, format=fmt, dpi=dpi)
     return buf.getvalue()
@@ -205,10 +219,11 @@ def _draw_shapes(ax, lay) -> None:
     for s in lay.shapes or ():
         colour = s.line.color if s.line and s.line.color else "black"
         ls = _DASH.get(s.line.dash if s.line else None, "-")
-        if s.type == "line" and s.xref == "paper":
-            ax.axhline(float(s.y0), color=colour, linestyle=ls, linewidth=1)
-        elif s.type == "line" and s.yref == "paper":
-            ax.axvline(float(s.x0), color=colour, linestyle=ls, linewidth=1)
+        # add_hline/add_vline span the plot with "x domain" / "y domain" (older plotly: "paper").
+        if s.type == "line" and str(s.xref).endswith(("paper", "domain")):
+            ax.axhline(float(s.y0), color=colour, linestyle=ls, linewidth=1, zorder=1)
+        elif s.type == "line" and str(s.yref).endswith(("paper", "domain")):
+            ax.axvline(float(s.x0), color=colour, linestyle=ls, linewidth=1, zorder=1)
         elif s.type == "rect":
             ax.add_patch(Rectangle((float(s.x0), float(s.y0)), float(s.x1) - float(s.x0), float(s.y1) - float(s.y0),
                                    fill=False, edgecolor=colour, linewidth=1.5))
@@ -233,6 +248,10 @@ def _style_axes(ax, fig: go.Figure, is_image: bool) -> None:
         ax.set_yticks([])
     if xa.visible is False and ya.visible is False:
         ax.set_axis_off()
+    if xa.type == "log":
+        ax.set_xscale("log")
+    if ya.type == "log":
+        ax.set_yscale("log")
     if xa.range is not None:
         ax.set_xlim(*xa.range)
     if ya.range is not None:
@@ -260,11 +279,17 @@ def _style_axes(ax, fig: go.Figure, is_image: bool) -> None:
         ax.legend(fontsize=9, loc="best", framealpha=0.85)
 
 
-def figures_zip(figures: Mapping[str, go.Figure], **png_options: Any) -> bytes:
-    """A zip of one PNG per figure (file names made from the figure names, never paths)."""
+def figures_zip(figures: Mapping[str, go.Figure], formats: tuple[str, ...] = ("png", "svg"), dpi: int = PRINT_DPI,
+                **options: Any) -> bytes:
+    """A zip of every figure in each of ``formats`` (PNG at ``dpi``, 300 by default; SVG/PDF are vector), file
+    names made from the figure names, never paths: ``01-pareto-front.png``, ``01-pareto-front.svg``, ..."""
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for i, (name, fig) in enumerate(figures.items()):
             safe = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:60] or "figure"
-            zf.writestr(f"{i + 1:02d}-{safe}.png", figure_png(fig, **png_options))
+            for fmt in formats:
+                zf.writestr(f"{i + 1:02d}-{safe}.{fmt}", figure_file(fig, fmt, dpi=dpi, **options))
     return buf.getvalue()

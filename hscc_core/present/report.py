@@ -4,7 +4,14 @@
   original, the interactive figures (plotly.js embedded inline once, so the file opens without a
   network) and the environment (versions, machine). Every string from a run or a user is escaped.
 * :func:`report_figures` builds the report's figures for a run (the Report page previews the same
-  ones; :mod:`hscc_core.present.png` turns them into static files).
+  ones; :mod:`hscc_core.present.png` turns them into 300-dpi PNG and SVG files): Pareto fronts with
+  the original's reference lines, confusion matrices and their change, per-class F1, the rank kept per
+  region of every compressed layer and, given :func:`image_maps`, each layer's output error and both
+  models' Grad-CAM on one test image.
+* :func:`layer_table` is the per-layer table (the Explorer shows the same rows).
+
+Every number names the split whose test images measured it (runs stored before splits existed used
+the official split).
 """
 
 from __future__ import annotations
@@ -23,13 +30,15 @@ import numpy as np
 import plotly.graph_objects as go
 
 from hscc_core.measure.machine import cpu_name
+from hscc_core.present import explain
 from hscc_core.present.heatmaps import layer_summaries, region_value_map
-from hscc_core.present.labels import NOTICE, budget_sentence
-from hscc_core.runs.config import run_name
+from hscc_core.present.labels import NOTICE, budget_sentence, class_label, si, speed_text, split_name
 from hscc_core.present.plots import (confusion_difference_figure, confusion_figure, overlay_figure, pareto_figure,
                                      per_class_figure)
+from hscc_core.runs.config import run_name
 
-__all__ = ["NOTICE", "environment_info", "metrics_rows", "report_figures", "report_html"]
+__all__ = ["NOTICE", "environment_info", "image_maps", "layer_table", "metrics_rows", "report_figures",
+           "report_html"]
 
 
 _PACKAGES = ("hscc-explorer", "torch", "torchvision", "numpy", "scikit-learn", "tensorly", "plotly",
@@ -81,15 +90,16 @@ def metrics_rows(run: Mapping[str, Any], original: Mapping[str, Any] | None = No
     for cls, m in (run.get("per_class") or {}).items():
         om = (o.get("per_class") or {}).get(cls, {})
         for metric in ("precision", "recall", "f1"):
-            rows.append((f"{cls.replace('_', ' ')}: {metric}", _pm(om.get(metric), om.get(f"{metric}_se"), ".3f"),
+            rows.append((f"{class_label(cls)}: {metric}", _pm(om.get(metric), om.get(f"{metric}_se"), ".3f"),
                          _pm(m.get(metric), m.get(f"{metric}_se"), ".3f")))
     rows += [
-        ("FLOPs (whole model)", f"{run.get('flops_original', o.get('flops', 0)):,}", f"{run.get('flops', 0):,}"),
-        ("parameters", f"{run.get('params_original', o.get('params', 0)):,}", f"{run.get('params', 0):,}"),
+        ("FLOPs (whole model)", si(run.get("flops_original", o.get("flops", 0)), "FLOPs"),
+         si(run.get("flops", 0), "FLOPs")),
+        ("parameters", si(run.get("params_original", o.get("params", 0))), si(run.get("params", 0))),
     ]
     if run.get("layer_flops"):
-        rows.append(("FLOPs of the compressed layers", f"{sum(run['layer_flops_original'].values()):,}",
-                     f"{sum(run['layer_flops'].values()):,}"))
+        rows.append(("FLOPs of the compressed layers", si(sum(run["layer_flops_original"].values()), "FLOPs"),
+                     si(sum(run["layer_flops"].values()), "FLOPs")))
     lat = run.get("latency_ms")
     if isinstance(lat, Mapping):
         for b in ("b1", "b32"):
@@ -97,9 +107,8 @@ def metrics_rows(run: Mapping[str, Any], original: Mapping[str, Any] | None = No
                          f"{lat['original'][b]['median']:.2f} / {lat['original'][b]['p90']:.2f}",
                          f"{lat['compressed'][b]['median']:.2f} / {lat['compressed'][b]['p90']:.2f}"))
         sp = run.get("speedup") or {}
-        rows.append(("measured speed-up (batch 1 / 32)", "1",
-                     f"x{sp.get('b1', float('nan')):.2f} / x{sp.get('b32', float('nan')):.2f} "
-                     f"on {lat.get('device', '?')}"))
+        rows.append(("measured speed (batch 1 / 32)", "",
+                     f"{speed_text(sp.get('b1'))} / {speed_text(sp.get('b32'))} on {lat.get('device', '?')}"))
     if run.get("accuracy_delta") is not None:
         rows.append(("accuracy change (points)", "",
                      _pm(run["accuracy_delta"], run.get("accuracy_delta_se"), "+.2f", 100)
@@ -109,6 +118,46 @@ def metrics_rows(run: Mapping[str, Any], original: Mapping[str, Any] | None = No
         rows.append(("KL(original || compressed)", "",
                      _pm(run.get("kl_to_original"), run.get("kl_to_original_se"), ".2e")))
     return rows
+
+
+def layer_table(run: Mapping[str, Any]) -> list[dict]:
+    """One row per compressed layer, in forward order: FLOPs in MFLOPs, the share kept, the grid,
+    clusters and ranks. Layers are named ``conv 1 · features.0`` so that sorting the text keeps the order."""
+    rows = []
+    for i, (name, s) in enumerate(layer_summaries(run).items(), 1):
+        rows.append({"layer": f"conv {i:d} · {name}",
+                     "original MFLOPs": (run.get("layer_flops_original") or {}).get(name, 0) / 1e6,
+                     "compressed MFLOPs": (run.get("layer_flops") or {}).get(name, 0) / 1e6,
+                     "kept %": 100 * s.kept_fraction,
+                     "regions": "x".join(map(str, s.grid_hw)) if s.grid_hw else "1",
+                     "clusters used": (f"{min(s.clusters_used)}-{max(s.clusters_used)}" if s.clusters_used else ""),
+                     "ranks kept": s.rank_text(),
+                     "output error": (run.get("layer_errors") or {}).get(name)})
+    return rows
+
+
+def _layer_rows_text(rows: list[dict]) -> list[list[str]]:
+    def cell(v):
+        if v is None:
+            return "n/a"
+        return f"{v:.3g}" if isinstance(v, float) and abs(v) < 1 else (f"{v:.1f}" if isinstance(v, float) else v)
+
+    return [[cell(v) for v in row.values()] for row in rows]
+
+
+def image_maps(original, compressed, x, layers: list[str], cam_layer: str) -> dict:
+    """What the report draws on one test image ``x`` (1, 3, S, S): each compressed layer's output error
+    (the same input fed to both layers) and both models' Grad-CAM for the original's answer.
+
+    Returns
+    -------
+    dict
+        ``{"error": {layer: (H, W) map}, "cam_original": CamResult, "cam_compressed": CamResult}``.
+    """
+    errors = {name: explain.layer_reconstruction_error(original, compressed, name, x)[0] for name in layers}
+    cam_o = explain.grad_cam_result(original, cam_layer, x)
+    return {"error": errors, "cam_original": cam_o,
+            "cam_compressed": explain.grad_cam_result(compressed, cam_layer, x, cam_o.target)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,20 +214,27 @@ def report_html(run: Mapping[str, Any], original: Mapping[str, Any] | None = Non
         f"<p class='notice'>{html.escape(NOTICE)}</p>",
         f"<p>Data: <code>{html.escape(str(run.get('data', '?')))}</code> · "
         f"model {html.escape(str(run.get('arch', '?')))} at "
-        f"{html.escape(str(run.get('input_size', '?')))} px · {html.escape(str(run.get('n', '?')))} test images · "
+        f"{html.escape(str(run.get('input_size', '?')))} px · {html.escape(str(run.get('n', '?')))} test images "
+        f"of the {html.escape(split_name(run))} split · "
         f"cache key <code>{html.escape(str(run.get('cache_key', '')))}</code></p>",
         "<h2>Configuration</h2>",
         _table(sorted((k, v) for k, v in (run.get("config") or {}).items()), ("field", "value")),
     ]
     sentence = budget_sentence(run)
     if sentence:
-        parts.append(f"<p>{html.escape(sentence)} {html.escape(str(run['budget_search'].get('message', '')))}</p>")
+        parts.append(f"<p>{html.escape(sentence)}</p>")
     elif run.get("energy") is not None:
-        parts.append(f"<p>Energy threshold used: {float(run['energy']):.4f}</p>")
+        parts.append(f"<p>Energy threshold used: tau = {float(run['energy']):.3f}</p>")
     parts += ["<h2>Metrics</h2>",
               "<p>Standard errors (±) from 1,000 seeded bootstrap resamples of the test set; the accuracy "
               "change is paired (same test images) with McNemar's exact test.</p>",
               _table(metrics_rows(run, original), ("metric", "original", str(label)))]
+    rows = layer_table(run)
+    if rows:
+        parts += ["<h2>Per layer</h2>",
+                  "<p>FLOPs counted on the real modules (batch 1); output error: the compressed layer's relative "
+                  "output error on held-out training images, the original's input fed to both.</p>",
+                  _table(_layer_rows_text(rows), list(rows[0]))]
     if figures:
         parts.append("<h2>Figures</h2>")
         first = True
@@ -194,9 +250,11 @@ def report_html(run: Mapping[str, Any], original: Mapping[str, Any] | None = Non
 
 
 def report_figures(run: Mapping[str, Any], original: Mapping[str, Any], runs: list[Mapping[str, Any]],
-                   slice_: np.ndarray, names_only: bool = False) -> dict[str, go.Figure | None]:
-    """The report's figures of ``run``: Pareto fronts among ``runs``, confusion matrices, per-class F1
-    and the rank kept per region of every compressed layer over ``slice_`` (a test image).
+                   slice_: np.ndarray, names_only: bool = False, maps: Mapping[str, Any] | None = None,
+                   image_label: str = "test image #0") -> dict[str, go.Figure | None]:
+    """The report's figures of ``run``: Pareto fronts among ``runs``, confusion matrices, per-class F1,
+    the rank kept per region of every compressed layer over ``slice_`` (a test image) and, with
+    ``maps`` (:func:`image_maps` of that image), each layer's output error and both models' Grad-CAM.
 
     With ``names_only`` the names come back with None values and nothing is built.
     """
@@ -213,7 +271,8 @@ def report_figures(run: Mapping[str, Any], original: Mapping[str, Any], runs: li
         "Confusion matrix, compressed": lambda: confusion_figure(run["confusion_matrix"], classes, False,
                                                                  f"{name} (rows: true class)"),
         "Confusion change": lambda: confusion_difference_figure(run["confusion_matrix"], original["confusion_matrix"],
-                                                                classes, False, "Compressed minus original"),
+                                                                classes, False, "Compressed minus original<br><sup>"
+                                                                "images; blue better, vermillion worse</sup>"),
         "Per-class F1": lambda: per_class_figure({"original": original, name: run}, "f1",
                                                  f"Per-class F1 (± bootstrap SE): original vs {name}"),
     }
@@ -221,7 +280,24 @@ def report_figures(run: Mapping[str, Any], original: Mapping[str, Any], runs: li
         def regions(layer=layer, summary=summary):
             values, bounds, texts = region_value_map(summary, "rank")
             return overlay_figure(slice_, values, zmin=0, zmax=1, regions=bounds, region_text=texts,
-                                  colorbar_title="rank kept",
-                                  title=f"Rank kept per region · {layer}<br><sup>{name}, test image #0</sup>")
+                                  colorbar_title="rank kept (share of the original's)", height=560,
+                                  title=f"Rank kept per region · {layer}<br><sup>{name}, {image_label}</sup>")
         builders[f"Rank kept per region, {layer}"] = regions
+        if maps is not None and layer in maps.get("error", {}):
+            def error(layer=layer):
+                err = maps["error"][layer]
+                return overlay_figure(slice_, err, colorscale="Inferno", zmin=0, colorbar_title="relative output error",
+                                      height=560, title=f"Output error · {layer}<br><sup>{name}, {image_label}; "
+                                                        f"mean {float(np.mean(err)):.3f}</sup>")
+            builders[f"Output error, {layer}"] = error
+    if maps is not None:
+        for which in ("original", "compressed"):
+            def cam(which=which):
+                c = maps[f"cam_{which}"]
+                target = class_label(classes[c.target])
+                note = "; empty: no positive evidence at this layer" if c.empty else ""
+                sub = f"layer {c.layer}, {image_label}, p = {c.probabilities[c.target]:.2f}{note}"
+                return overlay_figure(slice_, c.cam, colorscale="Inferno", zmin=0, zmax=1, colorbar_title="Grad-CAM",
+                                      height=560, title=f"Grad-CAM, {which} model · {target}<br><sup>{sub}</sup>")
+            builders[f"Grad-CAM, {which} model"] = cam
     return {k: None if names_only else build() for k, build in builders.items()}

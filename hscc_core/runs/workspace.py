@@ -30,8 +30,9 @@ from hscc_core.data.folders import DatasetIndex, ImageSet, decode_all, deduplica
 from hscc_core.data.splits import DEFAULT_SEED, check_split, clean_split
 from hscc_core.nn.models import (CorruptCheckpointError, build_model, check_grid, check_input_size,
                                  checkpoint_fingerprint, load_checkpoint, max_grid, save_checkpoint)
-from hscc_core.runs.store import RunStore, StoreError, cache_key
+from hscc_core.nn.resume import discard_state
 from hscc_core.nn.training import TrainConfig, TrainResult, train
+from hscc_core.runs.store import RunStore, StoreError, cache_key
 
 # Bump when decoding or training changes in a way that makes cached artefacts stale.
 DATA_VERSION = 1
@@ -289,8 +290,11 @@ class Workspace:
                 def write(p: Path) -> None:
                     # Inside the store's write: a read-only cache fails before training starts,
                     # and a concurrent prepare waits for this one instead of training again.
-                    result = self.train_baseline(progress)
+                    # Each finished epoch is kept beside the blobs: an interrupted prepare resumes.
+                    partial = self.store.blob_path("training", key, "pt")
+                    result = self.train_baseline(progress, resume=partial)
                     save_checkpoint(p, result.model.cpu(), self._baseline_meta(result))
+                    discard_state(partial)
 
                 self.store.get_or_compute_blob("checkpoints", key, "pt", write)
         try:
@@ -305,14 +309,18 @@ class Workspace:
         self._memo["baseline"] = (model, meta)
         return model, meta
 
-    def train_baseline(self, progress: Callable[[dict], None] | None = None) -> TrainResult:
-        """Train a fresh baseline with the workspace's recipe (not stored; see ``baseline``)."""
+    def train_baseline(self, progress: Callable[[dict], None] | None = None,
+                       resume: Path | None = None) -> TrainResult:
+        """Train a fresh baseline with the workspace's recipe (not stored; see ``baseline``).
+
+        ``resume`` is the per-epoch state file of :func:`hscc_core.nn.training.train`.
+        """
         images = self.images()
         recipe = self.train_recipe
         torch.manual_seed(recipe.seed)
         model = build_model(self.arch, len(images.classes))
         return train(model, images.x_train, images.y_train, images.mean, images.std,
-                     len(images.classes), recipe, progress=progress)
+                     len(images.classes), recipe, progress=progress, resume=resume)
 
     def _baseline_meta(self, result: TrainResult) -> dict:
         images = self.images()
