@@ -178,8 +178,9 @@ def packed(layer: nn.Module) -> PackedProgram:
 def run(layer: nn.Module, x: torch.Tensor, tile_rows: int = 0, panel_rows: int = -1) -> torch.Tensor:
     """``layer(x)`` in one native call (check :func:`usable` first). Output (N, O, H, W) in
     channels_last memory, like the layers' PyTorch fast paths. ``tile_rows`` 0 lets the kernel
-    choose the rows per work item; tiles of at most ``panel_rows`` rows use the kernel's register
-    GEMM instead of BLAS (-1: the kernel's default, 0: never; both compute the same MACs)."""
+    choose the rows per work item; tiles of at most ``panel_rows`` rows use the kernel's AVX-512
+    register GEMM instead of BLAS (-1: every tile; 0: none, and the write-out is the portable scalar
+    one too: the code that runs on CPUs without AVX-512). All variants compute the same MACs."""
     if not available():
         raise RuntimeError(f"the native HSCC kernel is not available: {_state['error']}")
     c = _cached(layer)
