@@ -72,8 +72,9 @@ struct Input {
 constexpr int kPanel = 16;
 
 template <int RB, int NP>
-__attribute__((target("avx512f"))) void panel_block(int k, const float* panels, int m_left, const float* src,
-                                                    int lds, bool acc, float* dst, int ldd) {
+__attribute__((target("avx512f"))) void panel_block(int nseg, int len, const float* const* rows, int row_stride,
+                                                    const float* panels, int k, int m_left, bool acc, float* dst,
+                                                    int ldd) {
   // Every loop over RB or NP is unrolled (pragmas): otherwise GCC keeps the accumulators in memory.
   __m512 s[RB][NP];
   const float* pw[NP];
@@ -89,15 +90,23 @@ __attribute__((target("avx512f"))) void panel_block(int k, const float* panels, 
   for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 16
     for (int p = 0; p < NP; ++p) s[r][p] = _mm512_setzero_ps();
-  for (int i = 0; i < k; ++i) {
-    __m512 wv[NP];
+  for (int seg = 0; seg < nseg; ++seg) {
+    const float* src[RB];
 #pragma GCC unroll 16
-    for (int p = 0; p < NP; ++p) wv[p] = _mm512_maskz_loadu_ps(mask[p], pw[p] + static_cast<int64_t>(i) * width[p]);
+    for (int r = 0; r < RB; ++r) src[r] = rows[r * row_stride + seg];
+    for (int i = 0; i < len; ++i) {
+      __m512 wv[NP];
 #pragma GCC unroll 16
-    for (int r = 0; r < RB; ++r) {
-      const __m512 a = _mm512_set1_ps(src[static_cast<int64_t>(r) * lds + i]);
+      for (int p = 0; p < NP; ++p) {
+        wv[p] = _mm512_maskz_loadu_ps(mask[p], pw[p]);
+        pw[p] += width[p];
+      }
 #pragma GCC unroll 16
-      for (int p = 0; p < NP; ++p) s[r][p] = _mm512_fmadd_ps(a, wv[p], s[r][p]);
+      for (int r = 0; r < RB; ++r) {
+        const __m512 a = _mm512_set1_ps(src[r][i]);
+#pragma GCC unroll 16
+        for (int p = 0; p < NP; ++p) s[r][p] = _mm512_fmadd_ps(a, wv[p], s[r][p]);
+      }
     }
   }
 #pragma GCC unroll 16
@@ -111,7 +120,7 @@ __attribute__((target("avx512f"))) void panel_block(int k, const float* panels, 
 }
 
 constexpr int kMaxRowBlock = 12;  // 12 rows x 2 panels = 24 of the 32 vector registers
-using PanelBlock = void (*)(int, const float*, int, const float*, int, bool, float*, int);
+using PanelBlock = void (*)(int, int, const float* const*, int, const float*, int, int, bool, float*, int);
 template <int NP, int... RB>
 constexpr std::array<PanelBlock, sizeof...(RB)> panel_table(std::integer_sequence<int, RB...>) {
   return {panel_block<RB + 1, NP>...};
@@ -119,17 +128,20 @@ constexpr std::array<PanelBlock, sizeof...(RB)> panel_table(std::integer_sequenc
 constexpr auto kPanel1 = panel_table<1>(std::make_integer_sequence<int, kMaxRowBlock>{});
 constexpr auto kPanel2 = panel_table<2>(std::make_integer_sequence<int, kMaxRowBlock>{});
 
-// dst[rows x m] (+)= src[rows x k] w^T, w in panels: two panels at a time, the rows in even
-// blocks of at most kMaxRowBlock.
-void panel_gemm(int rows, int m, int k, const float* panels, const float* src, int lds, bool acc, float* dst,
-                int ldd) {
-  const int blocks = (rows + kMaxRowBlock - 1) / kMaxRowBlock;
+// dst[rows x m] (+)= src[rows x k] w^T, w in panels, k = nseg x len: row r of src is the nseg
+// runs of len floats at rows[r * row_stride + 0 .. nseg) (an im2col row read in place from the
+// input, or one run of a buffer row). Two panels at a time, the rows in even blocks of at most
+// kMaxRowBlock.
+void panel_gemm(int n_rows, int m, int nseg, int len, const float* const* rows, int row_stride,
+                const float* panels, bool acc, float* dst, int ldd) {
+  const int k = nseg * len, blocks = (n_rows + kMaxRowBlock - 1) / kMaxRowBlock;
   for (int j = 0; j < m; j += 2 * kPanel) {
     const auto& table = m - j > kPanel ? kPanel2 : kPanel1;
     for (int b = 0, r = 0; b < blocks; ++b) {
-      const int rb = (rows - r) / (blocks - b);
-      table[rb - 1](k, panels + static_cast<int64_t>(j) * k, m - j, src + static_cast<int64_t>(r) * lds, lds, acc,
-                    dst + static_cast<int64_t>(r) * ldd + j, ldd);
+      const int rb = (n_rows - r) / (blocks - b);
+      table[rb - 1](nseg, len, rows + static_cast<int64_t>(r) * row_stride, row_stride,
+                    panels + static_cast<int64_t>(j) * k, k, m - j, acc, dst + static_cast<int64_t>(r) * ldd + j,
+                    ldd);
       r += rb;
     }
   }
@@ -143,7 +155,7 @@ bool have_avx512() {
 // dst[rows x m] (leading dim ldd) (+)= src[rows x k] (leading dim lds) w^T, w (m x k) in panels:
 // the register kernel for tiles of at most ``panel_limit`` rows, else BLAS once per panel.
 inline void gemm_rows(int rows, int m, int k, const float* panels, const float* src, int lds, bool acc,
-                      float* dst, int ldd, int panel_limit) {
+                      float* dst, int ldd, int panel_limit, const float** row_ptrs) {
   if (rows <= 0 || m <= 0) return;
   if (k <= 0) {
     if (!acc)
@@ -151,7 +163,8 @@ inline void gemm_rows(int rows, int m, int k, const float* panels, const float* 
     return;
   }
   if (rows <= panel_limit) {
-    panel_gemm(rows, m, k, panels, src, lds, acc, dst, ldd);
+    for (int r = 0; r < rows; ++r) row_ptrs[r] = src + static_cast<int64_t>(r) * lds;
+    panel_gemm(rows, m, 1, k, row_ptrs, 1, panels, acc, dst, ldd);
     return;
   }
   const char tn = 'N';
@@ -221,6 +234,41 @@ void im2col(const Input& x, const Geometry& g, const Region& r, const int64_t* g
   }
 }
 
+// im2col without the copy, for a region whose one gather group is every input channel in order
+// (channels-last input, no dilation along x): row t's columns for tap row ky are the kw x C floats
+// of the input from (iy, ix0) on, one run in memory. rows[t * kh + ky] points at that run; a run
+// outside the map points at zeros, and one clipped by the left or right edge is assembled in A's
+// row (zeros where the window leaves the map), as im2col would.
+void direct_rows(const Input& x, const Geometry& g, const Region& r, int64_t ch0, int64_t row0, int n_rows, float* a,
+                 int64_t d, const float* zeros, const float** rows) {
+  const int64_t hr = r.h1 - r.h0, wr = r.w1 - r.w0, per_image = hr * wr, run = g.kw * x.sw;
+  for (int t = 0; t < n_rows; ++t) {
+    const int64_t p = row0 + t, n = p / per_image, rem = p % per_image;
+    const int64_t oy = r.h0 + rem / wr, ox = r.w0 + rem % wr;
+    const int64_t ix0 = ox * g.sw - g.pad_l, ix1 = ix0 + g.kw - 1;
+    const float* base = x.data + n * x.sn + ch0;
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      const int64_t iy = oy * g.sh - g.pad_t + ky * g.dh;
+      const float** slot = rows + static_cast<int64_t>(t) * g.kh + ky;
+      if (iy < 0 || iy >= x.h) {
+        *slot = zeros;
+      } else if (ix0 >= 0 && ix1 < x.w) {
+        *slot = base + iy * x.sh + ix0 * x.sw;
+      } else {
+        float* dst = a + t * d + ky * run;
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const int64_t ix = ix0 + kx;
+          if (ix < 0 || ix >= x.w)
+            std::memset(dst + kx * x.sw, 0, sizeof(float) * x.sw);
+          else
+            std::memcpy(dst + kx * x.sw, base + iy * x.sh + ix * x.sw, sizeof(float) * x.sw);
+        }
+        *slot = dst;
+      }
+    }
+  }
+}
+
 // One output row (channels-last, out_c channels) from a row of Y: o[c] = y[src[c]] + add[c], with
 // src[c] < 0 for a constant channel (add[c] is then its value). One masked gather per 16 channels
 // instead of a scalar scatter per channel (the write-out was a fifth of conv1's time).
@@ -279,9 +327,13 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
   const int64_t* cch = const_channels.data_ptr<int64_t>();
   const float* cval = const_values.data_ptr<float>();
 
+  // Tiles of at most this many rows use the register kernel (AVX-512 only; < 0: every tile).
+  const int panel_limit = !have_avx512()      ? 0
+                          : panel_rows < 0 ? std::numeric_limits<int>::max()
+                                           : static_cast<int>(std::min<int64_t>(panel_rows, 1 << 20));
   // Per group: are its gathered channels consecutive (one memcpy per tap on channels-last input)?
   // Per region: is Y already in channel order (the write-out is then a plain add)?
-  std::vector<char> contiguous(groups.size(0), 0), identity(n_regions, 0);
+  std::vector<char> contiguous(groups.size(0), 0), identity(n_regions, 0), direct(n_regions, 0);
   // With AVX-512 (and panel_rows != 0: 0 asks for the portable code only), per region and output
   // channel: the Y column it reads (-1: none) and what is added.
   const bool vector_out = have_avx512() && panel_rows != 0;
@@ -296,6 +348,16 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
       bool c = ge > gs;
       for (int64_t j = gs + 1; j < ge && c; ++j) c = rg[j] == rg[j - 1] + 1;
       contiguous[i] = c;
+    }
+    // Direct (copy-free) im2col: one group of every input channel in order, every A step on whole
+    // tap rows (the register kernel only).
+    if (panel_limit > 0 && reg.n_groups == 1 && contiguous[reg.group_off] && in.sc == 1 && g.dw == 1 &&
+        grp[2 * reg.group_off + 1] - grp[2 * reg.group_off] == in.sw) {
+      const int64_t run = g.kw * in.sw;
+      bool ok = true;
+      for (int64_t j = reg.step_off; j < reg.step_off + reg.n_steps; ++j)
+        if (sp[j].src == kA) ok = ok && sp[j].s0 % run == 0 && sp[j].s1 % run == 0;
+      direct[r] = ok;
     }
     bool id = reg.ny == g.out_c;
     for (int64_t j = 0; j < reg.ny && id; ++j) id = ord[reg.out_off + j] == j;
@@ -343,33 +405,45 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
   // Largest first: the dynamic schedule then balances the tail.
   std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
   const int n_threads = static_cast<int>(std::min<int64_t>(threads_wanted, items.size()));
-  // Tiles of at most this many rows use the register kernel (AVX-512 only; < 0: every tile).
-  const int panel_limit = !have_avx512()      ? 0
-                          : panel_rows < 0 ? std::numeric_limits<int>::max()
-                                           : static_cast<int>(std::min<int64_t>(panel_rows, 1 << 20));
+
+  const std::vector<float> zeros(g.kw * in.sw, 0.f);  // a tap row above or below the map
 
 #pragma omp parallel num_threads(n_threads)
   {
     const int saved = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
     std::vector<float> a(tile * std::max<int64_t>(max_d, 1)), z(tile * std::max<int64_t>(max_z, 1)),
         y(tile * std::max<int64_t>(max_y, 1));
+    // Row pointers: g.kh per row for direct_rows, one per row of a buffer for gemm_rows.
+    std::vector<const float*> a_rows(tile * std::max<int64_t>(g.kh, 1)), b_rows(tile);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < static_cast<int64_t>(items.size()); ++i) {
       const Item& it = items[i];
       const Region& reg = rp[it.region];
       const int rows = static_cast<int>(it.rows);
       const int64_t d = reg.gather_len * g.kh * g.kw;
-      if (reg.n_steps > 0)
+      const bool in_place = direct[it.region];
+      if (reg.n_steps > 0 && in_place)
+        direct_rows(in, g, reg, gat[reg.gather_off + grp[2 * reg.group_off]], it.row0, rows, a.data(), d,
+                    zeros.data(), a_rows.data());
+      else if (reg.n_steps > 0)
         im2col(in, g, reg, gat + reg.gather_off, grp + 2 * reg.group_off, contiguous.data() + reg.group_off,
                it.row0, rows, a.data(), d);
       for (int64_t s = 0; s < reg.n_steps; ++s) {
         const Step& st = sp[reg.step_off + s];
+        if (st.src == kA && in_place && st.s1 > st.s0 && st.d1 > st.d0) {
+          const int run = static_cast<int>(g.kw * in.sw);
+          panel_gemm(rows, static_cast<int>(st.d1 - st.d0), static_cast<int>((st.s1 - st.s0) / run), run,
+                     a_rows.data() + st.s0 / run, static_cast<int>(g.kh), wts + st.weight_off, st.accumulate != 0,
+                     (st.dst == kZ ? z.data() : y.data()) + st.d0, static_cast<int>(st.dst == kZ ? reg.nz : reg.ny));
+          continue;
+        }
         const float* src = st.src == kA ? a.data() : z.data();
         const int lds = static_cast<int>(st.src == kA ? d : reg.nz);
         float* dst = st.dst == kZ ? z.data() : y.data();
         const int ldd = static_cast<int>(st.dst == kZ ? reg.nz : reg.ny);
         gemm_rows(rows, static_cast<int>(st.d1 - st.d0), static_cast<int>(st.s1 - st.s0),
-                  wts + st.weight_off, src + st.s0, lds, st.accumulate != 0, dst + st.d0, ldd, panel_limit);
+                  wts + st.weight_off, src + st.s0, lds, st.accumulate != 0, dst + st.d0, ldd, panel_limit,
+                  b_rows.data());
       }
       // Write-out: bias, channel scatter, constants, into the channels-last output.
       const int64_t hr = reg.h1 - reg.h0, wr = reg.w1 - reg.w0, per_image = hr * wr;
