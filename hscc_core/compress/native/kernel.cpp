@@ -71,10 +71,19 @@ struct Input {
 
 constexpr int kPanel = 16;
 
+// One panel of a GEMM step: its weights (k rows of width floats), where its columns go (row 0 of
+// the row block; rows ldd apart) and whether they are added to what is there.
+struct PanelJob {
+  const float* w;
+  int width;
+  float* dst;
+  int ldd;
+  bool acc;
+};
+
 template <int RB, int NP>
 __attribute__((target("avx512f"))) void panel_block(int nseg, int len, const float* const* rows, int row_stride,
-                                                    const float* panels, int k, int m_left, bool acc, float* dst,
-                                                    int ldd) {
+                                                    const PanelJob* jobs, int row0) {
   // Every loop over RB or NP is unrolled (pragmas): otherwise GCC keeps the accumulators in memory.
   __m512 s[RB][NP];
   const float* pw[NP];
@@ -82,9 +91,9 @@ __attribute__((target("avx512f"))) void panel_block(int nseg, int len, const flo
   int width[NP];
 #pragma GCC unroll 16
   for (int p = 0; p < NP; ++p) {
-    width[p] = std::min(kPanel, m_left - p * kPanel);
+    width[p] = jobs[p].width;
     mask[p] = static_cast<__mmask16>((1u << width[p]) - 1u);
-    pw[p] = panels + static_cast<int64_t>(p) * kPanel * k;
+    pw[p] = jobs[p].w;
   }
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r)
@@ -113,14 +122,14 @@ __attribute__((target("avx512f"))) void panel_block(int nseg, int len, const flo
   for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 16
     for (int p = 0; p < NP; ++p) {
-      float* d = dst + static_cast<int64_t>(r) * ldd + p * kPanel;
-      const __m512 v = acc ? _mm512_add_ps(s[r][p], _mm512_maskz_loadu_ps(mask[p], d)) : s[r][p];
+      float* d = jobs[p].dst + static_cast<int64_t>(row0 + r) * jobs[p].ldd;
+      const __m512 v = jobs[p].acc ? _mm512_add_ps(s[r][p], _mm512_maskz_loadu_ps(mask[p], d)) : s[r][p];
       _mm512_mask_storeu_ps(d, mask[p], v);
     }
 }
 
 constexpr int kMaxRowBlock = 12;  // 12 rows x 2 panels = 24 of the 32 vector registers
-using PanelBlock = void (*)(int, int, const float* const*, int, const float*, int, int, bool, float*, int);
+using PanelBlock = void (*)(int, int, const float* const*, int, const PanelJob*, int);
 template <int NP, int... RB>
 constexpr std::array<PanelBlock, sizeof...(RB)> panel_table(std::integer_sequence<int, RB...>) {
   return {panel_block<RB + 1, NP>...};
@@ -128,23 +137,27 @@ constexpr std::array<PanelBlock, sizeof...(RB)> panel_table(std::integer_sequenc
 constexpr auto kPanel1 = panel_table<1>(std::make_integer_sequence<int, kMaxRowBlock>{});
 constexpr auto kPanel2 = panel_table<2>(std::make_integer_sequence<int, kMaxRowBlock>{});
 
-// dst[rows x m] (+)= src[rows x k] w^T, w in panels, k = nseg x len: row r of src is the nseg
-// runs of len floats at rows[r * row_stride + 0 .. nseg) (an im2col row read in place from the
-// input, or one run of a buffer row). Two panels at a time, the rows in even blocks of at most
-// kMaxRowBlock.
-void panel_gemm(int n_rows, int m, int nseg, int len, const float* const* rows, int row_stride,
-                const float* panels, bool acc, float* dst, int ldd) {
-  const int k = nseg * len, blocks = (n_rows + kMaxRowBlock - 1) / kMaxRowBlock;
-  for (int j = 0; j < m; j += 2 * kPanel) {
-    const auto& table = m - j > kPanel ? kPanel2 : kPanel1;
+// For every job: dst[rows x width] (+)= src[rows x k] w^T, k = nseg x len: row r of src is the
+// nseg runs of len floats at rows[r * row_stride + 0 .. nseg) (an im2col row read in place from
+// the input, or one run of a buffer row). Jobs two at a time (each src value is broadcast once
+// for both), the rows in even blocks of at most kMaxRowBlock.
+void panel_gemm(int n_rows, int nseg, int len, const float* const* rows, int row_stride, const PanelJob* jobs,
+                int n_jobs) {
+  const int blocks = (n_rows + kMaxRowBlock - 1) / kMaxRowBlock;
+  for (int j = 0; j < n_jobs; j += 2) {
+    const auto& table = n_jobs - j > 1 ? kPanel2 : kPanel1;
     for (int b = 0, r = 0; b < blocks; ++b) {
       const int rb = (n_rows - r) / (blocks - b);
-      table[rb - 1](nseg, len, rows + static_cast<int64_t>(r) * row_stride, row_stride,
-                    panels + static_cast<int64_t>(j) * k, k, m - j, acc, dst + static_cast<int64_t>(r) * ldd + j,
-                    ldd);
+      table[rb - 1](nseg, len, rows + static_cast<int64_t>(r) * row_stride, row_stride, jobs + j, r);
       r += rb;
     }
   }
+}
+
+// The jobs of a step whose m x k weights are in panels (module comment above), appended to jobs.
+void add_jobs(std::vector<PanelJob>& jobs, const float* panels, int m, int k, float* dst, int ldd, bool acc) {
+  for (int j = 0; j < m; j += kPanel)
+    jobs.push_back({panels + static_cast<int64_t>(j) * k, std::min(kPanel, m - j), dst + j, ldd, acc});
 }
 
 bool have_avx512() {
@@ -152,19 +165,14 @@ bool have_avx512() {
   return ok;
 }
 
-// dst[rows x m] (leading dim ldd) (+)= src[rows x k] (leading dim lds) w^T, w (m x k) in panels:
-// the register kernel for tiles of at most ``panel_limit`` rows, else BLAS once per panel.
-inline void gemm_rows(int rows, int m, int k, const float* panels, const float* src, int lds, bool acc,
-                      float* dst, int ldd, int panel_limit, const float** row_ptrs) {
+// dst[rows x m] (leading dim ldd) (+)= src[rows x k] (leading dim lds) w^T, w (m x k) in panels,
+// by BLAS once per panel (CPUs without AVX-512).
+inline void blas_rows(int rows, int m, int k, const float* panels, const float* src, int lds, bool acc,
+                      float* dst, int ldd) {
   if (rows <= 0 || m <= 0) return;
   if (k <= 0) {
     if (!acc)
       for (int r = 0; r < rows; ++r) std::memset(dst + (int64_t)r * ldd, 0, sizeof(float) * m);
-    return;
-  }
-  if (rows <= panel_limit) {
-    for (int r = 0; r < rows; ++r) row_ptrs[r] = src + static_cast<int64_t>(r) * lds;
-    panel_gemm(rows, m, 1, k, row_ptrs, 1, panels, acc, dst, ldd);
     return;
   }
   const char tn = 'N';
@@ -415,6 +423,7 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
         y(tile * std::max<int64_t>(max_y, 1));
     // Row pointers: g.kh per row for direct_rows, one per row of a buffer for gemm_rows.
     std::vector<const float*> a_rows(tile * std::max<int64_t>(g.kh, 1)), b_rows(tile);
+    std::vector<PanelJob> jobs;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < static_cast<int64_t>(items.size()); ++i) {
       const Item& it = items[i];
@@ -428,22 +437,36 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
       else if (reg.n_steps > 0)
         im2col(in, g, reg, gat + reg.gather_off, grp + 2 * reg.group_off, contiguous.data() + reg.group_off,
                it.row0, rows, a.data(), d);
-      for (int64_t s = 0; s < reg.n_steps; ++s) {
-        const Step& st = sp[reg.step_off + s];
-        if (st.src == kA && in_place && st.s1 > st.s0 && st.d1 > st.d0) {
-          const int run = static_cast<int>(g.kw * in.sw);
-          panel_gemm(rows, static_cast<int>(st.d1 - st.d0), static_cast<int>((st.s1 - st.s0) / run), run,
-                     a_rows.data() + st.s0 / run, static_cast<int>(g.kh), wts + st.weight_off, st.accumulate != 0,
-                     (st.dst == kZ ? z.data() : y.data()) + st.d0, static_cast<int>(st.dst == kZ ? reg.nz : reg.ny));
-          continue;
+      for (int64_t s = 0; s < reg.n_steps;) {
+        const Step* st = sp + reg.step_off + s;
+        // Consecutive steps that read the same columns of A run as one pass over them.
+        int64_t e = s + 1;
+        while (st->src == kA && e < reg.n_steps && st[e - s].src == kA && st[e - s].s0 == st->s0 &&
+               st[e - s].s1 == st->s1)
+          ++e;
+        const int k = static_cast<int>(st->s1 - st->s0);
+        const int lds = static_cast<int>(st->src == kA ? d : reg.nz);
+        const float* src = (st->src == kA ? a.data() : z.data()) + st->s0;
+        if (k > 0 && (rows <= panel_limit || (st->src == kA && in_place))) {
+          jobs.clear();
+          for (const Step* q = st; q < st + (e - s); ++q)
+            add_jobs(jobs, wts + q->weight_off, static_cast<int>(q->d1 - q->d0), k,
+                     (q->dst == kZ ? z.data() : y.data()) + q->d0, static_cast<int>(q->dst == kZ ? reg.nz : reg.ny),
+                     q->accumulate != 0);
+          if (st->src == kA && in_place) {
+            const int run = static_cast<int>(g.kw * in.sw);
+            panel_gemm(rows, k / run, run, a_rows.data() + st->s0 / run, static_cast<int>(g.kh), jobs.data(),
+                       static_cast<int>(jobs.size()));
+          } else {
+            for (int r = 0; r < rows; ++r) b_rows[r] = src + static_cast<int64_t>(r) * lds;
+            panel_gemm(rows, 1, k, b_rows.data(), 1, jobs.data(), static_cast<int>(jobs.size()));
+          }
+        } else {
+          for (const Step* q = st; q < st + (e - s); ++q)
+            blas_rows(rows, static_cast<int>(q->d1 - q->d0), k, wts + q->weight_off, src, lds, q->accumulate != 0,
+                      (q->dst == kZ ? z.data() : y.data()) + q->d0, static_cast<int>(q->dst == kZ ? reg.nz : reg.ny));
         }
-        const float* src = st.src == kA ? a.data() : z.data();
-        const int lds = static_cast<int>(st.src == kA ? d : reg.nz);
-        float* dst = st.dst == kZ ? z.data() : y.data();
-        const int ldd = static_cast<int>(st.dst == kZ ? reg.nz : reg.ny);
-        gemm_rows(rows, static_cast<int>(st.d1 - st.d0), static_cast<int>(st.s1 - st.s0),
-                  wts + st.weight_off, src + st.s0, lds, st.accumulate != 0, dst + st.d0, ldd, panel_limit,
-                  b_rows.data());
+        s = e;
       }
       // Write-out: bias, channel scatter, constants, into the channels-last output.
       const int64_t hr = reg.h1 - reg.h0, wr = reg.w1 - reg.w0, per_image = hr * wr;
