@@ -5,8 +5,9 @@
 // A, the program's GEMM steps (A -> Z -> Y; the AVX-512 register kernel below, or single-threaded
 // BLAS where AVX-512 is absent), then one write-out pass that adds the bias, scatters Y's columns
 // to their channels and fills the constant channels (one masked gather per 16 channels with
-// AVX-512). No padding and no extra
-// MACs: exactly the program's steps, which are the layer's analytical MACs.
+// AVX-512). Regions that read every input channel in order (the output side) skip the im2col
+// copy: the GEMM reads the input in place (direct_rows). No padding and no extra MACs: exactly
+// the program's steps, which are the layer's analytical MACs.
 //
 // Built by build.py with -fopenmp: ATen's own headers would otherwise compile the OpenMP pragmas
 // away and the layer would run on one thread. The OpenMP runtime is the one torch already loaded.
@@ -17,9 +18,9 @@
 
 #include <algorithm>
 #include <array>
-#include <utility>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include <immintrin.h>
@@ -421,7 +422,7 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
     const int saved = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
     std::vector<float> a(tile * std::max<int64_t>(max_d, 1)), z(tile * std::max<int64_t>(max_z, 1)),
         y(tile * std::max<int64_t>(max_y, 1));
-    // Row pointers: g.kh per row for direct_rows, one per row of a buffer for gemm_rows.
+    // Row pointers for panel_gemm: g.kh per row from direct_rows, or one per row of a buffer.
     std::vector<const float*> a_rows(tile * std::max<int64_t>(g.kh, 1)), b_rows(tile);
     std::vector<PanelJob> jobs;
 #pragma omp for schedule(dynamic, 1)
