@@ -19,8 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PAGES = ["pages/overview.py", "pages/explorer.py", "pages/pareto.py", "pages/confusion.py",
-         "pages/heatmaps.py", "pages/report.py"]
+PAGES = ["views/overview.py", "views/explorer.py", "views/pareto.py", "views/confusion.py",
+         "views/heatmaps.py", "views/report.py"]
 
 
 def main() -> int:
@@ -48,7 +48,7 @@ def main() -> int:
         return 2
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.run()
-    at.switch_page("pages/explorer.py").run()
+    at.switch_page("views/explorer.py").run()
     at.slider(key="explorer_grid").set_value(a.grid)
     at.slider(key="explorer_clusters").set_value(a.clusters)
     at.checkbox(key="explorer_measure").uncheck()

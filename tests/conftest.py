@@ -87,7 +87,7 @@ def tiny_env(data: Path, cache: Path, epochs: int = 4) -> dict[str, str]:
 
 def use_tiny_app_env(monkeypatch, data: Path, cache: Path) -> None:
     """Point the app (run in this process by AppTest) at a tiny model on ``data``; the pages import
-    ``pages.common``, so the repository root goes on ``sys.path``."""
+    ``views.frame``, so the repository root goes on ``sys.path``."""
     for name, value in tiny_env(data, cache).items():
         monkeypatch.setenv(name, value)
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
@@ -189,14 +189,47 @@ def region_modules(model: nn.Module) -> dict:
 # --------------------------------------------------------------------------- the app (AppTest)
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
-PAGES = ["pages/overview.py", "pages/explorer.py", "pages/pareto.py", "pages/confusion.py", "pages/heatmaps.py",
-         "pages/report.py", "pages/runs.py", "pages/compare.py", "pages/demo.py"]
+PAGES = ["views/overview.py", "views/explorer.py", "views/pareto.py", "views/confusion.py", "views/heatmaps.py",
+         "views/report.py", "views/runs.py", "views/compare.py", "views/demo.py"]
 
 
 def shown(text: str) -> str:
     """What a reader sees of Markdown made by ``present.text.plain``: CommonMark drops a backslash
     before punctuation; no-break spaces look like spaces and word joiners (U+2060) are invisible."""
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text).replace("\u00a0", " ").replace("\u2060", "")
+
+
+def _run_kinds() -> dict:
+    from hscc_core.runs.config import RunConfig
+
+    return {
+        "hscc output energy": RunConfig(grid=2, clusters=2, energy=0.9),
+        "hscc output greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0, allocation="greedy"),
+        "hscc input energy": RunConfig(grid=2, clusters=2, energy=0.9, cluster_side="input"),
+        "hscc input greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0, cluster_side="input",
+                                              allocation="greedy"),
+        "hscc output uniform budget": RunConfig(grid=3, clusters=2, energy=None, budget=2.0, allocation="uniform"),
+        "hscc output sequential greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0,
+                                                          allocation="greedy", calibration="sequential"),
+        "hscc input sequential energy": RunConfig(grid=2, clusters=2, energy=0.9, cluster_side="input",
+                                                  calibration="sequential"),
+        "hscc sensitivity budget, rank multiples, all images flipped": RunConfig(
+            grid=2, clusters=2, energy=None, budget=3.0, allocation="sensitivity", rank_multiple=4, calib_size="all",
+            calib_flip=True),
+        "hscc rank multiples energy": RunConfig(grid=2, clusters=2, energy=0.8, rank_multiple=8),
+        "svd energy": RunConfig("svd", energy=0.8),
+        "svd budget": RunConfig("svd", energy=None, budget=2.0, allocation="uniform"),
+        "svd greedy budget": RunConfig("svd", energy=None, budget=2.0, allocation="greedy"),
+        "svd sensitivity budget": RunConfig("svd", energy=None, budget=2.0, allocation="sensitivity"),
+        "tucker energy": RunConfig("tucker", energy=0.8),
+        "tucker budget": RunConfig("tucker", energy=None, budget=2.0, allocation="uniform"),
+        "tucker greedy budget": RunConfig("tucker", energy=None, budget=2.0, allocation="greedy"),
+    }
+
+
+#: Every kind of run the engine makes (method, cluster side, energy or budget, allocation, calibration,
+#: rank multiples, calibration set): the pages are tested on each (tests/test_run_kinds.py, the Compare page's heatmaps in tests/test_compare.py).
+RUN_KINDS = _run_kinds()
 
 
 def assert_page_ok(at) -> None:

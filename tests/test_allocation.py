@@ -134,3 +134,100 @@ def test_steps_iron_the_jump_to_dense():
     assert kstar == 4 and costs.tolist() == [10, 10, 10, 5]
     np.testing.assert_allclose(keys, [0.09, 0.005, 0.05 / 15, 0.05 / 15])  # only the tail is pooled
     assert np.all(np.diff(keys) <= 0)
+
+
+# --------------------------------------------------------------------------- rank multiples, baselines, sensitivity
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_rank_multiples_in_every_rule(decomps, side):
+    model, d = decomps
+    decomp = d[side]
+
+    def rounded(plan):
+        for lp in plan.layers.values():
+            for reg, ranks, dense in zip(lp.decomp.regions, lp.ranks, lp.dense):
+                for b, k, is_dense in zip(reg.blocks, ranks, dense):
+                    assert is_dense or k % 4 == 0 or k == b.eigvals.size, (k, b.eigvals.size)
+
+    by_energy = plan_at_energy(decomp, 0.8, multiple=4)
+    rounded(by_energy)
+    assert by_energy.macs() >= plan_at_energy(decomp, 0.8).macs()  # rounding up keeps at least as much
+    target = decomp.original_macs / 3
+    plan = greedy_plan(decomp, target, multiple=4)
+    rounded(plan)
+    assert plan.macs() <= target
+    comp = build_hscc(model, plan)
+    counted = layer_flops(comp, list(plan.layers), (1, 3, 24, 24))
+    assert sum(counted.values()) == 2 * plan.macs()
+    with pytest.raises(ValueError, match="multiple"):
+        greedy_plan(decomp, target, multiple=0)
+
+
+@pytest.fixture(scope="module")
+def baselines():
+    from hscc_core.compress.svd import svd_decompose
+    from hscc_core.compress.tucker import tucker_decompose
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 24, 5, 2, 2), nn.ReLU(), nn.Conv2d(24, 48, 3, 1, 1), nn.ReLU(),
+                          nn.Conv2d(48, 48, 3, 1, 1), nn.ReLU(), nn.Conv2d(48, 32, 3, 1, 1)).eval()
+    shape = (1, 3, 32, 32)
+    return model, shape, {"svd": svd_decompose(model, input_shape=shape),
+                          "tucker": tucker_decompose(model, input_shape=shape)}
+
+
+@pytest.mark.parametrize("method", ["svd", "tucker"])
+@pytest.mark.parametrize("budget", [2.0, 3.0, 6.0])
+def test_baseline_greedy_meets_budgets_and_builds(baselines, method, budget):
+    from hscc_core.compress.methods import get_method
+
+    model, shape, d = baselines
+    decomp = d[method]
+    plan, res = greedy_budget(decomp, budget)
+    assert res.met, res.message
+    assert plan.energy is None and res.macs == plan.macs() <= decomp.original_macs / budget
+    assert all((k >= 1) if method == "svd" else min(k) >= 1 for k in plan.ranks.values())  # rank >= 1 everywhere
+    comp = get_method(method).build(model, plan)
+    counted = layer_flops(comp, list(plan.ranks), shape)
+    assert sum(counted.values()) == 2 * plan.macs()
+    json.dumps({n: s.to_json() for n, s in plan.summaries().items()})
+    # Like HSCC's greedy: at the uniform rule's MACs it keeps at least as much of the weights' energy.
+    method_plan = get_method(method).plan
+    uniform = method_plan(decomp, search_energy(lambda e: method_plan(decomp, e).macs(), decomp.original_macs,
+                                                budget).energy)
+    greedy = greedy_plan(decomp, uniform.macs())
+    assert greedy.macs() <= uniform.macs()
+    assert sum(captured_energy(greedy).values()) >= sum(captured_energy(uniform).values()) - 1e-9
+
+
+def test_baseline_greedy_gives_everything_for_the_whole_budget(baselines):
+    _, _, d = baselines
+    for decomp in d.values():
+        plan = greedy_plan(decomp, decomp.original_macs)
+        assert all(v == pytest.approx(1.0) for v in captured_energy(plan).values())
+        assert plan.macs() <= decomp.original_macs
+    plan, res = greedy_budget(d["svd"], 1000.0)  # below rank 1 everywhere: infeasible, said so
+    assert not res.met and "infeasible" in res.message and all(k == 1 for k in plan.ranks.values())
+    with pytest.raises(ValueError, match="rank multiples apply to HSCC only"):
+        greedy_plan(d["tucker"], 10_000, multiple=8)
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("budget", [2.0, 4.0])
+def test_sensitivity_allocation_meets_budgets_like_the_other_rules(decomps, baselines, side, budget):
+    model, d = decomps
+    cases = [d[side], *baselines[2].values()]
+    for decomp in cases:
+        names = list(decomp.layers)
+        weights = {n: 10.0 ** i for i, n in enumerate(names)}  # later layers priced far higher
+        plan, res = greedy_budget(decomp, budget, weights=weights)
+        plain, _ = greedy_budget(decomp, budget)
+        assert res.met, res.message
+        assert plan.macs() <= decomp.original_macs / budget
+        # Pricing the last layer highest keeps at least as much of it as the plain greedy rule.
+        assert captured_energy(plan)[names[-1]] >= captured_energy(plain)[names[-1]] - 1e-12
+    with pytest.raises(ValueError, match="weights must be finite and > 0 for every layer"):
+        greedy_plan(d[side], 100, weights={names[0]: 1.0})
+    with pytest.raises(ValueError, match="weights must be finite and > 0"):
+        greedy_plan(d[side], 100, weights={n: 0.0 for n in d[side].layers})

@@ -148,7 +148,7 @@ def test_every_page_renders_with_a_selected_run(app_env, stored_runs, page):
 
 
 def test_pages_without_a_selection_offer_a_picker(app_env, stored_runs):
-    for page in ("pages/confusion.py", "pages/heatmaps.py", "pages/report.py"):
+    for page in ("views/confusion.py", "views/heatmaps.py", "views/report.py"):
         at = open_page(page)
         picker = at.selectbox(key=f"{page.split('/')[1][:-3]}_pick")
         assert picker.value is None
@@ -162,7 +162,7 @@ def test_pages_without_a_selection_offer_a_picker(app_env, stored_runs):
 
 
 def test_cached_run_is_shown_without_recomputation(app_env, stored_runs, counters):
-    at = explorer_config(open_page("pages/explorer.py"), LOW)
+    at = explorer_config(open_page("views/explorer.py"), LOW)
     assert_page_ok(at)
     assert describe_config(LOW.canonical()) in texts(at.subheader)
     assert any("nothing recomputed" in c for c in texts(at.caption))
@@ -178,7 +178,7 @@ def test_cached_run_is_shown_without_recomputation(app_env, stored_runs, counter
 
 
 def test_moving_a_slider_changes_the_shown_run(app_env, stored_runs, counters):
-    at = explorer_config(open_page("pages/explorer.py"), LOW)
+    at = explorer_config(open_page("views/explorer.py"), LOW)
     assert describe_config(LOW.canonical()) in texts(at.subheader)
     at.select_slider(key="explorer_energy").set_value(0.99).run()
     assert_page_ok(at)
@@ -200,7 +200,7 @@ def finish_background_runs(at: AppTest) -> AppTest:
 
 def test_run_button_computes_in_the_background_and_then_hits_the_cache(app_env, counters):
     cfg = RunConfig(grid=1, clusters=1, energy=0.9, seed=7)
-    at = explorer_config(open_page("pages/explorer.py"), cfg)
+    at = explorer_config(open_page("views/explorer.py"), cfg)
     assert any("has not been computed" in i for i in texts(at.info))
     assert counters["compress"] == 0
     at.button(key="explorer_run").click().run()
@@ -218,7 +218,7 @@ def test_run_button_computes_in_the_background_and_then_hits_the_cache(app_env, 
     key = run_key(app_env, app_env.baseline()[1], cfg)
     assert app_env.store.has_run(key)
     # A fresh session finds it in the store: no second computation.
-    at2 = explorer_config(open_page("pages/explorer.py"), cfg)
+    at2 = explorer_config(open_page("views/explorer.py"), cfg)
     assert describe_config(cfg.canonical()) in texts(at2.subheader)
     assert any("nothing recomputed" in c for c in texts(at2.caption))
     assert counters == {"compress": 1, "put": 1}
@@ -230,20 +230,20 @@ def test_failed_run_is_a_message_and_leaves_the_store_intact(app_env, monkeypatc
 
     monkeypatch.setattr(pipeline, "_decompose", broken)
     before = app_env.store.keys()
-    at = explorer_config(open_page("pages/explorer.py"), RunConfig(grid=3, clusters=2, energy=0.9, seed=8))
+    at = explorer_config(open_page("views/explorer.py"), RunConfig(grid=3, clusters=2, energy=0.9, seed=8))
     at.button(key="explorer_run").click().run()
     at = finish_background_runs(at)
     assert_page_ok(at)
     assert any("decomposition exploded" in e for e in texts(at.error))
     assert at.button(key="explorer_run").label == "Try again"
     assert app_env.store.keys() == before
-    at.switch_page("pages/pareto.py").run()  # the app keeps working
+    at.switch_page("views/pareto.py").run()  # the app keeps working
     assert_page_ok(at)
     assert at.get("plotly_chart")
 
 
 def test_each_target_mode_keeps_its_own_value(app_env):
-    at = open_page("pages/explorer.py")
+    at = open_page("views/explorer.py")
     # Defaults as documented, in either mode.
     assert at.select_slider(key="explorer_energy").value == DEFAULTS["energy"]
     at.select_slider(key="explorer_energy").set_value(0.9).run()
@@ -253,8 +253,8 @@ def test_each_target_mode_keeps_its_own_value(app_env):
     at.select_slider(key="explorer_budget").set_value(6.0).run()
     at.radio(key="explorer_mode").set_value("energy threshold").run()
     assert at.select_slider(key="explorer_energy").value == 0.9  # not reset to the slider's first step
-    at.switch_page("pages/pareto.py").run()  # widgets of another page come and go too
-    at.switch_page("pages/explorer.py").run()
+    at.switch_page("views/pareto.py").run()  # widgets of another page come and go too
+    at.switch_page("views/explorer.py").run()
     assert at.select_slider(key="explorer_energy").value == 0.9
     at.radio(key="explorer_mode").set_value("FLOPs budget").run()
     assert at.select_slider(key="explorer_budget").value == 6.0
@@ -264,7 +264,7 @@ def test_each_target_mode_keeps_its_own_value(app_env):
 def test_queued_runs_compute_one_after_another_while_the_app_stays_usable(app_env, counters):
     first = RunConfig(grid=1, clusters=2, energy=0.8, seed=11)
     second = RunConfig(grid=1, clusters=2, energy=0.7, seed=11)
-    at = explorer_config(open_page("pages/explorer.py"), first)
+    at = explorer_config(open_page("views/explorer.py"), first)
     at.button(key="explorer_run").click().run()
     at.select_slider(key="explorer_energy").set_value(0.7).run()  # another setting while the first computes
     assert_page_ok(at)
@@ -272,7 +272,7 @@ def test_queued_runs_compute_one_after_another_while_the_app_stays_usable(app_en
     queue = jobs.queue_for(app_env)
     keys = {run_key(app_env, app_env.baseline()[1], cfg) for cfg in (first, second)}
     assert keys <= {j.key for j in queue.jobs()}
-    at.switch_page("pages/confusion.py").run()  # other pages work meanwhile, and show the queue
+    at.switch_page("views/confusion.py").run()  # other pages work meanwhile, and show the queue
     assert_page_ok(at)
     at = finish_background_runs(at)
     assert all(app_env.store.has_run(k) for k in keys)
@@ -281,7 +281,7 @@ def test_queued_runs_compute_one_after_another_while_the_app_stays_usable(app_en
     assert all(j.state == "done" for j in done) and done[0].started >= done[1].finished  # one at a time
     sidebar = " ".join(texts(at.sidebar.caption))
     assert "Background runs" in texts(at.sidebar.subheader) and "ready" in sidebar
-    at.switch_page("pages/explorer.py").run()
+    at.switch_page("views/explorer.py").run()
     assert describe_config(second.canonical()) in texts(at.subheader)  # the result appeared when ready
 
 
@@ -289,7 +289,7 @@ def test_grid_slider_stops_at_the_models_largest_grid(app_env):
     """The tiny CNN's smallest compressed map is 4 x 4: the slider offers G = 1 .. 4 (Workspace.max_grid),
     and a remembered larger G (another workspace's) comes down to 4."""
     assert app_env.max_grid() == 4
-    at = open_page("pages/explorer.py")
+    at = open_page("views/explorer.py")
     assert at.slider(key="explorer_grid").max == 4
     at.session_state["explorer_values"]["grid"] = 8
     at.run()
@@ -298,7 +298,7 @@ def test_grid_slider_stops_at_the_models_largest_grid(app_env):
 
 
 def test_budget_mode_needs_no_energy(app_env):
-    at = open_page("pages/explorer.py")
+    at = open_page("views/explorer.py")
     at.radio(key="explorer_mode").set_value("FLOPs budget").run()
     assert_page_ok(at)
     assert at.select_slider(key="explorer_budget").value == 3.0
@@ -306,7 +306,7 @@ def test_budget_mode_needs_no_energy(app_env):
 
 
 def test_hscc_plus_switches_change_the_run(app_env, stored_runs):
-    at = open_page("pages/explorer.py")
+    at = open_page("views/explorer.py")
     assert at.radio(key="explorer_alloc").disabled  # energy thresholds are the uniform rule
     at.radio(key="explorer_mode").set_value("FLOPs budget").run()
     assert_page_ok(at)
@@ -316,7 +316,57 @@ def test_hscc_plus_switches_change_the_run(app_env, stored_runs):
     assert_page_ok(at)
     assert any("4 input clusters, greedy budget x3** has not been computed" in i for i in texts(at.info))
     at.radio(key="explorer_alloc").set_value("uniform").run()
-    assert any("4 input clusters, budget x3** has not been computed" in i for i in texts(at.info))
+    assert any("4 input clusters, uniform-tau budget x3** has not been computed" in i for i in texts(at.info))
+
+
+def test_sequential_calibration_chosen_in_the_explorer_is_the_stored_run(app_env, counters):
+    """The Advanced choices reach the run: sequential calibration, rank multiples and the whole split
+    with mirror images are named in the heading and stored in the run's config."""
+    cfg = RunConfig(grid=1, clusters=2, energy=0.8, seed=5, calibration="sequential", rank_multiple=2,
+                    calib_size="all", calib_flip=True)
+    at = explorer_config(open_page("views/explorer.py"), RunConfig(grid=1, clusters=2, energy=0.8, seed=5))
+    at.radio(key="explorer_calibration").set_value("sequential").run()
+    at.selectbox(key="explorer_multiple").set_value(2).run()
+    at.selectbox(key="explorer_calib").set_value("all").run()
+    at.checkbox(key="explorer_flip").check().run()
+    assert_page_ok(at)
+    name = describe_config(cfg.canonical())
+    assert "sequential calibration" in name and "all training images and their mirror images" in name
+    assert any(f"{name}** has not been computed" in i for i in texts(at.info))
+    at.button(key="explorer_run").click().run()
+    at = finish_background_runs(at)
+    assert_page_ok(at)
+    key = run_key(app_env, None, cfg)
+    stored = app_env.store.get_run(key)
+    assert stored["config"]["calibration"] == "sequential" and stored["calibration"] == "sequential"
+    assert stored["config"]["calib_size"] == "all" and stored["config"]["calib_flip"] is True
+    assert stored["config"]["rank_multiple"] == 2
+    assert name in texts(at.subheader)
+    # Chosen again from the sidebar's store, the run brings its settings back into the widgets.
+    at.radio(key="explorer_calibration").set_value("independent").run()
+    assert name not in texts(at.subheader)
+    at.session_state["explorer_pending"] = dict(stored["config"], method="hscc")
+    at.run()
+    assert at.radio(key="explorer_calibration").value == "sequential" and name in texts(at.subheader)
+
+
+def test_baselines_get_every_budget_allocation_in_the_explorer(app_env):
+    """Global SVD in budget mode: the allocation choice is open (like for like with HSCC), the
+    HSCC-only settings are not, and sensitivity allocation opens the calibration images."""
+    at = open_page("views/explorer.py")
+    at.selectbox(key="explorer_method").set_value("svd").run()
+    at.radio(key="explorer_mode").set_value("FLOPs budget").run()
+    assert_page_ok(at)
+    assert not at.radio(key="explorer_alloc").disabled and at.radio(key="explorer_alloc").value == "greedy"
+    assert at.radio(key="explorer_calibration").disabled and at.selectbox(key="explorer_multiple").disabled
+    assert at.selectbox(key="explorer_calib").disabled
+    assert any("Global SVD, greedy budget x3** has not been computed" in i for i in texts(at.info))
+    at.radio(key="explorer_alloc").set_value("sensitivity").run()
+    assert not at.selectbox(key="explorer_calib").disabled
+    assert any("Global SVD, sensitivity-greedy budget x3** has not been computed" in i for i in texts(at.info))
+    at.radio(key="explorer_mode").set_value("energy threshold").run()  # the budget's rule waits for budget mode
+    at.radio(key="explorer_mode").set_value("FLOPs budget").run()
+    assert at.radio(key="explorer_alloc").value == "sensitivity"
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,7 +374,7 @@ def test_hscc_plus_switches_change_the_run(app_env, stored_runs):
 
 
 def test_pareto_click_selects_the_run_for_every_page(app_env, stored_runs):
-    at = open_page("pages/pareto.py")
+    at = open_page("views/pareto.py")
     charts = at.get("plotly_chart")
     assert len(charts) == 1
     spec = charts[0].proto.spec
@@ -340,11 +390,11 @@ def test_pareto_click_selects_the_run_for_every_page(app_env, stored_runs):
     assert at.session_state["selected_run"] == target["cache_key"]
     assert f"**{run_name(target)}**" in texts(at.sidebar.markdown)
     # The explorer loads the clicked run's configuration into its widgets.
-    at.switch_page("pages/explorer.py").run()
+    at.switch_page("views/explorer.py").run()
     assert_page_ok(at)
     assert at.select_slider(key="explorer_energy").value == 0.99
     assert describe_config(target["config"]) in texts(at.subheader)
-    at.switch_page("pages/confusion.py").run()
+    at.switch_page("views/confusion.py").run()
     assert at.selectbox(key="confusion_pick").value == target["cache_key"]
 
 
@@ -353,7 +403,7 @@ def pills(at: AppTest, label: str):
 
 
 def test_pareto_axes_and_filters(app_env, stored_runs):
-    at = open_page("pages/pareto.py")
+    at = open_page("views/pareto.py")
     at.selectbox(key="pareto_y").set_value("kl_to_original")
     at.selectbox(key="pareto_x").set_value("params")
     at.checkbox(key="pareto_se").check().run()
@@ -377,7 +427,7 @@ def test_pareto_axes_and_filters(app_env, stored_runs):
 
 
 def test_pareto_table_lists_every_run_drawn_with_the_front_marked(app_env, stored_runs):
-    at = open_page("pages/pareto.py")
+    at = open_page("views/pareto.py")
     table = at.dataframe[0].value
     runs = {r["cache_key"] for r in stored_runs.values()}
     assert runs <= set(table["key"])  # every run the filters keep, not only the front
@@ -391,7 +441,7 @@ def test_pareto_table_lists_every_run_drawn_with_the_front_marked(app_env, store
 
 
 def test_confusion_page_counts_and_normalised(app_env, stored_runs):
-    at = open_page("pages/confusion.py", selected=stored_runs[LOW]["cache_key"])
+    at = open_page("views/confusion.py", selected=stored_runs[LOW]["cache_key"])
     assert len(at.get("plotly_chart")) == 6  # original, run, difference, F1, precision, recall
     assert_page_ok(at)
     at.radio(key="confusion_norm").set_value("row-normalised (recall per true class)").run()
@@ -401,7 +451,7 @@ def test_confusion_page_counts_and_normalised(app_env, stored_runs):
 
 def test_heatmaps_page_draws_all_overlays(app_env, stored_runs):
     run = stored_runs[LOW]
-    at = open_page("pages/heatmaps.py", selected=run["cache_key"])
+    at = open_page("views/heatmaps.py", selected=run["cache_key"])
     assert not at.error, texts(at.error)
     assert len(at.get("plotly_chart")) == 5  # regions, clusters, error, Grad-CAM x2
     assert_page_ok(at)
@@ -431,7 +481,7 @@ def test_heatmaps_of_a_fine_tuned_run_ask_before_fine_tuning_again(trained_works
     key = run_key(ws, ws.baseline()[1], cfg)
     ws.store.put_run(key, dict(run, config=cfg.canonical(), label=cfg.label()), ws.store.get_arrays(base["cache_key"]))
     use_tiny_app_env(monkeypatch, trained_workspace.data, cache)
-    at = open_page("pages/heatmaps.py", selected=key)
+    at = open_page("views/heatmaps.py", selected=key)
     assert any("fine-tuned for 3 epoch" in w for w in texts(at.warning))
     assert len(at.get("plotly_chart")) == 1  # the region map needs no model
     assert counters["compress"] == 0  # nothing rebuilt until asked
@@ -439,7 +489,7 @@ def test_heatmaps_of_a_fine_tuned_run_ask_before_fine_tuning_again(trained_works
 
 
 def test_report_page_offers_html_and_png(app_env, stored_runs):
-    at = open_page("pages/report.py", selected=stored_runs[LOW]["cache_key"])
+    at = open_page("views/report.py", selected=stored_runs[LOW]["cache_key"])
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Download HTML report", "Download figures (PNG + SVG, zip)"]
     assert_page_ok(at)
@@ -465,7 +515,7 @@ def test_heatmaps_say_when_a_grad_cam_map_is_empty(app_env, stored_runs, monkeyp
 
     monkeypatch.setattr(explain, "grad_cam_result", no_evidence)
     st.cache_data.clear()  # the maps of this image may be cached from another test
-    at = open_page("pages/heatmaps.py", selected=stored_runs[LOW]["cache_key"])
+    at = open_page("views/heatmaps.py", selected=stored_runs[LOW]["cache_key"])
     warnings = [w for w in texts(at.warning) if w.startswith("No positive evidence")]
     assert len(warnings) == 2 and "earlier layer" in warnings[0]  # one per model, naming an earlier layer
     last = at.selectbox(key="heatmaps_cam_layer").value

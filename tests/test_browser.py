@@ -69,6 +69,12 @@ def test_every_page_in_headless_chromium(server, tmp_path, stored_runs):
         try:
             page = context.new_page()
             page.set_default_timeout(60_000)
+            # A deep link as the server's first request opens its page, with no "Page not found"
+            # (a pages/ folder beside app.py made Streamlit answer that before app.py ran).
+            page.goto(server + "/confusion")
+            page.locator("h1", has_text="Confusion matrices").wait_for()
+            wait_idle(page)
+            assert page.get_by_text("Page not found").count() == 0
             page.goto(server)
             page.locator("h1", has_text="Baseline model").wait_for()
             wait_idle(page)

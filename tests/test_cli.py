@@ -124,7 +124,7 @@ def test_compress_json_and_stderr_summary(capsys, trained_workspace):
                              "--latency-runs", "2")
     run = json.loads(out)
     assert code == 0 and run["method"] == "svd" and run["config"]["budget"] == 2.0
-    assert "svd 2x" in err and len([l for l in err.splitlines() if "svd 2x" in l]) == 1
+    assert "svd greedy 2x" in err and len([l for l in err.splitlines() if "svd greedy 2x" in l]) == 1
     code, out, _ = run_cli(capsys, "compress", *args, "--method", "svd", "--budget", "2", "--json")
     assert json.loads(out)["cached"] is True
 
@@ -133,10 +133,17 @@ def test_compress_json_and_stderr_summary(capsys, trained_workspace):
     (["--grid", "0"], "grid must be"), (["--clusters", "0"], "clusters must be"),
     (["--energy", "0"], "energy must be"), (["--energy", "1.5"], "energy must be"),
     (["--budget", "1"], "budget must be > 1"), (["--method", "pca"], "invalid choice"),
-    (["--energy", "0.9", "--budget", "3"], "not allowed with")])
+    (["--energy", "0.9", "--budget", "3"], "not allowed with"),
+    (["--calibration", "chained"], "invalid choice: 'chained'"), (["--allocation", "best"], "invalid choice"),
+    (["--method", "svd", "--calibration", "sequential"], "not available for Global SVD"),
+    (["--calib-size", "most"], "expected an integer >= 1 or 'all', got 'most'"),
+    (["--calib-size", "0"], "expected an integer >= 1 or 'all'"), (["--rank-multiple", "0"], "expected an integer >= 1"),
+    (["--method", "tucker", "--rank-multiple", "8"], "rank_multiple applies to method 'hscc' only"),
+    (["--allocation", "sensitivity", "--energy", "0.9"], "needs a budget")])
 def test_compress_bad_values(capsys, trained_workspace, extra, match):
     code, out, err = run_cli(capsys, "compress", *_tiny_args(trained_workspace), *extra)
     assert code == 2 and out == "" and match in err and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("hscc: error: ")
 
 
 def test_sweep_runs_pareto_contract(capsys, trained_workspace):
@@ -196,7 +203,31 @@ def test_budget_mode_defaults_to_greedy_and_budget_sweeps_skip_energies(capsys, 
     code, out, _ = run_cli(capsys, "sweep", *args, "--methods", "hscc svd", "--budgets", "2")
     runs = json.loads(out)["runs"]
     assert code == 0 and len(runs) == 2 and all(r["config"]["budget"] == 2.0 for r in runs)
-    assert {r["method"]: r["allocation"] for r in runs} == {"hscc": "greedy", "svd": "uniform"}
+    assert {r["method"]: r["allocation"] for r in runs} == {"hscc": "greedy", "svd": "greedy"}  # like for like
+
+
+def test_fidelity_options_reach_the_run_and_the_bench_names_its_rules(capsys, trained_workspace):
+    args = [*_tiny_args(trained_workspace), "--grid", "2", "--clusters", "1", "--calib-size", "all", "--calib-flip",
+            "--no-speed", "--json"]
+    code, out, _ = run_cli(capsys, "compress", *args, "--budget", "2", "--calibration", "sequential",
+                           "--allocation", "sensitivity", "--rank-multiple", "4")
+    run = json.loads(out)
+    assert code == 0 and run["calibration"] == "sequential" and run["allocation"] == "sensitivity"
+    assert {k: run["config"][k] for k in ("calib_size", "calib_flip", "rank_multiple")} == {
+        "calib_size": "all", "calib_flip": True, "rank_multiple": 4}
+    for s in run["layers"].values():  # every rank a multiple of 4, unless dense or the whole block
+        for ranks, dense, sizes in zip(s["ranks"], s["dense"], s["cluster_sizes"]):
+            assert all(k % 4 == 0 or d or k == n for k, d, n in zip(ranks, dense, sizes))
+    code, out, err = run_cli(capsys, "bench", *_tiny_args(trained_workspace), "--budgets", "2", "--bench-grid", "2",
+                             "--bench-clusters", "2", "--finetune-epochs", "0", "--calib-size", "16",
+                             "--allocations", "uniform", "greedy", "--calibration", "sequential", "--no-speed")
+    rows = [line for line in out.splitlines() if line.startswith("[")]
+    assert code == 0 and len(rows) == 6
+    assert sum("[greedy allocation" in r for r in rows) == 3 and sum("[uniform allocation" in r for r in rows) == 3
+    assert all("sequential calibration]" in r for r in rows if r.split("] ")[1].startswith("hscc"))
+    assert all("independent calibration]" in r for r in rows if not r.split("] ")[1].startswith("hscc"))
+    code, out, err = run_cli(capsys, "bench", *_tiny_args(trained_workspace), "--allocations", "best", "--no-speed")
+    assert code == 2 and "allocation must be one of uniform, greedy, sensitivity" in err
 
 
 def test_interrupted_bench_says_so_without_a_table(capsys, trained_workspace, monkeypatch):

@@ -1,11 +1,20 @@
-"""Comparing runs: metrics with SEs, pairwise McNemar tests with Holm's adjustment, kept FLOPs per layer."""
+"""Comparing runs: metrics with SEs, pairwise McNemar tests with Holm's adjustment, kept FLOPs per layer, and
+the Compare page's heatmaps of every kind of run on one slice with one colour scale."""
+
+import base64
+import json
 
 import numpy as np
 import pytest
 
+from conftest import RUN_KINDS, assert_page_ok, open_page, use_tiny_app_env
 from conftest import table_run as fake_run
 from hscc_core.measure.metrics import paired_comparison
-from hscc_core.runs.compare import holm, kept_fractions, metrics_long, metrics_wide, pairwise_tests, run_names
+from hscc_core.present.heatmaps import SLICE_MAPS, error_figure, slice_map_note
+from hscc_core.runs.compare import (compressed_layers, holm, kept_fractions, metrics_long, metrics_wide,
+                                    pairwise_tests, run_names)
+from hscc_core.runs.config import RunConfig
+from hscc_core.runs.pipeline import compress_run, original_run
 
 
 def runs3():
@@ -64,3 +73,107 @@ def test_pairwise_tests_match_paired_comparison():
 def test_holm_adjustment():
     assert list(holm([0.01, 0.04, 0.03, 0.5])) == pytest.approx([0.04, 0.09, 0.09, 0.5])
     assert list(holm([0.6, 0.6])) == [1.0, 1.0]
+
+
+# --------------------------------------------------------------------------------------------
+# Heatmaps of the compared runs on one slice (every kind of run)
+
+KINDS = {**RUN_KINDS, "hscc fine-tuned": RunConfig(grid=2, clusters=2, energy=0.9, finetune_epochs=1)}
+# Groups of at most four runs compared at once; together they cover every kind, and the original.
+GROUPS = [("hscc output energy", "hscc input greedy budget", "svd energy", "original"),
+          ("hscc output greedy budget", "hscc input energy", "tucker budget", "hscc fine-tuned"),
+          ("hscc output uniform budget", "svd budget", "tucker energy")]
+
+
+@pytest.fixture(scope="module")
+def kinds(trained_workspace):
+    runs = {name: compress_run(trained_workspace, cfg, measure_speed=False)[0] for name, cfg in KINDS.items()}
+    runs["original"] = original_run(trained_workspace)[0]
+    return runs
+
+
+def values(z) -> np.ndarray:
+    """A trace's ``z`` as plotly's JSON holds it: a list, or base64 bytes with dtype and shape."""
+    if isinstance(z, dict):
+        shape = [int(n) for n in str(z["shape"]).split(",")]
+        return np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(shape).astype(float)
+    return np.asarray(z, dtype=float)
+
+
+def overlays(at) -> list[dict]:
+    """The overlay trace of every map drawn on the page (the slice is the other heatmap trace)."""
+    out = []
+    for chart in at.get("plotly_chart"):
+        traces = json.loads(chart.proto.spec)["data"]
+        out += [t for t in traces if t.get("name") == "overlay"]
+    return out
+
+
+def test_slice_map_notes_say_why_a_run_has_no_map(kinds):
+    layer = next(iter(kinds["hscc output energy"]["layers"]))
+    assert slice_map_note(kinds["original"], layer, "rank").startswith("The original model")
+    for kind in SLICE_MAPS:
+        assert slice_map_note(kinds["hscc output energy"], layer, kind) is None
+        assert (slice_map_note(kinds["hscc output energy"], "features.99", kind)
+                == "This run did not compress features.99.")
+    assert slice_map_note(kinds["svd energy"], layer, "rank") is None
+    assert "does not cluster" in slice_map_note(kinds["tucker budget"], layer, "clusters")
+    assert "not stored" in slice_map_note(kinds["hscc input energy"], layer, "clusters", labels_stored=False)
+    assert "fine-tuning again" in slice_map_note(kinds["hscc fine-tuned"], layer, "error")
+    assert slice_map_note(kinds["hscc fine-tuned"], layer, "clusters") is None  # needs no compressed model
+    with pytest.raises(ValueError, match="kind"):
+        slice_map_note(kinds["svd energy"], layer, "gradcam")
+    assert compressed_layers([kinds["original"], kinds["svd energy"]]) == list(kinds["svd energy"]["layers"])
+
+
+def test_shared_scale_figures():
+    image = np.zeros((8, 8))
+    errors = [np.full((2, 2), 0.1), np.full((2, 2), 0.4)]
+    figs = [error_figure(image, e, zmax=0.4) for e in errors]
+    assert [f.data[1].zmax for f in figs] == [0.4, 0.4] and figs[0].data[1].zmin == 0
+    assert error_figure(image, errors[0]).data[1].zmax is None  # alone: its own maximum
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=["+".join(g) for g in GROUPS])
+def test_compare_page_draws_every_kind_of_run_on_one_slice(trained_workspace, kinds, group, monkeypatch):
+    use_tiny_app_env(monkeypatch, trained_workspace.data, trained_workspace.cache_dir)
+    runs = [kinds[name] for name in group]
+    at = open_page("views/overview.py")
+    at.session_state["compare_runs"] = ["original" if r["method"] == "original" else r["cache_key"] for r in runs]
+    at.switch_page("views/compare.py").run()
+    assert_page_ok(at)
+    # The tables name the runs #1.. (full names in the legend above them), so they fit the page.
+    tags = [f"#{i + 1}" for i in range(len(runs))]
+    assert list(at.dataframe[0].value.columns) == tags
+    assert set(at.dataframe[1].value["a"]) | set(at.dataframe[1].value["b"]) == set(tags)
+    layers = compressed_layers(runs)
+    assert at.selectbox(key="compare_hm_layer").options == layers
+    images = trained_workspace.images()
+    for layer in (layers[0], layers[-1]):
+        at.selectbox(key="compare_hm_layer").set_value(layer)
+        for kind in SLICE_MAPS:
+            at.radio(key="compare_hm_map").set_value(kind).run()
+            assert_page_ok(at)
+            arrays = {r["cache_key"]: trained_workspace.store.get_arrays(r["cache_key"]) or {} for r in runs}
+            notes = [slice_map_note(r, layer, kind, f"labels.{layer}" in arrays[r["cache_key"]]) for r in runs]
+            drawn = overlays(at)
+            assert len(drawn) == sum(n is None for n in notes), (layer, kind)
+            infos = [i.value for i in at.info]
+            for note in filter(None, notes):
+                assert any(note in text for text in infos), (note, infos)
+            if not drawn:
+                continue
+            # One colour scale for every map of the page.
+            assert len({(t.get("zmin"), t.get("zmax")) for t in drawn}) == 1, (kind, drawn)
+            if kind in ("rank", "flops"):
+                assert (drawn[0]["zmin"], drawn[0]["zmax"]) == (0, 1)
+            elif kind == "error":
+                assert drawn[0]["zmax"] == pytest.approx(max(np.nanmax(values(t["z"])) for t in drawn))
+            else:
+                top = max(np.nanmax(values(t["z"])) for t in drawn)
+                assert drawn[0]["zmax"] >= top + 0.5 - 1e-9
+    # Another class and image: the maps follow.
+    at.selectbox(key="compare_hm_class").set_value(1).run()
+    index = at.selectbox(key="compare_hm_image_1").value
+    assert images.y_test[index] == 1
+    assert_page_ok(at)

@@ -103,10 +103,27 @@ def test_normalisation_uses_training_statistics(tiny_folder):
     scaled = images.x_train / 255.0
     assert images.mean == pytest.approx(scaled.mean()) and images.std == pytest.approx(scaled.std())
     x = images.to_tensor(images.x_train)
-    assert x.shape == (48, 3, 24, 24)
+    assert x.shape == (48, 1, 24, 24)  # one grey channel: the models' conv1 is folded (nn.grey)
     torch.testing.assert_close(x.mean().item(), 0.0, atol=1e-4, rtol=0)
-    torch.testing.assert_close(x[:, 0], x[:, 2])  # grey replicated to three channels
-    assert normalise(torch.zeros(1, 2, 2, dtype=torch.uint8), 0.5, 0.25).shape == (1, 3, 2, 2)
+    x3 = images.to_tensor(images.x_train, channels=3)  # the three-channel training architecture
+    assert x3.shape == (48, 3, 24, 24)
+    torch.testing.assert_close(x3[:, 0], x3[:, 2])
+    torch.testing.assert_close(x3[:, :1], x)
+    assert normalise(torch.zeros(1, 2, 2, dtype=torch.uint8), 0.5, 0.25).shape == (1, 1, 2, 2)
+
+
+def test_grey_batches_stand_for_the_tensor_with_mirror_images(tiny_folder):
+    images = decode_all(discover(tiny_folder), 24)
+    x = images.x_train[:10]
+    lazy = images.batches(x, flip=True)
+    assert lazy.shape == (20, 1, 24, 24) and lazy.ndim == 4 and len(lazy) == 20
+    full = images.to_tensor(x)
+    torch.testing.assert_close(lazy[0:10], full)
+    torch.testing.assert_close(lazy[10:20], full.flip(-1))  # the mirror images follow the images
+    torch.testing.assert_close(lazy[7:13], torch.cat([full[7:], full[:3].flip(-1)]))
+    assert images.batches(x, channels=3)[0:2].shape == (2, 3, 24, 24) and len(images.batches(x)) == 10
+    with pytest.raises(TypeError):
+        lazy[3]
 
 
 def test_holdout_and_calibration_are_seeded_and_stratified():

@@ -1,4 +1,4 @@
-"""AppTest of the clinician demo page (pages/demo.py) on the tiny trained workspace.
+"""AppTest of the clinician demo page (views/demo.py) on the tiny trained workspace.
 
 The page runs on its own (it calls ``sidebar()`` itself), so these tests do not depend on app.py's
 navigation. Uploads go through AppTest's file uploader: bytes in memory, as in the browser.
@@ -21,7 +21,7 @@ from hscc_core.present import predict
 from hscc_core.runs.pipeline import compress_run
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = ROOT / "pages" / "demo.py"
+PAGE = ROOT / "views" / "demo.py"
 RUN = RunConfig(grid=2, clusters=2, energy=0.9)
 
 
@@ -93,6 +93,8 @@ def test_test_slice_with_the_selected_run(page_env, stored, calls):
     assert calls["compare"] == 1 and not at.exception
     at.selectbox(key="demo_index").set_value(1).run()
     assert calls["compare"] == 2 and any("Test slice #1" in shown(c.value) for c in at.caption)
+    # The label stays bold: only the folder's strings are escaped, not the page's own Markdown.
+    assert any(re.search(r"labelled \*\*[^*\\]+\*\*\.$", c.value) for c in at.caption)
 
 
 def test_without_selection_pick_a_run_from_the_box(page_env, stored):

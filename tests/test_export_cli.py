@@ -10,6 +10,7 @@ import torch
 from hscc_core.cli.main import main
 from hscc_core.compress import native
 from hscc_core.compress.export import OnnxModule, export_onnx, onnx_session, reference_forward
+from hscc_core.nn.grey import input_shape
 from hscc_core.runs.pipeline import rebuild_model
 
 pytest.importorskip("onnxruntime")
@@ -133,5 +134,5 @@ def test_reference_forward_restores_the_layers(trained_workspace, runs, tmp_path
     assert "forward" not in vars(layer)
     # the native switch is restored too after an export
     before = native.status()["enabled"]
-    export_onnx(model, tmp_path / "m.onnx", (1, 3, 32, 32))
+    export_onnx(model, tmp_path / "m.onnx", input_shape(model, 32))  # one grey channel: conv1 is folded
     assert native.status()["enabled"] == before

@@ -58,9 +58,9 @@ def test_hostile_class_folder_and_dicom_tag_render_as_text_on_every_page(hostile
         assert_no_raw_markdown(at, page)
         if any(escaped in text for text in markdown_texts(at)):
             named_on.append(page)
-    assert "pages/heatmaps.py" in named_on  # its sentence names the true and predicted classes
+    assert "views/heatmaps.py" in named_on  # its sentence names the true and predicted classes
 
-    at = open_page("pages/demo.py", link=run["cache_key"])
+    at = open_page("views/demo.py", link=run["cache_key"])
     at.radio(key="demo_source").set_value("Upload a file").run()
     stack = np.arange(48, dtype=np.uint16).reshape(6, 8) * 40
     at.file_uploader(key="demo_upload").set_value(("scan.dcm", dicom_bytes(stack, Modality=BEACON),

@@ -7,6 +7,7 @@ from conftest import conv_stack, random_images
 from hscc_core.compress.allocation import GreedyBudget
 from hscc_core.compress.budgets import BudgetResult
 from hscc_core.compress.methods import METHODS, Settings, get_method, make_plan
+from hscc_core.compress.sensitivity import Sensitivity
 from hscc_core.compress.summary import LayerSummary
 from hscc_core.measure.costs import layer_flops
 
@@ -59,13 +60,30 @@ def test_budget_mode_uniform_for_every_method(method):
     assert plan.energy == outcome.energy and plan.macs() == outcome.macs <= d.original_macs / 2
 
 
-def test_greedy_only_where_the_method_supports_it():
-    _, m, d, _ = decomposition("hscc", "input")
-    plan, outcome = make_plan(m, d, budget=3.0, allocation="greedy")
-    assert isinstance(outcome, GreedyBudget) and plan.energy is None and plan.macs() <= d.original_macs / 3
+@pytest.mark.parametrize("method,side", [("hscc", "input"), ("hscc", "output"), ("svd", "output"),
+                                         ("tucker", "output")])
+def test_greedy_and_sensitivity_for_every_method(method, side):
+    model, m, d, _ = decomposition(method, side)
+    curves = Sensitivity({n: [(0.1, 0.1 * (1 + i)), (0.3, 0.5 * (1 + i))]
+                          for i, n in enumerate(m.plan(d, 0.9).summaries())})
+    for allocation, sens in (("greedy", None), ("sensitivity", curves)):
+        plan, outcome = make_plan(m, d, budget=3.0, allocation=allocation, sensitivity=sens)
+        assert isinstance(outcome, GreedyBudget) and plan.energy is None and plan.macs() <= d.original_macs / 3
+        comp = m.build(model, plan)
+        counted = layer_flops(comp, list(plan.summaries()), SHAPE)
+        assert sum(counted.values()) == 2 * plan.macs()
+    with pytest.raises(ValueError, match="sensitivities go with allocation 'sensitivity'"):
+        make_plan(m, d, budget=3.0, allocation="greedy", sensitivity=curves)
+
+
+def test_plan_rules_every_method_refuses():
     _, svd, sd, _ = decomposition("svd")
-    with pytest.raises(ValueError, match="allocation 'greedy' is not available for Global SVD"):
-        make_plan(svd, sd, budget=3.0, allocation="greedy")
+    with pytest.raises(ValueError, match="rank multiples apply to HSCC only"):
+        make_plan(svd, sd, energy=0.9, multiple=8)
+    with pytest.raises(ValueError, match="weight-only"):
+        svd.fit_sequential(None, None, None)
+    assert get_method("hscc").calibrations == ("independent", "sequential")
+    assert get_method("tucker").calibrations == ("independent",)
     with pytest.raises(ValueError, match="either an energy threshold or a budget"):
         make_plan(svd, sd, energy=0.9, budget=3.0)
     with torch.no_grad():

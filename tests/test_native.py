@@ -7,9 +7,12 @@ from functools import lru_cache
 import pytest
 import torch
 
-from conftest import conv_stack, hscc_model, layer_tensor, random_images, region_modules
+from conftest import conv_stack, hscc_decomposition, hscc_model, layer_tensor, random_images, region_modules
 from hscc_core.compress import native
+from hscc_core.compress.hscc import build_hscc, plan_at_energy
+from hscc_core.compress.hscc.sequential import cross_stats, fit_sequential
 from hscc_core.measure.costs import count_flops, layer_flops
+from hscc_core.nn.grey import fold_grey_input, input_channels
 
 SHAPE = (1, 3, 48, 48)
 
@@ -198,3 +201,32 @@ def test_flops_counted_when_the_first_forward_is_a_counted_one(kernel):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip().splitlines()[-1]) == 0
+
+
+@pytest.mark.parametrize("side,grid,clusters", [("output", 3, 2), ("input", 3, 4)])
+def test_kernel_equals_reference_after_fold_and_sequential_fit(kernel, side, grid, clusters):
+    """The fidelity work's models reach the kernel too: conv1 folded to one grey input channel
+    (input side: conv1's clusters are then single channels) and every later layer refitted
+    sequentially (readout V != U, shifted input means, so other stage-1 weights and biases)."""
+    model = fold_grey_input(conv_stack())
+    assert input_channels(model) == 1
+    x = random_images(24)[:, :1]
+    plan = plan_at_energy(hscc_decomposition(model, x, side, grid, clusters), 0.7)
+
+    def source(name, prefix, lp, ident):
+        return cross_stats(model, prefix, name, lp, x, batch_size=12)
+
+    fitted = fit_sequential(model, plan, source)
+    comp = build_hscc(model, fitted)
+    refit = [n for n, lp in fitted.layers.items()
+             if any(b.readout is not None for reg in lp.decomp.regions for b in reg.blocks)]
+    assert refit, "the sequential fit changed no block"
+    for name, layer in region_modules(comp).items():
+        xi = layer_tensor(comp, name, x[:5], side="input")
+        with torch.no_grad():
+            assert native.usable(layer, xi)
+            torch.testing.assert_close(native.run(layer, xi), layer.forward_reference(xi), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        with native.disabled():
+            fallback = comp(x[:5])
+        torch.testing.assert_close(comp(x[:5]), fallback, rtol=1e-5, atol=1e-5)

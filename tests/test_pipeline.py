@@ -9,7 +9,7 @@ import hscc_core.compress.hscc.stats as calibration
 from hscc_core.measure.metrics import predict_proba
 from hscc_core.present.explain import layer_reconstruction_error
 from hscc_core.runs import pipeline
-from hscc_core.runs.config import RunConfig
+from hscc_core.runs.config import DEFAULTS, RunConfig
 from hscc_core.runs.pipeline import compress_run, original_run, rebuild_model, run_key
 
 RUN_FIELDS = ("method", "config", "cache_key", "cached", "accuracy", "accuracy_se", "macro_f1", "macro_f1_se",
@@ -139,7 +139,8 @@ def test_rebuilt_model_reproduces_the_stored_run(trained_workspace, side):
     stored = ws.store.get_arrays(run["cache_key"])
     np.testing.assert_array_equal(probs.argmax(1), stored["predictions"])
     np.testing.assert_allclose(probs, stored["probabilities"], atol=1e-5)
-    assert stored["labels.features.0"].shape[1] == (3 if side == "input" else 16)  # clustered channels
+    # Clustered channels: conv1's one folded grey input (hscc_core.nn.grey), or its 16 outputs.
+    assert stored["labels.features.0"].shape[1] == (1 if side == "input" else 16)
     # Every compressed layer can be compared with the original on the same input.
     x = images.to_tensor(images.x_test[:1])
     original, _ = ws.baseline()
@@ -152,12 +153,65 @@ def test_rebuilt_model_reproduces_the_stored_run(trained_workspace, side):
         rebuild_model(ws, dict(run, model_fingerprint="0" * 24))
 
 
-def test_budget_runs_default_to_greedy_for_hscc_only(trained_workspace):
+def test_budget_runs_default_to_one_rule_for_every_method(trained_workspace):
+    rule = DEFAULTS["allocation"]
     run, _ = compress_run(trained_workspace, RunConfig(energy=None, budget=2.0, calib_size=24), measure_speed=False)
-    assert run["allocation"] == "greedy" and run["energy"] is None and run["budget_search"]["met"] in (True, False)
-    assert run["config"]["allocation"] == "greedy"
+    assert run["allocation"] == rule and run["energy"] is None and run["budget_search"]["met"] in (True, False)
+    assert run["config"]["allocation"] == rule
     svd, _ = compress_run(trained_workspace, RunConfig("svd", energy=None, budget=2.0), measure_speed=False)
-    assert svd["allocation"] == "uniform" and svd["energy"] is not None
+    assert svd["allocation"] == rule and svd["energy"] is None  # like for like: greedy rules have no threshold
+    uniform, _ = compress_run(trained_workspace, RunConfig("svd", energy=None, budget=2.0, allocation="uniform"),
+                              measure_speed=False)
+    assert uniform["energy"] is not None
+
+
+def test_sequential_run_same_macs_cross_statistics_stored_and_reused(trained_workspace, monkeypatch):
+    ws = trained_workspace
+    base = dict(grid=2, clusters=2, energy=None, budget=2.0, calib_size=24, allocation="greedy")
+    ind, _ = compress_run(ws, RunConfig(**base, calibration="independent"), measure_speed=False)
+    calls = []
+    real = pipeline.cross_stats
+    monkeypatch.setattr(pipeline, "cross_stats", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    seq, _ = compress_run(ws, RunConfig(**base, calibration="sequential"), measure_speed=False)
+    assert seq["calibration"] == "sequential" and seq["config"]["calibration"] == "sequential"
+    assert seq["cache_key"] != ind["cache_key"]
+    assert seq["analytical_layer_macs"] == ind["analytical_layer_macs"] and seq["layers"] == ind["layers"]
+    assert calls == ["features.3", "features.6"]  # every layer after the first, once
+    # Rebuilding the run (the pages do) and the same fit under another run reuse the stored statistics.
+    model = rebuild_model(ws, seq)
+    images = ws.images()
+    probs = predict_proba(model, images.x_test, to_input=images.to_tensor)
+    np.testing.assert_allclose(probs, ws.store.get_arrays(seq["cache_key"])["probabilities"], atol=1e-5)
+    pipeline.build_compressed(ws, RunConfig(**{**base, "seed": 0}, calibration="sequential", finetune_epochs=1))
+    assert calls == ["features.3", "features.6"]
+
+
+def test_sensitivity_is_measured_once_per_decomposition(trained_workspace, monkeypatch):
+    ws = trained_workspace
+    calls = []
+    real = pipeline.layer_sensitivity
+    monkeypatch.setattr(pipeline, "layer_sensitivity", lambda *a, **k: calls.append(a[0].name) or real(*a, **k))
+    for method in ("hscc", "tucker"):
+        for budget in (2.0, 3.0):
+            run, _ = compress_run(ws, RunConfig(method, grid=2, clusters=2, energy=None, budget=budget, calib_size=24,
+                                                allocation="sensitivity"), measure_speed=False)
+            assert run["allocation"] == "sensitivity" and set(run["sensitivity"]["points"]) == set(run["layers"])
+            assert set(run["sensitivity"]["weights"]) in (set(), set(run["layers"]))  # {}: energy-greedy was best
+            assert run["layer_flops_ratio"] >= budget * (1 - 1e-3) and run["energy"] is None
+    assert calls == ["hscc", "tucker"]
+
+
+def test_calibration_on_the_whole_split_with_mirror_images(trained_workspace, monkeypatch):
+    ws = trained_workspace
+    seen = []
+    real = calibration.compute_stats
+    monkeypatch.setattr(calibration, "compute_stats", lambda m, x, *a, **k: seen.append(len(x)) or real(m, x, *a, **k))
+    run, _ = compress_run(ws, RunConfig(grid=4, clusters=1, energy=0.9, calib_size="all", calib_flip=True),
+                          measure_speed=False)
+    assert seen == [2 * len(ws.images().y_train)]
+    assert run["config"]["calib_size"] == "all" and run["config"]["calib_flip"] is True
+    # The held-out layer errors then come from test images (nothing of the training split is left).
+    assert set(run["layer_errors"]) == set(run["layers"])
 
 
 def test_baselines_ignore_the_calibration_size_they_leave_out_of_their_key(trained_workspace):

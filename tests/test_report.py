@@ -31,7 +31,7 @@ def test_html_report_is_self_contained_and_escaped():
     assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "<b>mri</b>" not in text and "&lt;x86&gt;" in text
     # Config, metrics with SEs, the paired test, budget and environment are all there; and the notice.
-    assert "<td>grid</td><td>2</td>" in text
+    assert "<td>grid</td><td>2</td>" in text and "<td>method</td><td>HSCC</td>" in text
     assert "85.00 ± 2.00" in text and "0.800 ± 0.030" in text
     assert "McNemar p = 0.3" in text and "-2.00 ± 1.00" in text
     assert ("Budget x3 met: the compressed layers need 3.02x fewer FLOPs (100 FLOPs instead of 300 FLOPs), "
@@ -51,6 +51,13 @@ def test_metrics_rows_cover_every_class_and_speed():
     assert ("FLOPs of the compressed layers", "300 FLOPs", "100 FLOPs") in rows
     assert ("FLOPs (whole model)", "2 MFLOPs", "1 MFLOPs") in rows
     assert report.metrics_rows({"accuracy": 0.5})[0] == ("accuracy (%)", "n/a", "50.00")
+
+
+def test_config_rows_read_as_words():
+    rows = dict(report.config_rows({"method": "svd", "energy": None, "budget": 6.0, "calib_size": 256,
+                                    "finetune_epochs": 0}))
+    assert rows == {"method": "Global SVD", "energy": "not used", "budget": "6", "calibration images": "256",
+                    "fine-tuning epochs": "0"}
 
 
 def test_environment_info():

@@ -8,24 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from conftest import PAGES, assert_page_ok, open_page, use_tiny_app_env
+from conftest import PAGES, RUN_KINDS, assert_page_ok, open_page, use_tiny_app_env
 from hscc_core.cli.main import main as cli
 from hscc_core.present.heatmaps import heatmap_data
-from hscc_core.runs.config import RunConfig, run_name
+from hscc_core.runs.config import run_name
 from hscc_core.runs.pipeline import compress_run
 
-KINDS = {
-    "hscc output energy": RunConfig(grid=2, clusters=2, energy=0.9),
-    "hscc output greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0, allocation="greedy"),
-    "hscc input energy": RunConfig(grid=2, clusters=2, energy=0.9, cluster_side="input"),
-    "hscc input greedy budget": RunConfig(grid=2, clusters=2, energy=None, budget=3.0, cluster_side="input",
-                                          allocation="greedy"),
-    "hscc output uniform budget": RunConfig(grid=3, clusters=2, energy=None, budget=2.0, allocation="uniform"),
-    "svd energy": RunConfig("svd", energy=0.8),
-    "svd budget": RunConfig("svd", energy=None, budget=2.0),
-    "tucker energy": RunConfig("tucker", energy=0.8),
-    "tucker budget": RunConfig("tucker", energy=None, budget=2.0),
-}
+KINDS = RUN_KINDS
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +67,17 @@ def counted_original(run: dict, layer: str) -> int:
 
 def test_a_link_to_an_unknown_run_is_a_message(trained_workspace, kinds, monkeypatch):
     use_tiny_app_env(monkeypatch, trained_workspace.data, trained_workspace.cache_dir)
-    at = open_page("pages/confusion.py", link="0" * 24)
+    at = open_page("views/confusion.py", link="0" * 24)
     assert any("not stored for this dataset" in w.value for w in at.warning)
     assert "selected_run" not in at.session_state
-    at = open_page("pages/pareto.py", link="not-a-key")
+    at = open_page("views/pareto.py", link="not-a-key")
     assert_page_ok(at)
 
 
 def test_a_new_selection_replaces_the_link(trained_workspace, kinds, monkeypatch):
     use_tiny_app_env(monkeypatch, trained_workspace.data, trained_workspace.cache_dir)
     first, second = kinds["svd energy"], kinds["hscc input energy"]
-    at = open_page("pages/confusion.py", link=first["cache_key"])
+    at = open_page("views/confusion.py", link=first["cache_key"])
     at.selectbox(key="confusion_pick").set_value(second["cache_key"]).run()
     assert_page_ok(at)
     assert at.session_state["selected_run"] == second["cache_key"]

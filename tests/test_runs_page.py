@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import copy_workspace, use_tiny_app_env
-from hscc_core.runs.config import RunConfig, describe_config
+from hscc_core.runs.config import ALLOCATION_TITLES, RunConfig, describe_config
 from hscc_core.runs.pipeline import compress_run, run_key
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -37,7 +37,7 @@ def page_env(trained_workspace, tmp_path, monkeypatch):
 
 def open_runs() -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=120).run()
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -84,6 +84,26 @@ def test_filters_search_and_pareto_only(page_env):
     assert table(at)["pareto"].all() and 0 < len(table(at)) < 10
 
 
+def test_allocation_and_calibration_read_as_words(page_env):
+    """The table names each run's allocation and calibration rule (not its identifier); the
+    filters offer the same words."""
+    ws = page_env
+    meta = ws.baseline()[1]
+    base = ws.store.get_run(run_key(ws, meta, REAL[0]))
+    cfg = RunConfig(grid=2, clusters=2, energy=None, budget=2.0, allocation="sensitivity", calibration="sequential")
+    run = {k: v for k, v in base.items() if k not in ("cache_key", "cached")}
+    run.update(config=cfg.canonical(), label=cfg.label(), allocation="sensitivity", calibration="sequential")
+    ws.store.put_run(run_key(ws, meta, cfg), run, ws.store.get_arrays(base["cache_key"]))
+    at = open_runs()
+    t = table(at)
+    row = t[t["label"] == describe_config(cfg.canonical())]
+    assert list(row["allocation"]) == [ALLOCATION_TITLES["sensitivity"]] and list(row["calibration"]) == ["sequential"]
+    assert set(t["allocation"].dropna()) == {ALLOCATION_TITLES["uniform"], ALLOCATION_TITLES["sensitivity"]}
+    at.multiselect(key="runs_filter_cols").set_value(["allocation"]).run()
+    assert not at.exception
+    assert ALLOCATION_TITLES["sensitivity"] in by_label(at.multiselect, "allocation").options
+
+
 def test_importance_section_warns_on_few_runs(page_env):
     at = open_runs()
     assert not any("Which setting matters" in c.proto.spec for c in at.get("plotly_chart"))  # not until asked
@@ -103,14 +123,15 @@ def test_selection_reaches_the_compare_page(page_env):
     assert not at.exception
     assert at.session_state["compare_runs"] == [keys[0], keys[2]]
     assert at.session_state["selected_run"] == keys[0]
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("views/compare.py").run()
     assert not at.exception and not at.error
     assert at.multiselect(key="compare_pick").value == [keys[0], keys[2]]
     metrics = at.dataframe[0].value
     assert "accuracy" in metrics.index and len(metrics.columns) == 2
     tests = at.dataframe[1].value
     assert len(tests) == 1 and 0 <= tests["p_value"].iloc[0] <= 1
-    assert len(at.get("plotly_chart")) == 1 + 2 + 1  # per-class F1, two confusion matrices, kept FLOPs
+    # Per-class F1, two confusion matrices, kept FLOPs, and the two runs' maps on one slice.
+    assert len(at.get("plotly_chart")) == 1 + 2 + 1 + 2
     # The original model can join; four is the most.
     at.multiselect(key="compare_pick").set_value(["original", keys[0], keys[2]]).run()
     assert not at.exception and len(at.dataframe[1].value) == 3
@@ -119,7 +140,7 @@ def test_selection_reaches_the_compare_page(page_env):
 
 def test_compare_page_without_a_selection_asks_for_runs(page_env):
     at = AppTest.from_file(str(APP), default_timeout=120).run()
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("views/compare.py").run()
     assert not at.exception and any("Pick 2 to 4 runs" in i.value for i in at.info)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hscc_core.runs.config import RunConfig
+from hscc_core.runs.config import DEFAULTS, RunConfig
 from hscc_core.runs.sweeps import LocalExecutor, expand, run_sweep
 
 
@@ -18,8 +18,14 @@ def test_expand_product_and_baselines_once():
     assert [c.grid for c in hscc] == sorted(c.grid for c in hscc)  # grouped by grid
     plus = expand(["hscc", "svd"], grids=[2], clusters=[2], energies=[0.9], budgets=[3],
                   cluster_sides=["output", "input"], allocations=["uniform", "greedy"])
-    # Greedy pairs with budgets only; baselines are not multiplied by HSCC-only switches.
-    assert len([c for c in plus if c.method == "hscc"]) == 2 * 2 + 2 and len([c for c in plus if c.method == "svd"]) == 2
+    # Greedy pairs with budgets only; baselines are not multiplied by HSCC-only switches, but take the
+    # allocations (like for like in budget mode).
+    assert len([c for c in plus if c.method == "hscc"]) == 2 * 2 + 2 and len([c for c in plus if c.method == "svd"]) == 3
+    seq = expand(["hscc", "tucker"], grids=[2], clusters=[2], energies=[], budgets=[3], calibration="sequential",
+                 rank_multiple=8, calib_flip=True, calib_size="all")
+    assert [(c.method, c.calibration, c.rank_multiple) for c in seq] == [("hscc", "sequential", 8),
+                                                                         ("tucker", "independent", 1)]
+    assert all(c.calib_flip and c.calib_size == "all" for c in seq)
     with pytest.raises(ValueError, match="grid"):
         expand(["hscc"], grids=[0], clusters=[1], energies=[0.9])
     with pytest.raises(ValueError, match="at least one energy or budget"):
@@ -29,8 +35,8 @@ def test_expand_product_and_baselines_once():
 def test_expand_defaults_to_uniform_energies_and_greedy_budgets():
     cfgs = expand(["hscc", "svd"], grids=[2], clusters=[2], energies=[0.9], budgets=[3])
     by = {(c.method, c.energy is None): c.allocation for c in cfgs}
-    assert by == {("hscc", False): "uniform", ("hscc", True): "greedy",
-                  ("svd", False): "uniform", ("svd", True): "uniform"}
+    assert by == {("hscc", False): "uniform", ("hscc", True): DEFAULTS["allocation"],
+                  ("svd", False): "uniform", ("svd", True): DEFAULTS["allocation"]}
     uniform_only = expand(["hscc"], grids=[2], clusters=[2], energies=[], budgets=[3], allocations=["uniform"])
     assert [c.allocation for c in uniform_only] == ["uniform"]
 

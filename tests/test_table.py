@@ -31,8 +31,10 @@ def test_columns_are_typed_and_missing_values_are_nan(runs):
         assert t[col].dtype == np.float64, col
     assert t["pareto"].dtype == bool
     svd = t.iloc[3]
-    # A baseline has no grid, clusters, side or allocation: missing, never the text "None".
-    assert np.isnan(svd["grid"]) and pd.isna(svd["cluster_side"]) and pd.isna(svd["allocation"])
+    # A baseline has no grid, clusters, side or calibration: missing, never the text "None"; its
+    # allocation rule is a setting like HSCC's (like-for-like budget comparisons).
+    assert np.isnan(svd["grid"]) and pd.isna(svd["cluster_side"]) and pd.isna(svd["calibration"])
+    assert svd["allocation"] == "uniform"
     assert "None" not in to_csv(t)
     assert t.loc[1, "cluster_side"] == "input" and t.loc[0, "cluster_side"] == "output"
     assert t.loc[2, "allocation"] == "greedy" and t.loc[2, "budget"] == 3.0 and np.isnan(t.loc[2, "energy"])
@@ -88,7 +90,7 @@ def test_csv_has_a_header_and_one_row_per_run(runs):
     lines = text.strip().split("\n")
     assert lines[0].split(",") == list(t.columns)
     assert len(lines) == 1 + len(runs)
-    assert lines[1].startswith("a" * 24 + ',"HSCC 1x1 region, 4 output clusters, tau 0.9",hscc,1,4,output,uniform,256,'
+    assert lines[1].startswith("a" * 24 + ',"HSCC 1x1 region, 4 output clusters, tau 0.9",hscc,1,4,output,uniform,independent,256,'
                                "0.9,,0,0,,0.7,")
     back = pd.read_csv(io.StringIO(text))
     assert back["accuracy"].tolist() == t["accuracy"].tolist()

@@ -6,10 +6,12 @@ import argparse
 import shlex
 import sys
 
-from hscc_core.cli.common import add_common, emit, float_list, list_option, log, run_summary, workspace_with_baseline
+from hscc_core.cli.common import (add_common, emit, float_list, list_option, log, run_summary, word_list,
+                                  workspace_with_baseline)
+from hscc_core.compress.methods import get_method
 from hscc_core.cli.compress import check_runs, run_options, stored_runs
 from hscc_core.measure.machine import machine_description
-from hscc_core.runs.config import ALLOCATIONS, CLUSTER_SIDES, METHOD_NAMES, RunConfig
+from hscc_core.runs.config import ALLOCATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig
 from hscc_core.runs.executors import make_executor
 from hscc_core.runs.pipeline import original_run
 from hscc_core.runs.speed import speed_table
@@ -23,6 +25,9 @@ def register(sub) -> dict:
     p = sub.add_parser("bench", help="the paper-style table: methods at 3x and 6x, ablation ladder")
     add_common(p)
     list_option(p, "--budgets", float_list, [3.0, 6.0], "budgets, e.g. --budgets 3 6")
+    list_option(p, "--allocations", word_list, ["uniform"],
+                "allocation rules of the table's rows, each applied to every method alike (like for like), "
+                "e.g. --allocations uniform greedy sensitivity (default: uniform, the paper's rule)")
     p.add_argument("--bench-grid", type=int, default=4, help="HSCC grid for the table (default 4)")
     p.add_argument("--bench-clusters", type=int, default=4, help="HSCC clusters for the table (default 4)")
     p.add_argument("--finetune-epochs", type=int, default=2,
@@ -35,32 +40,45 @@ def register(sub) -> dict:
     return {"bench": cmd_bench}
 
 
-def bench_configs(budgets, grid: int, clusters: int, finetune_epochs: int, calib_size: int, seed: int):
+def bench_configs(budgets, grid: int, clusters: int, finetune_epochs: int, calib_size, seed: int,
+                  allocations=("uniform",), calibration: str | None = None, calib_flip: bool = DEFAULTS["calib_flip"]):
     """(rows, ablation) configurations of the paper-style table.
 
-    Rows: every method at every budget, without and (when ``finetune_epochs``) with fine-tuning, all
-    with the paper's rule (one energy threshold per method, found by bisection). Ablation ladder
-    (DESIGN 3.8) at the largest budget: weight-only Global SVD; data-aware global (G = 1, K = 1);
-    regions only (G > 1, K = 1); clusters only (G = 1, K > 1); full HSCC; then HSCC+ (DESIGN 3.9):
-    cluster side x rank allocation.
+    Rows: every method at every budget, without and (when ``finetune_epochs``) with fine-tuning,
+    under each rule of ``allocations`` applied to every method alike (default: the paper's rule, one
+    energy threshold per method found by bisection), HSCC with ``calibration``. Ablation ladder
+    (DESIGN 3.8) at the largest budget, with the paper's rule: weight-only Global SVD; data-aware
+    global (G = 1, K = 1); regions only (G > 1, K = 1); clusters only (G = 1, K > 1); full HSCC; then
+    HSCC+ (DESIGN 3.9): cluster side x rank allocation.
     """
-    common = {"calib_size": calib_size, "seed": seed, "energy": None, "allocation": "uniform"}
-    rows = [RunConfig(method=m, grid=grid, clusters=clusters, budget=b, finetune_epochs=ft, **common)
-            for b in budgets for ft in ([0, finetune_epochs] if finetune_epochs else [0]) for m in METHOD_NAMES]
+    for rule in allocations:
+        if rule not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {rule!r}")
+    common = {"calib_size": calib_size, "seed": seed, "energy": None, "allocation": "uniform",
+              "calib_flip": calib_flip}
+
+    def hscc_only(method):
+        return {"calibration": calibration} if get_method(method).data_aware else {}
+
+    rows = [RunConfig(method=m, grid=grid, clusters=clusters, budget=b, finetune_epochs=ft,
+                      **{**common, "allocation": rule}, **hscc_only(m))
+            for rule in allocations for b in budgets for ft in ([0, finetune_epochs] if finetune_epochs else [0])
+            for m in METHOD_NAMES]
     top = max(budgets)
+    hscc = {**common, **hscc_only("hscc")}
     ablation = [("weight-only Global SVD", RunConfig(method="svd", budget=top, **common)),
-                ("data-aware global (G=1, K=1)", RunConfig(method="hscc", grid=1, clusters=1, budget=top, **common)),
-                (f"regions only (G={grid}, K=1)", RunConfig(method="hscc", grid=grid, clusters=1, budget=top, **common)),
+                ("data-aware global (G=1, K=1)", RunConfig(method="hscc", grid=1, clusters=1, budget=top, **hscc)),
+                (f"regions only (G={grid}, K=1)", RunConfig(method="hscc", grid=grid, clusters=1, budget=top, **hscc)),
                 (f"clusters only (G=1, K={clusters})",
-                 RunConfig(method="hscc", grid=1, clusters=clusters, budget=top, **common)),
+                 RunConfig(method="hscc", grid=1, clusters=clusters, budget=top, **hscc)),
                 (f"full HSCC (G={grid}, K={clusters})",
-                 RunConfig(method="hscc", grid=grid, clusters=clusters, budget=top, **common))]
+                 RunConfig(method="hscc", grid=grid, clusters=clusters, budget=top, **hscc))]
     for side in CLUSTER_SIDES:
-        for alloc in ALLOCATIONS:
+        for alloc in ("uniform", "greedy"):
             if (side, alloc) != ("output", "uniform"):
                 ablation.append((f"HSCC+ {side} side, {alloc} (G={grid}, K={clusters})",
                                  RunConfig(method="hscc", grid=grid, clusters=clusters, budget=top, cluster_side=side,
-                                           **{**common, "allocation": alloc})))
+                                           **{**hscc, "allocation": alloc})))
     return rows, ablation
 
 
@@ -89,7 +107,8 @@ def cmd_bench(args) -> int:
         raise ValueError("--workers above 1 needs --no-speed (parallel runs disturb latency timing)")
     original, _, _ = original_run(ws)
     rows_cfg, ablation_cfg = bench_configs(args.budgets, args.bench_grid, args.bench_clusters,
-                                           args.finetune_epochs, args.calib_size, args.seed)
+                                           args.finetune_epochs, args.calib_size, args.seed, args.allocations,
+                                           args.calibration, args.calib_flip)
     configs = rows_cfg + [c for _, c in ablation_cfg]
     result = run_sweep(ws, configs, make_executor("local", args.workers), measure_speed=not args.no_speed,
                        latency_runs=args.latency_runs,
@@ -104,12 +123,14 @@ def cmd_bench(args) -> int:
             log(f"run failed: {RunConfig(**f['config']).label()}: {f['error']}")
         raise ValueError(f"{len(result.failed)} bench runs failed")
     by_label = {r["label"]: r for r in result.runs}
-    rows = [dict(by_label[c.label()], budget=c.budget, finetune_epochs=c.finetune_epochs) for c in rows_cfg]
+    # Every row names its allocation rule and calibration (fields of the run, repeated here).
+    rows = [dict(by_label[c.label()], budget=c.budget, finetune_epochs=c.finetune_epochs, allocation=c.allocation,
+                 calibration=c.calibration) for c in rows_cfg]
     ablation = [dict(by_label[c.label()], step=name, budget=c.budget) for name, c in ablation_cfg]
     sweep = [] if args.no_sweep else stored_runs(argparse.Namespace(method=None, all_data=False), ws)
     lines = [f"original: accuracy {100 * original['accuracy']:.2f} % (SE {100 * original['accuracy_se']:.2f}), "
              f"macro F1 {original['macro_f1']:.4f}, FLOPs {original['flops'] / 1e9:.3f} G"]
-    lines += [run_summary(r) for r in rows]
+    lines += [f"[{r['allocation']} allocation, {r['calibration']} calibration] {run_summary(r)}" for r in rows]
     lines += ["ablation at the largest budget:"] + [f"  {a['step']}: {run_summary(a)}" for a in ablation]
     emit(args, {"original": original, "rows": rows, "ablation": ablation, "sweep": sweep,
                 "machine": machine_description(), "command": command}, "\n".join(lines))

@@ -7,10 +7,10 @@ import sys
 
 from tqdm import tqdm
 
-from hscc_core.cli.common import (add_common, emit, float_list, int_list, list_option, log, run_summary,
-                                  word_list, workspace_from, workspace_with_baseline)
+from hscc_core.cli.common import (add_common, emit, float_list, int_list, list_option, log, positive_int,
+                                  run_summary, word_list, workspace_from, workspace_with_baseline)
 from hscc_core.cli.progress import StageBars
-from hscc_core.runs.config import ALLOCATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig
+from hscc_core.runs.config import ALLOCATIONS, CALIBRATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig
 from hscc_core.runs.executors import EXECUTORS, make_executor
 from hscc_core.runs.pareto import axis_value, front_runs, get_axis
 from hscc_core.runs.pipeline import compress_run, original_run
@@ -21,10 +21,31 @@ from hscc_core.runs.sweeps import DEFAULT_CLUSTERS, DEFAULT_ENERGIES, DEFAULT_GR
 __all__ = ["check_runs", "register", "run_options", "stored_runs"]
 
 
+def calib_size(text: str) -> int | str:
+    """``--calib-size``: a count >= 1, or ``all`` (the whole training split)."""
+    if text == "all":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'all', got '{text}'") from None
+
+
 def run_options(p: argparse.ArgumentParser) -> None:
     """Options of every command that computes runs."""
-    p.add_argument("--calib-size", type=int, default=DEFAULTS["calib_size"],
-                   help=f"calibration images (default {DEFAULTS['calib_size']})")
+    p.add_argument("--calib-size", type=calib_size, default=DEFAULTS["calib_size"],
+                   help=f"calibration images, or 'all' for the whole training split (default "
+                        f"{DEFAULTS['calib_size']})")
+    p.add_argument("--calib-flip", action=argparse.BooleanOptionalAction, default=DEFAULTS["calib_flip"],
+                   help="also calibrate on the images' mirror images, as training augments "
+                        f"(default {'on' if DEFAULTS['calib_flip'] else 'off'})")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default=None,
+                   help="HSCC: fit each layer on the original's inputs (independent, the paper) or in forward "
+                        "order on the compressed model's inputs (sequential; docs/fidelity.md); default "
+                        f"{DEFAULTS['calibration']} (the weight-only baselines are never sequential)")
+    p.add_argument("--rank-multiple", type=positive_int, default=DEFAULTS["rank_multiple"],
+                   help="HSCC: round every rank up to a multiple of this (8: kernel-friendly ranks; "
+                        f"default {DEFAULTS['rank_multiple']}, no rounding)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"],
                    help="seed of calibration sampling, k-means, fine-tuning")
     p.add_argument("--latency-runs", type=int, default=20, help="timed runs per model and batch size")
@@ -48,8 +69,9 @@ def register(sub) -> dict:
     p.add_argument("--cluster-side", choices=CLUSTER_SIDES, default=DEFAULTS["cluster_side"],
                    help="HSCC: cluster output channels (the paper) or input channels (HSCC+)")
     p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
-                   help="budget mode: one energy for every block (uniform) or greedy by energy per MAC "
-                        "(HSCC's default there, measured better on the real data: docs/results.md)")
+                   help="budget mode: one energy for every block (uniform), greedy by relative energy per MAC, "
+                        "or greedy with each layer priced by its measured sensitivity (docs/fidelity.md); "
+                        f"default {DEFAULTS['allocation']} for every method")
     run_options(p)
 
     p = sub.add_parser("sweep", help="many runs over a product of settings (resumable)",
@@ -65,8 +87,8 @@ def register(sub) -> dict:
     list_option(p, "--cluster-sides", word_list, [DEFAULTS["cluster_side"]],
                 "HSCC cluster sides, e.g. --cluster-sides output input")
     list_option(p, "--allocations", word_list, None,
-                "HSCC allocations, e.g. --allocations uniform greedy (greedy applies to budgets only; "
-                "default: uniform for energies, greedy for budgets)")
+                "allocations, e.g. --allocations uniform greedy sensitivity (greedy and sensitivity apply to "
+                f"budgets only; default: uniform for energies, {DEFAULTS['allocation']} for budgets)")
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes; with --executor ray and no --address, the CPUs of "
                         "the Ray instance started here (default: all cores)")
@@ -102,7 +124,8 @@ def _config(args) -> RunConfig:
     energy = args.energy if (args.energy is not None or args.budget is not None) else DEFAULTS["energy"]
     return RunConfig(method=args.method, grid=args.grid, clusters=args.clusters, energy=energy,
                      budget=args.budget, finetune_epochs=args.finetune_epochs, calib_size=args.calib_size,
-                     seed=args.seed, cluster_side=args.cluster_side, allocation=args.allocation)
+                     seed=args.seed, cluster_side=args.cluster_side, allocation=args.allocation,
+                     calibration=args.calibration, calib_flip=args.calib_flip, rank_multiple=args.rank_multiple)
 
 
 def cmd_compress(args) -> int:
@@ -130,7 +153,8 @@ def cmd_sweep(args) -> int:
     check_runs(args)
     energies = args.energy if args.energy is not None else ([] if args.budgets else list(DEFAULT_ENERGIES))
     configs = expand(args.methods, args.grid, args.clusters, energies, args.budgets,
-                     args.finetune_epochs, args.calib_size, args.seed, args.cluster_sides, args.allocations)
+                     args.finetune_epochs, args.calib_size, args.seed, args.cluster_sides, args.allocations,
+                     args.calibration, args.calib_flip, args.rank_multiple)
     executor = make_executor(args.executor, args.workers, args.address)  # bad address: exit 2 now
     ws = workspace_with_baseline(args)
     original_run(ws)  # computed once here rather than raced by the workers

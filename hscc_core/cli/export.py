@@ -70,6 +70,7 @@ def export_run(ws, run: dict, fmt: str, out: Path, check_images: int = 0, timing
     from hscc_core.compress import native  # noqa: PLC0415
     from hscc_core.compress.export import OnnxModule, export_onnx, export_torchscript, onnx_session  # noqa: PLC0415
     from hscc_core.measure.costs import measure_latency, speedup  # noqa: PLC0415
+    from hscc_core.nn.grey import input_shape  # noqa: PLC0415
     from hscc_core.runs.pipeline import rebuild_model  # noqa: PLC0415
 
     if fmt not in FORMATS:
@@ -83,7 +84,7 @@ def export_run(ws, run: dict, fmt: str, out: Path, check_images: int = 0, timing
     images = ws.images()
     x_test = images.x_test if not check_images else images.x_test[:check_images]
     x = images.to_tensor(x_test)
-    shape = (1, 3, images.size, images.size)
+    shape = input_shape(model, images.size)  # one grey channel: conv1 is folded (hscc_core.nn.grey)
     obj = {"path": str(out), "format": fmt, "run": run.get("cache_key"), "label": run.get("label"),
            "method": run.get("method"), "cluster_side": run.get("cluster_side"),
            "images": int(x.shape[0]), "tolerance": TOLERANCE, "pytorch_kernel": native.kernel_of(model)}

@@ -21,11 +21,11 @@ from torch import nn
 
 from hscc_core.compress.spectral import check_energy, energy_rank, energy_ratio
 from hscc_core.compress.summary import LayerSummary
-from hscc_core.compress.weightonly import LayerwisePlan, baseline_summary, weight64
+from hscc_core.compress.weightonly import LayerwisePlan, baseline_summary, captured, weight64
 from hscc_core.nn.layers import ConvShape, channels_last, layer_shapes, needs_grad, pointwise, replace_module
 
 __all__ = ["LowRankConv2d", "SVDDecomposition", "SVDPlan", "build_svd", "plan_svd", "plan_svd_macs",
-           "svd_decompose"]
+           "svd_cost", "svd_decompose"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,7 +66,7 @@ def svd_decompose(model: nn.Module, layers: list[str] | None = None, *,
     return SVDDecomposition(out)
 
 
-def _svd_cost(sh: ConvShape, k: int) -> tuple[int, bool]:
+def svd_cost(sh: ConvShape, k: int) -> tuple[int, bool]:
     per_pos = k * (sh.fan_in + sh.out_channels)
     dense = sh.out_channels * sh.fan_in
     hw = sh.out_hw[0] * sh.out_hw[1]
@@ -77,13 +77,16 @@ def _svd_cost(sh: ConvShape, k: int) -> tuple[int, bool]:
 class SVDPlan(LayerwisePlan):
     decomp: SVDDecomposition
     ranks: dict[str, int]
-    energy: float
+    energy: float | None  # None for a greedy plan (no single threshold describes it)
+
+    def layer_captured(self, name: str) -> float:
+        return captured(self.decomp.layers[name].ratio, self.ranks[name])
 
     def layer_macs(self, name: str) -> int:
-        return _svd_cost(self.decomp.layers[name].shape, self.ranks[name])[0]
+        return svd_cost(self.decomp.layers[name].shape, self.ranks[name])[0]
 
     def is_dense(self, name: str) -> bool:
-        return _svd_cost(self.decomp.layers[name].shape, self.ranks[name])[1]
+        return svd_cost(self.decomp.layers[name].shape, self.ranks[name])[1]
 
     def summaries(self) -> dict[str, LayerSummary]:
         out = {}

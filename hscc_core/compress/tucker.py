@@ -21,11 +21,11 @@ from torch import nn
 
 from hscc_core.compress.spectral import check_energy, energy_rank, energy_ratio
 from hscc_core.compress.summary import LayerSummary
-from hscc_core.compress.weightonly import LayerwisePlan, baseline_summary, weight64
+from hscc_core.compress.weightonly import LayerwisePlan, baseline_summary, captured, weight64
 from hscc_core.nn.layers import ConvShape, layer_shapes, needs_grad, pointwise, replace_module
 
-__all__ = ["Tucker2Conv2d", "TuckerDecomposition", "TuckerPlan", "build_tucker", "plan_tucker", "plan_tucker_macs",
-           "tucker_decompose"]
+__all__ = ["Tucker2Conv2d", "TuckerDecomposition", "TuckerPlan", "build_tucker", "plan_tucker",
+           "plan_tucker_macs", "tucker_cost", "tucker_decompose"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +71,7 @@ def tucker_decompose(
     return TuckerDecomposition(out, seed)
 
 
-def _tucker_cost(sh: ConvShape, r_out: int, r_in: int) -> tuple[int, bool]:
+def tucker_cost(sh: ConvShape, r_out: int, r_in: int) -> tuple[int, bool]:
     kh, kw = sh.kernel_size
     hw_in = sh.in_hw[0] * sh.in_hw[1]
     hw_out = sh.out_hw[0] * sh.out_hw[1]
@@ -85,13 +85,18 @@ def _tucker_cost(sh: ConvShape, r_out: int, r_in: int) -> tuple[int, bool]:
 class TuckerPlan(LayerwisePlan):
     decomp: TuckerDecomposition
     ranks: dict[str, tuple[int, int]]  # (r_out, r_in)
-    energy: float
+    energy: float | None  # None for a greedy plan (no single threshold describes it)
+
+    def layer_captured(self, name: str) -> float:
+        """The mean of the two modes' captured energy fractions (what greedy allocation buys)."""
+        ly, (ro, ri) = self.decomp.layers[name], self.ranks[name]
+        return 0.5 * (captured(ly.ratio_out, ro) + captured(ly.ratio_in, ri))
 
     def layer_macs(self, name: str) -> int:
-        return _tucker_cost(self.decomp.layers[name].shape, *self.ranks[name])[0]
+        return tucker_cost(self.decomp.layers[name].shape, *self.ranks[name])[0]
 
     def is_dense(self, name: str) -> bool:
-        return _tucker_cost(self.decomp.layers[name].shape, *self.ranks[name])[1]
+        return tucker_cost(self.decomp.layers[name].shape, *self.ranks[name])[1]
 
     def summaries(self) -> dict[str, LayerSummary]:
         out = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from torch import nn
@@ -9,7 +11,7 @@ from torch import nn
 from hscc_core.compress.summary import LayerSummary, RegionSummary
 from hscc_core.nn.layers import ConvShape
 
-__all__ = ["LayerwisePlan", "baseline_summary", "weight64"]
+__all__ = ["LayerwisePlan", "baseline_summary", "captured", "weight64"]
 
 
 def weight64(conv: nn.Conv2d) -> np.ndarray:
@@ -48,3 +50,22 @@ class LayerwisePlan:
     def arrays(self) -> dict[str, np.ndarray]:
         """Nothing to store beside the run: weight-only methods do not cluster."""
         return {}
+
+    def restrict(self, names):
+        """The same plan for the layers ``names`` only (the others stay as the original has them)."""
+        return replace(self, ranks={n: self.ranks[n] for n in names})
+
+    def captured_energy(self) -> dict[str, float]:
+        """Per layer, the fraction of its weight energy the plan keeps (1 where it stays dense)."""
+        return {n: 1.0 if self.is_dense(n) else self.layer_captured(n) for n in self.ranks}
+
+    def is_dense(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def layer_captured(self, name: str) -> float:
+        raise NotImplementedError
+
+
+def captured(ratio: np.ndarray, rank: int) -> float:
+    """Cumulative energy ratio at ``rank`` (0 for rank 0)."""
+    return float(ratio[rank - 1]) if rank > 0 and ratio.size else 0.0

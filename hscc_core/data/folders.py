@@ -281,15 +281,57 @@ class ImageSet:
     def fingerprint(self) -> str:
         return self.index.fingerprint
 
-    def to_tensor(self, x: np.ndarray) -> torch.Tensor:
-        """Normalised float tensor (N, 3, H, W) from grey uint8 images (N, H, W)."""
-        return normalise(torch.from_numpy(np.ascontiguousarray(x)), self.mean, self.std)
+    def to_tensor(self, x: np.ndarray, channels: int = 1) -> torch.Tensor:
+        """Normalised float tensor (N, channels, H, W) from grey uint8 images (N, H, W).
+
+        One channel for the models the workspace loads (their conv1 is folded,
+        :mod:`hscc_core.nn.grey`); ``channels=3`` feeds an unfolded three-channel model.
+        """
+        return normalise(torch.from_numpy(np.ascontiguousarray(x)), self.mean, self.std, channels)
+
+    def batches(self, x: np.ndarray, channels: int = 1, flip: bool = False) -> GreyBatches:
+        """``x`` as a lazily normalised image set (see :class:`GreyBatches`)."""
+        return GreyBatches(x, self.mean, self.std, channels, flip)
 
 
-def normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 (N, H, W) -> float32 (N, 3, H, W) with training statistics, grey replicated."""
-    x = (x.float() / 255.0 - mean) / std
-    return x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+def normalise(x: torch.Tensor, mean: float, std: float, channels: int = 1) -> torch.Tensor:
+    """uint8 (N, H, W) -> float32 (N, channels, H, W) with training statistics (grey repeated
+    into ``channels`` copies: 1 for folded models, 3 for the three-channel training architecture)."""
+    x = ((x.float() / 255.0 - mean) / std).unsqueeze(1)
+    return x if channels == 1 else x.expand(-1, channels, -1, -1).contiguous()
+
+
+class GreyBatches:
+    """Grey uint8 images normalised batch by batch, optionally followed by their mirror images.
+
+    Behaves like the (M, C, H, W) float tensor it stands for where a calibration pass needs it
+    (``shape``, ``ndim``, ``len`` and slicing), but holds only the uint8 images: the whole training
+    split at 224 px is 144 MB as uint8 and 576 MB (1.15 GB with flips) as float32. With ``flip`` the
+    set is the images followed by their horizontal mirrors (training's flip augmentation: axial
+    slices are roughly left-right symmetric), so M is twice the number of images.
+    """
+
+    def __init__(self, x: np.ndarray, mean: float, std: float, channels: int = 1, flip: bool = False):
+        if x.ndim != 3:
+            raise ValueError(f"expected grey images (N, H, W), got shape {x.shape}")
+        self.x, self.mean, self.std, self.channels, self.flip = x, mean, std, channels, flip
+        n, h, w = x.shape
+        self.shape = torch.Size((n * (2 if flip else 1), channels, h, w))
+        self.ndim = 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        if not isinstance(index, slice):
+            raise TypeError("GreyBatches supports slices only")
+        idx = np.arange(len(self))[index]
+        n = self.x.shape[0]
+        imgs = self.x[idx % n]
+        mirrored = idx >= n
+        if mirrored.any():
+            imgs = np.where(mirrored[:, None, None], imgs[:, :, ::-1], imgs)
+        return normalise(torch.from_numpy(np.ascontiguousarray(imgs)), self.mean, self.std, self.channels)
 
 
 def decode_all(index: DatasetIndex, size: int,

@@ -23,7 +23,7 @@ def predict_proba(model: nn.Module, x: torch.Tensor | np.ndarray, batch_size: in
 
     Parameters
     ----------
-    x : tensor (N, 3, H, W), or raw images when ``to_input`` converts a slice of them to a tensor
+    x : tensor (N, C, H, W), or raw images when ``to_input`` converts a slice of them to a tensor
         (keeps memory flat for large test sets).
     """
     device = device or next(model.parameters()).device

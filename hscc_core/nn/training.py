@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hscc_core.data.folders import normalise, stratified_holdout
+from hscc_core.nn.grey import input_channels
 from hscc_core.nn.resume import load_state, save_state
 
 
@@ -126,7 +127,7 @@ def _evaluate_loss(model, x, y, mean, std, device, batch_size, weights) -> tuple
     model.eval()
     loss, correct = 0.0, 0
     for s in range(0, len(y), batch_size):
-        xb = normalise(torch.from_numpy(x[s:s + batch_size]), mean, std).to(device)
+        xb = normalise(torch.from_numpy(x[s:s + batch_size]), mean, std, input_channels(model)).to(device)
         yb = torch.from_numpy(y[s:s + batch_size]).to(device)
         out = model(xb)
         loss += F.cross_entropy(out, yb, weight=weights, reduction="sum").item()
@@ -146,7 +147,9 @@ def _train_epoch(model, opt, x_tr, y_tr, mean, std, weights, config: TrainConfig
         xb = torch.from_numpy(x_tr[idx]).to(device).float().div_(255.0).unsqueeze(1)
         if config.augment:
             xb = augment_batch(xb, gen)
-        xb = ((xb - mean) / std).expand(-1, 3, -1, -1)
+        # As many copies of the grey channel as the model reads: 3 for the training architecture,
+        # 1 for a folded model being fine-tuned (hscc_core.nn.grey).
+        xb = ((xb - mean) / std).expand(-1, input_channels(model), -1, -1)
         yb = torch.from_numpy(y_tr[idx]).to(device)
         out = model(xb)
         loss = F.cross_entropy(out, yb, weight=weights)

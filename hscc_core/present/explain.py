@@ -144,7 +144,7 @@ def layer_reconstruction_error(original: nn.Module, compressed: nn.Module, layer
         The baseline and the compressed model (same qualified layer names).
     layer : str
         A compressed layer's qualified name.
-    x : tensor (1, 3, H, W)
+    x : tensor (1, C, H, W)
         One normalised image.
 
     Returns

@@ -4,7 +4,9 @@ Every method describes each compressed layer with a typed
 :class:`hscc_core.compress.summary.LayerSummary` (HSCC with either cluster side: one entry per region
 of its grid; Global SVD and Tucker-2: one region covering the map). :func:`heatmap_data` is the one
 source of what the page draws and the command prints; :func:`region_value_map` paints one value per
-region onto the layer's output grid.
+region onto the layer's output grid. The overlay figures of the Heatmaps and Compare pages (region
+values, dominant clusters, output error, each over an MRI slice) are built here too, so both pages
+draw the same thing and the Compare page can give several runs one colour scale.
 """
 
 from __future__ import annotations
@@ -13,14 +15,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import plotly.graph_objects as go
 
 from hscc_core.compress.summary import LayerSummary
+from hscc_core.present.explain import cluster_map
+from hscc_core.present.plots import overlay_figure
 
-__all__ = ["KINDS_OF_VALUE", "heatmap_data", "layer_order", "layer_summaries", "layer_summary", "region_value_map",
-           "region_values"]
+__all__ = ["KINDS_OF_VALUE", "REGION_LABELS", "SLICE_MAPS", "cluster_figure", "cluster_label_map", "error_figure",
+           "heatmap_data", "layer_order", "layer_summaries", "layer_summary", "region_figure", "region_value_map",
+           "region_values", "slice_map_note"]
 
 # What a region map can show: the directions kept over the original's, or the MACs kept.
 KINDS_OF_VALUE = ("rank", "flops")
+#: A short label of each kind of region value, for widgets and colour bars.
+REGION_LABELS = {"rank": "rank kept", "flops": "FLOPs kept"}
 
 
 def layer_order(name: str) -> tuple:
@@ -123,3 +131,74 @@ def heatmap_data(run: Mapping[str, Any], layer: str, arrays: Mapping[str, np.nda
                          "rank_dense": r.rank_dense, "macs": r.macs, "macs_dense": r.macs_dense}
                         for r in s.regions],
             "macs": s.macs, "macs_dense": s.original_macs, "kept_fraction": s.kept_fraction, "labels": labels}
+
+
+# --------------------------------------------------------------------------------------------
+# Overlay figures (one colour scale per kind, so several runs' maps compare directly)
+
+
+def region_figure(image: np.ndarray, summary: LayerSummary, kind: str = "rank", *, opacity: float = 0.5,
+                  title: str = "", height: int = 600) -> go.Figure:
+    """The region values of one layer (:func:`region_value_map`) over an MRI slice, on the fixed scale 0-1.
+
+    Every region is outlined and labelled (``12/64`` or ``41%``); the baselines' one region covers the map.
+    """
+    values, regions, labels = region_value_map(summary, kind)
+    return overlay_figure(image, values, opacity=opacity, zmin=0, zmax=1, regions=regions, region_text=labels,
+                          colorbar_title=f"{REGION_LABELS[kind]} (share of the original)", height=height, title=title)
+
+
+def cluster_label_map(activation: np.ndarray, labels: np.ndarray, summary: LayerSummary) -> tuple[np.ndarray, int]:
+    """The dominant cluster per position (:func:`hscc_core.present.explain.cluster_map`) as floats, NaN where
+    no cluster is active, and the number of cluster ids it uses (at least 1)."""
+    cmap = cluster_map(activation, labels, [r.bounds for r in summary.regions]).astype(float)
+    cmap[cmap < 0] = np.nan
+    return cmap, int(np.nanmax(cmap)) + 1 if np.isfinite(cmap).any() else 1
+
+
+def cluster_figure(image: np.ndarray, cmap: np.ndarray, summary: LayerSummary, *, categories: int,
+                   opacity: float = 0.5, title: str = "", height: int = 600) -> go.Figure:
+    """A cluster map of :func:`cluster_label_map` over an MRI slice, regions outlined.
+
+    ``categories`` sets the stepped colour scale (ids ``0..categories-1``): give several runs the
+    largest of their counts and the same id has the same colour in each.
+    """
+    return overlay_figure(image, cmap, opacity=opacity, categories=max(int(categories), 1),
+                          regions=[r.bounds for r in summary.regions], colorbar_title="cluster (ids per region)",
+                          height=height, title=title)
+
+
+def error_figure(image: np.ndarray, error: np.ndarray, *, zmax: float | None = None, opacity: float = 0.5,
+                 title: str = "", height: int = 600) -> go.Figure:
+    """A layer's relative output error map (:func:`hscc_core.present.explain.relative_error_map`) over an
+    MRI slice, from 0 to ``zmax`` (default: the map's own maximum; give several runs one ``zmax``)."""
+    return overlay_figure(image, error, opacity=opacity, colorscale="Inferno", zmin=0, zmax=zmax,
+                          colorbar_title="relative error", height=height, title=title)
+
+
+#: The maps the Compare page draws for each run on one slice: kind -> widget label.
+SLICE_MAPS = {"rank": "rank kept per region", "flops": "FLOPs kept per region", "clusters": "dominant cluster",
+              "error": "output error"}
+
+
+def slice_map_note(run: Mapping[str, Any], layer: str, kind: str, labels_stored: bool = True) -> str | None:
+    """Why a run has no ``kind`` map (:data:`SLICE_MAPS`) of ``layer``, in one short sentence; None when it has one.
+
+    The original model compressed nothing; a run may not have compressed that layer; only HSCC
+    clusters channels (and needs its stored labels); the output error needs the compressed model,
+    which a fine-tuned run only gets back by fine-tuning again (the Heatmaps page offers that).
+    """
+    if kind not in SLICE_MAPS:
+        raise ValueError(f"kind must be one of {', '.join(SLICE_MAPS)}, got {kind!r}")
+    if run.get("method") == "original":
+        return "The original model: nothing is compressed, so there is no map."
+    if layer not in (run.get("layers") or {}):
+        return f"This run did not compress {layer}."
+    if kind == "clusters" and run.get("method") != "hscc":
+        return "No cluster map: this method does not cluster channels (HSCC does)."
+    if kind == "clusters" and not labels_stored:
+        return "No cluster map: the run's cluster labels are not stored."
+    if kind == "error" and int((run.get("config") or {}).get("finetune_epochs") or 0):
+        return ("Fine-tuned: its trained weights are not stored, so its output error needs the fine-tuning again "
+                "(the Heatmaps page offers it).")
+    return None

@@ -1,6 +1,6 @@
 """One slice, both models: predictions, per-slice timing, Grad-CAM and a plain-language comparison.
 
-The clinician demo (``pages/demo.py``) and ``hscc predict`` are thin layers over this module:
+The clinician demo (``views/demo.py``) and ``hscc predict`` are thin layers over this module:
 
 * :func:`predict_slice` classifies one grey slice with one model and times that single inference
   (median of a few runs after warm-up, batch 1, in this process; :func:`compare` interleaves the two
@@ -54,7 +54,8 @@ WARMUP_RUNS = 3
 
 
 def model_input(meta: Mapping[str, Any], grey: np.ndarray | LoadedSlice) -> torch.Tensor:
-    """Normalised (1, 3, S, S) tensor from a grey slice, resized to the model's input size if needed.
+    """Normalised (1, 1, S, S) tensor from a grey slice (the workspace's models read one folded grey
+    channel, hscc_core.nn.grey), resized to the model's input size if needed.
 
     Parameters
     ----------

@@ -31,13 +31,15 @@ import plotly.graph_objects as go
 
 from hscc_core.measure.machine import cpu_name
 from hscc_core.present import explain
+from hscc_core.present.dashboard import column_label
 from hscc_core.present.heatmaps import layer_summaries, region_value_map
-from hscc_core.present.labels import NOTICE, budget_sentence, class_label, si, speed_text, split_name
+from hscc_core.present.labels import (NOTICE, budget_sentence, class_label, method_title, si, speed_text,
+                                      split_name)
 from hscc_core.present.plots import (confusion_difference_figure, confusion_figure, overlay_figure, pareto_figure,
                                      per_class_figure)
 from hscc_core.runs.config import run_name
 
-__all__ = ["NOTICE", "environment_info", "image_maps", "layer_table", "metrics_rows", "report_figures",
+__all__ = ["NOTICE", "config_rows", "environment_info", "image_maps", "layer_table", "metrics_rows", "report_figures",
            "report_html"]
 
 
@@ -120,6 +122,28 @@ def metrics_rows(run: Mapping[str, Any], original: Mapping[str, Any] | None = No
     return rows
 
 
+def config_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A run's settings as ``(setting, value)`` rows in words, for the report page and the HTML file.
+
+    Settings a run does not use (``None``: the energy threshold of a budget run) read "not used",
+    methods by their titles, numbers without trailing zeros.
+    """
+    def word(key: str, value: Any) -> str:
+        if value is None:
+            return "not used"
+        if key == "method":
+            return method_title(value)
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, float):
+            return f"{value:g}"
+        if isinstance(value, (list, tuple)):
+            return ", ".join(str(v) for v in value)
+        return str(value)
+
+    return [(column_label(k), word(k, v)) for k, v in sorted(config.items())]
+
+
 def layer_table(run: Mapping[str, Any]) -> list[dict]:
     """One row per compressed layer, in forward order: FLOPs in MFLOPs, the share kept, the grid,
     clusters and ranks. Layers are named ``conv 1 · features.0`` so that sorting the text keeps the order."""
@@ -146,7 +170,7 @@ def _layer_rows_text(rows: list[dict]) -> list[list[str]]:
 
 
 def image_maps(original, compressed, x, layers: list[str], cam_layer: str) -> dict:
-    """What the report draws on one test image ``x`` (1, 3, S, S): each compressed layer's output error
+    """What the report draws on one test image ``x`` (1, C, S, S): each compressed layer's output error
     (the same input fed to both layers) and both models' Grad-CAM for the original's answer.
 
     Returns
@@ -218,7 +242,7 @@ def report_html(run: Mapping[str, Any], original: Mapping[str, Any] | None = Non
         f"of the {html.escape(split_name(run))} split · "
         f"cache key <code>{html.escape(str(run.get('cache_key', '')))}</code></p>",
         "<h2>Configuration</h2>",
-        _table(sorted((k, v) for k, v in (run.get("config") or {}).items()), ("field", "value")),
+        _table(config_rows(run.get("config") or {}), ("setting", "value")),
     ]
     sentence = budget_sentence(run)
     if sentence:

@@ -21,8 +21,8 @@ from hscc_core.runs.config import run_name
 from hscc_core.runs.pareto import as_float
 from hscc_core.runs.table import class_names
 
-__all__ = ["COMPARE_MAX", "COMPARE_MIN", "holm", "kept_fractions", "metrics_long", "metrics_wide",
-           "pairwise_tests", "run_names"]
+__all__ = ["COMPARE_MAX", "COMPARE_MIN", "compressed_layers", "holm", "kept_fractions", "metrics_long",
+           "metrics_wide", "pairwise_tests", "run_names"]
 
 COMPARE_MIN, COMPARE_MAX = 2, 4
 _METRICS = (("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("agreement", "agreement"),
@@ -163,6 +163,19 @@ def pairwise_tests(runs: Sequence[Mapping[str, Any]], predictions: Mapping[str, 
     return table
 
 
+def _network_order(names) -> list[str]:
+    # Layers in forward order (``features.3`` before ``features.10``): stored JSON sorts keys as text.
+    return sorted(names, key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
+
+
+def compressed_layers(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every layer that at least one of the runs compressed (has a layer summary of), in network order."""
+    found: set[str] = set()
+    for run in runs:
+        found.update(run.get("layers") or {})
+    return _network_order(found)
+
+
 def kept_fractions(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Share of FLOPs kept per compressed layer: layers as rows, runs as columns.
 
@@ -174,7 +187,7 @@ def kept_fractions(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     found: set[str] = set()
     for run in runs:
         found.update(run.get("layer_flops") or {})
-    layers = sorted(found, key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
+    layers = _network_order(found)
     data = {}
     for name, run in zip(names, runs):
         kept, orig = run.get("layer_flops") or {}, run.get("layer_flops_original") or {}

@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hscc_core.compress.hscc import CLUSTER_SIDES
-from hscc_core.compress.methods import ALLOCATIONS, METHODS, Settings, get_method
+from hscc_core.compress.methods import ALLOCATIONS, CALIBRATIONS, METHODS, Settings, get_method
 
-__all__ = ["ALLOCATIONS", "CLUSTER_SIDES", "DEFAULTS", "METHOD_NAMES", "RunConfig", "default_allocation",
-           "describe_config", "run_name"]
+__all__ = ["ALLOCATIONS", "ALLOCATION_TITLES", "CALIBRATIONS", "CALIBRATION_TITLES", "CLUSTER_SIDES", "DEFAULTS",
+           "LEGACY", "METHOD_NAMES", "RunConfig", "calibration_count", "default_allocation", "describe_config",
+           "describe_calibration_set", "run_name"]
 
 METHOD_NAMES = tuple(METHODS)
 
@@ -31,14 +32,44 @@ DEFAULTS = {
     "calib_size": 256,
     "seed": 0,
     "cluster_side": "output",  # the paper's reading
+    # Budget mode's allocation, the same for every method so that budget comparisons are like for
+    # like: greedy kept more agreement with the original than the uniform rule in every pair measured
+    # on the real data (docs/results.md). Energy mode has one threshold by definition.
+    "allocation": "greedy",
+    "calibration": "independent",
+    "calib_flip": False,  # calibrate on the images only, or on them and their mirror images
+    "rank_multiple": 1,  # no rounding of ranks (8: the speed-oriented constraint of issue #15)
 }
+
+# What runs did before each of these fields existed: a canonical config leaves a field out when it
+# has this value, so the cache keys stored before the field existed keep their meaning whatever its
+# default becomes.
+LEGACY = {"cluster_side": "output", "allocation": "uniform", "calibration": "independent", "calib_flip": False,
+          "rank_multiple": 1}
+# Fields that only a data-aware method reads (the weight-only baselines read calibration images only
+# to measure sensitivity).
+_DATA_FIELDS = ("grid", "clusters", "calibration")
+_CALIB_FIELDS = ("calib_size", "calib_flip")
+
+
+# Readable names of the allocation and calibration rules (run names, tables, the app's choices).
+ALLOCATION_TITLES = {"uniform": "uniform tau", "greedy": "greedy (energy per FLOP)",
+                     "sensitivity": "greedy (sensitivity-priced)"}
+CALIBRATION_TITLES = {"independent": "independent", "sequential": "sequential"}
 
 
 def default_allocation(method: str, budget: float | None) -> str:
-    """The allocation a run gets when none is asked for: greedy for HSCC in budget mode (it kept
-    more agreement with the original than the uniform rule in every pair measured on the real
-    data, docs/results.md), uniform otherwise (energy mode has one threshold by definition)."""
-    return "greedy" if budget is not None and "greedy" in get_method(method).allocations else "uniform"
+    """The allocation a run gets when none is asked for: ``DEFAULTS["allocation"]`` in budget mode
+    (for every method alike), uniform in energy mode (one threshold by definition)."""
+    if budget is None:
+        return "uniform"
+    rule = DEFAULTS["allocation"]
+    return rule if rule in get_method(method).allocations else "uniform"
+
+
+def calibration_count(calib_size: int | str, available: int) -> int:
+    """How many training images a calibration size draws from ``available`` ("all": every one)."""
+    return available if calib_size == "all" else min(int(calib_size), available)
 
 
 @dataclass(frozen=True)
@@ -58,16 +89,27 @@ class RunConfig:
         Compress the conv layers' FLOPs by this factor (> 1).
     finetune_epochs : int
         Fine-tuning epochs after compression (>= 0), same recipe for every method.
-    calib_size : int
-        Calibration images drawn (seeded) from the training split (>= 1).
+    calib_size : int or "all"
+        Calibration images drawn (seeded) from the training split (>= 1), or the whole split.
     seed : int
         Seeds calibration sampling, k-means and fine-tuning.
     cluster_side : {"output", "input"}
         HSCC: cluster each region's output channels (the paper) or its input channels (HSCC+).
-    allocation : {"uniform", "greedy"} or None
-        Budget mode: one energy threshold for every block found by bisection, or directions bought
-        across all blocks by captured relative energy per MAC. None (the default) resolves to
+    allocation : {"uniform", "greedy", "sensitivity"} or None
+        Budget mode: one energy threshold for every block found by bisection; directions bought
+        across all blocks (every baseline layer) by captured relative energy per MAC; or the same
+        with each layer's energy priced by its measured effect on the output
+        (:mod:`hscc_core.compress.sensitivity`). None (the default) resolves to
         :func:`default_allocation`.
+    calibration : {"independent", "sequential"} or None
+        HSCC: fit every layer on the original's own inputs (the paper), or in forward order to the
+        original's outputs from the compressed model's inputs
+        (:mod:`hscc_core.compress.hscc.sequential`). None resolves to ``DEFAULTS["calibration"]``
+        for a data-aware method and to "independent" for a weight-only one.
+    calib_flip : bool
+        Calibrate on the images and their horizontal mirror images (training's flip augmentation).
+    rank_multiple : int
+        HSCC: round every rank up to a multiple of this (>= 1; 1: no constraint).
     """
 
     method: str = DEFAULTS["method"]
@@ -76,10 +118,13 @@ class RunConfig:
     energy: float | None = DEFAULTS["energy"]
     budget: float | None = None
     finetune_epochs: int = DEFAULTS["finetune_epochs"]
-    calib_size: int = DEFAULTS["calib_size"]
+    calib_size: int | str = DEFAULTS["calib_size"]
     seed: int = DEFAULTS["seed"]
     cluster_side: str = DEFAULTS["cluster_side"]
     allocation: str | None = None
+    calibration: str | None = None
+    calib_flip: bool = DEFAULTS["calib_flip"]
+    rank_multiple: int = DEFAULTS["rank_multiple"]
 
     def __post_init__(self):
         method = get_method(self.method)  # ValueError naming the allowed methods
@@ -97,8 +142,16 @@ class RunConfig:
             raise ValueError(f"budget must be > 1 (a compression factor), got {self.budget}")
         if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
             raise ValueError(f"finetune_epochs must be an integer >= 0, got {self.finetune_epochs}")
-        if not isinstance(self.calib_size, int) or self.calib_size < 1:
-            raise ValueError(f"calib_size must be an integer >= 1, got {self.calib_size}")
+        if self.calib_size != "all" and (not isinstance(self.calib_size, int) or isinstance(self.calib_size, bool)
+                                         or self.calib_size < 1):
+            raise ValueError(f"calib_size must be an integer >= 1 or 'all', got {self.calib_size!r}")
+        if not isinstance(self.calib_flip, bool):
+            raise ValueError(f"calib_flip must be true or false, got {self.calib_flip!r}")
+        if not isinstance(self.rank_multiple, int) or isinstance(self.rank_multiple, bool) or self.rank_multiple < 1:
+            raise ValueError(f"rank_multiple must be an integer >= 1, got {self.rank_multiple!r}")
+        if self.rank_multiple != 1 and not method.rank_multiples:
+            raise ValueError(f"rank_multiple applies to method 'hscc' only (got {self.rank_multiple} for "
+                             f"{method.title})")
         if self.cluster_side not in CLUSTER_SIDES:
             raise ValueError(f"cluster_side must be one of {', '.join(CLUSTER_SIDES)}, got {self.cluster_side!r}")
         if self.allocation is None:
@@ -110,8 +163,16 @@ class RunConfig:
         if self.allocation not in method.allocations:
             raise ValueError(f"allocation {self.allocation!r} is not available for {method.title} "
                              f"(allowed: {', '.join(method.allocations)})")
-        if self.allocation == "greedy" and self.budget is None:
-            raise ValueError("allocation 'greedy' needs a budget (it spends one)")
+        if self.allocation != "uniform" and self.budget is None:
+            raise ValueError(f"allocation {self.allocation!r} needs a budget (it spends one)")
+        if self.calibration is None:
+            object.__setattr__(self, "calibration", DEFAULTS["calibration"] if method.data_aware
+                               else "independent")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
+        if self.calibration not in method.calibrations:
+            raise ValueError(f"calibration {self.calibration!r} is not available for {method.title} "
+                             f"(allowed: {', '.join(method.calibrations)}; it is weight-only)")
         # 3 and 3.0 are the same budget: store floats so they share one cache key.
         for name in ("energy", "budget"):
             if getattr(self, name) is not None:
@@ -126,16 +187,25 @@ class RunConfig:
         """What the method reads of this configuration."""
         return Settings(grid=self.grid, clusters=self.clusters, seed=self.seed, cluster_side=self.cluster_side)
 
+    @property
+    def reads_calibration(self) -> bool:
+        """True when the run reads calibration images (a data-aware method, or sensitivity allocation)."""
+        return get_method(self.method).data_aware or self.allocation == "sensitivity"
+
     def canonical(self) -> dict:
-        """The fields that matter for this method (the weight-only baselines ignore grid, clusters
-        and calibration); the cache key is made of it."""
+        """The fields that matter for this run (the weight-only baselines ignore grid, clusters and
+        calibration, and calibration images unless they measure sensitivity); the cache key is
+        made of it."""
         d = asdict(self)
         if not get_method(self.method).data_aware:
-            for name in ("grid", "clusters", "calib_size"):
+            for name in _DATA_FIELDS:
                 d.pop(name)
-        # Defaults are left out so the cache keys of earlier runs stay valid.
-        for name, default in (("cluster_side", "output"), ("allocation", "uniform")):
-            if d[name] == default:
+        if not self.reads_calibration:
+            for name in _CALIB_FIELDS:
+                d.pop(name)
+        # Fields at the value runs had before the field existed are left out (see LEGACY).
+        for name, legacy in LEGACY.items():
+            if name in d and d[name] == legacy:
                 d.pop(name)
         return d
 
@@ -146,28 +216,60 @@ class RunConfig:
             parts += [f"G{self.grid}", f"K{self.clusters}"]
             if self.cluster_side == "input":
                 parts.append("in")
-            if self.allocation == "greedy":
-                parts.append("greedy")
+        if self.allocation != "uniform":
+            parts.append({"greedy": "greedy", "sensitivity": "sens"}[self.allocation])
+        if self.calibration == "sequential":
+            parts.append("seq")
+        if self.reads_calibration:
+            if self.calib_size != DEFAULTS["calib_size"]:
+                parts.append(f"M{self.calib_size}")
+            if self.calib_flip:
+                parts.append("flip")
+        if self.rank_multiple != 1:
+            parts.append(f"r{self.rank_multiple}")
         parts.append(f"{self.budget:g}x" if self.budget is not None else f"tau={self.energy:g}")
         if self.finetune_epochs:
             parts.append(f"ft{self.finetune_epochs}")
         return " ".join(parts)
 
 
+def describe_calibration_set(calib_size, flip: bool = False) -> str:
+    """``"512 calibration images"``, ``"all training images"``, each ``" and their mirror images"``."""
+    text = "all training images" if calib_size == "all" else \
+        f"{calib_size} calibration image{'s' if calib_size != 1 else ''}"
+    return text + (" and their mirror images" if flip else "")
+
+
 def describe_config(config: Mapping[str, Any]) -> str:
-    """A readable name of a run configuration, e.g. ``HSCC 2x2 regions, 4 input clusters, tau 0.95``."""
+    """A readable name of a run configuration, e.g. ``HSCC 2x2 regions, 4 input clusters, tau 0.95``.
+
+    Every choice away from its default is named (a budget's allocation rule always, since the
+    default rule differs between the modes); fields missing from a stored canonical config are at
+    their :data:`LEGACY` values.
+    """
     method = config.get("method", "hscc")
     parts = [get_method(method).title if method in METHODS else str(method)]
-    if method in METHODS and METHODS[method].data_aware:
+    data_aware = method in METHODS and METHODS[method].data_aware
+    if data_aware:
         g, k = config.get("grid"), config.get("clusters")
         side = config.get("cluster_side") or "output"
         parts = [f"{parts[0]} {g}x{g} region{'s' if g != 1 else ''}, "
                  f"{k} {side} cluster{'s' if k != 1 else ''}"]
+    allocation = config.get("allocation") or LEGACY["allocation"]
     if config.get("budget") is not None:
-        rule = "greedy " if config.get("allocation") == "greedy" else ""
+        rule = {"uniform": "uniform-tau ", "greedy": "greedy ", "sensitivity": "sensitivity-greedy "}.get(allocation, "")
         parts.append(f"{rule}budget x{config['budget']:g}")
     elif config.get("energy") is not None:
         parts.append(f"tau {config['energy']:g}")
+    if config.get("calibration") == "sequential":
+        parts.append("sequential calibration")
+    # Calibration images matter to the data-aware methods and to sensitivity allocation only.
+    if (data_aware or allocation == "sensitivity") and "calib_size" in config:
+        size, flip = config.get("calib_size"), bool(config.get("calib_flip"))
+        if size != DEFAULTS["calib_size"] or flip != DEFAULTS["calib_flip"]:
+            parts.append(describe_calibration_set(size, flip))
+    if config.get("rank_multiple", 1) != 1:
+        parts.append(f"ranks in multiples of {config['rank_multiple']}")
     epochs = config.get("finetune_epochs") or 0
     text = ", ".join(parts)
     return text + (f", {epochs} fine-tuning epoch{'s' if epochs != 1 else ''}" if epochs else "")

@@ -5,11 +5,18 @@ A run is a JSON-ready dict with the fields of DESIGN.md section 5, its typed per
 predictions, probabilities, per-layer cluster labels) kept beside it in the run store. Every method
 goes through the same steps (:mod:`hscc_core.compress.methods`): calibration statistics (data-aware
 methods only, stored per model, data, calibration set and what the cluster side needs), a
-decomposition (kept in memory for the last configurations), a plan for the run's target, a build.
+decomposition (kept in memory for the last configurations), a plan for the run's target (with layer
+sensitivities, stored per model, decomposition and calibration set, when the allocation asks for
+them), a sequential refit of that plan when the calibration asks for it (its statistics stored per
+layer under the plan of the layers before it), a build.
+
+Every model here reads one grey input channel: the workspace folds conv1
+(:mod:`hscc_core.nn.grey`), and shapes and input tensors take their channel count from the model.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,26 +27,36 @@ import torch
 from torch import nn
 
 from hscc_core.compress import native
+from hscc_core.compress.hscc.sequential import cross_stats, load_cross, save_cross
 from hscc_core.compress.methods import get_method, make_plan
-from hscc_core.data.folders import calibration_indices
+from hscc_core.compress.sensitivity import SENSITIVITY_ENERGIES, SENSITIVITY_IMAGES, Sensitivity, layer_sensitivity
+from hscc_core.data.folders import GreyBatches, calibration_indices
 from hscc_core.measure.costs import (LATENCY_BUDGET_S, count_flops, count_params, flop_profile, layer_flops,
                                      measure_latency, speedup)
 from hscc_core.measure.fidelity import layer_errors
 from hscc_core.measure.metrics import classification_metrics, fidelity, paired_comparison, predict_proba
+from hscc_core.nn.grey import input_channels, input_shape
 from hscc_core.nn.training import finetune_config, pick_device, train
-from hscc_core.runs.config import DEFAULTS, RunConfig
+from hscc_core.runs.config import DEFAULTS, RunConfig, calibration_count
 from hscc_core.runs.store import cache_key
 from hscc_core.runs.workspace import Workspace
 
-__all__ = ["Compressed", "ORIGINAL_VERSION", "RUN_VERSION", "STATS_VERSION", "build_compressed",
-           "calibration_stats", "compress_run", "compute_run", "eval_device", "original_key", "original_run",
-           "rebuild_model", "run_key"]
+__all__ = ["Compressed", "ORIGINAL_VERSION", "RUN_VERSION", "SENSITIVITY_VERSION", "SEQUENTIAL_VERSION",
+           "STATS_VERSION", "build_compressed", "calibration_images", "calibration_stats", "compress_run",
+           "compute_run", "eval_device", "original_key", "original_run", "rebuild_model", "run_key"]
 
-ORIGINAL_VERSION = 1
+# 2: the grey input is folded into a one-channel conv1 (hscc_core.nn.grey): the original's FLOPs
+# (conv1's drop to a third) and its float round-off change.
+ORIGINAL_VERSION = 2
 # Bump when the compression, evaluation or measurement of runs changes. 2: runs carry typed
-# per-layer summaries (kind, geometry, per-region ranks and MACs) that every page reads.
-RUN_VERSION = 2
-STATS_VERSION = 1  # bump when the calibration statistics change
+# per-layer summaries (kind, geometry, per-region ranks and MACs) that every page reads. 3: conv1
+# folded to one grey channel for every model (FLOPs, budgets and timings change: conv1's cost is a
+# third of what it was, so every budget's target is lower and a conv1 direction is cheaper).
+RUN_VERSION = 3
+# 2: computed on the folded model (input-side statistics of conv1 have 1 input channel, not 3).
+STATS_VERSION = 2  # bump when the calibration statistics change
+SEQUENTIAL_VERSION = 1  # bump when the cross statistics of sequential calibration change
+SENSITIVITY_VERSION = 1  # bump when the layer-sensitivity measurement changes
 # Held-out calibration-side images on which each compressed layer's output error is measured.
 _ERROR_IMAGES = 64
 
@@ -60,7 +77,9 @@ def eval_device() -> torch.device:
 def _predict(model: nn.Module, images) -> np.ndarray:
     """Test-split class probabilities of ``model`` (on the evaluation device, then back on the CPU)."""
     try:
-        return predict_proba(model.to(eval_device()), images.x_test, to_input=images.to_tensor)
+        channels = input_channels(model)
+        return predict_proba(model.to(eval_device()), images.x_test,
+                             to_input=lambda x: images.to_tensor(x, channels))
     finally:
         model.cpu()  # the workspace shares its model; everything else expects it on the CPU
 
@@ -87,7 +106,7 @@ def original_run(ws: Workspace, progress=None) -> tuple[dict, dict[str, np.ndarr
         images = ws.images()
         probs = _predict(model, images)
         preds = probs.argmax(1)
-        shape = (1, 3, images.size, images.size)
+        shape = input_shape(model, images.size)
         flops, params = count_flops(model, shape), count_params(model)
         run = {"method": "original", "config": {}, "cache_key": key, **_provenance(ws, meta),
                **classification_metrics(images.y_test, preds, images.classes),
@@ -135,22 +154,41 @@ def run_key(ws: Workspace, meta: dict | None, config: RunConfig) -> str:
                              "data": ws.index().fingerprint, "version": RUN_VERSION})
 
 
+def _calibration_set(ws: Workspace, calib_size, seed: int, flip: bool) -> tuple[np.ndarray, dict]:
+    """Indices of the calibration images in the training split, and what identifies the set."""
+    images = ws.images()
+    count = calibration_count(calib_size, len(images.y_train))
+    ident = {"calib_size": count, "seed": seed, **({"flip": True} if flip else {})}
+    return calibration_indices(images.y_train, count, seed), ident
+
+
+def calibration_images(ws: Workspace, model: nn.Module, calib_size, seed: int, flip: bool = False) -> GreyBatches:
+    """The calibration images of a run, normalised batch by batch for ``model`` (its channel count),
+    followed by their mirror images when ``flip``."""
+    images = ws.images()
+    idx, _ = _calibration_set(ws, calib_size, seed, flip)
+    return images.batches(images.x_train[idx], input_channels(model), flip)
+
+
+def _stats_base(ws: Workspace, meta: dict, calib_size, seed: int, flip: bool) -> dict:
+    """What every calibration statistic of a run depends on: model, data and calibration set."""
+    return {"model": meta["fingerprint"], "data": ws.images().fingerprint,
+            **_calibration_set(ws, calib_size, seed, flip)[1]}
+
+
 def calibration_stats(ws: Workspace, model: nn.Module, meta: dict, side, grid: int, clusters: int,
-                      calib_size: int, seed: int, progress=None) -> dict:
+                      calib_size, seed: int, progress=None, flip: bool = False) -> dict:
     """A cluster side's calibration statistics, computed once and stored.
 
-    They depend on the model, the data, the calibration set (size and seed) and what the side needs
-    (the grid; the input side also K): every energy threshold, and on the output side every K, of
-    the same grid reuses them without a forward pass.
+    They depend on the model, the data, the calibration set (size, seed, flips) and what the side
+    needs (the grid; the input side also K): every energy threshold, and on the output side every K,
+    of the same grid reuses them without a forward pass.
     """
-    images = ws.images()
-    key = cache_key(side.stats_kind, {"model": meta["fingerprint"], "data": images.fingerprint,
-                                      **side.stats_key(grid, clusters), "calib_size": calib_size, "seed": seed,
-                                      "version": STATS_VERSION})
+    key = cache_key(side.stats_kind, {**_stats_base(ws, meta, calib_size, seed, flip),
+                                      **side.stats_key(grid, clusters), "version": STATS_VERSION})
 
     def write(path):
-        idx = calibration_indices(images.y_train, calib_size, seed)
-        x = images.to_tensor(images.x_train[idx])
+        x = calibration_images(ws, model, calib_size, seed, flip)
         side.save_stats(path, side.compute_stats(model, x, grid, clusters, seed, progress=progress))
 
     return ws.store.load_or_compute_blob("stats", key, "npz", write, side.load_stats)[0]
@@ -171,14 +209,14 @@ def _decompose(ws: Workspace, model: nn.Module, meta: dict, config: RunConfig, p
 
     def stats(side, grid, clusters):
         return calibration_stats(ws, model, meta, side, grid, clusters, config.calib_size, config.seed,
-                                 lambda d, t: progress("calibrate", d, t))
+                                 lambda d, t: progress("calibrate", d, t), flip=config.calib_flip)
 
-    return method.decompose(model, (1, 3, ws.size, ws.size), config.settings(), stats)
+    return method.decompose(model, input_shape(model, ws.size), config.settings(), stats)
 
 
 def _decomposition(ws: Workspace, model: nn.Module, meta: dict, config: RunConfig, progress) -> Any:
     method = get_method(config.method)
-    calib = (config.calib_size,) if method.data_aware else ()
+    calib = (config.calib_size, config.calib_flip) if method.data_aware else ()
     key = (meta["fingerprint"], ws.images().fingerprint, ws.size, config.method,
            *method.decomposition_key(config.settings()), *calib)
     if key in _DECOMPOSITIONS:
@@ -190,13 +228,60 @@ def _decomposition(ws: Workspace, model: nn.Module, meta: dict, config: RunConfi
     return decomp
 
 
+def _sensitivity(ws: Workspace, model: nn.Module, meta: dict, config: RunConfig, decomp, progress) -> Sensitivity:
+    """Layer sensitivities of the run's method decomposition (measured once and stored): KL to the
+    original on up to 128 calibration images with one layer truncated at a time."""
+    method = get_method(config.method)
+    key = cache_key("sensitivity", {**_stats_base(ws, meta, config.calib_size, config.seed, False),
+                                    "method": config.method,
+                                    "decomposition": list(method.decomposition_key(config.settings())),
+                                    "calib_flip": config.calib_flip if method.data_aware else False,
+                                    "energies": list(SENSITIVITY_ENERGIES), "images": SENSITIVITY_IMAGES,
+                                    "version": SENSITIVITY_VERSION})
+
+    def write(path):
+        images = ws.images()
+        idx, _ = _calibration_set(ws, config.calib_size, config.seed, False)
+        rng = np.random.default_rng(config.seed)
+        sub = np.sort(idx[rng.permutation(idx.size)[:SENSITIVITY_IMAGES]])
+        x = images.batches(images.x_train[sub], input_channels(model))
+        sens = layer_sensitivity(method, model, decomp, x, progress=lambda d, t: progress("sensitivity", d, t))
+        path.write_text(json.dumps(sens.to_json()))
+
+    return ws.store.load_or_compute_blob("sensitivity", key, "json", write,
+                                         lambda p: Sensitivity.from_json(json.loads(p.read_text())))[0]
+
+
+def _cross_source(ws: Workspace, model: nn.Module, meta: dict, config: RunConfig, progress):
+    """Where a sequential fit gets each layer's cross statistics: the store, keyed by everything
+    that fixes the compressed prefix (the configuration behind the decomposition and the ranks of
+    every earlier layer) and by which of the layer's own blocks are factorised."""
+    base = {**_stats_base(ws, meta, config.calib_size, config.seed, config.calib_flip),
+            "side": config.cluster_side, "grid": config.grid, "clusters": config.clusters,
+            "version": SEQUENTIAL_VERSION}
+
+    def source(name, prefix, lp, ident):
+        factorised = [[int(k > 0 and not d) for k, d in zip(rk, dn)] for rk, dn in zip(lp.ranks, lp.dense)]
+        key = cache_key("cross-stats", {**base, "layer": name, "factorised": factorised, "prefix": ident})
+
+        def write(path):
+            x = calibration_images(ws, model, config.calib_size, config.seed, config.calib_flip)
+            save_cross(path, cross_stats(model, prefix, name, lp, x,
+                                         progress=lambda d, t: progress(f"sequential {name}", d, t)))
+
+        return ws.store.load_or_compute_blob("stats", key, "npz", write, load_cross)[0]
+
+    return source
+
+
 @dataclass(frozen=True)
 class Compressed:
     """A compressed model with its plan and, in budget mode, the budget outcome."""
 
     model: nn.Module
     plan: Any
-    outcome: Any = None  # BudgetResult (uniform) or GreedyBudget (greedy); None in energy mode
+    outcome: Any = None  # BudgetResult (uniform) or GreedyBudget (greedy, sensitivity); None in energy mode
+    sensitivity: Sensitivity | None = None  # sensitivity allocation: the measured curves and the prices used
 
     @property
     def energy(self) -> float | None:
@@ -220,9 +305,14 @@ def build_compressed(ws: Workspace, config: RunConfig, progress=None, model=None
         model, meta = ws.baseline(train_if_missing=False)
     method = get_method(config.method)
     decomp = _decomposition(ws, model, meta, config, progress)
+    sens = _sensitivity(ws, model, meta, config, decomp, progress) if config.allocation == "sensitivity" else None
     plan, outcome = make_plan(method, decomp, energy=config.energy, budget=config.budget,
-                              allocation=config.allocation)
-    return Compressed(method.build(model, plan), plan, outcome)
+                              allocation=config.allocation, sensitivity=sens, multiple=config.rank_multiple)
+    if sens is not None:  # the measured curves, and the prices they gave this budget
+        sens = Sensitivity(sens.points, outcome.prices)
+    if config.calibration == "sequential":
+        plan = method.fit_sequential(model, plan, _cross_source(ws, model, meta, config, progress))
+    return Compressed(method.build(model, plan), plan, outcome, sens)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,7 +371,8 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
     summaries = built.plan.summaries()
     run = {"method": config.method, "config": config.canonical(), "label": config.label(),
            **_provenance(ws, meta), "energy": built.energy, "cluster_side": config.cluster_side,
-           "allocation": config.allocation, **evaluation,
+           "allocation": config.allocation, "calibration": config.calibration,
+           "sensitivity": None if built.sensitivity is None else built.sensitivity.to_json(), **evaluation,
            **_costs(ws, model, meta, compressed, built.plan.macs(), summaries, original),
            "layer_errors": _layer_errors(ws, model, compressed, list(summaries), config)}
     run["budget_search"] = None if built.outcome is None else {
@@ -327,7 +418,7 @@ def _evaluate(ws: Workspace, compressed: nn.Module, original_arrays: dict) -> tu
 def _costs(ws: Workspace, model: nn.Module, meta: dict, compressed: nn.Module, macs: int, summaries: dict,
            original: dict) -> dict:
     """Measured FLOPs (whole model and compressed layers), parameters and the typed layer summaries."""
-    shape = (1, 3, ws.size, ws.size)
+    shape = input_shape(model, ws.size)
     layers = list(summaries)
     flops, layer_fl = flop_profile(compressed, layers, shape)
     layer_fl_orig = _original_layer_flops(model, meta["fingerprint"], tuple(layers), shape)
@@ -347,12 +438,13 @@ def _layer_errors(ws: Workspace, model: nn.Module, compressed: nn.Module, layers
     # The weight-only baselines' cache key leaves the calibration size out (they read no calibration
     # data): their held-out images must not depend on it either.
     calib_size = config.calib_size if get_method(config.method).data_aware else DEFAULTS["calib_size"]
-    rest = np.setdiff1d(np.arange(len(images.y_train)), calibration_indices(images.y_train, calib_size, config.seed))
+    rest = np.setdiff1d(np.arange(len(images.y_train)), _calibration_set(ws, calib_size, config.seed, False)[0])
     pool = images.x_train[rest] if rest.size else images.x_test
     held = np.sort(np.random.default_rng(config.seed).permutation(len(pool))[:_ERROR_IMAGES])
     dev = eval_device()
+    x = images.to_tensor(pool[held], input_channels(model)).to(dev)
     try:
-        return layer_errors(model.to(dev), compressed.to(dev), layers, images.to_tensor(pool[held]).to(dev))
+        return layer_errors(model.to(dev), compressed.to(dev), layers, x)
     finally:
         model.cpu()
         compressed.cpu()
@@ -365,7 +457,7 @@ def _speed(model: nn.Module, compressed: nn.Module, size: int, latency_runs: int
     size): the measure stage once took minutes under load. The path the HSCC layers took (native
     kernel or PyTorch) is recorded beside the timings.
     """
-    lat = measure_latency({"original": model, "compressed": compressed}, (1, 3, size, size), runs=latency_runs,
+    lat = measure_latency({"original": model, "compressed": compressed}, input_shape(model, size), runs=latency_runs,
                           budget_s=LATENCY_BUDGET_S)
 
     def block(name):

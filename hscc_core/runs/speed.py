@@ -20,6 +20,7 @@ import torch
 from hscc_core.compress.native import kernel_of
 from hscc_core.measure.costs import count_flops, flop_profile, layer_flops, measure_latency
 from hscc_core.measure.machine import machine_info
+from hscc_core.nn.grey import input_shape
 from hscc_core.runs.config import RunConfig
 from hscc_core.runs.pipeline import build_compressed
 from hscc_core.runs.workspace import Workspace
@@ -102,7 +103,7 @@ def speed_table(
         raise ValueError(f"runs must be >= 1, got {runs}")
     model, meta = ws.baseline(train_if_missing=False)
     model = copy.deepcopy(model).cpu().eval()  # timing moves models; leave the cached one alone
-    shape = (1, 3, ws.size, ws.size)
+    shape = input_shape(model, ws.size)  # one grey channel: conv1 is folded (hscc_core.nn.grey)
     flops_original = count_flops(model, shape)
     orig_layer_fl: dict[tuple, int] = {}
     total = len(methods) * len(budgets) * len(devices)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from hscc_core.compress.hscc import cluster_side
 from hscc_core.compress.methods import get_method
-from hscc_core.runs.config import METHOD_NAMES, RunConfig
+from hscc_core.runs.config import DEFAULTS, METHOD_NAMES, RunConfig
 from hscc_core.runs.pipeline import calibration_stats, compute_run, original_run, run_key
 from hscc_core.runs.store import Claim, RunStore
 from hscc_core.runs.workspace import Workspace
@@ -39,16 +39,18 @@ DEFAULT_ENERGIES = (0.8, 0.9, 0.95, 0.98, 0.995)
 
 def expand(methods: Iterable[str] = METHOD_NAMES, grids: Iterable[int] = DEFAULT_GRIDS,
            clusters: Iterable[int] = DEFAULT_CLUSTERS, energies: Iterable[float] = DEFAULT_ENERGIES,
-           budgets: Iterable[float] = (), finetune_epochs: Iterable[int] = (0,), calib_size: int = 256,
-           seed: int = 0, cluster_sides: Iterable[str] = ("output",),
-           allocations: Iterable[str] | None = None) -> list[RunConfig]:
+           budgets: Iterable[float] = (), finetune_epochs: Iterable[int] = (0,),
+           calib_size: int | str = DEFAULTS["calib_size"], seed: int = 0, cluster_sides: Iterable[str] = ("output",),
+           allocations: Iterable[str] | None = None, calibration: str | None = None,
+           calib_flip: bool = DEFAULTS["calib_flip"], rank_multiple: int = DEFAULTS["rank_multiple"]
+           ) -> list[RunConfig]:
     """Every configuration of the product, once each, HSCC grids grouped together.
 
-    Baselines ignore grid, cluster count, cluster side and allocation, so they get one run per
-    energy/budget and fine-tuning setting; greedy allocation only pairs with budgets. With
-    ``allocations=None`` each target gets its default: uniform for energies, greedy for budgets
-    (measured better on the real data). Invalid values raise ``ValueError`` (from ``RunConfig``)
-    before anything runs.
+    Baselines ignore grid, cluster count, cluster side, calibration and rank multiples, so they get
+    one run per energy/budget, allocation and fine-tuning setting; the budget allocations (greedy,
+    sensitivity) only pair with budgets. With ``allocations=None`` each target gets its default:
+    uniform for energies, ``DEFAULTS["allocation"]`` for budgets (every method alike). Invalid
+    values raise ``ValueError`` (from ``RunConfig``) before anything runs.
     """
     targets = [{"energy": float(e), "budget": None} for e in energies]
     targets += [{"energy": None, "budget": float(b)} for b in budgets]
@@ -56,16 +58,17 @@ def expand(methods: Iterable[str] = METHOD_NAMES, grids: Iterable[int] = DEFAULT
         raise ValueError("a sweep needs at least one energy or budget")
     seen, out = set(), []
     for method in methods:
-        shapes = itertools.product(grids, clusters) if method == "hscc" else [(1, 1)]
+        data_aware = get_method(method).data_aware
+        shapes = itertools.product(grids, clusters) if data_aware else [(1, 1)]
         allocs = list(allocations) if allocations is not None else [None]
-        variants = list(itertools.product(cluster_sides, allocs)) if method == "hscc" else [("output", "uniform")]
-        for (g, k), t, ft, (side, alloc) in itertools.product(list(shapes), targets, finetune_epochs, variants):
-            if alloc is None:
-                alloc = "uniform" if t["budget"] is None else "greedy"
-            if alloc == "greedy" and t["budget"] is None:
-                continue  # greedy spends a budget; energy thresholds are the uniform rule
+        sides = cluster_sides if data_aware else [DEFAULTS["cluster_side"]]
+        own = {"calibration": calibration, "rank_multiple": rank_multiple} if data_aware else {}
+        for (g, k), t, ft, side, alloc in itertools.product(list(shapes), targets, finetune_epochs, sides, allocs):
+            if alloc not in (None, "uniform") and t["budget"] is None:
+                continue  # greedy rules spend a budget; energy thresholds are the uniform rule
             cfg = RunConfig(method=method, grid=int(g), clusters=int(k), finetune_epochs=int(ft),
-                            calib_size=calib_size, seed=seed, cluster_side=side, allocation=alloc, **t)
+                            calib_size=calib_size, seed=seed, cluster_side=side, allocation=alloc,
+                            calib_flip=calib_flip, **own, **t)
             ident = tuple(sorted(cfg.canonical().items()))
             if ident not in seen:
                 seen.add(ident)
@@ -184,10 +187,11 @@ def prepare_shared(ws: Workspace, configs: list[RunConfig]) -> None:
     for c in configs:
         if get_method(c.method).data_aware:
             side = cluster_side(c.cluster_side)
-            ident = (side.name, tuple(sorted(side.stats_key(c.grid, c.clusters).items())), c.calib_size, c.seed)
+            ident = (side.name, tuple(sorted(side.stats_key(c.grid, c.clusters).items())), str(c.calib_size),
+                     c.seed, c.calib_flip)
             needed.setdefault(ident, (side, c))
     for _, (side, c) in sorted(needed.items(), key=lambda item: item[0]):
-        calibration_stats(ws, model, meta, side, c.grid, c.clusters, c.calib_size, c.seed)
+        calibration_stats(ws, model, meta, side, c.grid, c.clusters, c.calib_size, c.seed, flip=c.calib_flip)
 
 
 @dataclass

@@ -6,10 +6,11 @@ searched and exported. Columns (:data:`SETTINGS`, then metrics; per-class F1 col
 class name found in the runs):
 
 * ``key``, ``label``
-* settings: ``method``, ``grid``, ``clusters``, ``cluster_side``, ``allocation``, ``calib_size``,
-  ``energy`` (the threshold asked for; empty in budget mode), ``budget``, ``finetune_epochs``,
-  ``seed``; settings a method ignores (grid, clusters, side, allocation and calibration of the
-  weight-only baselines) are empty
+* settings: ``method``, ``grid``, ``clusters``, ``cluster_side``, ``allocation``, ``calibration``,
+  ``calib_size``, ``energy`` (the threshold asked for; empty in budget mode), ``budget``,
+  ``finetune_epochs``, ``seed``; settings a method ignores (grid, clusters, side, calibration and
+  calibration size of the weight-only baselines) are empty; the allocation rule applies to every
+  method
 * ``energy_found``: the threshold the budget bisection found (empty otherwise)
 * metrics, each followed by ``<name>_se`` where the run has a bootstrap SE: ``accuracy``,
   ``macro_f1``, ``<class>_f1``, ``agreement``, ``kl_to_original``; then ``accuracy_delta``
@@ -55,11 +56,11 @@ __all__ = [
 ]
 
 #: The settings of a run, in table order (what importance and parallel coordinates use).
-SETTINGS = ("method", "grid", "clusters", "cluster_side", "allocation", "calib_size", "energy", "budget",
-            "finetune_epochs", "seed")
+SETTINGS = ("method", "grid", "clusters", "cluster_side", "allocation", "calibration", "calib_size", "energy",
+            "budget", "finetune_epochs", "seed")
 #: Settings that are categories (the rest are numbers).
-CATEGORICAL = ("method", "cluster_side", "allocation")
-_HSCC_ONLY = ("grid", "clusters", "calib_size", "cluster_side", "allocation")
+CATEGORICAL = ("method", "cluster_side", "allocation", "calibration")
+_HSCC_ONLY = ("grid", "clusters", "calib_size", "cluster_side", "calibration")
 _WITH_SE = ("accuracy", "macro_f1", "agreement", "kl_to_original")
 #: Pareto axis name -> its table column (every other axis has a column of its own name).
 _AXIS_COLUMNS = {"latency": "latency_b1_ms"}
@@ -97,8 +98,10 @@ def _settings(run: Mapping[str, Any]) -> dict[str, Any]:
         "clusters": as_float(cfg.get("clusters")) if hscc else math.nan,
         # Defaults are left out of canonical configs (old cache keys stay valid): the run says.
         "cluster_side": (cfg.get("cluster_side") or run.get("cluster_side") or "output") if hscc else None,
-        "allocation": (cfg.get("allocation") or run.get("allocation") or "uniform") if hscc else None,
-        "calib_size": as_float(cfg.get("calib_size")) if hscc else math.nan,
+        "allocation": cfg.get("allocation") or run.get("allocation") or "uniform",
+        "calibration": (cfg.get("calibration") or run.get("calibration") or "independent") if hscc else None,
+        # "all" (the whole training split) has no number: the label says it.
+        "calib_size": as_float(cfg.get("calib_size")) if hscc and cfg.get("calib_size") != "all" else math.nan,
         "energy": as_float(cfg.get("energy")),
         "budget": as_float(cfg.get("budget")),
         "finetune_epochs": as_float(cfg.get("finetune_epochs", 0)),

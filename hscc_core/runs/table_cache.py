@@ -8,10 +8,16 @@ A later call stats the run files (cheap), reuses the rows whose file is unchange
 that are new or were rewritten, drops rows of removed runs, and rewrites the blob when anything
 changed. Rows come from verified reads (:meth:`RunStore.iter_runs` / :meth:`RunStore.get_run`),
 and a run file cannot change without its state changing, so the cache never serves a stale row.
+
+Each row also keeps its run's *summary*: the stored run without its per-layer detail
+(:data:`DETAIL_FIELDS`, about 85 % of a real run's JSON), as JSON text. Pages that draw every run
+(the Pareto page) read the summaries from the same blob instead of 10,000 run files
+(:func:`stored_run_summaries`); a summary has exactly the stored values of every field it keeps.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 
@@ -21,10 +27,15 @@ import pandas as pd
 from hscc_core.runs.store import RunStore, cache_key
 from hscc_core.runs.table import mark_pareto, runs_table
 
-__all__ = ["TABLE_VERSION", "stored_runs_table"]
+__all__ = ["DETAIL_FIELDS", "TABLE_VERSION", "stored_run_summaries", "stored_runs_table"]
 
-TABLE_VERSION = 1  # bump when runs_table's columns change
-_META = ("_mtime", "_size", "_data", "_model", "_method")
+TABLE_VERSION = 3  # bump when runs_table's columns or the summaries change (3: calibration, allocation
+#                    for every method; run summaries)
+#: Fields of a stored run that a summary leaves out: per-layer summaries and errors, per-layer FLOPs,
+#: the confusion matrix and the budget search's record. Listings never read them.
+DETAIL_FIELDS = ("layers", "layer_errors", "layer_flops", "layer_flops_original", "confusion_matrix",
+                 "budget_search")
+_META = ("_mtime", "_size", "_data", "_model", "_method", "_summary")
 _FULL_LISTING = 100  # above this many unread runs, one listing is cheaper than reads with arrays
 
 
@@ -40,35 +51,17 @@ def _rows(runs: list[dict], classes: Sequence[str], states: dict) -> pd.DataFram
     table = runs_table(runs, classes=classes)
     table["_mtime"] = [states[r["cache_key"]][0] for r in runs]
     table["_size"] = [states[r["cache_key"]][1] for r in runs]
+    text = pd.StringDtype(na_value=np.nan)
     for col, field in (("_data", "data_fingerprint"), ("_model", "model_fingerprint"), ("_method", "method")):
-        table[col] = pd.array([r.get(field) for r in runs], dtype=pd.StringDtype(na_value=np.nan))
+        table[col] = pd.array([r.get(field) for r in runs], dtype=text)
+    table["_summary"] = pd.array([json.dumps({k: v for k, v in r.items() if k not in DETAIL_FIELDS},
+                                             separators=(",", ":")) for r in runs], dtype=text)
     return table
 
 
-def stored_runs_table(store: RunStore, classes: Sequence[str], data_fingerprint: str | None = None,
-                      model_fingerprint: str | None = None, pareto: tuple[str, str] = ("flops", "accuracy"),
-                      include_original: bool = False) -> pd.DataFrame:
-    """:func:`~hscc_core.runs.table.runs_table` of the store's runs, from the on-disk row cache.
-
-    Parameters
-    ----------
-    store
-        The run store.
-    classes
-        Class names of the per-class columns (part of the cache's identity).
-    data_fingerprint, model_fingerprint
-        Keep only runs of this data and baseline (None: every run).
-    pareto
-        Axes of the ``pareto`` column, marked among the rows returned.
-    include_original
-        Keep the original model's runs (left out by default, as the pages list compression runs).
-
-    Returns
-    -------
-    pandas.DataFrame
-        Rows in key order, exactly the columns of ``runs_table``.
-    """
-    classes = list(classes)
+def _cached_rows(store: RunStore, classes: list[str]) -> pd.DataFrame:
+    """Every run's row with its file state, fingerprints, method and summary, in key order, brought up
+    to date with the store (reads only new or rewritten runs; rewrites the blob when anything changed)."""
     blob = cache_key("runs-table", {"classes": classes, "version": TABLE_VERSION})
     states = {k: s for k in store.keys() if (s := _state(store, k)) is not None}
     cached = None
@@ -98,7 +91,11 @@ def stored_runs_table(store: RunStore, classes: Sequence[str], data_fingerprint:
         cached = _rows([], classes, states)
     if changed:
         store.put_blob_file("tables", blob, "parquet", lambda p: cached.to_parquet(p, index=False))
-    rows = cached.sort_values("key", kind="stable")
+    return cached.sort_values("key", kind="stable")
+
+
+def _chosen(rows: pd.DataFrame, data_fingerprint: str | None, model_fingerprint: str | None,
+            include_original: bool) -> np.ndarray:
     mask = np.ones(len(rows), dtype=bool)
     if not include_original:
         mask &= (rows["_method"] != "original").to_numpy(bool)
@@ -106,6 +103,56 @@ def stored_runs_table(store: RunStore, classes: Sequence[str], data_fingerprint:
         mask &= (rows["_data"] == data_fingerprint).to_numpy(bool)
     if model_fingerprint is not None:
         mask &= (rows["_model"] == model_fingerprint).to_numpy(bool)
+    return mask
+
+
+def stored_runs_table(store: RunStore, classes: Sequence[str], data_fingerprint: str | None = None,
+                      model_fingerprint: str | None = None, pareto: tuple[str, str] = ("flops", "accuracy"),
+                      include_original: bool = False) -> pd.DataFrame:
+    """:func:`~hscc_core.runs.table.runs_table` of the store's runs, from the on-disk row cache.
+
+    Parameters
+    ----------
+    store
+        The run store.
+    classes
+        Class names of the per-class columns (part of the cache's identity).
+    data_fingerprint, model_fingerprint
+        Keep only runs of this data and baseline (None: every run).
+    pareto
+        Axes of the ``pareto`` column, marked among the rows returned.
+    include_original
+        Keep the original model's runs (left out by default, as the pages list compression runs).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows in key order, exactly the columns of ``runs_table``.
+    """
+    rows = _cached_rows(store, list(classes))
+    mask = _chosen(rows, data_fingerprint, model_fingerprint, include_original)
     table = rows[mask].drop(columns=list(_META)).reset_index(drop=True)
     table["pareto"] = mark_pareto(table, *pareto)
     return table
+
+
+def stored_run_summaries(store: RunStore, classes: Sequence[str], data_fingerprint: str | None = None,
+                         model_fingerprint: str | None = None, include_original: bool = False) -> list[dict]:
+    """The store's runs without their per-layer detail (:data:`DETAIL_FIELDS`), from the on-disk row cache.
+
+    What a page that lists or draws every run needs (configuration, metrics with SEs, per-class
+    scores, FLOPs, parameters, latency, split, cache key) without reading every run file.
+
+    Parameters
+    ----------
+    store, classes, data_fingerprint, model_fingerprint, include_original
+        As for :func:`stored_runs_table` (the two share one cache).
+
+    Returns
+    -------
+    list of dict
+        One dict per run in key order: the stored run minus :data:`DETAIL_FIELDS`, values unchanged.
+    """
+    rows = _cached_rows(store, list(classes))
+    mask = _chosen(rows, data_fingerprint, model_fingerprint, include_original)
+    return [json.loads(s) for s in rows["_summary"].to_numpy(object)[mask]]

@@ -28,6 +28,7 @@ from hscc_core.data import phantom
 from hscc_core.data import duplicates
 from hscc_core.data.folders import DatasetIndex, ImageSet, decode_all, deduplicate, discover
 from hscc_core.data.splits import DEFAULT_SEED, check_split, clean_split
+from hscc_core.nn.grey import fold_grey_input
 from hscc_core.nn.models import (CorruptCheckpointError, build_model, check_grid, check_input_size,
                                  checkpoint_fingerprint, load_checkpoint, max_grid, save_checkpoint)
 from hscc_core.nn.resume import discard_state
@@ -76,6 +77,11 @@ class Workspace:
         Use this checkpoint instead of the cached/trained baseline.
     recipe : TrainConfig or None
         Baseline training recipe; None picks the default for the data.
+    fold_grey : bool
+        Fold the grey image's three identical input channels into a one-channel conv1 when the
+        baseline is loaded (:mod:`hscc_core.nn.grey`; exact). Off only to measure what the fold
+        changes (``benchmarks/fidelity_ablation.py``): the unfolded model gets its own fingerprint,
+        so its runs and statistics never mix with the folded model's.
     """
 
     data: Path | None = None
@@ -86,6 +92,7 @@ class Workspace:
     arch: str = "alexnet"
     checkpoint: Path | None = None
     recipe: TrainConfig | None = None
+    fold_grey: bool = True
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -113,7 +120,7 @@ class Workspace:
         return {"data": None if self.data is None else str(self.data), "cache_dir": str(self.cache_dir),
                 "dedupe": self.dedupe, "split": self.split, "input_size": self.input_size, "arch": self.arch,
                 "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
-                "recipe": None if self.recipe is None else self.recipe.to_dict()}
+                "recipe": None if self.recipe is None else self.recipe.to_dict(), "fold_grey": self.fold_grey}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Workspace":
@@ -122,7 +129,8 @@ class Workspace:
                    cache_dir=Path(spec["cache_dir"]), dedupe=spec["dedupe"], split=spec.get("split", "official"),
                    input_size=spec["input_size"],
                    arch=spec["arch"], checkpoint=None if spec["checkpoint"] is None else Path(spec["checkpoint"]),
-                   recipe=None if spec["recipe"] is None else TrainConfig(**spec["recipe"]))
+                   recipe=None if spec["recipe"] is None else TrainConfig(**spec["recipe"]),
+                   fold_grey=spec.get("fold_grey", True))
 
     # ---- data -------------------------------------------------------------------------------
     @property
@@ -243,7 +251,12 @@ class Workspace:
             return self._memo["baseline"][1]["fingerprint"]
         if not self.has_baseline():
             raise FileNotFoundError("no baseline yet: run `hscc prepare` first")
-        return _fingerprint(self._checkpoint_path())
+        return self._folded(_fingerprint(self._checkpoint_path()))
+
+    def _folded(self, fingerprint: str) -> str:
+        # The folded model computes what the checkpoint's model computes (the fold is exact), so it
+        # keeps the checkpoint's fingerprint; the unfolded one is kept apart.
+        return fingerprint + ("" if self.fold_grey else "-rgb")
 
     def _checkpoint_path(self) -> Path:
         if self.checkpoint is not None:
@@ -306,6 +319,9 @@ class Workspace:
             where = self.store.quarantine_blob("checkpoints", self.baseline_key(), "pt", "weights damaged")
             moved = f"moved to {where}" if where is not None else "left in place (the cache is not writable)"
             raise CorruptCheckpointError(f"{exc}; {moved}: prepare the baseline again to retrain it") from None
+        if self.fold_grey:
+            model = fold_grey_input(model)
+        meta = dict(meta, fingerprint=self._folded(meta["fingerprint"]))
         self._memo["baseline"] = (model, meta)
         return model, meta
 

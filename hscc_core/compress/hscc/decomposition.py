@@ -42,13 +42,33 @@ _INACTIVE_RTOL = 1e-12
 
 @dataclass(frozen=True, eq=False)
 class Block:
-    """Eigen-decomposition of one (region, cluster) block's outputs, eigenvalues descending."""
+    """Eigen-decomposition of one (region, cluster) block's outputs, eigenvalues descending.
+
+    A rank-k block computes ``mean + U_k V_k^T (W_c x - mean_in)``: the block's part of the
+    original layer applied to the layer's input x, read out along V_k and written back along U_k.
+    Calibrated independently (on the original's own inputs) V = U and ``mean_in`` = ``mean``: the
+    projection onto the top-k principal directions. A sequential fit
+    (:mod:`hscc_core.compress.hscc.sequential`) sets ``readout`` (V) and ``mean_in`` so that the
+    block reproduces the original's outputs from the compressed model's inputs.
+    """
 
     channels: np.ndarray  # (|c|,) the clustered channels (output or input indices, by side)
     eigvals: np.ndarray  # (n,) >= 0
-    eigvecs: np.ndarray  # (outputs, n): the block's output directions
-    mean: np.ndarray  # (outputs,): calibration mean of the block's outputs
+    eigvecs: np.ndarray  # (outputs, n): the block's output directions U
+    mean: np.ndarray  # (outputs,): calibration mean of the block's (original) outputs
     ratio: np.ndarray  # (n,) cumulative energy ratio (empty when the block has no energy)
+    readout: np.ndarray | None = None  # (outputs, n): V; None means V = U
+    mean_in: np.ndarray | None = None  # (outputs,): mean of W_c x on the inputs V was fitted to
+
+    @property
+    def input_vecs(self) -> np.ndarray:
+        """V: the directions the block reads its input along (U unless fitted sequentially)."""
+        return self.eigvecs if self.readout is None else self.readout
+
+    @property
+    def input_mean(self) -> np.ndarray:
+        """The mean V is applied around (``mean`` unless fitted sequentially)."""
+        return self.mean if self.mean_in is None else self.mean_in
 
 
 @dataclass(frozen=True, eq=False)

@@ -157,14 +157,14 @@ class HSCCInputConv2d(RegionLayer):
                 elif is_dense:
                     dense_ch.append(ch)
                 else:
-                    u = blk.eigvecs[:, :k]  # (O, k)
+                    u, v = blk.eigvecs[:, :k], blk.input_vecs[:, :k]  # (O, k); v = u unless fitted sequentially
                     c1 = self._conv(ch.size, k, dev, dt)
-                    c1.weight.data.copy_(tensor((u.T @ w[:, ch].reshape(o, -1)).reshape(k, ch.size, kh, kw)))
+                    c1.weight.data.copy_(tensor((v.T @ w[:, ch].reshape(o, -1)).reshape(k, ch.size, kh, kw)))
                     stage1.append(c1)
                     splits.append((len(order), len(order) + ch.size))
                     order.extend(ch.tolist())
                     us.append(u)
-                    bias += blk.mean - u @ (u.T @ blk.mean)
+                    bias += blk.mean - u @ (v.T @ blk.input_mean)
             expand = dense_conv = None
             dense_split = (0, 0)
             if us:

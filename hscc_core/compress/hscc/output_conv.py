@@ -184,12 +184,12 @@ class HSCCConv2d(RegionLayer):
                     rows.append(w[ch])
                     expands.append(nn.Identity())
                 else:
-                    u = blk.eigvecs[:, :k]
-                    rows.append(u.T @ w[ch])
+                    u, v = blk.eigvecs[:, :k], blk.input_vecs[:, :k]  # v = u unless fitted sequentially
+                    rows.append(v.T @ w[ch])
                     e = _new_conv(k, ch.size, 1, device=dev, dtype=dt)
                     e.weight.data.copy_(tensor(u.reshape(ch.size, k, 1, 1)))
                     expands.append(e)
-                    bias[ch] += blk.mean - u @ (u.T @ blk.mean)
+                    bias[ch] += blk.mean - u @ (v.T @ blk.input_mean)
                 splits.append((start, start + rows[-1].shape[0]))
                 cols.append((len(order), len(order) + ch.size))
                 order.extend(ch.tolist())

@@ -16,7 +16,7 @@ from hscc_core.compress.hscc.decomposition import Decomposition, LayerDecomp
 from hscc_core.compress.spectral import check_energy, energy_rank
 from hscc_core.compress.summary import LayerSummary, RegionSummary
 
-__all__ = ["LayerPlan", "Plan", "layer_plan", "plan_at_energy", "plan_macs"]
+__all__ = ["LayerPlan", "Plan", "layer_plan", "plan_at_energy", "plan_macs", "round_rank"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,15 +117,49 @@ class Plan:
         """What a run stores beside its JSON: the cluster labels of every layer (``labels.<layer>``)."""
         return {f"labels.{name}": lp.labels().astype(np.int32) for name, lp in self.layers.items()}
 
+    def restrict(self, names) -> Plan:
+        """The same plan for the layers ``names`` only (the others stay as the original has them)."""
+        return Plan({n: self.layers[n] for n in names}, self.energy, self.decomposition)
 
-def plan_at_energy(decomp: Decomposition, energy: float) -> Plan:
-    """Every block's rank for energy threshold ``energy`` in (0, 1] (no k-means, no eigh)."""
+    def captured_energy(self) -> dict[str, float]:
+        """Per layer, the fraction of its calibration energy the plan keeps (dense blocks keep all).
+
+        What greedy allocation maximises (summed over layers) for a MAC budget.
+        """
+        out = {}
+        for name, lp in self.layers.items():
+            total = kept = 0.0
+            for reg, ranks, dense in zip(lp.decomp.regions, lp.ranks, lp.dense):
+                for b, k, is_dense in zip(reg.blocks, ranks, dense):
+                    e = float(b.eigvals.sum())
+                    total += e
+                    kept += e if is_dense else float(b.eigvals[:k].sum())
+            out[name] = kept / total if total > 0 else 1.0
+        return out
+
+
+def round_rank(rank: int, multiple: int, size: int) -> int:
+    """``rank`` rounded up to a multiple of ``multiple``, capped at the block's ``size`` (0 stays 0).
+
+    The speed-oriented constraint of issue #15: kernels run best on ranks that are multiples of 8.
+    """
+    if multiple <= 1 or rank == 0:
+        return rank
+    return min(-(-rank // multiple) * multiple, size)
+
+
+def plan_at_energy(decomp: Decomposition, energy: float, multiple: int = 1) -> Plan:
+    """Every block's rank for energy threshold ``energy`` in (0, 1] (no k-means, no eigh).
+
+    With ``multiple`` > 1 every rank is rounded up to a multiple of it (capped at the block's size).
+    """
     energy = check_energy(energy)
-    layers = {name: layer_plan(ld, [[energy_rank(b.ratio, energy) for b in reg.blocks] for reg in ld.regions])
+    layers = {name: layer_plan(ld, [[round_rank(energy_rank(b.ratio, energy), multiple, b.eigvals.size)
+                                      for b in reg.blocks] for reg in ld.regions])
               for name, ld in decomp.layers.items()}
     return Plan(layers, energy, decomp)
 
 
-def plan_macs(decomp: Decomposition, energy: float) -> int:
+def plan_macs(decomp: Decomposition, energy: float, multiple: int = 1) -> int:
     """Analytical MACs (batch 1) of the compressed layers at ``energy``: the budget cost function."""
-    return plan_at_energy(decomp, energy).macs()
+    return plan_at_energy(decomp, energy, multiple).macs()

@@ -22,7 +22,7 @@ from hscc_core.present.plots import METHOD_STYLE, OKABE_ITO, overlay_figure
 from hscc_core.present.predict import compare, probability_figure
 from hscc_core.present.text import plain
 from hscc_core.runs.config import run_name
-from pages.frame import NOTICE, chart, compressed_model, run_picker, show, workspace_id
+from views.frame import NOTICE, chart, compressed_model, run_picker, show, workspace_id
 
 SOURCES = ("Test slice", "Upload a file")
 HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -61,7 +61,7 @@ def pick_test_slice(ctx):
         return None
     name = images.test_paths[index] if index < len(images.test_paths) else f"#{index}"
     return (images.x_test[index], f"test:{index}",
-            f"Test slice #{index} ({name}), labelled **{class_label(classes[images.y_test[index]])}**.")
+            f"Test slice #{index} ({plain(name)}), labelled **{plain(class_label(classes[images.y_test[index]]))}**.")
 
 
 def uploaded_slice():
@@ -97,7 +97,7 @@ def uploaded_slice():
         bits.append(f"frame {meta['frame']} of {meta['frames']}")
     if meta.get("modality"):
         bits.insert(1, meta["modality"])
-    caption = f"Uploaded: {', '.join(str(b) for b in bits)}."
+    caption = f"Uploaded: {plain(', '.join(str(b) for b in bits))}."  # the file's own strings: text
     token = f"upload:{digest}:{meta.get('frame')}:{window}"
     return loaded, token, caption
 
@@ -221,8 +221,8 @@ def main(ctx) -> None:
             return
         st.session_state[RESULT] = (token, result)
     notes = getattr(slice_, "notes", [])
-    # The caption carries the file's own strings (DICOM Modality, conversion notes): text, never Markdown.
-    st.caption(plain(caption + (" Converted: " + "; ".join(notes) + "." if notes else "")))
+    # Captions escape what the file or folder named (DICOM Modality, paths); the notes are escaped here.
+    st.caption(caption + (" Converted: " + plain("; ".join(notes)) + "." if notes else ""))
     if ctx.ws.is_phantom and source == SOURCES[1]:
         st.error(PHANTOM_WARNING, icon=":material/report:")
     if result["agree"] is None:

@@ -8,9 +8,9 @@ import streamlit as st
 
 from hscc_core.present.labels import class_label, method_title, speed_text, split_name
 from hscc_core.present.plots import key_from_selection, pareto_figure, plotted_runs
-from hscc_core.runs.config import run_name
+from hscc_core.runs.config import ALLOCATION_TITLES, CALIBRATION_TITLES, LEGACY, run_name
 from hscc_core.runs.pareto import axis_value, front_runs, get_axis
-from pages import frame
+from views import frame
 
 X_AXES = ("flops", "params", "latency")
 SIDE_LABELS = {"output": "output channels", "input": "input channels"}
@@ -39,7 +39,9 @@ def filters(runs: list[dict]) -> list[dict]:
     grids = sorted({cfg["grid"] for cfg in hscc})
     clusters = sorted({cfg["clusters"] for cfg in hscc})
     sides = sorted({cfg.get("cluster_side", "output") for cfg in hscc})
-    allocs = sorted({cfg.get("allocation", "uniform") for cfg in hscc})
+    # A stored canonical config leaves out a rule at its legacy value (uniform, independent).
+    allocs = sorted({r["config"].get("allocation", LEGACY["allocation"]) for r in runs if r["method"] != "original"})
+    calibs = sorted({cfg.get("calibration", LEGACY["calibration"]) for cfg in hscc})
     with st.expander("Filters", expanded=True):
         # Two rows of wide columns: a row of chips is cut off, not wrapped, when its column is too narrow.
         c = st.columns([1.3, 1, 1])
@@ -47,19 +49,23 @@ def filters(runs: list[dict]) -> list[dict]:
                             key=_key("pareto_methods", methods), format_func=method_title)
         side_sel = c[1].pills("HSCC cluster side", sides, selection_mode="multi", default=sides,
                               key=_key("pareto_sides", sides), format_func=SIDE_LABELS.get)
-        alloc_sel = c[2].pills("HSCC rank allocation", allocs, selection_mode="multi", default=allocs,
-                               key=_key("pareto_allocs", allocs))
-        c = st.columns(2)
+        alloc_sel = c[2].pills("Rank allocation", allocs, selection_mode="multi", default=allocs,
+                               key=_key("pareto_allocs", allocs), format_func=ALLOCATION_TITLES.get)
+        c = st.columns([1.3, 1, 1])
         grid_sel = c[0].pills("HSCC grid G", grids, selection_mode="multi", default=grids,
                               key=_key("pareto_grids", grids))
         cluster_sel = c[1].pills("HSCC clusters K", clusters, selection_mode="multi", default=clusters,
                                  key=_key("pareto_clusters", clusters))
+        calib_sel = c[2].pills("HSCC calibration", calibs, selection_mode="multi", default=calibs,
+                               key=_key("pareto_calibs", calibs), format_func=CALIBRATION_TITLES.get)
 
     def keep(r):
         cfg = r["config"]
-        return r["method"] in chosen and (r["method"] != "hscc" or (
-            cfg.get("grid") in grid_sel and cfg.get("clusters") in cluster_sel
-            and cfg.get("cluster_side", "output") in side_sel and cfg.get("allocation", "uniform") in alloc_sel))
+        return r["method"] in chosen and cfg.get("allocation", LEGACY["allocation"]) in alloc_sel and (
+            r["method"] != "hscc" or (
+                cfg.get("grid") in grid_sel and cfg.get("clusters") in cluster_sel
+                and cfg.get("cluster_side", "output") in side_sel
+                and cfg.get("calibration", LEGACY["calibration"]) in calib_sel))
 
     return [r for r in runs if keep(r)]
 
@@ -92,7 +98,7 @@ def table(shown: list[dict], front_keys: set) -> pd.DataFrame:
 
 
 def main(ctx: frame.Context) -> None:
-    runs = ctx.runs()
+    runs = ctx.run_summaries()  # without per-layer detail: one cached table blob, not a file per run
     if not runs:
         st.info("No compressed run yet: compute some on the Explorer page, or run `hscc sweep`.")
         return
@@ -105,7 +111,8 @@ def main(ctx: frame.Context) -> None:
     show_original = c[4].checkbox("Original model", value=True, key="pareto_original")
     shown = filters(runs)
     fig = pareto_figure(shown, x, y, ctx.original if show_original else None, show_front=show_front,
-                        error_bars=error_bars, selected=st.session_state.get(frame.SELECTED))
+                        error_bars=error_bars, selected=st.session_state.get(frame.SELECTED),
+                        hovers=ctx.run_hovers())
     event = frame.chart(fig, "pareto_chart", on_select="rerun", selection_mode="points")
     selection = (event or {}).get("selection") or {}
     picked = key_from_selection(selection.get("points"), fig)

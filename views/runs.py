@@ -1,8 +1,6 @@
 """Runs page: every stored run in one table (sort, filter, search, Pareto marks, export, selection),
 parallel coordinates brushed by the same filters, which setting matters, and an Optuna search."""
 
-import hashlib
-
 import numpy as np
 import streamlit as st
 
@@ -10,6 +8,7 @@ from hscc_core.present.dashboard import (DEFAULT_DIMENSIONS, column_label, const
                                          parcoords_figure)
 from hscc_core.present.text import plain
 from hscc_core.runs.compare import COMPARE_MAX
+from hscc_core.runs.config import ALLOCATION_TITLES, CALIBRATION_TITLES
 from hscc_core.runs.importance import IMPORTANCE_METHODS, setting_importance
 from hscc_core.runs.pareto import get_axis
 from hscc_core.runs.search import SAMPLERS, SearchConfig, SearchSpace, default_objectives, run_search
@@ -17,17 +16,21 @@ from hscc_core.runs.store import RunStore
 from hscc_core.runs.table import (SETTINGS, category_values, filter_mask, is_numeric, mark_pareto, search_mask,
                                   sort_table, to_csv, to_json)
 from hscc_core.runs.table_cache import stored_runs_table
-from pages import frame
-from pages.frame import USER_ERRORS, load_run, select_run
+from views import frame
+from views.frame import USER_ERRORS, load_run, select_run
 
 COMPARE = frame.COMPARE  # session key: cache keys of the runs the Compare page shows
 X_AXES = ("flops", "params", "latency")
 Y_AXES = ("accuracy", "macro_f1", "agreement", "kl_to_original")
 _PCT = ("accuracy", "agreement", "flops_kept", "accuracy_delta")
+# Category values shown by their readable names (the table and its exports keep the identifiers).
+_VALUE_TITLES = {"allocation": ALLOCATION_TITLES, "calibration": CALIBRATION_TITLES}
 
 
-def _digest(keys) -> str:
-    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+def _value_title(col: str, value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    return _VALUE_TITLES.get(col, {}).get(value, value)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -70,7 +73,7 @@ def _filters(table):
             options = category_values(table, col)
             categories[col] = box.multiselect(column_label(col), options, default=options,
                                               key=f"runs_cat_{col}_{'_'.join(map(str, options))}",
-                                              format_func=lambda v: "n/a" if v is None else v)
+                                              format_func=lambda v, col=col: _value_title(col, v))
     return text, ranges, categories, only_front
 
 
@@ -83,7 +86,9 @@ def _display(shown):
         elif col not in config:
             config[col] = st.column_config.Column(column_label(col))
     order = ["pareto", "label", *[c for c in shown.columns if c not in ("pareto", "label", "key")], "key"]
-    return shown[order], config
+    readable = {col: shown[col].map(titles.get).fillna(shown[col])
+                for col, titles in _VALUE_TITLES.items() if col in shown.columns}
+    return shown.assign(**readable)[order], config
 
 
 def _handle_selection(ctx, shown, event) -> None:
@@ -128,7 +133,7 @@ def _importance_section(shown) -> None:
     if not c[2].toggle("Rank the settings", key="runs_imp_on",
                        help="Fits a model of the metric on the shown runs; kept for these rows and choices."):
         return
-    result = _importance(shown, _digest(shown["key"].tolist()), metric, method)
+    result = _importance(shown, frame.listing_digest(shown["key"].tolist()), metric, method)
     if result.warning:
         st.warning(result.warning)
     if result.importances:
@@ -186,7 +191,7 @@ def _search_section(ctx) -> None:
 def main(ctx) -> None:
     keys = ctx.ws.store.keys()
     table = _table(ctx.cache_dir, ctx.original["data_fingerprint"], ctx.meta["fingerprint"],
-                   tuple(ctx.original["classes"]), _digest(keys))
+                   tuple(ctx.original["classes"]), frame.listing_digest(keys))
     if table.empty:
         st.info("No compressed run yet: compute some on the Explorer page, run `hscc sweep`, or search below.")
         _search_section(ctx)

@@ -14,40 +14,57 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
+from hscc_core.compress.methods import get_method
 from hscc_core.present.labels import budget_sentence, duration, method_title, si, speed_text, split_name
 from hscc_core.present.report import layer_table
 from hscc_core.present.text import plain
 from hscc_core.runs import jobs
-from hscc_core.runs.config import (ALLOCATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig, default_allocation,
-                                   describe_config)
+from hscc_core.runs.config import (ALLOCATIONS, CALIBRATIONS, CLUSTER_SIDES, DEFAULTS, LEGACY, METHOD_NAMES, RunConfig,
+                                   default_allocation, describe_config)
 from hscc_core.runs.pipeline import run_key
 from hscc_core.runs.progress import StageTimes, profile_of
-from pages import frame
+from views import frame
 
 # Finer steps near 1, where accuracy changes fastest.
 ENERGIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999)
 BUDGETS = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0)
-CALIB_SIZES = (16, 32, 64, 128, 256, 512, 1024)
+CALIB_SIZES = (16, 32, 64, 128, 256, 512, 1024, "all")
+RANK_MULTIPLES = (1, 2, 4, 8, 16)
 MODES = ("energy threshold", "FLOPs budget")
 VALUES = "explorer_values"  # session key: the settings, kept while their widgets come and go
 # setting -> widget key
 FIELDS = {"method": "explorer_method", "mode": "explorer_mode", "grid": "explorer_grid",
           "clusters": "explorer_clusters", "energy": "explorer_energy", "budget": "explorer_budget",
           "finetune_epochs": "explorer_finetune", "calib_size": "explorer_calib", "seed": "explorer_seed",
-          "measure": "explorer_measure", "cluster_side": "explorer_side", "allocation": "explorer_alloc"}
+          "measure": "explorer_measure", "cluster_side": "explorer_side", "allocation": "explorer_alloc",
+          "calibration": "explorer_calibration", "calib_flip": "explorer_flip", "rank_multiple": "explorer_multiple"}
 DEFAULT_VALUES = {**{k: DEFAULTS[k] for k in FIELDS if k in DEFAULTS}, "mode": MODES[0], "measure": True,
                   "allocation": default_allocation(DEFAULTS["method"], DEFAULTS["budget"])}
 SIDE_LABELS = {"output": "output channels (paper)", "input": "input channels (HSCC+)"}
-ALLOC_LABELS = {"uniform": "uniform tau (paper)", "greedy": "greedy energy per FLOP (HSCC+)"}
+ALLOC_LABELS = {"uniform": "uniform tau (paper)", "greedy": "greedy energy per FLOP",
+                "sensitivity": "greedy, priced by sensitivity"}
+CALIBRATION_LABELS = {"independent": "independent (paper)", "sequential": "sequential (Zhang et al.)"}
 POLL_SECONDS = 1.0
 MINE = "explorer_jobs"  # session key: ids of the background jobs this session submitted
 
 
 def config_values(config: dict) -> dict:
-    """Explorer settings for a run config: its mode's value only (the other mode keeps its own)."""
-    out = {"method": config.get("method", DEFAULTS["method"]),
-           "mode": MODES[0] if config.get("energy") is not None else MODES[1]}
+    """Explorer settings for a run config: its mode's value only (the other mode keeps its own).
+
+    A stored canonical config leaves out fields at their :data:`~hscc_core.runs.config.LEGACY` value
+    (a uniform budget, independent calibration, ...): those are set to it, so the explorer shows
+    that very run. The allocation only matters to a budget, and HSCC's own settings only to HSCC:
+    otherwise the remembered ones stay.
+    """
+    method = config.get("method", DEFAULTS["method"])
+    budget = config.get("budget") is not None
+    out = {"method": method, "mode": MODES[1] if budget else MODES[0]}
     out.update({k: config[k] for k in FIELDS if k not in out and config.get(k) is not None})
+    hscc_only = ("cluster_side", "calibration", "rank_multiple")
+    for name, legacy in LEGACY.items():
+        if name in FIELDS and name not in config and (budget or name != "allocation") \
+                and (get_method(method).data_aware or name not in hscc_only):
+            out[name] = legacy
     return out
 
 
@@ -112,30 +129,68 @@ def settings_widgets(max_grid: int = 8) -> tuple[str, str]:
                        help="Cluster a region's output channels (each cluster repeats the k x k stage) or its "
                             "input channels (clusters make the k x k stage cheaper); docs/results.md compares them.")
     side_cols[1].radio("Rank allocation", ALLOCATIONS, **_on("allocation"), horizontal=True,
-                       format_func=ALLOC_LABELS.get, disabled=not is_hscc or mode == MODES[0],
-                       help="Budget mode only: one tau for every block, or ranks chosen across all blocks by "
-                            "captured energy per FLOP (the default, measured better on the real data).")
+                       format_func=ALLOC_LABELS.get, disabled=mode == MODES[0],
+                       help="Budget mode only, the same rules for every method (so budget comparisons are like "
+                            "for like): one tau for every block found by bisection (the paper); directions bought "
+                            "across all layers by captured energy per FLOP (the default); or the same with each "
+                            "layer's energy priced by its measured effect on the output (the KL to the original "
+                            "with only that layer truncated, measured once per decomposition).")
     with st.expander("Advanced"):
         adv = st.columns(4)
         adv[0].number_input("Fine-tuning epochs", 0, 100, step=1, **_on("finetune_epochs"))
-        adv[1].selectbox("Calibration images", CALIB_SIZES, **_on("calib_size"), disabled=not is_hscc)
-        adv[2].number_input("Seed", 0, 2**31 - 1, step=1, **_on("seed"))
-        adv[3].checkbox("Measure speed", **_on("measure"),
-                        help="Time original and compressed models (batch 1 and 32, 20 runs each) with new runs.")
+        adv[1].number_input("Seed", 0, 2**31 - 1, step=1, **_on("seed"))
+        adv[2].checkbox("Measure speed", **_on("measure"),
+                        help="Time original and compressed models (batch 1 and 32, within a few seconds) with new "
+                             "runs.")
+        st.caption("Calibration: the images the data-aware method (HSCC; sensitivity allocation for every "
+                   "method) computes its statistics on.")
+        cal = st.columns(4)
+        reads_images = is_hscc or (mode == MODES[1] and values["allocation"] == "sensitivity")
+        sizes = list(CALIB_SIZES) + ([values["calib_size"]] if values["calib_size"] not in CALIB_SIZES else [])
+        cal[0].selectbox("Calibration images", sorted(sizes, key=lambda v: (v == "all", v if v != "all" else 0)),
+                         **_on("calib_size"), disabled=not reads_images,
+                         format_func=lambda v: "whole training split" if v == "all" else str(v),
+                         help=f"Drawn (seeded, at random) from the training split; default "
+                              f"{DEFAULTS['calib_size']}. More images give steadier regional statistics at "
+                              "fine grids and cost proportionally more calibration time.")
+        cal[1].checkbox("Add mirror images", **_on("calib_flip"), disabled=not reads_images,
+                        help="Calibrate on the images and their horizontal mirrors (training's flip augmentation): "
+                             "twice the samples, twice the calibration time.")
+        cal[2].radio("Calibration", CALIBRATIONS, **_on("calibration"), format_func=CALIBRATION_LABELS.get,
+                     disabled=not is_hscc,
+                     help="HSCC only. Independent: every layer fitted to the original model's own inputs (the "
+                          "paper). Sequential: layers fitted in order, each to the original's outputs from the "
+                          "compressed model's inputs (Zhang et al. 2016, 3.3), so errors do not compound; same "
+                          "ranks and FLOPs, more calibration time. The baselines are weight-only.")
+        cal[3].selectbox("Ranks in multiples of", RANK_MULTIPLES, **_on("rank_multiple"), disabled=not is_hscc,
+                         format_func=lambda m: "any rank" if m == 1 else str(m),
+                         help="HSCC only: every kept rank rounded up to a multiple (capped at the block's size); "
+                              "8 suits the compiled kernels (docs/performance.md), at the cost of FLOPs.")
     return method, mode
 
 
 def chosen_config(method: str, mode: str) -> RunConfig:
-    """The RunConfig the settings describe (ValueError when they describe none)."""
+    """The RunConfig the settings describe (ValueError when they describe none).
+
+    Settings a method does not read fall back to their defaults, so that a baseline's run is the
+    same run whatever the HSCC-only widgets say.
+    """
     extra = st.session_state.get("explorer_extra") or {}
     v = st.session_state[VALUES]
     is_hscc = method == "hscc"
+    budget_mode = mode == MODES[1]
+    allocation = v["allocation"] if budget_mode else None
+    if allocation is not None and allocation not in get_method(method).allocations:
+        allocation = None  # the method's default rule
+    calib_size = v["calib_size"] if v["calib_size"] == "all" else int(v["calib_size"])
     return RunConfig(**extra, method=method, grid=int(v["grid"]), clusters=int(v["clusters"]),
-                     energy=float(v["energy"]) if mode == MODES[0] else None,
-                     budget=float(v["budget"]) if mode == MODES[1] else None,
-                     finetune_epochs=int(v["finetune_epochs"]), calib_size=int(v["calib_size"]), seed=int(v["seed"]),
+                     energy=float(v["energy"]) if not budget_mode else None,
+                     budget=float(v["budget"]) if budget_mode else None,
+                     finetune_epochs=int(v["finetune_epochs"]), calib_size=calib_size, seed=int(v["seed"]),
                      cluster_side=v["cluster_side"] if is_hscc else DEFAULTS["cluster_side"],
-                     allocation=v["allocation"] if is_hscc and mode == MODES[1] else None)
+                     allocation=allocation, calibration=v["calibration"] if is_hscc else None,
+                     calib_flip=bool(v["calib_flip"]),
+                     rank_multiple=int(v["rank_multiple"]) if is_hscc else DEFAULTS["rank_multiple"])
 
 
 # --------------------------------------------------------------------------------------------

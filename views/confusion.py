@@ -5,7 +5,7 @@ import streamlit as st
 from hscc_core.present.labels import split_name
 from hscc_core.present.plots import confusion_difference_figure, confusion_figure, per_class_figure
 from hscc_core.runs.config import run_name
-from pages import frame
+from views import frame
 
 
 def main(ctx: frame.Context) -> None:

@@ -9,10 +9,10 @@ import streamlit as st
 from hscc_core.nn.layers import compress_candidates
 from hscc_core.present.labels import class_label, split_name
 from hscc_core.present.png import PRINT_DPI, figure_png, figures_zip
-from hscc_core.present.report import (environment_info, image_maps, layer_table, metrics_rows, report_figures,
-                                      report_html)
+from hscc_core.present.report import (config_rows, environment_info, image_maps, layer_table, metrics_rows,
+                                      report_figures, report_html)
 from hscc_core.runs.config import run_name
-from pages import frame
+from views import frame
 
 
 @st.cache_data(show_spinner="Computing the error and Grad-CAM maps...", max_entries=16)
@@ -30,7 +30,7 @@ def main(ctx: frame.Context) -> None:
     run = frame.run_picker(ctx, "report")
     if run is None:
         return
-    runs = ctx.runs()
+    runs = ctx.run_summaries()  # the report's Pareto fronts draw every run: summaries suffice
     images = ctx.ws.images()
     classes = ctx.classes
     fine_tuned = int(run["config"].get("finetune_epochs") or 0) > 0
@@ -73,7 +73,8 @@ def main(ctx: frame.Context) -> None:
                                     "kept %": st.column_config.NumberColumn(format="%.1f %%"),
                                     "output error": st.column_config.NumberColumn(format="%.3f")})
     st.subheader("Configuration")
-    st.json(run["config"], expanded=True)
+    st.dataframe(pd.DataFrame(config_rows(run["config"]), columns=["setting", "value"]), hide_index=True,
+                 key="report_config")
     st.subheader("Figures in the report")
     st.write(", ".join(names) + ".")
     preview = st.selectbox("Preview a figure as PNG", names, index=None, key="report_preview",

@@ -5,14 +5,15 @@ import streamlit as st
 
 from hscc_core.nn.layers import compress_candidates
 from hscc_core.present import explain
-from hscc_core.present.heatmaps import layer_summaries, region_value_map
+from hscc_core.present.heatmaps import (REGION_LABELS, cluster_figure, cluster_label_map, error_figure,
+                                        layer_summaries, region_figure)
 from hscc_core.present.labels import class_label
 from hscc_core.runs.config import run_name
 from hscc_core.present.plots import overlay_figure
 from hscc_core.present.text import plain
-from pages import frame
+from views import frame
 
-KINDS = {"rank kept": "rank", "FLOPs kept": "flops"}
+KINDS = {label: kind for kind, label in REGION_LABELS.items()}  # widget label -> kind of region value
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -35,11 +36,9 @@ def image_maps(data: str, cache_dir: str, key: str, layer: str, cluster_side: st
 HEIGHT = 600  # two maps side by side at 1280-1440 px: each about 560 px square
 
 
-def region_figure(run, summary, layer, kind, opacity, slice_, key):
-    values, regions, labels = region_value_map(summary, KINDS[kind])
-    return frame.chart(overlay_figure(
-        slice_, values, opacity=opacity, zmin=0, zmax=1, regions=regions, region_text=labels,
-        colorbar_title=f"{kind} (share of the original)", height=HEIGHT,
+def draw_regions(run, summary, layer, kind, opacity, slice_, key):
+    return frame.chart(region_figure(
+        slice_, summary, KINDS[kind], opacity=opacity, height=HEIGHT,
         title=f"{kind.capitalize()} per region · {layer}<br><sup>{run_name(run)}</sup>"), key=key)
 
 
@@ -90,7 +89,7 @@ def main(ctx: frame.Context) -> None:
         if st.button("Rebuild it with fine-tuning", key="heatmaps_finetune"):
             st.session_state[f"heatmaps_ft_{run['cache_key']}"] = True
             st.rerun()
-        region_figure(run, summary, layer, kind, opacity, images.x_test[index], "heatmaps_regions_only")
+        draw_regions(run, summary, layer, kind, opacity, images.x_test[index], "heatmaps_regions_only")
         return
     st.info(f"Test image #{index}, true class **{plain(class_label(classes[true_cls]))}**: the original model "
             f"predicts **{plain(class_label(classes[orig_pred[index]]))}**, the compressed model predicts "
@@ -107,24 +106,21 @@ def draw(run, arrays, summary, layer, kind, opacity, slice_, maps, classes, cams
     """The five overlays, two per row: regions and clusters, output error, Grad-CAM of both models."""
     left, right = st.columns(2, gap="medium")
     with left:
-        region_figure(run, summary, layer, kind, opacity, slice_, "heatmaps_regions")
+        draw_regions(run, summary, layer, kind, opacity, slice_, "heatmaps_regions")
     labels = arrays.get(f"labels.{layer}")
     if labels is not None and maps["activation"] is not None:
-        regions = [r.bounds for r in summary.regions]
-        cmap = explain.cluster_map(maps["activation"], labels, regions).astype(float)
-        cmap[cmap < 0] = np.nan
-        k = int(np.nanmax(cmap)) + 1 if np.isfinite(cmap).any() else 1
-        frame.chart(overlay_figure(
-            slice_, cmap, opacity=opacity, categories=k, regions=regions, colorbar_title="cluster (ids per region)",
-            height=HEIGHT, title=f"Dominant {summary.cluster_side}-channel cluster · {layer}<br><sup>per position: "
-                                 "the cluster with the most activation</sup>"), key="heatmaps_clusters", where=right)
+        cmap, k = cluster_label_map(maps["activation"], labels, summary)
+        frame.chart(cluster_figure(
+            slice_, cmap, summary, categories=k, opacity=opacity, height=HEIGHT,
+            title=f"Dominant {summary.cluster_side}-channel cluster · {layer}<br><sup>per position: "
+                  "the cluster with the most activation</sup>"), key="heatmaps_clusters", where=right)
     else:
         right.info("Cluster maps exist for HSCC runs only (the baselines do not cluster channels).")
     left, right = st.columns(2, gap="medium")
-    frame.chart(overlay_figure(
-        slice_, maps["error"], opacity=opacity, colorscale="Inferno", zmin=0, colorbar_title="relative error",
-        height=HEIGHT, title=f"Output error · {layer}<br><sup>||y - y'|| / RMS ||y||, same input; "
-                             f"mean {float(np.mean(maps['error'])):.3f}</sup>"), key="heatmaps_error", where=left)
+    frame.chart(error_figure(
+        slice_, maps["error"], opacity=opacity, height=HEIGHT,
+        title=f"Output error · {layer}<br><sup>||y - y'|| / RMS ||y||, same input; "
+              f"mean {float(np.mean(maps['error'])):.3f}</sup>"), key="heatmaps_error", where=left)
     right.markdown(f"**Grad-CAM** below: where each model finds evidence for "
                    f"**{class_label(classes[maps['target']])}** "
                    f"at layer {maps['cam_layer']} (Selvaraju et al. 2017). Brighter means more positive evidence; "

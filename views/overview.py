@@ -8,7 +8,7 @@ from hscc_core.present.labels import class_label, si, split_name
 from hscc_core.present.plots import confusion_figure
 from hscc_core.present.text import plain
 from hscc_core.runs.split_overview import split_overview
-from pages import frame
+from views import frame
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

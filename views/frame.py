@@ -8,15 +8,17 @@ exception into one visible message with an error id (the traceback goes to the s
 
 Pages hold widgets and layout only: each is a ``main(ctx)`` function handed to :func:`show`, which
 runs it inside the frame app.py drew (or draws the frame itself when Streamlit runs the page file
-alone: its pages-directory mode does that for the first request of a server process, and AppTest for
-every page switch); they pick runs with :func:`run_picker` and select one with :func:`select_run`. All computation is in ``hscc_core``. Runs are immutable once
+alone, as AppTest does on every page switch); they pick runs with :func:`run_picker` and select one
+with :func:`select_run`. All computation is in ``hscc_core``. Runs are immutable once
 stored (their key is a content hash), so they are cached with ``st.cache_data`` by (cache folder,
 key); run lists are cached by the store's current set of keys, so a new run shows up at once.
-``st.cache_resource`` holds loaded things only: workspaces (with their baseline model).
+``st.cache_resource`` holds loaded things (workspaces with their baseline model) and the run summaries
+of :meth:`Context.run_summaries` (10,000 of them: too many to copy out of ``st.cache_data`` per rerun).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from hscc_core.data.folders import DataError
 from hscc_core.nn.models import CheckpointError
 from hscc_core.present.errors import log_exception, viewer_message
 from hscc_core.present.labels import NOTICE, pct, speed_text
-from hscc_core.present.plots import themed
+from hscc_core.present.plots import run_hover, themed
 from hscc_core.present.text import plain
 from hscc_core.runs import jobs
 from hscc_core.runs.config import run_name
@@ -35,11 +37,13 @@ from hscc_core.runs.pipeline import original_run, rebuild_model
 from hscc_core.runs.selection import baseline_runs
 from hscc_core.runs.settings import DataSettings, data_choices, data_settings, resolve_data_folder
 from hscc_core.runs.store import RunStore
+from hscc_core.runs.table_cache import stored_run_summaries
 from hscc_core.runs.workspace import Workspace
 
 __all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "app", "baseline_ready", "baseline_run", "begin", "chart",
-           "compressed_model", "finish", "load_arrays", "load_run", "prepare_with_progress", "run_page", "run_picker",
-           "select_run", "selected_run", "settings", "show", "theme", "workspace_for", "workspace_id"]
+           "compressed_model", "finish", "listing_digest", "load_arrays", "load_run", "prepare_with_progress",
+           "run_page", "run_picker", "select_run", "selected_run", "settings", "show", "theme", "workspace_for",
+           "workspace_id"]
 
 # The pages, in navigation order: file stem, navigation label, page title, icon.
 PAGES = [
@@ -214,15 +218,48 @@ class Context:
         return list(self.original["classes"])
 
     def runs(self) -> list[dict]:
-        """Every stored compression run of this baseline and data."""
+        """Every stored compression run of this baseline and data, whole (every run file is read: with
+        thousands of runs, list them with :meth:`run_summaries` and :func:`load_run` the ones shown)."""
         return _runs_for(self.cache_dir, self.original["data_fingerprint"], self.meta["fingerprint"],
                          tuple(self.ws.store.keys()))
+
+    def run_summaries(self) -> list[dict]:
+        """Every stored compression run of this baseline and data without its per-layer detail
+        (:data:`hscc_core.runs.table_cache.DETAIL_FIELDS`), from the store's table cache: what a page
+        that draws every run reads, without reading every run file. Shared, read-only: do not modify."""
+        return _summaries_for(*self._listing())
+
+    def run_hovers(self) -> dict[str, str]:
+        """The hover text of every run of :meth:`run_summaries` by cache key (for ``pareto_figure``),
+        computed once per store listing."""
+        return _hovers_for(*self._listing())
+
+    def _listing(self) -> tuple:
+        return (self.cache_dir, self.original["data_fingerprint"], self.meta["fingerprint"], tuple(self.classes),
+                listing_digest(self.ws.store.keys()))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _runs_for(cache_dir: str, data_fp: str, model_fp: str, keys: tuple[str, ...]) -> list[dict]:
     # ``keys`` is the store's listing: any new or removed run changes it and so refreshes this.
     return baseline_runs(RunStore(cache_dir), data_fp, model_fp)
+
+
+def listing_digest(keys) -> str:
+    """A short digest of a store's listing (its run keys): cache entries keyed by it follow new and removed runs."""
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _summaries_for(cache_dir: str, data_fp: str, model_fp: str, classes: tuple, listing: str) -> list[dict]:
+    # A resource, not cache_data: copying 10,000 dicts out of the cache on every rerun would cost more
+    # than the page itself. The pages only read them.
+    return stored_run_summaries(RunStore(cache_dir), classes, data_fp, model_fp)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _hovers_for(cache_dir: str, data_fp: str, model_fp: str, classes: tuple, listing: str) -> dict[str, str]:
+    return {r["cache_key"]: run_hover(r) for r in _summaries_for(cache_dir, data_fp, model_fp, classes, listing)}
 
 
 def _open_context() -> Context | None:
@@ -317,7 +354,7 @@ def selected_run(ctx: Context) -> dict | None:
 
 def run_picker(ctx: Context, page: str) -> dict | None:
     """A select box of stored runs, synced with the selection; returns the chosen run or None."""
-    runs = sorted(ctx.runs(), key=lambda r: (r.get("method", ""), run_name(r)))
+    runs = sorted(ctx.run_summaries(), key=lambda r: (r.get("method", ""), run_name(r)))
     if not runs:
         st.info("No compressed run yet: compute one on the Explorer page (or with `hscc compress` / "
                 "`hscc sweep`).")
@@ -338,7 +375,7 @@ def run_picker(ctx: Context, page: str) -> dict | None:
     choice = st.selectbox("Run", list(by_key), key=widget, index=None, on_change=changed,
                           placeholder="pick a run (or click one on the Pareto page)",
                           format_func=lambda k: f"{run_name(by_key[k])}  ·  accuracy {pct(by_key[k]['accuracy'])}")
-    return by_key.get(choice)
+    return load_run(ctx, choice) if choice in by_key else None  # the whole run: pages draw its layers
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,9 +503,10 @@ def app(default: str | None = None) -> None:
 def show(stem: str, main) -> None:
     """Run a page's ``main(ctx)`` inside the frame :func:`app` opened in this script run.
 
-    Streamlit sometimes runs a page file alone (its pages-directory mode does, for the first request
-    of a server process that names a page, and AppTest on page switches): the page then runs the
-    app, which draws the frame and runs this page again inside it.
+    AppTest runs a page file alone on page switches: the page then runs the app, which draws the
+    frame and runs this page again inside it. (The pages live in ``views/``, not ``pages/``: a
+    ``pages/`` folder beside app.py puts Streamlit in its pages-directory mode until app.py first
+    runs, so a deep link as a server's first request showed the raw page list and "Page not found".)
     """
     if st.session_state.pop(_FRAMED, False):
         main(st.session_state[_CONTEXT])
@@ -516,7 +554,7 @@ def _background_list(ctx: Context) -> None:
                 run = load_run(ctx, job.key)
                 if run is not None:
                     select_run(run)
-                st.switch_page("pages/explorer.py")
+                st.switch_page("views/explorer.py")
         else:
             c = st.columns([3, 1], vertical_alignment="center")
             c[0].caption(f":material/error: {name}: failed ({job.error})")
