@@ -84,11 +84,13 @@ def test_kernel_equals_reference(kernel, case, batch):
             ref = layer.forward_reference(xi)
             assert native.usable(layer, xi)
             # NCHW and channels_last memory; the kernel's tile size and many small tiles (region
-            # and image edges inside one tile)
+            # and image edges inside one tile); the AVX-512 code and the portable one (BLAS, scalar
+            # write-out: what CPUs without AVX-512 run)
             for fmt in (torch.contiguous_format, torch.channels_last):
                 for tile in (0, 8):
-                    out = native.run(layer, xi.contiguous(memory_format=fmt), tile_rows=tile)
-                    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+                    for panel in (-1, 0):
+                        out = native.run(layer, xi.contiguous(memory_format=fmt), tile_rows=tile, panel_rows=panel)
+                        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
             # a non-contiguous input is read through its strides
             wide = torch.cat([xi, xi], dim=3)[..., ::2]
             torch.testing.assert_close(native.run(layer, wide), layer.forward_reference(wide), rtol=1e-5, atol=1e-5)
@@ -127,7 +129,16 @@ def test_program_follows_new_weights(kernel):
             p.mul_(0.5)
         after = native.run(layer, xi)
         torch.testing.assert_close(after, layer.forward_reference(xi), rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(before, after)
+        assert not torch.allclose(before, after)
+        # a parameter replaced by another object, and one whose data was swapped (no version bump)
+        for change in ("replace", "data"):
+            owner = next(m for m in layer.modules() if m._parameters.get("weight") is not None)
+            new = owner.weight.detach() * 0.25
+            if change == "replace":
+                owner.weight = torch.nn.Parameter(new)
+            else:
+                owner.weight.data = new
+            torch.testing.assert_close(native.run(layer, xi), layer.forward_reference(xi), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("side", ["output", "input"])

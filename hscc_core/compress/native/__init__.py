@@ -14,6 +14,7 @@ path. ``HSCC_NATIVE=0`` in the environment or :func:`disabled` switches the nati
 
 from __future__ import annotations
 
+import operator
 import os
 import weakref
 from collections.abc import Iterator
@@ -30,8 +31,23 @@ __all__ = ["Program", "available", "build", "disabled", "execute", "kernel_of", 
 
 _state = {"loaded": None, "error": None, "enabled": os.environ.get("HSCC_NATIVE", "1") != "0",
           "registered": False}
-# layer -> (parameter signature, packed program): lowered once, redone when a weight changes.
+# layer -> _Cached: lowered once, redone when a weight changes.
 _programs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Bumped whenever any module of the process registers a parameter, buffer or submodule (also by
+# assignment): a layer's cached tensor list is then re-read before it is trusted again.
+_structure = [0]
+
+
+def _bump(*_args) -> None:
+    _structure[0] += 1
+
+
+for _hook in (nn.modules.module.register_module_parameter_registration_hook,
+              nn.modules.module.register_module_buffer_registration_hook,
+              nn.modules.module.register_module_module_registration_hook):
+    _hook(_bump)
+_VERSION = operator.attrgetter("_version")
+_DATA_PTR = torch.Tensor.data_ptr
 
 
 def _register_python_parts() -> None:
@@ -45,7 +61,7 @@ def _register_python_parts() -> None:
 
     @register_flop_formula(op)
     def _flops(x_shape, *args, out_shape=None, **kwargs) -> int:
-        macs = kwargs["macs_per_image"] if "macs_per_image" in kwargs else args[11]
+        macs = kwargs["macs_per_image"] if "macs_per_image" in kwargs else args[12]
         return 2 * int(x_shape[0]) * int(macs)
 
     @torch.library.register_fake("hscc_native::region_conv")
@@ -120,27 +136,56 @@ def usable(layer: nn.Module, x: torch.Tensor) -> bool:
     return (ho, wo) == tuple(layer.out_hw) and x.shape[1] == layer.in_channels
 
 
-def _signature(layer: nn.Module) -> tuple:
-    return tuple((t.data_ptr(), t._version) for t in (*layer.parameters(), *layer.buffers()))
+class _Cached:
+    """A layer's packed program with what it was lowered from: the layer's tensors (parameters and
+    buffers), their version counters and data pointers, and the structure count of that time."""
+
+    __slots__ = ("args", "program", "ptrs", "structure", "tensors", "versions")
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.tensors = (*layer.parameters(), *layer.buffers())
+        self.versions = list(map(_VERSION, self.tensors))
+        self.ptrs = list(map(_DATA_PTR, self.tensors))
+        self.structure = _structure[0]
+        self.program = pack(lower(layer))
+        self.args = self.program.tensors()
+
+    def current(self, layer: nn.Module) -> bool:
+        """Whether the layer still computes what the program does: no tensor changed in place
+        (version counter), was moved (data pointer) or was replaced (structure count, then the
+        tensor list is read again: slow, but only after some module changed its structure)."""
+        if self.structure != _structure[0]:
+            now = (*layer.parameters(), *layer.buffers())
+            if len(now) != len(self.tensors) or any(a is not b for a, b in zip(now, self.tensors)):
+                return False
+            self.structure = _structure[0]
+        return list(map(_VERSION, self.tensors)) == self.versions and list(map(_DATA_PTR, self.tensors)) == self.ptrs
+
+
+def _cached(layer: nn.Module) -> _Cached:
+    hit = _programs.get(layer)
+    if hit is None or not hit.current(layer):
+        hit = _programs[layer] = _Cached(layer)
+    return hit
 
 
 def packed(layer: nn.Module) -> PackedProgram:
-    """The layer's packed program, lowered on first use and again after any weight changed."""
-    sig = _signature(layer)
-    hit = _programs.get(layer)
-    if hit is None or hit[0] != sig:
-        hit = _programs[layer] = (sig, pack(lower(layer)))
-    return hit[1]
+    """The layer's packed program, lowered on first use and again after any weight changed (in
+    place, moved, or replaced by another tensor)."""
+    return _cached(layer).program
 
 
-def run(layer: nn.Module, x: torch.Tensor, tile_rows: int = 0) -> torch.Tensor:
+def run(layer: nn.Module, x: torch.Tensor, tile_rows: int = 0, panel_rows: int = -1) -> torch.Tensor:
     """``layer(x)`` in one native call (check :func:`usable` first). Output (N, O, H, W) in
     channels_last memory, like the layers' PyTorch fast paths. ``tile_rows`` 0 lets the kernel
-    choose the rows per work item."""
+    choose the rows per work item; tiles of at most ``panel_rows`` rows use the kernel's AVX-512
+    register GEMM instead of BLAS (-1: every tile; 0: none, and the write-out is the portable scalar
+    one too: the code that runs on CPUs without AVX-512). All variants compute the same MACs."""
     if not available():
         raise RuntimeError(f"the native HSCC kernel is not available: {_state['error']}")
-    p = packed(layer)
-    return torch.ops.hscc_native.region_conv(x, *p.tensors(), int(tile_rows), p.macs_per_image, *p.out_shape)
+    c = _cached(layer)
+    return torch.ops.hscc_native.region_conv(x, *c.args, int(tile_rows), int(panel_rows),
+                                             c.program.macs_per_image, *c.program.out_shape)
 
 
 def kernel_of(model: nn.Module, x: torch.Tensor | None = None) -> str:

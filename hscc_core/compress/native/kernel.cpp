@@ -1,10 +1,13 @@
 // One HSCC layer per call: the region program of program.py executed in compiled code.
 //
 // Work items are (region, row tile) pairs shared over OpenMP threads (dynamic schedule, largest
-// first); inside a work item BLAS runs single-threaded on cache-resident buffers: im2col of the
-// tile into A, the program's GEMM steps (A -> Z -> Y), then one write-out pass that adds the bias,
-// scatters Y's columns to their channels and fills the constant channels. No padding and no extra
-// MACs: exactly the program's steps, which are the layer's analytical MACs.
+// first); inside a work item one thread works on cache-resident buffers: im2col of the tile into
+// A, the program's GEMM steps (A -> Z -> Y; the AVX-512 register kernel below, or single-threaded
+// BLAS where AVX-512 is absent), then one write-out pass that adds the bias, scatters Y's columns
+// to their channels and fills the constant channels (one masked gather per 16 channels with
+// AVX-512). Regions that read every input channel in order (the output side) skip the im2col
+// copy: the GEMM reads the input in place (direct_rows). No padding and no extra MACs: exactly
+// the program's steps, which are the layer's analytical MACs.
 //
 // Built by build.py with -fopenmp: ATen's own headers would otherwise compile the OpenMP pragmas
 // away and the layer would run on one thread. The OpenMP runtime is the one torch already loaded.
@@ -14,9 +17,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <limits>
+#include <utility>
 #include <vector>
 
+#include <immintrin.h>
 #include <omp.h>
 
 extern "C" {
@@ -51,8 +58,117 @@ struct Input {
   int64_t sn, sc, sh, sw, h, w;
 };
 
-// dst[rows x m] (leading dim ldd) (+)= src[rows x k] (leading dim lds) * w^T, w (m x k) row-major.
-inline void gemm_rows(int rows, int m, int k, const float* w, const float* src, int lds, bool acc,
+// ---- GEMM on panel-packed weights ----------------------------------------------------------------
+//
+// program.pack() stores every step's weight (m x k) as panels of kPanel output columns: panel p
+// holds columns [16 p, 16 p + w_p) as a (k x w_p) row-major block (w_p = 16, the last one the
+// rest), one panel after the other: the same m x k numbers, no padding. A panel row is one vector
+// of 16 output columns, so the kernel below streams the weights in order, broadcasts one src value
+// per row and keeps RB rows x NP panels of partial sums in registers for the whole k loop: with a
+// handful of rows (batch 1: the positions of one region) each weight is read once from memory and
+// no horizontal sums are needed. The last panel's missing lanes are masked: they load and store
+// nothing, so the MACs are exactly rows x m x k. BLAS runs the same panels (one call per panel)
+// where AVX-512 is absent (measured: the register kernel is as fast or faster for tall tiles too).
+
+constexpr int kPanel = 16;
+
+// One panel of a GEMM step: its weights (k rows of width floats), where its columns go (row 0 of
+// the row block; rows ldd apart) and whether they are added to what is there.
+struct PanelJob {
+  const float* w;
+  int width;
+  float* dst;
+  int ldd;
+  bool acc;
+};
+
+template <int RB, int NP>
+__attribute__((target("avx512f"))) void panel_block(int nseg, int len, const float* const* rows, int row_stride,
+                                                    const PanelJob* jobs, int row0) {
+  // Every loop over RB or NP is unrolled (pragmas): otherwise GCC keeps the accumulators in memory.
+  __m512 s[RB][NP];
+  const float* pw[NP];
+  __mmask16 mask[NP];
+  int width[NP];
+#pragma GCC unroll 16
+  for (int p = 0; p < NP; ++p) {
+    width[p] = jobs[p].width;
+    mask[p] = static_cast<__mmask16>((1u << width[p]) - 1u);
+    pw[p] = jobs[p].w;
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 16
+    for (int p = 0; p < NP; ++p) s[r][p] = _mm512_setzero_ps();
+  for (int seg = 0; seg < nseg; ++seg) {
+    const float* src[RB];
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) src[r] = rows[r * row_stride + seg];
+    for (int i = 0; i < len; ++i) {
+      __m512 wv[NP];
+#pragma GCC unroll 16
+      for (int p = 0; p < NP; ++p) {
+        wv[p] = _mm512_maskz_loadu_ps(mask[p], pw[p]);
+        pw[p] += width[p];
+      }
+#pragma GCC unroll 16
+      for (int r = 0; r < RB; ++r) {
+        const __m512 a = _mm512_set1_ps(src[r][i]);
+#pragma GCC unroll 16
+        for (int p = 0; p < NP; ++p) s[r][p] = _mm512_fmadd_ps(a, wv[p], s[r][p]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 16
+    for (int p = 0; p < NP; ++p) {
+      float* d = jobs[p].dst + static_cast<int64_t>(row0 + r) * jobs[p].ldd;
+      const __m512 v = jobs[p].acc ? _mm512_add_ps(s[r][p], _mm512_maskz_loadu_ps(mask[p], d)) : s[r][p];
+      _mm512_mask_storeu_ps(d, mask[p], v);
+    }
+}
+
+constexpr int kMaxRowBlock = 12;  // 12 rows x 2 panels = 24 of the 32 vector registers
+using PanelBlock = void (*)(int, int, const float* const*, int, const PanelJob*, int);
+template <int NP, int... RB>
+constexpr std::array<PanelBlock, sizeof...(RB)> panel_table(std::integer_sequence<int, RB...>) {
+  return {panel_block<RB + 1, NP>...};
+}
+constexpr auto kPanel1 = panel_table<1>(std::make_integer_sequence<int, kMaxRowBlock>{});
+constexpr auto kPanel2 = panel_table<2>(std::make_integer_sequence<int, kMaxRowBlock>{});
+
+// For every job: dst[rows x width] (+)= src[rows x k] w^T, k = nseg x len: row r of src is the
+// nseg runs of len floats at rows[r * row_stride + 0 .. nseg) (an im2col row read in place from
+// the input, or one run of a buffer row). Jobs two at a time (each src value is broadcast once
+// for both), the rows in even blocks of at most kMaxRowBlock.
+void panel_gemm(int n_rows, int nseg, int len, const float* const* rows, int row_stride, const PanelJob* jobs,
+                int n_jobs) {
+  const int blocks = (n_rows + kMaxRowBlock - 1) / kMaxRowBlock;
+  for (int j = 0; j < n_jobs; j += 2) {
+    const auto& table = n_jobs - j > 1 ? kPanel2 : kPanel1;
+    for (int b = 0, r = 0; b < blocks; ++b) {
+      const int rb = (n_rows - r) / (blocks - b);
+      table[rb - 1](nseg, len, rows + static_cast<int64_t>(r) * row_stride, row_stride, jobs + j, r);
+      r += rb;
+    }
+  }
+}
+
+// The jobs of a step whose m x k weights are in panels (module comment above), appended to jobs.
+void add_jobs(std::vector<PanelJob>& jobs, const float* panels, int m, int k, float* dst, int ldd, bool acc) {
+  for (int j = 0; j < m; j += kPanel)
+    jobs.push_back({panels + static_cast<int64_t>(j) * k, std::min(kPanel, m - j), dst + j, ldd, acc});
+}
+
+bool have_avx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+}
+
+// dst[rows x m] (leading dim ldd) (+)= src[rows x k] (leading dim lds) w^T, w (m x k) in panels,
+// by BLAS once per panel (CPUs without AVX-512).
+inline void blas_rows(int rows, int m, int k, const float* panels, const float* src, int lds, bool acc,
                       float* dst, int ldd) {
   if (rows <= 0 || m <= 0) return;
   if (k <= 0) {
@@ -60,10 +176,14 @@ inline void gemm_rows(int rows, int m, int k, const float* w, const float* src, 
       for (int r = 0; r < rows; ++r) std::memset(dst + (int64_t)r * ldd, 0, sizeof(float) * m);
     return;
   }
-  const char ta = 'T', tb = 'N';
+  const char tn = 'N';
   const float one = 1.f, beta = acc ? 1.f : 0.f;
-  // Column-major view: dst^T (m x rows) = w (as k x m, transposed) * src^T (k x rows).
-  sgemm_(&ta, &tb, &m, &rows, &k, &one, w, &k, src, &lds, &beta, dst, &ldd);
+  for (int j = 0; j < m; j += kPanel) {
+    const int w = std::min(kPanel, m - j);
+    // Column-major view: dst^T (w x rows) = panel (w x k, leading dim w) * src^T (k x rows).
+    sgemm_(&tn, &tn, &w, &rows, &k, &one, panels + static_cast<int64_t>(j) * k, &w, src, &lds, &beta,
+           dst + j, &ldd);
+  }
 }
 
 // Short runs (a few channels of an 11 x 11 first layer) are copied inline: a memcpy call per run
@@ -123,12 +243,62 @@ void im2col(const Input& x, const Geometry& g, const Region& r, const int64_t* g
   }
 }
 
+// im2col without the copy, for a region whose one gather group is every input channel in order
+// (channels-last input, no dilation along x): row t's columns for tap row ky are the kw x C floats
+// of the input from (iy, ix0) on, one run in memory. rows[t * kh + ky] points at that run; a run
+// outside the map points at zeros, and one clipped by the left or right edge is assembled in A's
+// row (zeros where the window leaves the map), as im2col would.
+void direct_rows(const Input& x, const Geometry& g, const Region& r, int64_t ch0, int64_t row0, int n_rows, float* a,
+                 int64_t d, const float* zeros, const float** rows) {
+  const int64_t hr = r.h1 - r.h0, wr = r.w1 - r.w0, per_image = hr * wr, run = g.kw * x.sw;
+  for (int t = 0; t < n_rows; ++t) {
+    const int64_t p = row0 + t, n = p / per_image, rem = p % per_image;
+    const int64_t oy = r.h0 + rem / wr, ox = r.w0 + rem % wr;
+    const int64_t ix0 = ox * g.sw - g.pad_l, ix1 = ix0 + g.kw - 1;
+    const float* base = x.data + n * x.sn + ch0;
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      const int64_t iy = oy * g.sh - g.pad_t + ky * g.dh;
+      const float** slot = rows + static_cast<int64_t>(t) * g.kh + ky;
+      if (iy < 0 || iy >= x.h) {
+        *slot = zeros;
+      } else if (ix0 >= 0 && ix1 < x.w) {
+        *slot = base + iy * x.sh + ix0 * x.sw;
+      } else {
+        float* dst = a + t * d + ky * run;
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const int64_t ix = ix0 + kx;
+          if (ix < 0 || ix >= x.w)
+            std::memset(dst + kx * x.sw, 0, sizeof(float) * x.sw);
+          else
+            std::memcpy(dst + kx * x.sw, base + iy * x.sh + ix * x.sw, sizeof(float) * x.sw);
+        }
+        *slot = dst;
+      }
+    }
+  }
+}
+
+// One output row (channels-last, out_c channels) from a row of Y: o[c] = y[src[c]] + add[c], with
+// src[c] < 0 for a constant channel (add[c] is then its value). One masked gather per 16 channels
+// instead of a scalar scatter per channel (the write-out was a fifth of conv1's time).
+__attribute__((target("avx512f"))) void write_row_avx512(float* o, const float* yr, const int32_t* src,
+                                                         const float* add, int64_t out_c) {
+  for (int64_t c = 0; c < out_c; c += 16) {
+    const __mmask16 lanes = out_c - c >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                            : static_cast<__mmask16>((1u << (out_c - c)) - 1u);
+    const __m512i idx = _mm512_maskz_loadu_epi32(lanes, src + c);
+    const __mmask16 from_y = _mm512_mask_cmpge_epi32_mask(lanes, idx, _mm512_setzero_si512());
+    const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), from_y, idx, yr, 4);
+    _mm512_mask_storeu_ps(o + c, lanes, _mm512_add_ps(v, _mm512_maskz_loadu_ps(lanes, add + c)));
+  }
+}
+
 at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const at::Tensor& regions,
                        const at::Tensor& gather, const at::Tensor& groups, const at::Tensor& steps,
                        const at::Tensor& weights, const at::Tensor& order, const at::Tensor& bias,
                        const at::Tensor& const_channels, const at::Tensor& const_values,
-                       int64_t tile_rows, int64_t macs_per_image, int64_t out_channels, int64_t out_h,
-                       int64_t out_w) {
+                       int64_t tile_rows, int64_t panel_rows, int64_t macs_per_image,
+                       int64_t out_channels, int64_t out_h, int64_t out_w) {
   TORCH_CHECK(x_in.device().is_cpu() && x_in.scalar_type() == at::kFloat && x_in.dim() == 4,
               "region_conv: x must be a float32 CPU tensor (N, C, H, W)");
   TORCH_CHECK(geometry.numel() == 12 && regions.dim() == 2 && regions.size(1) == 16 &&
@@ -166,9 +336,18 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
   const int64_t* cch = const_channels.data_ptr<int64_t>();
   const float* cval = const_values.data_ptr<float>();
 
+  // Tiles of at most this many rows use the register kernel (AVX-512 only; < 0: every tile).
+  const int panel_limit = !have_avx512()      ? 0
+                          : panel_rows < 0 ? std::numeric_limits<int>::max()
+                                           : static_cast<int>(std::min<int64_t>(panel_rows, 1 << 20));
   // Per group: are its gathered channels consecutive (one memcpy per tap on channels-last input)?
   // Per region: is Y already in channel order (the write-out is then a plain add)?
-  std::vector<char> contiguous(groups.size(0), 0), identity(n_regions, 0);
+  std::vector<char> contiguous(groups.size(0), 0), identity(n_regions, 0), direct(n_regions, 0);
+  // With AVX-512 (and panel_rows != 0: 0 asks for the portable code only), per region and output
+  // channel: the Y column it reads (-1: none) and what is added.
+  const bool vector_out = have_avx512() && panel_rows != 0;
+  std::vector<int32_t> out_src(vector_out ? n_regions * g.out_c : 0, -1);
+  std::vector<float> out_add(vector_out ? n_regions * g.out_c : 0, 0.f);
   int64_t max_d = 0, max_z = 0, max_y = 0, total_rows = 0;
   for (int64_t r = 0; r < n_regions; ++r) {
     const Region& reg = rp[r];
@@ -179,9 +358,31 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
       for (int64_t j = gs + 1; j < ge && c; ++j) c = rg[j] == rg[j - 1] + 1;
       contiguous[i] = c;
     }
+    // Direct (copy-free) im2col: one group of every input channel in order, every A step on whole
+    // tap rows (the register kernel only).
+    if (panel_limit > 0 && reg.n_groups == 1 && contiguous[reg.group_off] && in.sc == 1 && g.dw == 1 &&
+        grp[2 * reg.group_off + 1] - grp[2 * reg.group_off] == in.sw) {
+      const int64_t run = g.kw * in.sw;
+      bool ok = true;
+      for (int64_t j = reg.step_off; j < reg.step_off + reg.n_steps; ++j)
+        if (sp[j].src == kA) ok = ok && sp[j].s0 % run == 0 && sp[j].s1 % run == 0;
+      direct[r] = ok;
+    }
     bool id = reg.ny == g.out_c;
     for (int64_t j = 0; j < reg.ny && id; ++j) id = ord[reg.out_off + j] == j;
     identity[r] = id;
+    if (vector_out) {  // the region's output map for write_row_avx512
+      int32_t* src = out_src.data() + r * g.out_c;
+      float* add = out_add.data() + r * g.out_c;
+      for (int64_t j = 0; j < reg.ny; ++j) {
+        src[ord[reg.out_off + j]] = static_cast<int32_t>(j);
+        add[ord[reg.out_off + j]] = bia[reg.out_off + j];
+      }
+      for (int64_t j = 0; j < reg.n_const; ++j) {
+        src[cch[reg.const_off + j]] = -1;
+        add[cch[reg.const_off + j]] = cval[reg.const_off + j];
+      }
+    }
     max_d = std::max(max_d, reg.gather_len * g.kh * g.kw);
     max_z = std::max(max_z, reg.nz);
     max_y = std::max(max_y, reg.ny);
@@ -214,28 +415,59 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
   std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
   const int n_threads = static_cast<int>(std::min<int64_t>(threads_wanted, items.size()));
 
+  const std::vector<float> zeros(g.kw * in.sw, 0.f);  // a tap row above or below the map
+
 #pragma omp parallel num_threads(n_threads)
   {
     const int saved = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
     std::vector<float> a(tile * std::max<int64_t>(max_d, 1)), z(tile * std::max<int64_t>(max_z, 1)),
         y(tile * std::max<int64_t>(max_y, 1));
+    // Row pointers for panel_gemm: g.kh per row from direct_rows, or one per row of a buffer.
+    std::vector<const float*> a_rows(tile * std::max<int64_t>(g.kh, 1)), b_rows(tile);
+    std::vector<PanelJob> jobs;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < static_cast<int64_t>(items.size()); ++i) {
       const Item& it = items[i];
       const Region& reg = rp[it.region];
       const int rows = static_cast<int>(it.rows);
       const int64_t d = reg.gather_len * g.kh * g.kw;
-      if (reg.n_steps > 0)
+      const bool in_place = direct[it.region];
+      if (reg.n_steps > 0 && in_place)
+        direct_rows(in, g, reg, gat[reg.gather_off + grp[2 * reg.group_off]], it.row0, rows, a.data(), d,
+                    zeros.data(), a_rows.data());
+      else if (reg.n_steps > 0)
         im2col(in, g, reg, gat + reg.gather_off, grp + 2 * reg.group_off, contiguous.data() + reg.group_off,
                it.row0, rows, a.data(), d);
-      for (int64_t s = 0; s < reg.n_steps; ++s) {
-        const Step& st = sp[reg.step_off + s];
-        const float* src = st.src == kA ? a.data() : z.data();
-        const int lds = static_cast<int>(st.src == kA ? d : reg.nz);
-        float* dst = st.dst == kZ ? z.data() : y.data();
-        const int ldd = static_cast<int>(st.dst == kZ ? reg.nz : reg.ny);
-        gemm_rows(rows, static_cast<int>(st.d1 - st.d0), static_cast<int>(st.s1 - st.s0),
-                  wts + st.weight_off, src + st.s0, lds, st.accumulate != 0, dst + st.d0, ldd);
+      for (int64_t s = 0; s < reg.n_steps;) {
+        const Step* st = sp + reg.step_off + s;
+        // Consecutive steps that read the same columns of A run as one pass over them.
+        int64_t e = s + 1;
+        while (st->src == kA && e < reg.n_steps && st[e - s].src == kA && st[e - s].s0 == st->s0 &&
+               st[e - s].s1 == st->s1)
+          ++e;
+        const int k = static_cast<int>(st->s1 - st->s0);
+        const int lds = static_cast<int>(st->src == kA ? d : reg.nz);
+        const float* src = (st->src == kA ? a.data() : z.data()) + st->s0;
+        if (k > 0 && (rows <= panel_limit || (st->src == kA && in_place))) {
+          jobs.clear();
+          for (const Step* q = st; q < st + (e - s); ++q)
+            add_jobs(jobs, wts + q->weight_off, static_cast<int>(q->d1 - q->d0), k,
+                     (q->dst == kZ ? z.data() : y.data()) + q->d0, static_cast<int>(q->dst == kZ ? reg.nz : reg.ny),
+                     q->accumulate != 0);
+          if (st->src == kA && in_place) {
+            const int run = static_cast<int>(g.kw * in.sw);
+            panel_gemm(rows, k / run, run, a_rows.data() + st->s0 / run, static_cast<int>(g.kh), jobs.data(),
+                       static_cast<int>(jobs.size()));
+          } else {
+            for (int r = 0; r < rows; ++r) b_rows[r] = src + static_cast<int64_t>(r) * lds;
+            panel_gemm(rows, 1, k, b_rows.data(), 1, jobs.data(), static_cast<int>(jobs.size()));
+          }
+        } else {
+          for (const Step* q = st; q < st + (e - s); ++q)
+            blas_rows(rows, static_cast<int>(q->d1 - q->d0), k, wts + q->weight_off, src, lds, q->accumulate != 0,
+                      (q->dst == kZ ? z.data() : y.data()) + q->d0, static_cast<int>(q->dst == kZ ? reg.nz : reg.ny));
+        }
+        s = e;
       }
       // Write-out: bias, channel scatter, constants, into the channels-last output.
       const int64_t hr = reg.h1 - reg.h0, wr = reg.w1 - reg.w0, per_image = hr * wr;
@@ -248,6 +480,11 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
         const int64_t oy = reg.h0 + rem / wr, ox = reg.w0 + rem % wr;
         float* o = outp + ((img * g.ho + oy) * g.wo + ox) * g.out_c;
         const float* yr = y.data() + static_cast<int64_t>(t) * reg.ny;
+        if (vector_out) {
+          write_row_avx512(o, yr, out_src.data() + it.region * g.out_c, out_add.data() + it.region * g.out_c,
+                           g.out_c);
+          continue;
+        }
         if (identity[it.region]) {
           for (int64_t j = 0; j < reg.ny; ++j) o[j] = yr[j] + o_bias[j];
         } else {
@@ -267,7 +504,7 @@ TORCH_LIBRARY(hscc_native, m) {
   m.def(
       "region_conv(Tensor x, Tensor geometry, Tensor regions, Tensor gather, Tensor groups, "
       "Tensor steps, Tensor weights, Tensor order, Tensor bias, Tensor const_channels, "
-      "Tensor const_values, int tile_rows, int macs_per_image, int out_channels, int out_h, "
+      "Tensor const_values, int tile_rows, int panel_rows, int macs_per_image, int out_channels, int out_h, "
       "int out_w) -> Tensor");
 }
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GemmStep", "PackedProgram", "Program", "RegionProgram", "execute", "lower", "pack"]
+__all__ = ["GemmStep", "PackedProgram", "Program", "RegionProgram", "execute", "lower", "pack", "panels"]
 
 A, Z, Y = 0, 1, 2  # buffer ids
 
@@ -265,6 +265,17 @@ def execute(program: Program, x: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- packing for the kernel
 
+PANEL = 16  # output columns per weight panel (kernel.cpp: kPanel, one AVX-512 vector)
+
+
+def panels(weight: torch.Tensor) -> torch.Tensor:
+    """A step's (m, k) weight in the kernel's layout, flat: panels of ``PANEL`` output columns,
+    panel p = columns ``[16 p, 16 p + w_p)`` as a (k, w_p) row-major block, one after the other
+    (the same m k numbers, nothing padded)."""
+    return torch.cat([weight[j:j + PANEL].T.reshape(-1) for j in range(0, weight.shape[0], PANEL)]
+                     or [weight.new_zeros(0)])
+
+
 # Columns of the per-region table and of the per-step table handed to the kernel.
 REGION_FIELDS = ("h0", "h1", "w0", "w1", "gather_off", "gather_len", "group_off", "n_groups",
                  "step_off", "n_steps", "nz", "ny", "out_off", "const_off", "n_const", "macs_per_position")
@@ -280,7 +291,7 @@ class PackedProgram:
     gather: torch.Tensor  # int64
     groups: torch.Tensor  # int64 (G, 2)
     steps: torch.Tensor  # int64 (S, len(STEP_FIELDS))
-    weights: torch.Tensor  # float32, every step's weight row-major, one after the other
+    weights: torch.Tensor  # float32, every step's weight in panels (:func:`panels`), one after the other
     order: torch.Tensor  # int64
     bias: torch.Tensor  # float32
     const_channels: torch.Tensor  # int64
@@ -308,7 +319,7 @@ def pack(program: Program) -> PackedProgram:
         groups.extend(reg.groups)
         for s in reg.steps:
             steps.append([s.src, *s.src_cols, s.dst, *s.dst_cols, int(s.accumulate), n_weights])
-            weights.append(s.weight.reshape(-1))
+            weights.append(panels(s.weight))
             n_weights += s.weight.numel()
         orders.append(reg.order)
         biases.append(reg.bias)
