@@ -54,8 +54,9 @@ def populate(ws, n: int) -> None:
     arrays = ws.store.get_arrays(real["cache_key"])
     template = json.loads((ROOT / "docs" / "results.json").read_text())["rows"][0]
     template = {k: v for k, v in template.items() if k not in ("cache_key", "cached")}
+    # The real run's version: listings show only runs of the current pipeline.
     template.update(data_fingerprint=real["data_fingerprint"], model_fingerprint=real["model_fingerprint"],
-                    classes=real["classes"], per_class={c: v for c, v in zip(real["classes"],
+                    version=real["version"], classes=real["classes"], per_class={c: v for c, v in zip(real["classes"],
                                                                               template["per_class"].values())})
     rng = np.random.default_rng(0)
     energies = np.round(np.linspace(0.5, 0.999, 100), 4)
