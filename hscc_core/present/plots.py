@@ -230,18 +230,26 @@ def pareto_columns(run: Mapping[str, Any], classes: Sequence[str]) -> dict[str, 
     """
     cfg = run.get("config") or {}
     hscc = run.get("method") == "hscc"
+    row = _point(run, pareto_axes(classes), run_hover(run))
+    row.update({"label": run_name(run), "split": str(run.get("split") or "official"),
+                "grid": cfg.get("grid") if hscc else None, "clusters": cfg.get("clusters") if hscc else None,
+                # A stored canonical config leaves out a rule at its legacy value (output side, independent).
+                "cluster_side": cfg.get("cluster_side", "output") if hscc else None,
+                "calibration": cfg.get("calibration", "independent") if hscc else None,
+                "allocation": cfg.get("allocation", "uniform"),
+                "speedup_b1": _number((run.get("speedup") or {}).get("b1"))})
+    return row
+
+
+def _point(run: Mapping[str, Any], axes: Sequence[str], hover: str) -> dict[str, Any]:
+    """What :func:`pareto_figure` draws of one run: key, method, hover text, axis values and SEs, the
+    original's latency timed beside it, and the title's data, architecture and input size."""
     lat = run.get("latency_ms")
     original = lat["original"]["b1"]["median"] if isinstance(lat, Mapping) and lat.get("original") else None
-    row = {"key": run.get("cache_key", ""), "method": run.get("method"), "label": run_name(run),
-           "hover": run_hover(run), "split": str(run.get("split") or "official"),
-           "grid": cfg.get("grid") if hscc else None, "clusters": cfg.get("clusters") if hscc else None,
-           # A stored canonical config leaves out a rule at its legacy value (output side, independent).
-           "cluster_side": cfg.get("cluster_side", "output") if hscc else None,
-           "calibration": cfg.get("calibration", "independent") if hscc else None,
-           "allocation": cfg.get("allocation", "uniform"),
-           "speedup_b1": _number((run.get("speedup") or {}).get("b1")), "latency_original": _number(original),
-           "data": run.get("data"), "arch": run.get("arch"), "input_size": _text(run.get("input_size"))}
-    for axis in pareto_axes(classes):
+    row = {"key": run.get("cache_key", ""), "method": run.get("method"), "hover": hover,
+           "latency_original": _number(original), "data": run.get("data"), "arch": run.get("arch"),
+           "input_size": _text(run.get("input_size"))}
+    for axis in axes:
         row[axis], row[f"{axis}_se"] = axis_value(run, axis), axis_se(run, axis)
     return row
 
@@ -259,17 +267,7 @@ def pareto_points(runs: Sequence[Mapping[str, Any]], axes: Sequence[str],
                   hovers: Mapping[str, str] | None = None) -> pd.DataFrame:
     """The points table of run dicts for some axes (what :func:`pareto_columns` rows hold, fewer columns)."""
     hovers = hovers or {}
-    rows = []
-    for r in runs:
-        lat = r.get("latency_ms")
-        row = {"key": r.get("cache_key", ""), "method": r.get("method"),
-               "hover": hovers.get(r.get("cache_key")) or run_hover(r),
-               "latency_original": _number(lat["original"]["b1"]["median"])
-               if isinstance(lat, Mapping) and lat.get("original") else math.nan,
-               "data": r.get("data"), "arch": r.get("arch"), "input_size": _text(r.get("input_size"))}
-        for axis in axes:
-            row[axis], row[f"{axis}_se"] = axis_value(r, axis), axis_se(r, axis)
-        rows.append(row)
+    rows = [_point(r, axes, hovers.get(r.get("cache_key")) or run_hover(r)) for r in runs]
     return pd.DataFrame.from_records(rows, columns=["key", "method", "hover", "latency_original", "data", "arch",
                                                     "input_size", *[c for a in axes for c in (a, f"{a}_se")]])
 

@@ -58,6 +58,12 @@ def _states(store: RunStore) -> dict[str, tuple[int, int]]:
     return states
 
 
+def _unchanged(cached: pd.DataFrame, states: dict) -> np.ndarray:
+    """Mask of the cached rows whose run file is unchanged (not rewritten, not removed)."""
+    return np.array([states.get(k) == (m, n) for k, m, n in zip(cached["key"], cached["_mtime"], cached["_size"])],
+                    dtype=bool)
+
+
 def _with_meta(table: pd.DataFrame, runs: list[dict], states: dict) -> pd.DataFrame:
     """``table`` (one row per run) with each run's file state, fingerprints, method and whether it is current."""
     table["_mtime"] = np.array([states[r["cache_key"]][0] for r in runs], dtype=np.int64)
@@ -97,8 +103,7 @@ def _cached_rows(store: RunStore, classes: list[str]) -> pd.DataFrame:
     cached = _read_blob(store, blob)
     changed = False
     if cached is not None:
-        same = np.array([states.get(k) == (m, n) for k, m, n in zip(cached["key"], cached["_mtime"], cached["_size"])],
-                        dtype=bool)
+        same = _unchanged(cached, states)
         changed = not same.all()  # removed or rewritten runs
         cached = cached[same]
     have = set(cached["key"]) if cached is not None else set()
@@ -216,8 +221,7 @@ def stored_run_columns(store: RunStore, classes: Sequence[str], name: str,
         cached = None  # written by another layout of this cache: rebuild it
     changed = cached is None
     if cached is not None:
-        same = np.array([states.get(k) == (m, n) for k, m, n in zip(cached["key"], cached["_mtime"], cached["_size"])],
-                        dtype=bool)
+        same = _unchanged(cached, states)
         changed = not same.all()  # removed or rewritten runs
         cached = cached[same]
     have = set() if cached is None else set(cached["key"])
