@@ -11,8 +11,11 @@ docs/app-performance.md does). Then it times, server side, in this process:
 * the parallel-coordinates figure, built and serialised to JSON (what ``st.plotly_chart`` sends);
 * the Pareto data: the front marks of the table, and ``front_runs`` over the run dicts;
 * setting importance (fANOVA as Optuna computes it, and permutation importance);
+* the Pareto page's typed columns from the store (their on-disk blob's first build, which decodes
+  every summary once, then a warm read as a fresh process does it);
 * AppTest script runs of the Runs page (first visit in a process, rerun, importance switched on
-  and its rerun) and of the Pareto page (first visit, rerun).
+  and its rerun) and of the Pareto page (first visit, rerun, and the visit after one new run is
+  stored, which is removed again afterwards).
 
 Usage: python benchmarks/dashboard_speed.py [--runs 10000] [--keep DIR]
 """
@@ -54,8 +57,9 @@ def populate(ws, n: int) -> None:
     arrays = ws.store.get_arrays(real["cache_key"])
     template = json.loads((ROOT / "docs" / "results.json").read_text())["rows"][0]
     template = {k: v for k, v in template.items() if k not in ("cache_key", "cached")}
+    # The real run's version: listings show only runs of the current pipeline.
     template.update(data_fingerprint=real["data_fingerprint"], model_fingerprint=real["model_fingerprint"],
-                    classes=real["classes"], per_class={c: v for c, v in zip(real["classes"],
+                    version=real["version"], classes=real["classes"], per_class={c: v for c, v in zip(real["classes"],
                                                                               template["per_class"].values())})
     rng = np.random.default_rng(0)
     energies = np.round(np.linspace(0.5, 0.999, 100), 4)
@@ -84,10 +88,11 @@ def main() -> int:
     from conftest import make_imagefolder, tiny_env
     from hscc_core.measure.machine import machine_description
     from hscc_core.present.dashboard import constraints_for, parcoords_figure
+    from hscc_core.present.plots import PARETO_COLUMNS, pareto_columns
     from hscc_core.runs.importance import setting_importance
     from hscc_core.runs.pareto import front_runs
     from hscc_core.runs.table import mark_pareto, runs_table
-    from hscc_core.runs.table_cache import stored_run_summaries, stored_runs_table
+    from hscc_core.runs.table_cache import stored_run_columns, stored_run_summaries, stored_runs_table
     from hscc_core.runs.workspace import Workspace
 
     root = a.keep or Path(tempfile.mkdtemp(prefix="hscc-dash-"))
@@ -123,6 +128,14 @@ def main() -> int:
     rows["run summaries from the store, cache warm (Pareto page, pickers)"], summaries = timed(
         lambda: stored_run_summaries(ws.store, classes, data_fp, model_fp))
     assert len(summaries) == n
+
+    def pareto_columns_of_store():
+        return stored_run_columns(ws.store, classes, PARETO_COLUMNS, lambda r: pareto_columns(r, classes),
+                                  data_fp, model_fp)
+
+    rows["Pareto columns from the store, first build of their blob"], _ = timed(pareto_columns_of_store, 1)
+    rows["Pareto columns from the store, cache warm (Pareto page)"], points = timed(pareto_columns_of_store)
+    assert len(points) == n
     cons = constraints_for(table, {"accuracy": (0.5, 0.9)}, {"cluster_side": ["output"]})
     rows["parallel coordinates (build + JSON)"], _ = timed(
         lambda: parcoords_figure(table, constraints=cons).to_json())
@@ -157,6 +170,18 @@ def main() -> int:
     assert not at.exception, at.exception
     rows["Pareto page, rerun (AppTest)"], _ = timed(lambda: at.run())
     assert not at.exception, at.exception
+    # One more run (a copy of a stored one under a new key), as a finished computation adds it; removed after.
+    new_key = "f" * 24
+    body = {k: v for k, v in ws.store.get_run(runs[0]["cache_key"]).items() if k != "cache_key"}
+    ws.store.put_run(new_key, dict(body, accuracy=0.5), ws.store.get_arrays(runs[0]["cache_key"]))
+    try:
+        t = time.perf_counter()
+        at.run()
+        rows["Pareto page, visit after one new run is stored (AppTest)"] = time.perf_counter() - t
+        assert not at.exception, at.exception
+        assert f"{n + 1} of {n + 1} stored runs drawn" in " ".join(c.value for c in at.caption), "new run not drawn"
+    finally:
+        ws.store.prune([new_key])
     print(f"{n} runs; {machine_description()}")
     for name, seconds in rows.items():
         print(f"| {name} | {seconds:.3f} s |")

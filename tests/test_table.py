@@ -43,6 +43,12 @@ def test_columns_are_typed_and_missing_values_are_nan(runs):
     assert t.loc[0, "flops_kept"] == 0.25
     assert t.loc[1, "no_tumor_f1"] == pytest.approx(0.70)
     assert set(SETTINGS) <= set(t.columns)
+    # The fidelity settings: words for the mirror images, a number for the rank multiple; empty for baselines.
+    assert list(t["calib_flip"].iloc[:3]) == ["no"] * 3 and pd.isna(svd["calib_flip"])
+    assert list(t["rank_multiple"].iloc[:3]) == [1.0] * 3 and np.isnan(svd["rank_multiple"])
+    flipped = dict(runs[0], config=dict(runs[0]["config"], calib_flip=True, rank_multiple=8))
+    row = runs_table([flipped]).iloc[0]
+    assert row["calib_flip"] == "yes" and row["rank_multiple"] == 8.0
 
 
 def test_pareto_column_matches_the_front(runs):
@@ -90,7 +96,7 @@ def test_csv_has_a_header_and_one_row_per_run(runs):
     lines = text.strip().split("\n")
     assert lines[0].split(",") == list(t.columns)
     assert len(lines) == 1 + len(runs)
-    assert lines[1].startswith("a" * 24 + ',"HSCC 1x1 region, 4 output clusters, tau 0.9",hscc,1,4,output,uniform,independent,256,'
+    assert lines[1].startswith("a" * 24 + ',"HSCC 1x1 region, 4 output clusters, tau 0.9",hscc,1,4,output,uniform,independent,256,no,1,'
                                "0.9,,0,0,,0.7,")
     back = pd.read_csv(io.StringIO(text))
     assert back["accuracy"].tolist() == t["accuracy"].tolist()

@@ -8,8 +8,8 @@ from conftest import TABLE_CLASSES as CLASSES
 from conftest import table_run as fake_run
 from hscc_core.runs.store import RunStore
 from hscc_core.runs.table import runs_table
-from hscc_core.present.plots import pareto_figure, run_hover
-from hscc_core.runs.table_cache import DETAIL_FIELDS, stored_run_summaries, stored_runs_table
+from hscc_core.present.plots import PARETO_COLUMNS, pareto_columns, pareto_figure, run_hover
+from hscc_core.runs.table_cache import DETAIL_FIELDS, stored_run_columns, stored_run_summaries, stored_runs_table
 from hscc_core.runs.versions import ORIGINAL_VERSION, RUN_VERSION
 
 
@@ -147,6 +147,49 @@ def test_summaries_draw_the_same_pareto_figure_as_the_full_runs(tmp_path):
         hovers = {r["cache_key"]: run_hover(r) for r in summaries}
         assert pareto_figure(summaries, x, y, error_bars=True, selected=full[2]["cache_key"],
                              hovers=hovers).to_json() == want
+        # The Pareto page's typed columns, kept on disk: the same figure without decoding a summary.
+        points = stored_run_columns(store, CLASSES, PARETO_COLUMNS, lambda r: pareto_columns(r, CLASSES))
+        for original in (None, dict(detailed("9" * 24), method="original", config={}, latency_ms=None)):
+            want = pareto_figure(full, x, y, original, error_bars=True, selected=full[2]["cache_key"]).to_json()
+            assert pareto_figure(points, x, y, original, error_bars=True,
+                                 selected=full[2]["cache_key"]).to_json() == want
+
+
+def test_derived_columns_are_computed_once_per_run_and_follow_the_store(tmp_path, monkeypatch):
+    import hscc_core.runs.table_cache as tc
+
+    # Above two unread runs, their summaries come from the table cache; up to two, from their files.
+    monkeypatch.setattr(tc, "_FULL_LISTING", 2)
+    store = RunStore(tmp_path)
+    for i in range(4):
+        put(store, detailed(f"{i:024x}", accuracy=0.5 + 0.1 * i))
+    put(store, detailed("e" * 24), data="e" * 24)
+    derived = []
+
+    def derive(run):
+        derived.append(run["cache_key"])
+        assert not any(field in run for field in DETAIL_FIELDS)  # from the summary
+        return {"double": 2 * run["accuracy"], "name": run["label"]}
+
+    def columns(**kw):
+        return stored_run_columns(store, CLASSES, "test-1", derive, **kw)
+
+    first = columns(data_fingerprint="d" * 24, model_fingerprint="m" * 24)
+    assert list(first["key"]) == [f"{i:024x}" for i in range(4)] and len(derived) == 5
+    assert list(first["double"]) == pytest.approx([1.0, 1.2, 1.4, 1.6])
+    derived.clear()
+    pd.testing.assert_frame_equal(columns(data_fingerprint="d" * 24, model_fingerprint="m" * 24), first)
+    assert derived == []  # warm: read from its blob
+    put(store, detailed(f"{1:024x}", accuracy=0.01))  # rewritten ...
+    store.prune([f"{0:024x}"])  # ... removed ...
+    put(store, detailed(f"{7:024x}", accuracy=0.3))  # ... and new
+    updated = columns()
+    assert sorted(derived) == [f"{1:024x}", f"{7:024x}"]
+    assert list(updated["key"]) == [f"{i:024x}" for i in (1, 2, 3, 7)] + ["e" * 24]
+    assert list(updated["double"]) == pytest.approx([0.02, 1.4, 1.6, 0.6, 1.6])
+    assert list(updated["key"]) == [s["cache_key"] for s in stored_run_summaries(store, CLASSES)]
+    derived.clear()
+    assert stored_run_columns(store, CLASSES, "test-2", derive).shape == (5, 3) and len(derived) == 5  # a new name
 
 
 def test_runs_of_an_older_pipeline_are_not_listed(tmp_path):

@@ -12,8 +12,9 @@ alone, as AppTest does on every page switch); they pick runs with :func:`run_pic
 with :func:`select_run`. All computation is in ``hscc_core``. Runs are immutable once
 stored (their key is a content hash), so they are cached with ``st.cache_data`` by (cache folder,
 key); run lists are cached by the store's current set of keys, so a new run shows up at once.
-``st.cache_resource`` holds loaded things (workspaces with their baseline model) and the run summaries
-of :meth:`Context.run_summaries` (10,000 of them: too many to copy out of ``st.cache_data`` per rerun).
+``st.cache_resource`` holds loaded things (workspaces with their baseline model), the run summaries
+of :meth:`Context.run_summaries` and the Pareto page's columns of :meth:`Context.pareto_points`
+(10,000 runs: too many to copy out of ``st.cache_data`` per rerun).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from hscc_core.data.folders import DataError
 from hscc_core.nn.models import CheckpointError
 from hscc_core.present.errors import log_exception, viewer_message
 from hscc_core.present.labels import NOTICE, pct, speed_text
-from hscc_core.present.plots import run_hover, themed
+from hscc_core.present.plots import PARETO_COLUMNS, pareto_columns, themed
 from hscc_core.present.text import plain
 from hscc_core.runs import jobs
 from hscc_core.runs.config import run_name
@@ -37,7 +38,7 @@ from hscc_core.runs.pipeline import original_run, rebuild_model
 from hscc_core.runs.selection import baseline_runs
 from hscc_core.runs.settings import DataSettings, data_choices, data_settings, resolve_data_folder
 from hscc_core.runs.store import RunStore
-from hscc_core.runs.table_cache import stored_run_summaries
+from hscc_core.runs.table_cache import stored_run_columns, stored_run_summaries
 from hscc_core.runs.workspace import Workspace
 
 __all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "app", "baseline_ready", "baseline_run", "begin", "chart",
@@ -229,10 +230,11 @@ class Context:
         that draws every run reads, without reading every run file. Shared, read-only: do not modify."""
         return _summaries_for(*self._listing())
 
-    def run_hovers(self) -> dict[str, str]:
-        """The hover text of every run of :meth:`run_summaries` by cache key (for ``pareto_figure``),
-        computed once per store listing."""
-        return _hovers_for(*self._listing())
+    def pareto_points(self):
+        """The Pareto page's table of every run of :meth:`run_summaries` (``pareto_columns`` rows, in the
+        same order): typed columns kept on disk and updated run by run, so a first visit reads columns
+        instead of decoding 10,000 summaries. Shared, read-only: do not modify."""
+        return _pareto_for(*self._listing())
 
     def _listing(self) -> tuple:
         return (self.cache_dir, self.original["data_fingerprint"], self.meta["fingerprint"], tuple(self.classes),
@@ -258,8 +260,9 @@ def _summaries_for(cache_dir: str, data_fp: str, model_fp: str, classes: tuple, 
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _hovers_for(cache_dir: str, data_fp: str, model_fp: str, classes: tuple, listing: str) -> dict[str, str]:
-    return {r["cache_key"]: run_hover(r) for r in _summaries_for(cache_dir, data_fp, model_fp, classes, listing)}
+def _pareto_for(cache_dir: str, data_fp: str, model_fp: str, classes: tuple, listing: str):
+    return stored_run_columns(RunStore(cache_dir), classes, PARETO_COLUMNS, lambda r: pareto_columns(r, classes),
+                              data_fp, model_fp)
 
 
 def _open_context() -> Context | None:

@@ -3,13 +3,14 @@ run drawn (sortable, front marked, rankable by measured latency)."""
 
 import math
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from hscc_core.present.labels import class_label, method_title, speed_text, split_name
-from hscc_core.present.plots import key_from_selection, pareto_figure, plotted_runs
-from hscc_core.runs.config import ALLOCATION_TITLES, CALIBRATION_TITLES, LEGACY, run_name
-from hscc_core.runs.pareto import axis_value, front_runs, get_axis
+from hscc_core.present.labels import class_label, method_title, speed_text
+from hscc_core.present.plots import front_points, key_from_selection, pareto_figure, plotted_points
+from hscc_core.runs.config import ALLOCATION_TITLES, CALIBRATION_TITLES
+from hscc_core.runs.pareto import get_axis
 from views import frame
 
 X_AXES = ("flops", "params", "latency")
@@ -32,16 +33,19 @@ def _axis_label(name: str) -> str:
     return get_axis(name).label
 
 
-def filters(runs: list[dict]) -> list[dict]:
-    """The method and HSCC-setting filters (chips that wrap); returns the runs they keep."""
-    methods = sorted({r["method"] for r in runs})
-    hscc = [r["config"] for r in runs if r["method"] == "hscc"]
-    grids = sorted({cfg["grid"] for cfg in hscc})
-    clusters = sorted({cfg["clusters"] for cfg in hscc})
-    sides = sorted({cfg.get("cluster_side", "output") for cfg in hscc})
-    # A stored canonical config leaves out a rule at its legacy value (uniform, independent).
-    allocs = sorted({r["config"].get("allocation", LEGACY["allocation"]) for r in runs if r["method"] != "original"})
-    calibs = sorted({cfg.get("calibration", LEGACY["calibration"]) for cfg in hscc})
+def _values(points: pd.DataFrame, column: str, rows=None) -> list:
+    """The distinct values of a column (of ``rows`` only), sorted; whole numbers as ints (chips read 2, not 2.0)."""
+    col = points[column] if rows is None else points.loc[rows, column]
+    return sorted({int(v) if isinstance(v, float) else v for v in col.dropna()})
+
+
+def filters(points: pd.DataFrame) -> pd.DataFrame:
+    """The method and HSCC-setting filters (chips that wrap); returns the rows of the runs they keep."""
+    methods = _values(points, "method")
+    hscc = (points["method"] == "hscc").to_numpy(bool)
+    grids, clusters = _values(points, "grid", hscc), _values(points, "clusters", hscc)
+    sides, calibs = _values(points, "cluster_side", hscc), _values(points, "calibration", hscc)
+    allocs = _values(points, "allocation", (points["method"] != "original").to_numpy(bool))
     with st.expander("Filters", expanded=True):
         # Two rows of wide columns: a row of chips is cut off, not wrapped, when its column is too narrow.
         c = st.columns([1.3, 1, 1])
@@ -58,24 +62,19 @@ def filters(runs: list[dict]) -> list[dict]:
                                  key=_key("pareto_clusters", clusters))
         calib_sel = c[2].pills("HSCC calibration", calibs, selection_mode="multi", default=calibs,
                                key=_key("pareto_calibs", calibs), format_func=CALIBRATION_TITLES.get)
-
-    def keep(r):
-        cfg = r["config"]
-        return r["method"] in chosen and cfg.get("allocation", LEGACY["allocation"]) in alloc_sel and (
-            r["method"] != "hscc" or (
-                cfg.get("grid") in grid_sel and cfg.get("clusters") in cluster_sel
-                and cfg.get("cluster_side", "output") in side_sel
-                and cfg.get("calibration", LEGACY["calibration"]) in calib_sel))
-
-    return [r for r in runs if keep(r)]
+    keep = points["method"].isin(chosen) & points["allocation"].isin(alloc_sel) & (
+        ~points["method"].eq("hscc") | (points["grid"].isin(grid_sel or []) & points["clusters"].isin(cluster_sel or [])
+                                        & points["cluster_side"].isin(side_sel or [])
+                                        & points["calibration"].isin(calib_sel or [])))
+    return points[keep.to_numpy(bool)]
 
 
-def count_caption(runs: list[dict], shown: list[dict], drawn: list[dict], x: str, y: str) -> str:
+def count_caption(points: pd.DataFrame, shown: pd.DataFrame, drawn: pd.DataFrame, x: str, y: str) -> str:
     """What is drawn against what is stored, naming the runs without a value on an axis."""
-    text = f"{len(drawn)} of {len(runs)} stored runs drawn"
-    if len(shown) < len(runs):
-        text += f" ({len(runs) - len(shown)} hidden by the filters)"
-    missing = {a: sum(math.isnan(axis_value(r, a)) for r in shown) for a in dict.fromkeys((x, y))}
+    text = f"{len(drawn)} of {len(points)} stored runs drawn"
+    if len(shown) < len(points):
+        text += f" ({len(points) - len(shown)} hidden by the filters)"
+    missing = {a: int(np.isnan(shown[a].to_numpy(float)).sum()) for a in dict.fromkeys((x, y))}
     gaps = [f"{n} have no {_axis_label(a).lower()}" + (" (speed not measured)" if a == "latency" else "")
             for a, n in missing.items() if n]
     if gaps:
@@ -83,23 +82,23 @@ def count_caption(runs: list[dict], shown: list[dict], drawn: list[dict], x: str
     return text + ". Click a point to select that run for every page."
 
 
-def table(shown: list[dict], front_keys: set) -> pd.DataFrame:
+def table(shown: pd.DataFrame, front_keys: set) -> pd.DataFrame:
     """One row per run the filters keep: the front marked, metrics in %, MFLOPs and ms."""
-    rows = []
-    for r in shown:
-        lat = ((r.get("latency_ms") or {}).get("compressed") or {}).get("b1") or {}
-        sp = (r.get("speedup") or {}).get("b1")
-        rows.append({"front": r["cache_key"] in front_keys, "run": run_name(r),
-                     "accuracy %": 100 * r["accuracy"], "± SE": 100 * r["accuracy_se"], "macro F1": r["macro_f1"],
-                     "agreement %": None if r.get("agreement") is None else 100 * r["agreement"],
-                     "MFLOPs": r["flops"] / 1e6, "latency ms": lat.get("median"),
-                     "speed": speed_text(sp) if sp else None, "split": split_name(r), "key": r["cache_key"]})
-    return pd.DataFrame(rows)
+    def number(column):
+        return shown[column].to_numpy(float)
+
+    speed = [speed_text(v) if v and not math.isnan(v) else None for v in number("speedup_b1")]
+    return pd.DataFrame({"front": shown["key"].isin(front_keys).to_numpy(bool), "run": shown["label"].to_numpy(object),
+                         "accuracy %": 100 * number("accuracy"), "± SE": 100 * number("accuracy_se"),
+                         "macro F1": number("macro_f1"), "agreement %": 100 * number("agreement"),
+                         "MFLOPs": number("flops") / 1e6, "latency ms": number("latency"), "speed": speed,
+                         "split": shown["split"].to_numpy(object), "key": shown["key"].to_numpy(object)})
 
 
 def main(ctx: frame.Context) -> None:
-    runs = ctx.run_summaries()  # without per-layer detail: one cached table blob, not a file per run
-    if not runs:
+    # Typed columns of every run, kept on disk beside the runs table: no run file or summary is decoded.
+    points = ctx.pareto_points()
+    if not len(points):
         st.info("No compressed run yet: compute some on the Explorer page, or run `hscc sweep`.")
         return
     y_axes = ["accuracy", "macro_f1", *[f"{c}_f1" for c in ctx.classes], "agreement", "kl_to_original"]
@@ -109,23 +108,22 @@ def main(ctx: frame.Context) -> None:
     error_bars = c[2].checkbox("SE error bars", key="pareto_se")
     show_front = c[3].checkbox("Pareto front", value=True, key="pareto_front")
     show_original = c[4].checkbox("Original model", value=True, key="pareto_original")
-    shown = filters(runs)
+    shown = filters(points)
     fig = pareto_figure(shown, x, y, ctx.original if show_original else None, show_front=show_front,
-                        error_bars=error_bars, selected=st.session_state.get(frame.SELECTED),
-                        hovers=ctx.run_hovers())
+                        error_bars=error_bars, selected=st.session_state.get(frame.SELECTED))
     event = frame.chart(fig, "pareto_chart", on_select="rerun", selection_mode="points")
     selection = (event or {}).get("selection") or {}
     picked = key_from_selection(selection.get("points"), fig)
-    by_key = {r["cache_key"]: r for r in runs}
-    if picked in by_key and picked != st.session_state.get("pareto_last_pick"):
+    if picked and picked != st.session_state.get("pareto_last_pick"):
         # A new click (the chart keeps reporting its last selection on every rerun).
         st.session_state["pareto_last_pick"] = picked
-        if picked != st.session_state.get(frame.SELECTED):
-            frame.select_run(by_key[picked])
+        run = frame.load_run(ctx, picked) if picked != st.session_state.get(frame.SELECTED) else None
+        if run is not None:
+            frame.select_run(run)
             st.rerun()
-    drawn = plotted_runs(shown, x, y)
-    st.caption(count_caption(runs, shown, drawn, x, y))
-    front = {r["cache_key"] for r in front_runs(drawn, x, y)}
+    drawn = plotted_points(shown, x, y)
+    st.caption(count_caption(points, shown, drawn, x, y))
+    front = set(front_points(drawn, x, y)["key"])
     st.subheader(f"Runs the filters keep ({len(shown)}; {len(front)} on the front)")
     rank = st.selectbox("Order by", list(RANKS), key="pareto_rank", format_func=lambda k: RANKS[k][0],
                         help="Click a column header to sort by any other column.")

@@ -46,7 +46,8 @@ __all__ = [
 DEFAULT_DIMENSIONS = ("method", "grid", "clusters", "cluster_side", "allocation", "energy", "budget",
                       "flops", "accuracy")
 NA = "n/a"
-_LABELS = {"calib_size": "calibration images", "finetune_epochs": "fine-tuning epochs",
+_LABELS = {"calib_size": "calibration images", "calib_flip": "mirror images", "rank_multiple": "rank multiple",
+           "finetune_epochs": "fine-tuning epochs",
            "cluster_side": "cluster side", "energy_found": "energy found", "flops_kept": "FLOPs kept",
            "layer_flops_ratio": "layer FLOPs ratio", "latency_b1_ms": "latency b1 (ms)",
            "latency_b32_ms": "latency b32 (ms)", "speedup_b1": "speed-up b1", "speedup_b32": "speed-up b32",

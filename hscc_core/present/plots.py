@@ -18,11 +18,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 from hscc_core.present.labels import class_label, si, speed_text
 from hscc_core.runs.config import run_name
-from hscc_core.runs.pareto import axis_value, front_runs, get_axis
+from hscc_core.runs.pareto import axis_value, get_axis, pareto_front
 
 __all__ = [
     "METHOD_STYLE",
@@ -34,8 +35,14 @@ __all__ = [
     "discrete_colorscale",
     "key_from_selection",
     "overlay_figure",
+    "PARETO_COLUMNS",
+    "front_points",
+    "pareto_axes",
+    "pareto_columns",
     "pareto_figure",
+    "pareto_points",
     "per_class_figure",
+    "plotted_points",
     "plotted_runs",
     "run_hover",
     "run_title",
@@ -201,20 +208,72 @@ def _axis_title(name: str) -> str:
     return f"{axis.label} ({'lower' if axis.direction == 'min' else 'higher'} is better)"
 
 
-def _original_value(original: Mapping[str, Any] | None, runs: Sequence[Mapping[str, Any]], name: str) -> float:
-    if original is None:
-        return math.nan
-    value = axis_value(original, name)
-    if math.isnan(value) and name == "latency":
-        # The original's latency is timed beside every compressed model (same process): use the median.
-        lat = [r["latency_ms"]["original"]["b1"]["median"] for r in runs
-               if isinstance(r.get("latency_ms"), Mapping) and r["latency_ms"].get("original")]
-        value = float(np.median(lat)) if lat else math.nan
-    return value
+#: Identity of :func:`pareto_columns` for the on-disk column cache: bump when its columns or texts change.
+PARETO_COLUMNS = "pareto-1"
+
+
+def pareto_axes(classes: Sequence[str]) -> tuple[str, ...]:
+    """Every axis :func:`pareto_figure` can draw for runs with these class names."""
+    return ("flops", "params", "latency", "accuracy", "macro_f1", *[f"{c}_f1" for c in classes], "agreement",
+            "kl_to_original")
+
+
+def pareto_columns(run: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
+    """What the Pareto figure and page need of one run, as flat typed values (one row of a points table).
+
+    ``key``, ``method``, ``label`` (:func:`~hscc_core.runs.config.run_name`), ``hover``
+    (:func:`run_hover`), ``split``; the HSCC settings the page filters by (``grid``, ``clusters``,
+    ``cluster_side``, ``calibration``: None for other methods; ``allocation``); ``speedup_b1``;
+    ``latency_original`` (the original's batch-1 median timed beside it); ``data``, ``arch``,
+    ``input_size`` (for the title); and for every axis of :func:`pareto_axes` its value and
+    ``<axis>_se`` (NaN where the run has none). A table of these rows draws the same figure as the runs.
+    """
+    cfg = run.get("config") or {}
+    hscc = run.get("method") == "hscc"
+    row = _point(run, pareto_axes(classes), run_hover(run))
+    row.update({"label": run_name(run), "split": str(run.get("split") or "official"),
+                "grid": cfg.get("grid") if hscc else None, "clusters": cfg.get("clusters") if hscc else None,
+                # A stored canonical config leaves out a rule at its legacy value (output side, independent).
+                "cluster_side": cfg.get("cluster_side", "output") if hscc else None,
+                "calibration": cfg.get("calibration", "independent") if hscc else None,
+                "allocation": cfg.get("allocation", "uniform"),
+                "speedup_b1": _number((run.get("speedup") or {}).get("b1"))})
+    return row
+
+
+def _point(run: Mapping[str, Any], axes: Sequence[str], hover: str) -> dict[str, Any]:
+    """What :func:`pareto_figure` draws of one run: key, method, hover text, axis values and SEs, the
+    original's latency timed beside it, and the title's data, architecture and input size."""
+    lat = run.get("latency_ms")
+    original = lat["original"]["b1"]["median"] if isinstance(lat, Mapping) and lat.get("original") else None
+    row = {"key": run.get("cache_key", ""), "method": run.get("method"), "hover": hover,
+           "latency_original": _number(original), "data": run.get("data"), "arch": run.get("arch"),
+           "input_size": _text(run.get("input_size"))}
+    for axis in axes:
+        row[axis], row[f"{axis}_se"] = axis_value(run, axis), axis_se(run, axis)
+    return row
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _text(value: Any) -> str | None:
+    # An input size as text: beside runs without one, numbers would become floats ("224.0 px").
+    return None if value is None else str(value)
+
+
+def pareto_points(runs: Sequence[Mapping[str, Any]], axes: Sequence[str],
+                  hovers: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The points table of run dicts for some axes (what :func:`pareto_columns` rows hold, fewer columns)."""
+    hovers = hovers or {}
+    rows = [_point(r, axes, hovers.get(r.get("cache_key")) or run_hover(r)) for r in runs]
+    return pd.DataFrame.from_records(rows, columns=["key", "method", "hover", "latency_original", "data", "arch",
+                                                    "input_size", *[c for a in axes for c in (a, f"{a}_se")]])
 
 
 def pareto_figure(
-    runs: Sequence[Mapping[str, Any]],
+    runs: Sequence[Mapping[str, Any]] | pd.DataFrame,
     x: str = "flops",
     y: str = "accuracy",
     original: Mapping[str, Any] | None = None,
@@ -229,8 +288,10 @@ def pareto_figure(
 
     Parameters
     ----------
-    runs : sequence of run dicts
-        Compressed runs (any method); runs lacking either axis value are left out.
+    runs : sequence of run dicts, or a points table
+        Compressed runs (any method); runs lacking either axis value are left out. Or a table of
+        :func:`pareto_columns` rows (as kept on disk for 10,000 runs, read without decoding a run),
+        which draws the same figure.
     x, y : str
         Axis names of :mod:`hscc_core.runs.pareto` (``flops``, ``params``, ``latency``; ``accuracy``,
         ``macro_f1``, ``<class>_f1``, ``agreement``, ``kl_to_original``).
@@ -245,8 +306,7 @@ def pareto_figure(
     title : str, optional
         Defaults to "<y> vs <x>" with the run count.
     hovers : mapping, optional
-        :func:`run_hover` text by cache key, computed once by a page that redraws the same runs on
-        every rerun (10,000 hover texts take a quarter of a second); runs it lacks get theirs here.
+        :func:`run_hover` text by cache key for run dicts; runs it lacks get theirs here.
 
     Returns
     -------
@@ -255,19 +315,21 @@ def pareto_figure(
         :func:`key_from_selection`), then "Pareto front", "Original" and "Selected" traces.
     """
     ax_x, ax_y = get_axis(x), get_axis(y)
-    plotted = plotted_runs(runs, x, y)
+    points = runs if isinstance(runs, pd.DataFrame) else pareto_points(runs, list(dict.fromkeys((x, y))), hovers)
+    plotted = plotted_points(points, x, y)
     fig = go.Figure()
-    _method_traces(fig, plotted, x, y, error_bars, hovers or {})
-    if show_front and plotted:
+    _method_traces(fig, plotted, x, y, error_bars)
+    if show_front and len(plotted):
         _front_trace(fig, plotted, x, y)
     _original_marks(fig, original, plotted, x, y, error_bars)
     _selected_trace(fig, plotted, selected, x, y)
     if title is None:
         title = f"{ax_y.label} vs {ax_x.label} · {len(plotted)} runs"
-        if plotted and plotted[0].get("data"):
-            first = plotted[0]
-            sub = run_title({"label": "compressed runs", "arch": first.get("arch"),
-                             "input_size": first.get("input_size"), "data": first.get("data")})
+        # Missing text reads back from a table as NaN (truthy): None again, as in the runs.
+        first = {k: None if pd.isna(v) else v for k, v in plotted.iloc[0][["data", "arch", "input_size"]].items()} \
+            if len(plotted) else {}
+        if first.get("data"):
+            sub = run_title({"label": "compressed runs", **first})
             title += f"<br><sup>{html.escape(sub)}</sup>"
     # The legend goes under the plot: above it, a narrow column wraps it into the title.
     _layout(fig, title, height=620,
@@ -286,35 +348,47 @@ def plotted_runs(runs: Sequence[Mapping[str, Any]], x: str, y: str) -> list[Mapp
     return [r for r in runs if not (math.isnan(axis_value(r, x)) or math.isnan(axis_value(r, y)))]
 
 
-def _axis_type(plotted, original, name: str) -> str:
+def plotted_points(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The rows of a points table :func:`pareto_figure` draws: those with a value on both axes."""
+    keep = ~(np.isnan(points[x].to_numpy(float)) | np.isnan(points[y].to_numpy(float)))
+    return points[keep]
+
+
+def front_points(plotted: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The rows of a points table on the Pareto front of ``x`` and ``y``, sorted by ``x`` ascending
+    (as :func:`~hscc_core.runs.pareto.front_runs` orders runs)."""
+    pts = np.column_stack([plotted[x].to_numpy(float), plotted[y].to_numpy(float)])
+    idx = pareto_front(pts.reshape(-1, 2), minimise_x=get_axis(x).direction == "min",
+                       maximise_y=get_axis(y).direction == "max")
+    return plotted.iloc[list(idx)]
+
+
+def _axis_type(plotted: pd.DataFrame, original, name: str) -> str:
     """``log`` for a divergence whose values span decades (linear ticks would read 7e-1 ... 0e+0)."""
     if name != "kl_to_original":
         return "linear"
-    values = [axis_value(r, name) for r in plotted]
-    if not values or min(values) <= 0:
+    values = plotted[name].to_numpy(float)
+    if not len(values) or values.min() <= 0:
         return "linear"
-    return "log" if max(values) / min(values) > _LOG_SPAN else "linear"
+    return "log" if values.max() / values.min() > _LOG_SPAN else "linear"
 
 
-def _method_traces(fig: go.Figure, plotted, x: str, y: str, error_bars: bool, hovers: Mapping[str, str]) -> None:
+def _method_traces(fig: go.Figure, plotted: pd.DataFrame, x: str, y: str, error_bars: bool) -> None:
     """One marker trace per method (customdata: cache key, hover text), in a fixed method order."""
-    methods: list[str] = []
-    for r in plotted:
-        if r.get("method") not in methods:
-            methods.append(r.get("method"))
+    methods = list(dict.fromkeys(plotted["method"]))
     order = [m for m in ("hscc", "svd", "tucker") if m in methods] + [m for m in methods if m not in METHOD_STYLE]
+    method_of = plotted["method"].to_numpy(object)
     for i, method in enumerate(order):
-        group = [r for r in plotted if r.get("method") == method]
+        group = plotted[method_of == method]
         name, colour, symbol = _style(method, i)
         # numpy arrays, not lists: plotly validates and copies a list element by element, which took
         # most of a second for 10,000 runs; an array is checked and copied whole.
         custom = np.empty((len(group), 2), dtype=object)
-        custom[:, 0] = [r.get("cache_key", "") for r in group]
-        custom[:, 1] = [hovers.get(r.get("cache_key")) or run_hover(r) for r in group]
-        err = np.array([axis_se(r, y) for r in group], dtype=float) if error_bars else None
+        custom[:, 0] = group["key"].to_numpy(object)
+        custom[:, 1] = group["hover"].to_numpy(object)
+        err = group[f"{y}_se"].to_numpy(float) if error_bars else None
         fig.add_trace(go.Scatter(
-            x=np.array([axis_value(r, x) for r in group], dtype=float),
-            y=np.array([axis_value(r, y) for r in group], dtype=float), mode="markers", name=name,
+            x=group[x].to_numpy(float), y=group[y].to_numpy(float), mode="markers", name=name,
             marker={"color": colour, "symbol": symbol, "size": 11, "line": {"width": 1, "color": "white"}},
             customdata=custom, hovertemplate="%{customdata[1]}<extra></extra>",
             error_y=({"type": "data", "array": np.nan_to_num(err, nan=0.0), "visible": True,
@@ -322,14 +396,14 @@ def _method_traces(fig: go.Figure, plotted, x: str, y: str, error_bars: bool, ho
         ))
 
 
-def _front_trace(fig: go.Figure, plotted, x: str, y: str) -> None:
+def _front_trace(fig: go.Figure, plotted: pd.DataFrame, x: str, y: str) -> None:
     """The non-dominated runs as a step line (the attainable region's border)."""
-    front = front_runs(plotted, x, y)
-    if not front:
+    front = front_points(plotted, x, y)
+    if not len(front):
         return
     # Sorted by x ascending; when x is maximised the stair climbs the other way.
     shape = "vh" if get_axis(x).direction == "max" else "hv"
-    fig.add_trace(go.Scatter(x=[axis_value(r, x) for r in front], y=[axis_value(r, y) for r in front],
+    fig.add_trace(go.Scatter(x=front[x].to_numpy(float).tolist(), y=front[y].to_numpy(float).tolist(),
                              mode="lines+markers", name=f"Pareto front ({len(front)})",
                              line={"color": _FRONT_COLOUR, "width": 2.5, "dash": "dash", "shape": shape},
                              marker={"color": _FRONT_COLOUR, "symbol": "circle-open", "size": 17,
@@ -337,7 +411,19 @@ def _front_trace(fig: go.Figure, plotted, x: str, y: str) -> None:
                              hoverinfo="skip"))
 
 
-def _original_marks(fig: go.Figure, original, plotted, x: str, y: str, error_bars: bool) -> None:
+def _original_value(original: Mapping[str, Any] | None, plotted: pd.DataFrame, name: str) -> float:
+    if original is None:
+        return math.nan
+    value = axis_value(original, name)
+    if math.isnan(value) and name == "latency":
+        # The original's latency is timed beside every compressed model (same process): use the median.
+        lat = plotted["latency_original"].to_numpy(float)
+        lat = lat[~np.isnan(lat)]
+        value = float(np.median(lat)) if len(lat) else math.nan
+    return value
+
+
+def _original_marks(fig: go.Figure, original, plotted: pd.DataFrame, x: str, y: str, error_bars: bool) -> None:
     """The original as a black star with dotted reference lines through it."""
     if original is None:
         return
@@ -357,15 +443,15 @@ def _original_marks(fig: go.Figure, original, plotted, x: str, y: str, error_bar
         ))
 
 
-def _selected_trace(fig: go.Figure, plotted, selected: str | None, x: str, y: str) -> None:
+def _selected_trace(fig: go.Figure, plotted: pd.DataFrame, selected: str | None, x: str, y: str) -> None:
     """A ring around the selected run."""
-    chosen = [r for r in plotted if selected and r.get("cache_key") == selected]
-    if chosen:
-        r = chosen[0]
+    chosen = plotted[plotted["key"].to_numpy(object) == selected] if selected else plotted.iloc[:0]
+    if len(chosen):
+        r = chosen.iloc[0]
         fig.add_trace(go.Scatter(
-            x=[axis_value(r, x)], y=[axis_value(r, y)], mode="markers", name="Selected run",
+            x=[float(r[x])], y=[float(r[y])], mode="markers", name="Selected run",
             marker={"color": OKABE_ITO["black"], "symbol": "circle-open", "size": 22, "line": {"width": 3}},
-            customdata=[[r.get("cache_key", ""), run_hover(r)]], hovertemplate="%{customdata[1]}<extra></extra>",
+            customdata=[[r["key"], r["hover"]]], hovertemplate="%{customdata[1]}<extra></extra>",
         ))
 
 

@@ -25,7 +25,7 @@ __all__ = ["STUDY_NAME", "export_study", "sqlite_url"]
 STUDY_NAME = "hscc-runs"
 # Settings written as parameters; the seed is constant in practice and only clutters a dashboard.
 _PARAMS = tuple(s for s in SETTINGS if s != "seed")
-_INTEGER = ("grid", "clusters", "calib_size", "finetune_epochs")
+_INTEGER = ("grid", "clusters", "calib_size", "rank_multiple", "finetune_epochs")
 
 
 def sqlite_url(path: str | Path) -> str:

@@ -7,10 +7,12 @@ class name found in the runs):
 
 * ``key``, ``label``
 * settings: ``method``, ``grid``, ``clusters``, ``cluster_side``, ``allocation``, ``calibration``,
-  ``calib_size``, ``energy`` (the threshold asked for; empty in budget mode), ``budget``,
-  ``finetune_epochs``, ``seed``; settings a method ignores (grid, clusters, side, calibration and
-  calibration size of the weight-only baselines) are empty; the allocation rule applies to every
-  method
+  ``calib_size``, ``calib_flip`` (``yes`` when the calibration images were joined by their mirror
+  images, else ``no``), ``rank_multiple`` (ranks rounded up to multiples of it; 1: no rounding),
+  ``energy`` (the threshold asked for; empty in budget mode), ``budget``, ``finetune_epochs``,
+  ``seed``; settings a method ignores (grid, clusters, side, calibration, calibration size, mirror
+  images and rank multiple of the weight-only baselines) are empty; the allocation rule applies to
+  every method
 * ``energy_found``: the threshold the budget bisection found (empty otherwise)
 * metrics, each followed by ``<name>_se`` where the run has a bootstrap SE: ``accuracy``,
   ``macro_f1``, ``<class>_f1``, ``agreement``, ``kl_to_original``; then ``accuracy_delta``
@@ -56,11 +58,10 @@ __all__ = [
 ]
 
 #: The settings of a run, in table order (what importance and parallel coordinates use).
-SETTINGS = ("method", "grid", "clusters", "cluster_side", "allocation", "calibration", "calib_size", "energy",
-            "budget", "finetune_epochs", "seed")
+SETTINGS = ("method", "grid", "clusters", "cluster_side", "allocation", "calibration", "calib_size", "calib_flip",
+            "rank_multiple", "energy", "budget", "finetune_epochs", "seed")
 #: Settings that are categories (the rest are numbers).
-CATEGORICAL = ("method", "cluster_side", "allocation", "calibration")
-_HSCC_ONLY = ("grid", "clusters", "calib_size", "cluster_side", "calibration")
+CATEGORICAL = ("method", "cluster_side", "allocation", "calibration", "calib_flip")
 _WITH_SE = ("accuracy", "macro_f1", "agreement", "kl_to_original")
 #: Pareto axis name -> its table column (every other axis has a column of its own name).
 _AXIS_COLUMNS = {"latency": "latency_b1_ms"}
@@ -102,6 +103,9 @@ def _settings(run: Mapping[str, Any]) -> dict[str, Any]:
         "calibration": (cfg.get("calibration") or run.get("calibration") or "independent") if hscc else None,
         # "all" (the whole training split) has no number: the label says it.
         "calib_size": as_float(cfg.get("calib_size")) if hscc and cfg.get("calib_size") != "all" else math.nan,
+        # Words, not a bool: a category column whose filter chips and axis ticks read as such.
+        "calib_flip": ("yes" if cfg.get("calib_flip") else "no") if hscc else None,
+        "rank_multiple": as_float(cfg.get("rank_multiple", 1)) if hscc else math.nan,
         "energy": as_float(cfg.get("energy")),
         "budget": as_float(cfg.get("budget")),
         "finetune_epochs": as_float(cfg.get("finetune_epochs", 0)),

@@ -13,13 +13,19 @@ Each row also keeps its run's *summary*: the stored run without its per-layer de
 (:data:`DETAIL_FIELDS`, about 85 % of a real run's JSON), as JSON text. Pages that draw every run
 (the Pareto page) read the summaries from the same blob instead of 10,000 run files
 (:func:`stored_run_summaries`); a summary has exactly the stored values of every field it keeps.
+
+Decoding 10,000 summaries takes most of a second, too long for a page's first visit. A page that
+needs a few values of every run asks for them as typed columns instead (:func:`stored_run_columns`):
+a function of a run's summary, computed once per run and kept in a blob of its own beside the
+table's, updated like the table (only new or rewritten runs are derived, from their summaries).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,10 +34,10 @@ from hscc_core.runs.store import RunStore, cache_key
 from hscc_core.runs.table import mark_pareto, runs_table
 from hscc_core.runs.versions import is_current
 
-__all__ = ["DETAIL_FIELDS", "TABLE_VERSION", "stored_run_summaries", "stored_runs_table"]
+__all__ = ["DETAIL_FIELDS", "TABLE_VERSION", "stored_run_columns", "stored_run_summaries", "stored_runs_table"]
 
-TABLE_VERSION = 4  # bump when runs_table's columns or the summaries change (3: calibration, allocation
-#                    for every method; run summaries; 4: whether a run is current)
+TABLE_VERSION = 5  # bump when runs_table's columns or the summaries change (3: calibration, allocation
+#                    for every method; run summaries; 4: whether a run is current; 5: mirror images, rank multiple)
 #: Fields of a stored run that a summary leaves out: per-layer summaries and errors, per-layer FLOPs,
 #: the confusion matrix and the budget search's record. Listings never read them.
 DETAIL_FIELDS = ("layers", "layer_errors", "layer_flops", "layer_flops_original", "confusion_matrix",
@@ -40,42 +46,64 @@ _META = ("_mtime", "_size", "_data", "_model", "_method", "_current", "_summary"
 _FULL_LISTING = 100  # above this many unread runs, one listing is cheaper than reads with arrays
 
 
-def _state(store: RunStore, key: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(os.path.join(store.runs_dir, key, "run.json"))
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
+def _states(store: RunStore) -> dict[str, tuple[int, int]]:
+    """Each run file's state (modification time in ns, size) by key; runs whose file is gone are left out."""
+    states, runs_dir = {}, str(store.runs_dir)
+    for key in store.keys():
+        try:
+            st = os.stat(f"{runs_dir}/{key}/run.json")  # an f-string: os.path.join cost as much as the stat
+        except OSError:
+            continue
+        states[key] = (st.st_mtime_ns, st.st_size)
+    return states
 
 
-def _rows(runs: list[dict], classes: Sequence[str], states: dict) -> pd.DataFrame:
-    table = runs_table(runs, classes=classes)
-    table["_mtime"] = [states[r["cache_key"]][0] for r in runs]
-    table["_size"] = [states[r["cache_key"]][1] for r in runs]
+def _unchanged(cached: pd.DataFrame, states: dict) -> np.ndarray:
+    """Mask of the cached rows whose run file is unchanged (not rewritten, not removed)."""
+    return np.array([states.get(k) == (m, n) for k, m, n in zip(cached["key"], cached["_mtime"], cached["_size"])],
+                    dtype=bool)
+
+
+def _with_meta(table: pd.DataFrame, runs: list[dict], states: dict) -> pd.DataFrame:
+    """``table`` (one row per run) with each run's file state, fingerprints, method and whether it is current."""
+    table["_mtime"] = np.array([states[r["cache_key"]][0] for r in runs], dtype=np.int64)
+    table["_size"] = np.array([states[r["cache_key"]][1] for r in runs], dtype=np.int64)
     text = pd.StringDtype(na_value=np.nan)
     for col, field in (("_data", "data_fingerprint"), ("_model", "model_fingerprint"), ("_method", "method")):
         table[col] = pd.array([r.get(field) for r in runs], dtype=text)
     table["_current"] = np.array([is_current(r) for r in runs], dtype=bool)
-    table["_summary"] = pd.array([json.dumps({k: v for k, v in r.items() if k not in DETAIL_FIELDS},
-                                             separators=(",", ":")) for r in runs], dtype=text)
     return table
+
+
+def _summary(run: dict) -> dict:
+    return {k: v for k, v in run.items() if k not in DETAIL_FIELDS}
+
+
+def _rows(runs: list[dict], classes: Sequence[str], states: dict) -> pd.DataFrame:
+    table = _with_meta(runs_table(runs, classes=classes), runs, states)
+    text = pd.StringDtype(na_value=np.nan)
+    table["_summary"] = pd.array([json.dumps(_summary(r), separators=(",", ":")) for r in runs], dtype=text)
+    return table
+
+
+def _read_blob(store: RunStore, blob: str) -> pd.DataFrame | None:
+    if store.verify_blob("tables", blob, "parquet"):
+        try:
+            return pd.read_parquet(store.blob_path("tables", blob, "parquet"))
+        except (OSError, ValueError):  # unreadable despite its checksum: rebuild it
+            return None
+    return None
 
 
 def _cached_rows(store: RunStore, classes: list[str]) -> pd.DataFrame:
     """Every run's row with its file state, fingerprints, method and summary, in key order, brought up
     to date with the store (reads only new or rewritten runs; rewrites the blob when anything changed)."""
     blob = cache_key("runs-table", {"classes": classes, "version": TABLE_VERSION})
-    states = {k: s for k in store.keys() if (s := _state(store, k)) is not None}
-    cached = None
-    if store.verify_blob("tables", blob, "parquet"):
-        try:
-            cached = pd.read_parquet(store.blob_path("tables", blob, "parquet"))
-        except (OSError, ValueError):  # unreadable despite its checksum: rebuild it
-            cached = None
+    states = _states(store)
+    cached = _read_blob(store, blob)
     changed = False
     if cached is not None:
-        same = np.array([states.get(k) == (m, n) for k, m, n in zip(cached["key"], cached["_mtime"], cached["_size"])],
-                        dtype=bool)
+        same = _unchanged(cached, states)
         changed = not same.all()  # removed or rewritten runs
         cached = cached[same]
     have = set(cached["key"]) if cached is not None else set()
@@ -159,3 +187,62 @@ def stored_run_summaries(store: RunStore, classes: Sequence[str], data_fingerpri
     rows = _cached_rows(store, list(classes))
     mask = _chosen(rows, data_fingerprint, model_fingerprint, include_original)
     return [json.loads(s) for s in rows["_summary"].to_numpy(object)[mask]]
+
+
+def stored_run_columns(store: RunStore, classes: Sequence[str], name: str,
+                       derive: Callable[[dict], Mapping[str, Any]], data_fingerprint: str | None = None,
+                       model_fingerprint: str | None = None, include_original: bool = False) -> pd.DataFrame:
+    """Columns derived from each stored run's summary, computed once per run and kept on disk.
+
+    A warm call stats the run files and reads this one blob (neither the table's blob nor a run).
+    Runs that are new or were rewritten are derived from their summaries: read one by one when
+    there are few, else decoded from the table cache's (brought up to date first).
+
+    Parameters
+    ----------
+    store, classes, data_fingerprint, model_fingerprint, include_original
+        As for :func:`stored_runs_table` (the runs are the same, in the same order).
+    name
+        Identity of ``derive``: its blob is ``(name, classes, TABLE_VERSION)``, so a caller names a new
+        version of its function with a new name (``"pareto-2"``).
+    derive
+        ``summary -> {column: value}`` (a summary as :func:`stored_run_summaries` returns it); the same
+        columns for every run, values that Parquet stores (numbers, text, None).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per run in key order: ``key`` and the derived columns.
+    """
+    blob = cache_key("runs-columns", {"name": name, "classes": list(classes), "version": TABLE_VERSION})
+    states = _states(store)
+    cached = _read_blob(store, blob)
+    if cached is not None and not {"key", *_META[:-1]} <= set(cached.columns):
+        cached = None  # written by another layout of this cache: rebuild it
+    changed = cached is None
+    if cached is not None:
+        same = _unchanged(cached, states)
+        changed = not same.all()  # removed or rewritten runs
+        cached = cached[same]
+    have = set() if cached is None else set(cached["key"])
+    missing = [k for k in states if k not in have]
+    if missing:
+        if len(missing) > _FULL_LISTING:
+            rows = _cached_rows(store, list(classes))
+            wanted = set(missing)
+            summaries = [json.loads(t) for k, t in zip(rows["key"], rows["_summary"]) if k in wanted]
+        else:
+            summaries = [_summary(r) for r in (store.get_run(k) for k in missing) if r is not None]
+        summaries = [r for r in summaries if r["cache_key"] in states]
+        fresh = pd.DataFrame.from_records([dict(derive(r)) for r in summaries])
+        fresh["key"] = pd.array([r["cache_key"] for r in summaries], dtype=pd.StringDtype(na_value=np.nan))
+        fresh = _with_meta(fresh, summaries, states)
+        cached = fresh if cached is None or cached.empty else pd.concat([cached, fresh], ignore_index=True)
+        changed = True
+    if cached is None:  # an empty store
+        cached = _with_meta(pd.DataFrame({"key": pd.array([], dtype=pd.StringDtype(na_value=np.nan))}), [], states)
+    if changed:
+        store.put_blob_file("tables", blob, "parquet", lambda p: cached.to_parquet(p, index=False))
+    cached = cached.sort_values("key", kind="stable")
+    mask = _chosen(cached, data_fingerprint, model_fingerprint, include_original)
+    return cached[mask].drop(columns=[c for c in _META if c in cached]).reset_index(drop=True)
