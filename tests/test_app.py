@@ -351,15 +351,18 @@ def test_sequential_calibration_chosen_in_the_explorer_is_the_stored_run(app_env
 
 
 def test_baselines_get_every_budget_allocation_in_the_explorer(app_env):
-    """Global SVD in budget mode: the allocation choice is open (like for like with HSCC), the
+    """Global SVD in budget mode: the allocation choice is open (like for like with HSCC, uniform by default), the
     HSCC-only settings are not, and sensitivity allocation opens the calibration images."""
     at = open_page("views/explorer.py")
     at.selectbox(key="explorer_method").set_value("svd").run()
     at.radio(key="explorer_mode").set_value("FLOPs budget").run()
     assert_page_ok(at)
-    assert not at.radio(key="explorer_alloc").disabled and at.radio(key="explorer_alloc").value == "greedy"
+    # Global SVD starts from its own default rule, one threshold (greedy starves its conv2).
+    assert not at.radio(key="explorer_alloc").disabled and at.radio(key="explorer_alloc").value == "uniform"
     assert at.radio(key="explorer_calibration").disabled and at.selectbox(key="explorer_multiple").disabled
     assert at.selectbox(key="explorer_calib").disabled
+    assert any("Global SVD, uniform-tau budget x3** has not been computed" in i for i in texts(at.info))
+    at.radio(key="explorer_alloc").set_value("greedy").run()
     assert any("Global SVD, greedy budget x3** has not been computed" in i for i in texts(at.info))
     at.radio(key="explorer_alloc").set_value("sensitivity").run()
     assert not at.selectbox(key="explorer_calib").disabled
@@ -367,6 +370,8 @@ def test_baselines_get_every_budget_allocation_in_the_explorer(app_env):
     at.radio(key="explorer_mode").set_value("energy threshold").run()  # the budget's rule waits for budget mode
     at.radio(key="explorer_mode").set_value("FLOPs budget").run()
     assert at.radio(key="explorer_alloc").value == "sensitivity"
+    at.selectbox(key="explorer_method").set_value("hscc").run()  # HSCC starts from greedy again
+    assert at.radio(key="explorer_alloc").value == "greedy"
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_expand_defaults_to_uniform_energies_and_greedy_budgets():
     cfgs = expand(["hscc", "svd"], grids=[2], clusters=[2], energies=[0.9], budgets=[3])
     by = {(c.method, c.energy is None): c.allocation for c in cfgs}
     assert by == {("hscc", False): "uniform", ("hscc", True): DEFAULTS["allocation"],
-                  ("svd", False): "uniform", ("svd", True): DEFAULTS["allocation"]}
+                  ("svd", False): "uniform", ("svd", True): "uniform"}
     uniform_only = expand(["hscc"], grids=[2], clusters=[2], energies=[], budgets=[3], allocations=["uniform"])
     assert [c.allocation for c in uniform_only] == ["uniform"]
 

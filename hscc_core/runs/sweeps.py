@@ -49,7 +49,7 @@ def expand(methods: Iterable[str] = METHOD_NAMES, grids: Iterable[int] = DEFAULT
     Baselines ignore grid, cluster count, cluster side, calibration and rank multiples, so they get
     one run per energy/budget, allocation and fine-tuning setting; the budget allocations (greedy,
     sensitivity) only pair with budgets. With ``allocations=None`` each target gets its default:
-    uniform for energies, ``DEFAULTS["allocation"]`` for budgets (every method alike). Invalid
+    uniform for energies, :func:`~hscc_core.runs.config.default_allocation` for budgets. Invalid
     values raise ``ValueError`` (from ``RunConfig``) before anything runs.
     """
     targets = [{"energy": float(e), "budget": None} for e in energies]
