@@ -39,7 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GemmStep", "PackedProgram", "Program", "RegionProgram", "execute", "lower", "pack", "panels"]
+__all__ = ["GemmStep", "PackedProgram", "Program", "RegionProgram", "execute", "lower", "pack", "panels",
+           "tail_split"]
 
 A, Z, Y = 0, 1, 2  # buffer ids
 
@@ -268,18 +269,43 @@ def execute(program: Program, x: torch.Tensor) -> torch.Tensor:
 PANEL = 16  # output columns per weight panel (kernel.cpp: kPanel, one AVX-512 vector)
 
 
-def panels(weight: torch.Tensor) -> torch.Tensor:
+def tail_split(m: int, k: int, run: int) -> int:
+    """How many consecutive source columns the last weight panel of an (m, k) step folds into its
+    lanes (1, 2 or 4; kernel.cpp's split panels).
+
+    A last panel of w <= 8 (or <= 4) columns would leave half (three quarters) of a 16-lane vector
+    idle; folding 2 (4) source columns per column fills them instead. The kernel reads the source
+    in runs of ``run`` columns (a tap row of the input, read in place) or of ``k``: a fold never
+    straddles a run, so both must be multiples of it.
+    """
+    w = m % PANEL or PANEL
+    split = 4 if w <= PANEL // 4 else 2 if w <= PANEL // 2 else 1
+    while split > 1 and (k % split or run % split):
+        split //= 2
+    return split
+
+
+def panels(weight: torch.Tensor, split: int = 1) -> torch.Tensor:
     """A step's (m, k) weight in the kernel's layout, flat: panels of ``PANEL`` output columns,
     panel p = columns ``[16 p, 16 p + w_p)`` as a (k, w_p) row-major block, one after the other
-    (the same m k numbers, nothing padded)."""
-    return torch.cat([weight[j:j + PANEL].T.reshape(-1) for j in range(0, weight.shape[0], PANEL)]
-                     or [weight.new_zeros(0)])
+    (the same m k numbers, nothing padded). With ``split`` > 1 (:func:`tail_split`) the last panel
+    is a (k / split, w split) block instead: row i holds, for each of its columns c, the weights of
+    source columns ``split i .. split i + split - 1`` (lane ``split c + g``)."""
+    parts = []
+    for j in range(0, weight.shape[0], PANEL):
+        block = weight[j:j + PANEL]
+        if split > 1 and j + PANEL >= weight.shape[0]:
+            w, k = block.shape
+            parts.append(block.reshape(w, k // split, split).permute(1, 0, 2).reshape(-1))
+        else:
+            parts.append(block.T.reshape(-1))
+    return torch.cat(parts or [weight.new_zeros(0)])
 
 
 # Columns of the per-region table and of the per-step table handed to the kernel.
 REGION_FIELDS = ("h0", "h1", "w0", "w1", "gather_off", "gather_len", "group_off", "n_groups",
                  "step_off", "n_steps", "nz", "ny", "out_off", "const_off", "n_const", "macs_per_position")
-STEP_FIELDS = ("src", "s0", "s1", "dst", "d0", "d1", "accumulate", "weight_off")
+STEP_FIELDS = ("src", "s0", "s1", "dst", "d0", "d1", "accumulate", "weight_off", "split")
 
 
 @dataclass(frozen=True, eq=False)
@@ -311,6 +337,7 @@ def pack(program: Program) -> PackedProgram:
                      p.pads[0], p.pads[2], *p.out_hw])
     rows, steps, gathers, groups, weights, orders, biases, cch, cval = [], [], [], [], [], [], [], [], []
     n_gather = n_groups = n_steps = n_weights = n_out = n_const = 0
+    run = p.kernel_size[1] * p.in_channels  # a tap row of channels-last input (read in place)
     for reg in p.regions:
         rows.append([*reg.bounds, n_gather, reg.gather.numel(), n_groups, len(reg.groups), n_steps,
                      len(reg.steps), reg.nz, reg.ny, n_out, n_const, reg.const_channels.numel(),
@@ -318,8 +345,10 @@ def pack(program: Program) -> PackedProgram:
         gathers.append(reg.gather)
         groups.extend(reg.groups)
         for s in reg.steps:
-            steps.append([s.src, *s.src_cols, s.dst, *s.dst_cols, int(s.accumulate), n_weights])
-            weights.append(panels(s.weight))
+            m, k = s.weight.shape
+            split = tail_split(m, k, run if s.src == A else k)
+            steps.append([s.src, *s.src_cols, s.dst, *s.dst_cols, int(s.accumulate), n_weights, split])
+            weights.append(panels(s.weight, split))
             n_weights += s.weight.numel()
         orders.append(reg.order)
         biases.append(reg.bias)
