@@ -51,32 +51,37 @@ def kernel():
 def test_layouts_cover_rank0_dense_and_clamped_grids():
     """The cases below really contain what the tests claim to cover."""
     seen = {"rank0": False, "dense": False, "clamped": False, "const_region": False}
-    split = STEP_FIELDS.index("split")
+    split, seg = STEP_FIELDS.index("split"), STEP_FIELDS.index("seg")
     for side, grid, clusters, energy in CASES:
         _, comp, layers, _ = compressed(side, grid, clusters, energy)
         for layer in layers.values():
             prog = native.lower(layer)
-            # last weight panels folding 2 and 4 source columns into their lanes, on both sides
-            for g in (2, 4):
+            # last weight panels folding 2, 4 and 8 source columns into their lanes, on both
+            # sides, in runs of source columns that leave single columns over
+            steps = native.pack(prog).steps
+            for g in (2, 4, 8):
                 seen[f"{side} split {g}"] = seen.get(f"{side} split {g}", False) or bool(
-                    (native.pack(prog).steps[:, split] == g).any())
+                    (steps[:, split] == g).any())
+            seen[f"{side} leftover"] = seen.get(f"{side} leftover", False) or bool(
+                (steps[:, seg] % steps[:, split] != 0).any())
             seen["clamped"] |= tuple(layer.grid_hw) != (grid, grid)
             seen["rank0"] |= any(r.const_channels.numel() and r.ny for r in prog.regions)
             seen["const_region"] |= any(not r.steps for r in prog.regions)
             seen["dense"] |= any(s.src == 0 and s.dst == 2 for r in prog.regions for s in r.steps)
-    assert all(seen.values()) and len(seen) == 8, seen
+    assert all(seen.values()) and len(seen) == 12, seen
 
 
 def test_split_panels_hold_the_same_weights():
-    """A split last panel is a permutation of the step's weights (nothing padded or dropped), and
-    a fold is only chosen where it divides both the columns and the kernel's source runs."""
-    w = torch.randn(21, 12)  # panels of 16 and 5 columns
-    assert tail_split(21, 12, 12) == 2 and tail_split(20, 12, 12) == 4 and tail_split(16, 12, 12) == 1
-    assert tail_split(20, 12, 6) == 2 and tail_split(20, 33, 33) == 1
-    flat = panels(w, 2)
-    assert torch.equal(flat[:16 * 12], w[:16].T.reshape(-1))
-    tail = flat[16 * 12:].view(6, 5, 2)  # (k / 2, columns, 2)
-    assert torch.equal(tail.permute(1, 0, 2).reshape(5, 12), w[16:])
+    """A split last panel is a permutation of the step's weights (nothing padded or dropped): per
+    run of source columns, folded rows of w x split floats, then the run's leftover columns."""
+    assert [tail_split(m) for m in (16, 32, 9, 21, 20, 18, 17)] == [1, 1, 1, 2, 4, 8, 8]
+    w = torch.randn(21, 14)  # panels of 16 and 5 columns; two runs of 7 columns (3 folded pairs + 1)
+    flat = panels(w, 2, 7)
+    assert torch.equal(flat[:16 * 14], w[:16].T.reshape(-1))
+    tail = flat[16 * 14:].view(2, 7 * 5)
+    for run, s0 in zip(tail, (0, 7)):
+        assert torch.equal(run[:30].view(3, 5, 2).permute(1, 0, 2).reshape(5, 6), w[16:, s0:s0 + 6])
+        assert torch.equal(run[30:], w[16:, s0 + 6])
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -50,7 +50,7 @@ struct Region {
 };
 
 struct Step {
-  int64_t src, s0, s1, dst, d0, d1, accumulate, weight_off, split;
+  int64_t src, s0, s1, dst, d0, d1, accumulate, weight_off, split, seg;
 };
 
 struct Input {
@@ -131,18 +131,20 @@ __attribute__((target("avx512f"))) void panel_block(int nseg, int len, const flo
     }
 }
 
-// A split panel (program.tail_split): the last panel of a step, w <= 16 / G columns, holds in lane
-// G c + g the weight of column c for source column G i + g (row i). One broadcast of G consecutive
-// source values per row (a single load: vbroadcastsd / vbroadcastf32x4) fills every lane, so a
-// narrow last panel costs 1 / G of the vector FMAs a masked one did; the G partial sums of each
-// column are added once at the end. The source is read in runs (segments) that are multiples of G.
+// A split panel (program.tail_split, program.panels): the last panel of a step, w <= 16 / G
+// columns, holds in lane G c + g the weight of column c for source column G i + g. One broadcast of
+// G consecutive source values per row (a single load: vbroadcastsd / vbroadcastf32x4 / x8) fills
+// every lane, so a narrow last panel costs 1 / G of the vector FMAs a masked one did; the G partial
+// sums of each column are added once at the end. A run whose length is not a multiple of G ends
+// with single columns (w weights expanded into lanes G c, one broadcast value).
 template <int RB, int G>
 __attribute__((target("avx512f,avx512dq"))) void split_block(int nseg, int len, const float* const* rows,
                                                              int row_stride, const PanelJob* job, int row0) {
-  static_assert(G == 2 || G == 4, "split panels fold 2 or 4 source columns");
+  static_assert(G == 2 || G == 4 || G == 8, "split panels fold 2, 4 or 8 source columns");
   __m512 s[RB];
-  const int lanes = job->width * G;
+  const int lanes = job->width * G, folded = len / G * G;
   const __mmask16 mask = static_cast<__mmask16>((1u << lanes) - 1u);
+  const __mmask16 firsts = static_cast<__mmask16>((G == 2 ? 0x5555u : G == 4 ? 0x1111u : 0x0101u));
   const float* pw = job->w;
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r) s[r] = _mm512_setzero_ps();
@@ -150,7 +152,7 @@ __attribute__((target("avx512f,avx512dq"))) void split_block(int nseg, int len, 
     const float* src[RB];
 #pragma GCC unroll 16
     for (int r = 0; r < RB; ++r) src[r] = rows[r * row_stride + seg];
-    for (int i = 0; i < len; i += G) {
+    for (int i = 0; i < folded; i += G) {
       const __m512 wv = _mm512_maskz_loadu_ps(mask, pw);
       pw += lanes;
 #pragma GCC unroll 16
@@ -160,19 +162,27 @@ __attribute__((target("avx512f,avx512dq"))) void split_block(int nseg, int len, 
           double pair;
           std::memcpy(&pair, src[r] + i, sizeof pair);
           a = _mm512_castpd_ps(_mm512_set1_pd(pair));
-        } else {
+        } else if constexpr (G == 4) {
           a = _mm512_broadcast_f32x4(_mm_loadu_ps(src[r] + i));
+        } else {
+          a = _mm512_broadcast_f32x8(_mm256_loadu_ps(src[r] + i));
         }
         s[r] = _mm512_fmadd_ps(a, wv, s[r]);
       }
     }
+    for (int i = folded; i < len; ++i) {
+      const __m512 wv = _mm512_maskz_expandloadu_ps(static_cast<__mmask16>(firsts & mask), pw);
+      pw += job->width;
+#pragma GCC unroll 16
+      for (int r = 0; r < RB; ++r) s[r] = _mm512_fmadd_ps(_mm512_set1_ps(src[r][i]), wv, s[r]);
+    }
   }
-  const __mmask16 firsts = G == 2 ? static_cast<__mmask16>(0x5555) : static_cast<__mmask16>(0x1111);
   const __mmask16 out = static_cast<__mmask16>((1u << job->width) - 1u);
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r) {
     __m512 v = _mm512_add_ps(s[r], _mm512_permute_ps(s[r], 0xB1));  // + the neighbouring lane
-    if constexpr (G == 4) v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));  // + the pair beside
+    if constexpr (G >= 4) v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));  // + the pair beside
+    if constexpr (G == 8) v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));  // + the quad beside
     v = _mm512_maskz_compress_ps(firsts, v);  // lane G c -> lane c
     float* d = job->dst + static_cast<int64_t>(row0 + r) * job->ldd;
     if (job->acc) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(out, d));
@@ -194,6 +204,7 @@ constexpr auto kPanel1 = panel_table<1>(std::make_integer_sequence<int, kMaxRowB
 constexpr auto kPanel2 = panel_table<2>(std::make_integer_sequence<int, kMaxRowBlock>{});
 constexpr auto kSplit2 = split_table<2>(std::make_integer_sequence<int, kMaxRowBlock>{});
 constexpr auto kSplit4 = split_table<4>(std::make_integer_sequence<int, kMaxRowBlock>{});
+constexpr auto kSplit8 = split_table<8>(std::make_integer_sequence<int, kMaxRowBlock>{});
 
 // For every job: dst[rows x width] (+)= src[rows x k] w^T, k = nseg x len: row r of src is the
 // nseg runs of len floats at rows[r * row_stride + 0 .. nseg) (an im2col row read in place from
@@ -204,7 +215,11 @@ void panel_gemm(int n_rows, int nseg, int len, const float* const* rows, int row
   const int blocks = (n_rows + kMaxRowBlock - 1) / kMaxRowBlock;
   for (int j = 0; j < n_jobs;) {
     const int split = jobs[j].split, pair = split == 1 && j + 1 < n_jobs && jobs[j + 1].split == 1;
-    const auto& table = split == 4 ? kSplit4 : split == 2 ? kSplit2 : pair ? kPanel2 : kPanel1;
+    const auto& table = split == 8   ? kSplit8
+                         : split == 4 ? kSplit4
+                         : split == 2 ? kSplit2
+                         : pair       ? kPanel2
+                                      : kPanel1;
     for (int b = 0, r = 0; b < blocks; ++b) {
       const int rb = (n_rows - r) / (blocks - b);
       table[rb - 1](nseg, len, rows + static_cast<int64_t>(r) * row_stride, row_stride, jobs + j, r);
@@ -230,7 +245,7 @@ bool have_avx512() {
 // dst[rows x m] (leading dim ldd) (+)= src[rows x k] (leading dim lds) w^T, w (m x k) in panels,
 // by BLAS once per panel (CPUs without AVX-512); a split last panel by plain loops.
 inline void blas_rows(int rows, int m, int k, const float* panels, const float* src, int lds, bool acc,
-                      float* dst, int ldd, int split) {
+                      float* dst, int ldd, int split, int seg) {
   if (rows <= 0 || m <= 0) return;
   if (k <= 0) {
     if (!acc)
@@ -241,14 +256,19 @@ inline void blas_rows(int rows, int m, int k, const float* panels, const float* 
   const float one = 1.f, beta = acc ? 1.f : 0.f;
   for (int j = 0; j < m; j += kPanel) {
     const int w = std::min(kPanel, m - j);
-    if (split > 1 && j + kPanel >= m) {
+    if (split > 1 && j + kPanel >= m) {  // a split panel (split_block's layout), runs of seg columns
       const float* pw = panels + static_cast<int64_t>(j) * k;
+      const int folded = seg / split * split;
       for (int r = 0; r < rows; ++r)
         for (int c = 0; c < w; ++c) {
           float sum = 0.f;
-          for (int i = 0; i < k; i += split)
-            for (int g = 0; g < split; ++g) sum += src[(int64_t)r * lds + i + g] * pw[(int64_t)i * w + c * split + g];
-          float& d = dst[(int64_t)r * ldd + j + c];
+          for (int s0 = 0; s0 < k; s0 += seg) {
+            const float* a = src + static_cast<int64_t>(r) * lds + s0;
+            const float* ws = pw + static_cast<int64_t>(s0) * w;
+            for (int i = 0; i < folded; ++i) sum += a[i] * ws[(i / split) * split * w + c * split + i % split];
+            for (int i = folded; i < seg; ++i) sum += a[i] * ws[folded * w + (i - folded) * w + c];
+          }
+          float& d = dst[static_cast<int64_t>(r) * ldd + j + c];
           d = acc ? d + sum : sum;
         }
       continue;
@@ -375,7 +395,7 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
   TORCH_CHECK(x_in.device().is_cpu() && x_in.scalar_type() == at::kFloat && x_in.dim() == 4,
               "region_conv: x must be a float32 CPU tensor (N, C, H, W)");
   TORCH_CHECK(geometry.numel() == 12 && regions.dim() == 2 && regions.size(1) == 16 &&
-                  steps.size(-1) == 9,
+                  steps.size(-1) == 10,
               "region_conv: malformed program");
   for (const at::Tensor* t : {&geometry, &regions, &gather, &groups, &steps, &order, &const_channels})
     TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous(), "region_conv: int64 tables expected");
@@ -495,8 +515,8 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
     const int saved = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
     std::vector<float> a(tile * std::max<int64_t>(max_d, 1)), z(tile * std::max<int64_t>(max_z, 1)),
         y(tile * std::max<int64_t>(max_y, 1));
-    // Row pointers for panel_gemm: g.kh per row from direct_rows, or one per row of a buffer.
-    std::vector<const float*> a_rows(tile * std::max<int64_t>(g.kh, 1)), b_rows(tile);
+    // Row pointers for panel_gemm: g.kh per row from direct_rows, or k / seg (<= g.kh) per row of a buffer.
+    std::vector<const float*> a_rows(tile * std::max<int64_t>(g.kh, 1)), b_rows(tile * std::max<int64_t>(g.kh, 1));
     std::vector<PanelJob> jobs;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < static_cast<int64_t>(items.size()); ++i) {
@@ -531,15 +551,17 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
             const int run = static_cast<int>(g.kw * in.sw);
             panel_gemm(rows, k / run, run, a_rows.data() + st->s0 / run, static_cast<int>(g.kh), jobs.data(),
                        static_cast<int>(jobs.size()));
-          } else {
-            for (int r = 0; r < rows; ++r) b_rows[r] = src + static_cast<int64_t>(r) * lds;
-            panel_gemm(rows, 1, k, b_rows.data(), 1, jobs.data(), static_cast<int>(jobs.size()));
+          } else {  // runs of seg columns per row (what split panels are laid out for; others do not mind)
+            const int seg = static_cast<int>(st->seg), nseg = k / seg;
+            for (int r = 0; r < rows; ++r)
+              for (int q = 0; q < nseg; ++q) b_rows[r * nseg + q] = src + static_cast<int64_t>(r) * lds + q * seg;
+            panel_gemm(rows, nseg, seg, b_rows.data(), nseg, jobs.data(), static_cast<int>(jobs.size()));
           }
         } else {
           for (const Step* q = st; q < st + (e - s); ++q)
             blas_rows(rows, static_cast<int>(q->d1 - q->d0), k, wts + q->weight_off, src, lds, q->accumulate != 0,
                       (q->dst == kZ ? z.data() : y.data()) + q->d0, static_cast<int>(q->dst == kZ ? reg.nz : reg.ny),
-                      static_cast<int>(q->split));
+                      static_cast<int>(q->split), static_cast<int>(q->seg));
         }
         s = e;
       }
