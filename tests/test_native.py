@@ -9,6 +9,7 @@ import torch
 
 from conftest import conv_stack, hscc_decomposition, hscc_model, layer_tensor, random_images, region_modules
 from hscc_core.compress import native
+from hscc_core.compress.native.program import STEP_FIELDS, panels, tail_split
 from hscc_core.compress.hscc import build_hscc, plan_at_energy
 from hscc_core.compress.hscc.sequential import cross_stats, fit_sequential
 from hscc_core.measure.costs import count_flops, layer_flops
@@ -50,15 +51,37 @@ def kernel():
 def test_layouts_cover_rank0_dense_and_clamped_grids():
     """The cases below really contain what the tests claim to cover."""
     seen = {"rank0": False, "dense": False, "clamped": False, "const_region": False}
+    split, seg = STEP_FIELDS.index("split"), STEP_FIELDS.index("seg")
     for side, grid, clusters, energy in CASES:
         _, comp, layers, _ = compressed(side, grid, clusters, energy)
         for layer in layers.values():
             prog = native.lower(layer)
+            # last weight panels folding 2, 4 and 8 source columns into their lanes, on both
+            # sides, in runs of source columns that leave single columns over
+            steps = native.pack(prog).steps
+            for g in (2, 4, 8):
+                seen[f"{side} split {g}"] = seen.get(f"{side} split {g}", False) or bool(
+                    (steps[:, split] == g).any())
+            seen[f"{side} leftover"] = seen.get(f"{side} leftover", False) or bool(
+                (steps[:, seg] % steps[:, split] != 0).any())
             seen["clamped"] |= tuple(layer.grid_hw) != (grid, grid)
             seen["rank0"] |= any(r.const_channels.numel() and r.ny for r in prog.regions)
             seen["const_region"] |= any(not r.steps for r in prog.regions)
             seen["dense"] |= any(s.src == 0 and s.dst == 2 for r in prog.regions for s in r.steps)
-    assert all(seen.values()), seen
+    assert all(seen.values()) and len(seen) == 12, seen
+
+
+def test_split_panels_hold_the_same_weights():
+    """A split last panel is a permutation of the step's weights (nothing padded or dropped): per
+    run of source columns, folded rows of w x split floats, then the run's leftover columns."""
+    assert [tail_split(m) for m in (16, 32, 9, 21, 20, 18, 17)] == [1, 1, 1, 2, 4, 8, 8]
+    w = torch.randn(21, 14)  # panels of 16 and 5 columns; two runs of 7 columns (3 folded pairs + 1)
+    flat = panels(w, 2, 7)
+    assert torch.equal(flat[:16 * 14], w[:16].T.reshape(-1))
+    tail = flat[16 * 14:].view(2, 7 * 5)
+    for run, s0 in zip(tail, (0, 7)):
+        assert torch.equal(run[:30].view(3, 5, 2).permute(1, 0, 2).reshape(5, 6), w[16:, s0:s0 + 6])
+        assert torch.equal(run[30:], w[16:, s0 + 6])
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GemmStep", "PackedProgram", "Program", "RegionProgram", "execute", "lower", "pack", "panels"]
+__all__ = ["GemmStep", "PackedProgram", "Program", "RegionProgram", "execute", "lower", "pack", "panels",
+           "tail_split"]
 
 A, Z, Y = 0, 1, 2  # buffer ids
 
@@ -268,18 +269,46 @@ def execute(program: Program, x: torch.Tensor) -> torch.Tensor:
 PANEL = 16  # output columns per weight panel (kernel.cpp: kPanel, one AVX-512 vector)
 
 
-def panels(weight: torch.Tensor) -> torch.Tensor:
+def tail_split(m: int) -> int:
+    """How many consecutive source columns the last weight panel of a step with ``m`` output
+    columns folds into its lanes (1, 2, 4 or 8; kernel.cpp's split panels).
+
+    A last panel of w <= 8 (4, 2) columns would leave half (three quarters, seven eighths) of a
+    16-lane vector idle; folding 2 (4, 8) source columns per column fills them instead.
+    """
+    w = m % PANEL or PANEL
+    return max((g for g in (1, 2, 4, 8) if w * g <= PANEL))
+
+
+def panels(weight: torch.Tensor, split: int = 1, seg: int = 0) -> torch.Tensor:
     """A step's (m, k) weight in the kernel's layout, flat: panels of ``PANEL`` output columns,
     panel p = columns ``[16 p, 16 p + w_p)`` as a (k, w_p) row-major block, one after the other
-    (the same m k numbers, nothing padded)."""
-    return torch.cat([weight[j:j + PANEL].T.reshape(-1) for j in range(0, weight.shape[0], PANEL)]
-                     or [weight.new_zeros(0)])
+    (the same m k numbers, nothing padded).
+
+    With ``split`` > 1 (:func:`tail_split`) the last panel (w columns) is laid out per run of
+    ``seg`` source columns (the runs the kernel reads the source in; ``seg`` divides k): the run's
+    first ``seg // split * split`` columns as rows of w x split floats (row i holds in lane
+    ``split c + g`` column c's weight for source column ``split i + g``), then its remaining
+    ``seg % split`` columns as rows of w floats.
+    """
+    parts = []
+    for j in range(0, weight.shape[0], PANEL):
+        block = weight[j:j + PANEL]
+        if split == 1 or j + PANEL < weight.shape[0]:
+            parts.append(block.T.reshape(-1))
+            continue
+        w, k = block.shape
+        q = seg // split * split
+        for s0 in range(0, k, seg):
+            parts.append(block[:, s0:s0 + q].reshape(w, q // split, split).permute(1, 0, 2).reshape(-1))
+            parts.append(block[:, s0 + q:s0 + seg].T.reshape(-1))
+    return torch.cat(parts or [weight.new_zeros(0)])
 
 
 # Columns of the per-region table and of the per-step table handed to the kernel.
 REGION_FIELDS = ("h0", "h1", "w0", "w1", "gather_off", "gather_len", "group_off", "n_groups",
                  "step_off", "n_steps", "nz", "ny", "out_off", "const_off", "n_const", "macs_per_position")
-STEP_FIELDS = ("src", "s0", "s1", "dst", "d0", "d1", "accumulate", "weight_off")
+STEP_FIELDS = ("src", "s0", "s1", "dst", "d0", "d1", "accumulate", "weight_off", "split", "seg")
 
 
 @dataclass(frozen=True, eq=False)
@@ -311,6 +340,7 @@ def pack(program: Program) -> PackedProgram:
                      p.pads[0], p.pads[2], *p.out_hw])
     rows, steps, gathers, groups, weights, orders, biases, cch, cval = [], [], [], [], [], [], [], [], []
     n_gather = n_groups = n_steps = n_weights = n_out = n_const = 0
+    run = p.kernel_size[1] * p.in_channels  # a tap row of channels-last input (read in place)
     for reg in p.regions:
         rows.append([*reg.bounds, n_gather, reg.gather.numel(), n_groups, len(reg.groups), n_steps,
                      len(reg.steps), reg.nz, reg.ny, n_out, n_const, reg.const_channels.numel(),
@@ -318,8 +348,13 @@ def pack(program: Program) -> PackedProgram:
         gathers.append(reg.gather)
         groups.extend(reg.groups)
         for s in reg.steps:
-            steps.append([s.src, *s.src_cols, s.dst, *s.dst_cols, int(s.accumulate), n_weights])
-            weights.append(panels(s.weight))
+            # The kernel reads whole tap rows of A in place (runs of kw C floats), other sources
+            # as one run per row.
+            (m, k), (c0, c1) = s.weight.shape, s.src_cols
+            seg = run if s.src == A and c0 % run == 0 and c1 % run == 0 else max(k, 1)
+            split = tail_split(m)
+            steps.append([s.src, *s.src_cols, s.dst, *s.dst_cols, int(s.accumulate), n_weights, split, seg])
+            weights.append(panels(s.weight, split, seg))
             n_weights += s.weight.numel()
         orders.append(reg.order)
         biases.append(reg.bias)
