@@ -359,6 +359,9 @@ def sample_figures() -> dict:
 
 # --------------------------------------------------------------------------- a real browser
 
+# How long a browser test waits for one thing to appear: generous, since a shared 2-core machine
+# under load can take a minute for a page's first compressed model (a wait, not a timing assertion).
+BROWSER_TIMEOUT_MS = 180_000
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHROMIUM_FLAGS, ROOT, chromium, populate, streamlit_server, tiny_env, wait_idle
+from conftest import BROWSER_TIMEOUT_MS, CHROMIUM_FLAGS, ROOT, chromium, populate, streamlit_server, tiny_env, wait_idle
 from hscc_core.runs.config import RunConfig, describe_config, run_name
 from hscc_core.runs.pipeline import compress_run
 
@@ -68,7 +68,7 @@ def test_every_page_in_headless_chromium(server, tmp_path, stored_runs):
             viewport={"width": 1440, "height": 1500}, accept_downloads=True)
         try:
             page = context.new_page()
-            page.set_default_timeout(60_000)
+            page.set_default_timeout(BROWSER_TIMEOUT_MS)
             # A deep link as the server's first request opens its page, with no "Page not found"
             # (a pages/ folder beside app.py made Streamlit answer that before app.py ran).
             page.goto(server + "/confusion")

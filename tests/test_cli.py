@@ -124,7 +124,7 @@ def test_compress_json_and_stderr_summary(capsys, trained_workspace):
                              "--latency-runs", "2")
     run = json.loads(out)
     assert code == 0 and run["method"] == "svd" and run["config"]["budget"] == 2.0
-    assert "svd greedy 2x" in err and len([l for l in err.splitlines() if "svd greedy 2x" in l]) == 1
+    assert "svd 2x" in err and len([l for l in err.splitlines() if "svd 2x" in l]) == 1  # its default: one tau
     code, out, _ = run_cli(capsys, "compress", *args, "--method", "svd", "--budget", "2", "--json")
     assert json.loads(out)["cached"] is True
 
@@ -193,7 +193,7 @@ def test_compress_hscc_plus_switches(capsys, trained_workspace):
     assert code == 2 and "needs a budget" in err
 
 
-def test_budget_mode_defaults_to_greedy_and_budget_sweeps_skip_energies(capsys, trained_workspace):
+def test_budget_mode_defaults_to_each_methods_rule_and_budget_sweeps_skip_energies(capsys, trained_workspace):
     args = [*_tiny_args(trained_workspace), "--grid", "1", "--clusters", "1", "--calib-size", "16",
             "--no-speed", "--json"]
     code, out, _ = run_cli(capsys, "compress", *args, "--budget", "2")
@@ -203,7 +203,8 @@ def test_budget_mode_defaults_to_greedy_and_budget_sweeps_skip_energies(capsys, 
     code, out, _ = run_cli(capsys, "sweep", *args, "--methods", "hscc svd", "--budgets", "2")
     runs = json.loads(out)["runs"]
     assert code == 0 and len(runs) == 2 and all(r["config"]["budget"] == 2.0 for r in runs)
-    assert {r["method"]: r["allocation"] for r in runs} == {"hscc": "greedy", "svd": "greedy"}  # like for like
+    # Each method's default budget rule (Global SVD keeps one threshold: greedy starves its conv2).
+    assert {r["method"]: r["allocation"] for r in runs} == {"hscc": "greedy", "svd": "uniform"}
 
 
 def test_fidelity_options_reach_the_run_and_the_bench_names_its_rules(capsys, trained_workspace):

@@ -15,7 +15,7 @@ import string
 
 import pytest
 
-from conftest import shown
+from conftest import BROWSER_TIMEOUT_MS, shown
 from hscc_core.present.text import plain
 
 LINK = "[clickme](http://x) **bold**"  # the class folder name, as a string
@@ -113,7 +113,7 @@ def test_hostile_strings_render_as_text_in_chromium(tmp_path):
         browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page()
-            page.set_default_timeout(60_000)
+            page.set_default_timeout(BROWSER_TIMEOUT_MS)
 
             def route(r):
                 requested.append(r.request.url)
