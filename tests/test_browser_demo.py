@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import BROWSER_TIMEOUT_MS, CHROMIUM_FLAGS, chromium, dicom_bytes, streamlit_server, tiny_env, wait_idle
-from hscc_core.runs.config import RunConfig, run_name
+from hscc_core.runs.config import RunConfig
 from hscc_core.runs.pipeline import compress_run
 
 pytestmark = pytest.mark.browser
