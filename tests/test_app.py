@@ -109,11 +109,11 @@ def test_data_folders_come_from_the_server_side(app_env, tmp_path, monkeypatch):
     """No free-text box unless the operator turns it on; then a folder outside the allowed roots
     (the server's /etc, a '..' escape) is one message that says nothing about it."""
     at = AppTest.from_file(str(APP), default_timeout=60).run()
-    assert not at.sidebar.text_input and at.sidebar.selectbox(key="data_path").options
+    assert not at.sidebar.text_input and at.sidebar.selectbox(key="data_box").options
     monkeypatch.setenv("HSCC_ALLOW_DATA_INPUT", "1")
     for folder in ("/etc", str(app_env.data) + "/../../.."):
         at = AppTest.from_file(str(APP), default_timeout=60).run()
-        at.sidebar.text_input(key="data_path").set_value(folder).run()
+        at.sidebar.text_input(key="data_box_text").set_value(folder).run()
         assert_page_ok(at)
         assert any("does not open that data folder" in e.value for e in at.error)
         assert not any(b.label == "Prepare baseline" for b in at.sidebar.button)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import BROWSER_TIMEOUT_MS, CHROMIUM_FLAGS, chromium, dicom_bytes, streamlit_server, tiny_env, wait_idle
-from hscc_core.runs.config import RunConfig
+from hscc_core.runs.config import RunConfig, run_name
 from hscc_core.runs.pipeline import compress_run
 
 pytestmark = pytest.mark.browser
@@ -130,11 +130,12 @@ def test_demo_in_headless_chromium(demo_server, tmp_path):
             wait_idle(page)
             assert page.get_by_text("not a medical device").first.is_visible()
 
-            # Open the stored run by its link. (Picking it in the page's Run box right after the page
-            # opens is sometimes not taken: the box shows the run, the page compares nothing. An open
-            # bug, named in the stop note of 2026-11-28; AppTest covers the box itself.)
-            page.goto(f"{demo_server['url']}/demo?run={run['cache_key']}")
-            page.locator("h1", has_text="Clinician demo").wait_for()
+            # Choose the stored run in the page's Run box right away, as a user does (nothing is
+            # selected in a fresh session). This once switched the session to the embedded phantom
+            # about one time in four: the sidebar's data box reported its fixed default while it was
+            # redrawn (views/frame.py, _data_picker).
+            page.locator('[data-testid="stMain"]').get_by_role("combobox", name="Run").click()
+            page.get_by_role("option").filter(has_text=run_name(run)).first.click()
             wait_figures(page, 4)
             wait_idle(page)
             assert page.get_by_text("Time for this image").count() == 2
@@ -164,3 +165,33 @@ def test_demo_in_headless_chromium(demo_server, tmp_path):
             browser.close()
     for name in ("demo-test-slice.png", "demo-upload-dicom.png", "demo-bad-file.png"):
         assert (shots / name).stat().st_size > 20_000
+
+
+def test_run_box_pick_right_after_the_page_opens(demo_server):
+    """A run picked in the Run box while the page is still drawing is taken, in three fresh sessions.
+
+    Before the sidebar's data box was given its current folder as its default, about one pick in four
+    switched the session to the embedded phantom ("No baseline for this dataset yet") under load.
+    """
+    from playwright.sync_api import sync_playwright
+
+    run = demo_server["run"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=demo_server["exe"], headless=True, args=CHROMIUM_FLAGS)
+        try:
+            for _ in range(3):
+                page = browser.new_page(viewport=VIEWPORT)
+                page.set_default_timeout(BROWSER_TIMEOUT_MS)
+                page.goto(demo_server["url"])
+                page.locator("h1", has_text="Baseline model").wait_for()
+                wait_idle(page)
+                page.locator('[data-testid="stSidebarNav"] a', has_text="Demo").first.click()
+                page.locator("h1", has_text="Clinician demo").wait_for()  # no wait for the script to finish
+                page.locator('[data-testid="stMain"]').get_by_role("combobox", name="Run").click()
+                page.get_by_role("option").filter(has_text=run_name(run)).first.click()
+                page.get_by_text("Time for this image").first.wait_for()
+                wait_idle(page)
+                assert not page.get_by_text("No baseline for this dataset").count()
+                page.close()
+        finally:
+            browser.close()

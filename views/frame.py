@@ -386,18 +386,28 @@ def run_picker(ctx: Context, page: str) -> dict | None:
 
 
 def _data_picker(operator: DataSettings) -> None:
-    """The data folder: a choice among what the operator allows, or a text box where they allow one."""
-    st.session_state.setdefault("data_path", _default_data())
+    """The data folder: a choice among what the operator allows, or a text box where they allow one.
+
+    The choice lives in ``data_path``; the widget has its own key and is created with the current
+    choice as its default. A widget whose value is only pushed through its session key has a fixed
+    default (the first option), and a browser that sends a rerun while the sidebar is being redrawn
+    (a run picked right after a page opens) can report that default as a change: the session then
+    switched to the embedded phantom, and the page said there was no baseline.
+    """
     help_text = ("An ImageFolder layout: ROOT/Training/<class>/, ROOT/Testing/<class>/ or ROOT/<class>/. "
                  "The server's operator decides which folders the app may open (HSCC_DATA, HSCC_DATA_ROOTS).")
+    current = st.session_state.setdefault("data_path", _default_data())
     if operator.allow_input:
-        st.text_input("Data folder (empty: embedded MRI phantom)", key="data_path", help=help_text)
+        typed = st.text_input("Data folder (empty: embedded MRI phantom)", value=current, key="data_box_text",
+                              help=help_text)
+        st.session_state["data_path"] = typed
         return
     choices = data_choices(operator)
-    if st.session_state["data_path"] not in choices:
-        st.session_state["data_path"] = _default_data()
-    st.selectbox("Data folder", choices, key="data_path", help=help_text,
-                 format_func=lambda c: c or "embedded MRI phantom")
+    if current not in choices:
+        current = st.session_state["data_path"] = _default_data()
+    chosen = st.selectbox("Data folder", choices, index=choices.index(current), key="data_box", help=help_text,
+                          format_func=lambda c: c or "embedded MRI phantom")
+    st.session_state["data_path"] = chosen
 
 
 def _sidebar() -> None:
