@@ -84,6 +84,8 @@ def test_test_slice_with_the_selected_run(page_env, stored, calls):
     assert all(v in classes for v in got["Answer"])
     summary = [e.value for e in (*at.success, *at.error) if "computation" in e.value]
     assert len(summary) == 1 and "FLOPs" not in summary[0]
+    label = page_env.images().classes[page_env.images().y_test[0]].replace("_", " ")
+    assert f"The slice is labelled {label}: " in shown(summary[0])  # a test slice's class is known
     assert at.selectbox(key="demo_pick").value == stored["cache_key"]  # the run box names the run
     assert len(at.get("plotly_chart")) == 4  # Grad-CAM and probabilities, for each model
     assert f"**{run_name(stored)}**" in [m.value for m in at.sidebar.markdown]

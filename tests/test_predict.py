@@ -137,7 +137,12 @@ def test_savings_sentence_in_plain_words():
     assert differ.endswith(".")
     same = savings_sentence(dict(run, flops=1e9, params=1e7), res(0, 0.9, 10.0), res(0, 0.9, 10.1))
     assert "about as much computation," in same and "memory" not in same and "about as long" in same
-    for sentence in (agree, slower, differ, same):  # no engineering jargon for a clinician
+    both_wrong = savings_sentence(run, res(0, 0.9, 10.0), res(0, 0.8, 5.0), label="no_tumor")
+    assert "same answer: glioma tumor. The slice is labelled no tumor: neither answer matches it." in both_wrong
+    one_right = savings_sentence(run, res(0, 0.9, 10.0), res(1, 0.6, 12.0), label="no_tumor")
+    assert "labelled no tumor: only the compressed model's answer matches it." in one_right
+    assert "both answers match it." in savings_sentence(run, res(0, 0.9, 10.0), res(0, 0.8, 5.0), label="glioma_tumor")
+    for sentence in (agree, slower, differ, same, both_wrong, one_right):  # no engineering jargon for a clinician
         assert not any(word in sentence for word in ("FLOP", "MAC", "param", "tau"))
 
 

@@ -51,7 +51,7 @@ STYLE = """<style>
 
 
 def pick_test_slice(ctx):
-    """Select box of the test split; returns (uint8 slice, token, caption) or None."""
+    """Select box of the test split; returns (uint8 slice, token, caption, class name) or None."""
     images = ctx.ws.images()
     classes = list(images.classes)
     n = len(images.y_test)
@@ -60,12 +60,14 @@ def pick_test_slice(ctx):
     if index is None:
         return None
     name = images.test_paths[index] if index < len(images.test_paths) else f"#{index}"
+    label = classes[images.y_test[index]]
     return (images.x_test[index], f"test:{index}",
-            f"Test slice #{index} ({plain(name)}), labelled **{plain(class_label(classes[images.y_test[index]]))}**.")
+            f"Test slice #{index} ({plain(name)}), labelled **{plain(class_label(label))}**.", label)
 
 
 def uploaded_slice():
-    """File uploader plus frame/window controls; returns (LoadedSlice, token, caption) or None."""
+    """File uploader plus frame/window controls; returns (LoadedSlice, token, caption, None) or None (an
+    upload has no known class)."""
     up = st.file_uploader(f"One slice: PNG, JPEG, TIFF or DICOM, up to {MAX_BYTES // 2**20} MB",
                           key="demo_upload", max_upload_size=MAX_BYTES // 2**20,
                           help="The format is found from the content (DICOM files often have no extension). "
@@ -99,7 +101,7 @@ def uploaded_slice():
         bits.insert(1, meta["modality"])
     caption = f"Uploaded: {plain(', '.join(str(b) for b in bits))}."  # the file's own strings: text
     token = f"upload:{digest}:{meta.get('frame')}:{window}"
-    return loaded, token, caption
+    return loaded, token, caption, None
 
 
 def display_controls(loaded) -> None:
@@ -202,7 +204,7 @@ def main(ctx) -> None:
         if source == SOURCES[1] and st.session_state.get("demo_upload") is None:
             st.info("Upload one MRI slice to see both models' answers.")
         return
-    slice_, token, caption = picked
+    slice_, token, caption, label = picked
     key = run["cache_key"] if run else None
     token = (workspace_id(), token, key)
     memo = st.session_state.get(RESULT)
@@ -212,7 +214,7 @@ def main(ctx) -> None:
         try:
             comp = compressed_model(ctx.cache_dir, key) if run else None
             with st.spinner("Running both models..."):
-                result = compare(ctx.ws, key, slice_, compressed=comp, run=run)
+                result = compare(ctx.ws, key, slice_, compressed=comp, run=run, label=label)
         except (SliceError, ValueError) as exc:
             st.error(f"Cannot compare on this slice: {plain(exc)}")
             return

@@ -187,7 +187,8 @@ def _change(new: float, old: float, less: str, more: str, same: str) -> str:
     return f"{100 * abs(cut):.0f} % {less if cut > 0 else more}"
 
 
-def savings_sentence(run: Mapping[str, Any], original: Mapping[str, Any], compressed: Mapping[str, Any]) -> str:
+def savings_sentence(run: Mapping[str, Any], original: Mapping[str, Any], compressed: Mapping[str, Any],
+                     label: str | None = None) -> str:
     """Plain words for a clinician: whether the answers agree, the computation saved, the time taken.
 
     ``"Both models gave the same answer: glioma tumor. The compressed model uses 55 % less computation
@@ -201,6 +202,9 @@ def savings_sentence(run: Mapping[str, Any], original: Mapping[str, Any], compre
         The stored compression run (``flops``, ``flops_original``, ``params``, ``params_original``).
     original, compressed : dict
         :func:`predict_slice` results of the two models on the same slice.
+    label : str, optional
+        The slice's class in the dataset (a test slice), to say which answer matches it; None for an
+        upload, whose true class is unknown.
     """
     name = lambda r: class_label(r["class"])  # noqa: E731
     p = lambda r: 100 * r["probabilities"][r["class"]]  # noqa: E731
@@ -209,6 +213,12 @@ def savings_sentence(run: Mapping[str, Any], original: Mapping[str, Any], compre
     else:
         verdict = (f"The two models gave different answers: the original model says {name(original)} "
                    f"({p(original):.0f} %), the compressed model says {name(compressed)} ({p(compressed):.0f} %).")
+    if label is not None:
+        right = (original["class"] == label, compressed["class"] == label)
+        verdict += f" The slice is labelled {class_label(label)}: " + {
+            (True, True): "both answers match it.", (False, False): "neither answer matches it.",
+            (True, False): "only the original model's answer matches it.",
+            (False, True): "only the compressed model's answer matches it."}[right]
     work = _change(float(run["flops"]), float(run["flops_original"]), "less computation", "more computation",
                    "about as much computation")
     memory = _change(float(run["params"]), float(run["params_original"]), "less memory", "more memory", "")
@@ -231,7 +241,8 @@ def cam_layer(model: nn.Module) -> str:
 
 
 def compare(ws, run_key: str | None, slice_: LoadedSlice | np.ndarray, *, compressed: nn.Module | None = None,
-            run: Mapping[str, Any] | None = None, runs: int = DEFAULT_RUNS, cams: bool = True) -> dict:
+            run: Mapping[str, Any] | None = None, runs: int = DEFAULT_RUNS, cams: bool = True,
+            label: str | None = None) -> dict:
     """Both models on one slice: classes, probabilities, timing, Grad-CAM, agreement and savings.
 
     Parameters
@@ -249,6 +260,8 @@ def compare(ws, run_key: str | None, slice_: LoadedSlice | np.ndarray, *, compre
         Timed inferences per model (the two models' runs interleaved, so both see the same load).
     cams : bool
         Compute Grad-CAM maps (``cam``, (S, S) in [0, 1]) for each model's own predicted class.
+    label : str, optional
+        The slice's class in the dataset (test slices): the summary says which answer matches it.
 
     Returns
     -------
@@ -274,7 +287,7 @@ def compare(ws, run_key: str | None, slice_: LoadedSlice | np.ndarray, *, compre
         out["agree"] = out["original"]["class"] == out["compressed"]["class"]
         out["run"] = {k: run.get(k) for k in ("cache_key", "label", "method", "config", "flops", "flops_original",
                                               "params", "params_original", "accuracy", "agreement")}
-        out["summary"] = savings_sentence(run, out["original"], out["compressed"])
+        out["summary"] = savings_sentence(run, out["original"], out["compressed"], label)
     else:
         o = out["original"]
         out["summary"] = (f"The original model answers {class_label(o['class'])} "
