@@ -40,6 +40,9 @@ def test_names_metrics_and_kept_fractions():
     wide = metrics_wide(runs)
     assert list(wide.columns) == names and wide.loc["accuracy", names[0]] == "70.00 % ± 1.00"
     assert wide.loc["latency b1 (ms)", names[0]] == "n/a" and "F1 no tumor" in wide.index
+    changed = metrics_wide([dict(runs[0], accuracy_delta=-0.14, accuracy_delta_se=0.0172), runs[1]])
+    assert changed.loc["accuracy change vs original", names[0]] == "-14.00 points ± 1.72"  # points, not %
+    assert all(len(c.split(" ± ")[0].split(".")[-1]) == 3 for c in wide.loc["macro F1"] if c != "n/a")
     kept = kept_fractions(runs)
     assert list(kept.index) == ["features.0", "features.3", "features.10"]  # network order
     assert list(kept[names[1]]) == [1.0, 0.25, 0.25]

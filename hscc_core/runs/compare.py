@@ -75,21 +75,27 @@ def metrics_long(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 def metrics_wide(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Metrics as rows, runs as columns, cells ``value ± SE`` as text (``n/a`` where absent)."""
     long = metrics_long(runs)
-    pct = {"accuracy", "agreement", "accuracy change vs original", "FLOPs kept"}
+    pct = {"accuracy", "agreement", "FLOPs kept"}
 
     def cell(row) -> str:
-        v, se = row["value"], row["se"]
+        # One format per kind of metric, so a column reads alike down the table.
+        v, se, metric = row["value"], row["se"], row["metric"]
         if not np.isfinite(v):
             return "n/a"
-        if row["metric"] in pct:
-            text = f"{100 * v:.2f} %" + (f" ± {100 * se:.2f}" if np.isfinite(se) else "")
-        elif row["metric"] == "params":
-            text = f"{v / 1e6:.3f} M"
-        elif "KL" in row["metric"] or "p vs" in row["metric"]:
-            text = f"{v:.3g}" + (f" ± {se:.2g}" if np.isfinite(se) else "")
-        else:
-            text = f"{v:.4g}" + (f" ± {se:.3f}" if np.isfinite(se) else "")
-        return text
+        err = np.isfinite(se)
+        if metric in pct:
+            return f"{100 * v:.2f} %" + (f" ± {100 * se:.2f}" if err else "")
+        if metric == "accuracy change vs original":  # a difference of percentages: points
+            return f"{100 * v:+.2f} points" + (f" ± {100 * se:.2f}" if err else "")
+        if metric == "params":
+            return f"{v / 1e6:.3f} M"
+        if "KL" in metric or "p vs" in metric:
+            return f"{v:.3g}" + (f" ± {se:.2g}" if err else "")
+        if metric.startswith("speed-up"):
+            return f"{v:.2f}x"
+        if metric.startswith("latency"):
+            return f"{v:.1f}"
+        return f"{v:.3f}" + (f" ± {se:.3f}" if err else "")  # F1 scores
 
     long["cell"] = long.apply(cell, axis=1)
     order = list(dict.fromkeys(long["metric"]))
