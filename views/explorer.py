@@ -89,7 +89,8 @@ def _changed(name: str, key: str) -> None:
     # A widget's change callback (runs before the script): the new value becomes the remembered one.
     st.session_state[VALUES][name] = st.session_state[key]
     if name == "method":
-        # Each method starts from its own budget rule (Global SVD: one threshold; greedy starves it).
+        # Each method starts from its own budget rule (the weight-only baselines: one threshold, which
+        # serves them better than greedy on the real data; docs/fidelity.md).
         rule = default_allocation(st.session_state[key], DEFAULTS["budget"])
         st.session_state[VALUES]["allocation"] = st.session_state[FIELDS["allocation"]] = rule
 

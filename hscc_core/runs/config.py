@@ -62,8 +62,11 @@ CALIBRATION_TITLES = {"independent": "independent", "sequential": "sequential"}
 # baseline must meet HSCC at its best, not at a rule that starves it. Global SVD under greedy energy per
 # MAC keeps conv2 at rank 1 of 192 (its weight spectrum is flat and each direction costs many MACs):
 # on the phantom at 3x it fell to chance, 25.00 % against 61.25 % with one threshold (hscc compress
-# --method svd --budget 3 --allocation greedy|uniform, 2-core CPU, docs/fidelity.md).
-_BUDGET_RULES = {"svd": "uniform"}
+# --method svd --budget 3 --allocation greedy|uniform, 2-core CPU, docs/fidelity.md). Tucker-2 on the
+# real data (CPU-trained AlexNet, official split) lost 7.1 points at 3x and 5.6 at 6x under greedy
+# against one threshold (p = 6e-08 and 9e-04; benchmarks/fidelity_ablation.py --steps allocation,
+# docs/fidelity.md), although greedy had helped it on the phantom: the real data decide.
+_BUDGET_RULES = {"svd": "uniform", "tucker": "uniform"}
 
 
 def default_allocation(method: str, budget: float | None) -> str:
