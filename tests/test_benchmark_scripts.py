@@ -77,3 +77,35 @@ def test_real_data_refuses_an_unknown_step(tmp_path):
     proc, calls = run_real_data(tmp_path, "prepare sweeep")
     assert proc.returncode == 2 and calls == []
     assert "unknown step 'sweeep'" in proc.stderr
+
+
+def test_search_vs_grid_fronts_and_hypervolumes(tmp_path):
+    """benchmarks/search_vs_grid.py: each set's front (by index, in FLOPs order), which front points
+    the other set dominates, and hypervolumes against one shared reference."""
+    spec = importlib.util.spec_from_file_location("search_vs_grid", ROOT / "benchmarks" / "search_vs_grid.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+
+    def hscc(key, flops, acc, **config):
+        return {"cache_key": key, "method": "hscc", "label": f"hscc {key}", "flops": flops, "accuracy": acc,
+                "config": {"method": "hscc", "grid": 1, "clusters": 1, "energy": 0.9, **config}}
+
+    sweep = [hscc("a", 1.0, 0.5), hscc("b", 2.0, 0.7), hscc("c", 3.0, 0.6), hscc("ft", 0.5, 0.9, finetune_epochs=2)]
+    search = [hscc("d", 1.5, 0.75), hscc("e", 3.5, 0.8)]
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": sweep}))
+    (tmp_path / "search.json").write_text(json.dumps({"runs": search, "trials": [
+        {"cache_key": "d"}, {"cache_key": "d"}, {"cache_key": "e"}]}))
+    sw, _ = m._runs(tmp_path / "sweep.json")
+    se, trials = m._runs(tmp_path / "search.json")
+    assert [r["cache_key"] for r in sw] == ["a", "b", "c"]  # fine-tuned runs left out
+    res = m.compare(sw, se, "flops", "accuracy", trials, checkpoints=(1, 2))
+    assert res["reference"] == [3.5, 0.5]
+    assert [p["cache_key"] for p in res["sweep_front"]] == ["a", "b"]  # c is dominated by b
+    assert [p["dominated"] for p in res["sweep_front"]] == [False, True]  # search's d beats b
+    assert not any(p["dominated"] for p in res["search_front"])
+    assert [p["cache_key"] for p in res["search_front"]] == ["d", "e"]
+    # Staircases up to (3.5, 0.5): sweep a (1 -> 2, +0) and b (2 -> 3.5, +0.2); search d and e.
+    assert res["sweep_hv"] == pytest.approx(1.5 * 0.2)
+    assert res["search_hv"] == pytest.approx(2.0 * 0.25)
+    assert res["search_after"] == {1: pytest.approx(2.0 * 0.25), 2: pytest.approx(2.0 * 0.25)}
+    assert "| grid sweep | 3 |" in m.markdown(res)
