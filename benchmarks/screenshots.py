@@ -81,6 +81,7 @@ def _pick_compare(page, labels: list[str], timeout_ms: float) -> None:
     box = page.locator('[data-testid="stMain"]').get_by_role("combobox").first
     for label in labels:
         box.click()
+        page.keyboard.type(label)  # the list draws only the options in view: filter it to this one
         page.get_by_role("option").filter(has_text=label).first.click()
         _idle(page, timeout_ms)
     page.keyboard.press("Escape")

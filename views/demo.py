@@ -190,7 +190,7 @@ def results(ctx, result, run, opacity) -> None:
 def main(ctx) -> None:
     st.markdown(STYLE, unsafe_allow_html=True)
     st.warning(NOTICE, icon=":material/warning:")
-    top = st.columns([1.2, 2.2, 2.2, 1.1], vertical_alignment="top")
+    top = st.columns([1.0, 2.2, 2.6, 1.0], vertical_alignment="top")  # room for a run's whole name
     source = top[0].radio("Slice", SOURCES, key="demo_source")
     with top[1]:
         picked = pick_test_slice(ctx) if source == SOURCES[0] else uploaded_slice()

@@ -46,22 +46,24 @@ def filters(points: pd.DataFrame) -> pd.DataFrame:
     grids, clusters = _values(points, "grid", hscc), _values(points, "clusters", hscc)
     sides, calibs = _values(points, "cluster_side", hscc), _values(points, "calibration", hscc)
     allocs = _values(points, "allocation", (points["method"] != "original").to_numpy(bool))
-    with st.expander("Filters", expanded=True):
-        # Two rows of wide columns: a row of chips is cut off, not wrapped, when its column is too narrow.
-        c = st.columns([1.3, 1, 1])
+    with st.expander("Filters: methods, rules and HSCC settings", expanded=False):  # the chart first
+        # Rows of two wide columns: a row of chips is cut off, not wrapped, when its column is too narrow
+        # (three rules' names need more than a third of the width at 1440 px).
+        c = st.columns([1, 1.5])
         chosen = c[0].pills("Methods", methods, selection_mode="multi", default=methods,
                             key=_key("pareto_methods", methods), format_func=method_title)
-        side_sel = c[1].pills("HSCC cluster side", sides, selection_mode="multi", default=sides,
-                              key=_key("pareto_sides", sides), format_func=SIDE_LABELS.get)
-        alloc_sel = c[2].pills("Rank allocation", allocs, selection_mode="multi", default=allocs,
+        alloc_sel = c[1].pills("Rank allocation", allocs, selection_mode="multi", default=allocs,
                                key=_key("pareto_allocs", allocs), format_func=ALLOCATION_TITLES.get)
-        c = st.columns([1.3, 1, 1])
+        c = st.columns([1, 1.5])
+        side_sel = c[0].pills("HSCC cluster side", sides, selection_mode="multi", default=sides,
+                              key=_key("pareto_sides", sides), format_func=SIDE_LABELS.get)
+        calib_sel = c[1].pills("HSCC calibration", calibs, selection_mode="multi", default=calibs,
+                               key=_key("pareto_calibs", calibs), format_func=CALIBRATION_TITLES.get)
+        c = st.columns([1, 1.5])
         grid_sel = c[0].pills("HSCC grid G", grids, selection_mode="multi", default=grids,
                               key=_key("pareto_grids", grids))
         cluster_sel = c[1].pills("HSCC clusters K", clusters, selection_mode="multi", default=clusters,
                                  key=_key("pareto_clusters", clusters))
-        calib_sel = c[2].pills("HSCC calibration", calibs, selection_mode="multi", default=calibs,
-                               key=_key("pareto_calibs", calibs), format_func=CALIBRATION_TITLES.get)
     keep = points["method"].isin(chosen) & points["allocation"].isin(alloc_sel) & (
         ~points["method"].eq("hscc") | (points["grid"].isin(grid_sel or []) & points["clusters"].isin(cluster_sel or [])
                                         & points["cluster_side"].isin(side_sel or [])
@@ -102,12 +104,15 @@ def main(ctx: frame.Context) -> None:
         st.info("No compressed run yet: compute some on the Explorer page, or run `hscc sweep`.")
         return
     y_axes = ["accuracy", "macro_f1", *[f"{c}_f1" for c in ctx.classes], "agreement", "kl_to_original"]
-    c = st.columns([1, 1.3, 1, 1, 1], vertical_alignment="bottom")
+    # The axis boxes get a row of their own: beside the switches, at 1280 px, "FLOPs (whole model)" and
+    # "Agreement with the original model" were cut short.
+    c = st.columns(2)
     x = c[0].selectbox("x axis", X_AXES, key="pareto_x", format_func=_axis_label)
     y = c[1].selectbox("y axis", y_axes, key="pareto_y", format_func=_axis_label)
-    error_bars = c[2].checkbox("SE error bars", key="pareto_se")
-    show_front = c[3].checkbox("Pareto front", value=True, key="pareto_front")
-    show_original = c[4].checkbox("Original model", value=True, key="pareto_original")
+    c = st.columns([1, 1, 1, 2])
+    error_bars = c[0].checkbox("SE error bars", key="pareto_se")
+    show_front = c[1].checkbox("Pareto front", value=True, key="pareto_front")
+    show_original = c[2].checkbox("Original model", value=True, key="pareto_original")
     shown = filters(points)
     fig = pareto_figure(shown, x, y, ctx.original if show_original else None, show_front=show_front,
                         error_bars=error_bars, selected=st.session_state.get(frame.SELECTED))
