@@ -5,8 +5,8 @@ Regenerates the tables of docs/performance.md. One command (the doc says which o
     .venv/bin/python benchmarks/fast_hscc.py --out docs/performance-cpu.json --markdown /tmp/tables.md
 
 Models: AlexNet (4 classes) at each ``--sizes`` px with He-initialised weights (speed does not depend
-on the values). At 224 px the configurations that the real-data bench stored in
-docs/results-cpu.json (G4 K4 at 3x and 6x, the 6x ablation ladder, input side, Global SVD, Tucker-2)
+on the values). At 224 px the configurations that the real-data bench stored (G4 K4 at 3x and 6x,
+the 6x ablation ladder, input side, Global SVD, Tucker-2; docs/performance-data/real-layouts-v2.json)
 are rebuilt with exactly those per-block layouts (benchmarks/layouts.py, random orthonormal factors);
 every other configuration is compressed by the project's own pipeline functions (calibration on 64
 phantom slices, k-means, budget bisection) from the random-weight model: the "source" column says
@@ -312,7 +312,7 @@ def main() -> int:
     p.add_argument("--max-load", type=float, default=float(os.cpu_count() or 1),
                    help="repeat a row measured at a higher 1-minute load average (default: the core count)")
     p.add_argument("--retries", type=int, default=1)
-    p.add_argument("--layouts", type=Path, default=ROOT / "docs" / "results-cpu.json")
+    p.add_argument("--layouts", type=Path, default=ROOT / "docs" / "performance-data" / "real-layouts-v2.json")
     p.add_argument("--out", type=Path, default=None, help="JSON of every row, rewritten after each row")
     p.add_argument("--markdown", type=Path, default=None, help="write the tables and targets here")
     a = p.parse_args()

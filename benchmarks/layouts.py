@@ -2,8 +2,8 @@
 
 Speed does not depend on the values of the factors, only on the layout (regions, cluster sizes,
 ranks, dense flags, rank-0 channels): given a run's ``layers`` summary (as stored in
-``docs/results-cpu.json``), :func:`model_from_layout` builds the same compressed model with random
-orthonormal bases, through the project's own modules (``HSCCConv2d``, ``HSCCInputConv2d``,
+``docs/performance-data/real-layouts-v2.json``, or any run's ``layers``), :func:`model_from_layout`
+builds the same compressed model with random orthonormal bases, through the project's own modules (``HSCCConv2d``, ``HSCCInputConv2d``,
 ``LowRankConv2d``, ``Tucker2Conv2d``). Its analytical MACs equal the stored run's (checked).
 """
 
@@ -35,6 +35,12 @@ def _geometry(conv: nn.Conv2d, name: str, s: dict, regions, side) -> dict:
                 grid_hw=tuple(s["grid_hw"]), clusters=int(s["clusters"]), regions=tuple(regions))
 
 
+def _bounds(region) -> tuple:
+    """A region's ``(r0, r1, c0, c1)``: stored as the bare list (run format 2) or in a dict with the
+    region's other facts (format 3)."""
+    return tuple(region["bounds"] if isinstance(region, dict) else region)
+
+
 def _clusters(rng: np.random.Generator, channels: int, sizes) -> tuple[np.ndarray, list[np.ndarray]]:
     """Random disjoint channel sets of the given sizes: (labels with -1 for the rest, the sets)."""
     perm = rng.permutation(channels)
@@ -58,7 +64,7 @@ def _output_layer(conv: nn.Conv2d, name: str, s: dict, rng: np.random.Generator)
         blocks = [Block(ch, np.ones(ch.size), _orthonormal(rng, ch.size, ch.size),
                               rng.standard_normal(ch.size) * 0.01, np.arange(1, ch.size + 1) / ch.size)
                   for ch in sets]
-        regions.append(Region(tuple(bounds), labels, tuple(blocks), np.zeros(o)))
+        regions.append(Region(_bounds(bounds), labels, tuple(blocks), np.zeros(o)))
     ld = LayerDecomp(**_geometry(conv, name, s, regions, OUTPUT))
     plan = LayerPlan(ld, tuple(tuple(r) for r in s["ranks"]), tuple(tuple(d) for d in s["dense"]))
     return HSCCConv2d(conv, plan)
@@ -75,7 +81,7 @@ def _input_layer(conv: nn.Conv2d, name: str, s: dict, rng: np.random.Generator) 
             n = min(o, ch.size * area)
             blocks.append(Block(ch, np.ones(n), _orthonormal(rng, o, n), rng.standard_normal(o) * 0.01,
                                            np.arange(1, n + 1) / n))
-        regions.append(Region(tuple(bounds), labels, tuple(blocks)))
+        regions.append(Region(_bounds(bounds), labels, tuple(blocks)))
     ld = LayerDecomp(**_geometry(conv, name, s, regions, INPUT))
     return HSCCInputConv2d(conv, layer_plan(ld, s["ranks"]))
 
@@ -107,6 +113,9 @@ def model_from_layout(model: nn.Module, layers: dict, seed: int = 0, check_macs:
     out = copy.deepcopy(model)
     for name, s in layers.items():
         conv = model.get_submodule(name)
+        if int(s.get("in_channels", conv.in_channels)) != conv.in_channels:
+            raise ValueError(f"{name}: the layout has {s['in_channels']} input channels, the model "
+                             f"{conv.in_channels} (a folded grey conv1: fold the model first)")
         if "cluster_sizes" in s:
             build = _input_layer if s.get("cluster_side") == "input" else _output_layer
             new = build(conv, name, s, rng)

@@ -1,6 +1,6 @@
 """Do SIMD-friendly rank shapes pay with the native kernel? (issue 15, item 2, measured).
 
-From the stored real-data layout of HSCC G4 K4 at 6x (output side, docs/results-cpu.json) three
+From the stored real-data layout of HSCC G4 K4 at 6x (output side, docs/performance-data/real-layouts-v2.json) three
 variants are built (benchmarks/layouts.py, random orthonormal factors) and timed on the native
 kernel, interleaved, CPU time of the calling thread (one thread: robust to a loaded machine):
 
@@ -73,7 +73,7 @@ def main() -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     base = build_model("alexnet", 4).eval()
-    layers = stored_layouts(ROOT / "docs" / "results-cpu.json")[("hscc G4 K4", 6.0)]
+    layers = stored_layouts(ROOT / "docs" / "performance-data" / "real-layouts-v2.json")[("hscc G4 K4", 6.0)]
     fan_in = {n: base.get_submodule(n).weight[0].numel() for n in layers}
     models = {k: model_from_layout(base, v, check_macs=False) for k, v in variants(layers, fan_in).items()}
     macs = {k: sum(m.analytical_macs() for m in mod.modules() if isinstance(m, HSCCConv2d)) for k, mod in models.items()}

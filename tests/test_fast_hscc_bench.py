@@ -17,7 +17,7 @@ from layouts import model_from_layout  # noqa: E402
 from hscc_core.compress.hscc import HSCCInputConv2d, RegionLayer  # noqa: E402
 from hscc_core.nn.models import build_model  # noqa: E402
 
-LAYOUTS = fast_hscc.stored_layouts(ROOT / "docs" / "results-cpu.json")
+LAYOUTS = fast_hscc.stored_layouts(ROOT / "docs" / "performance-data" / "real-layouts-v2.json")
 
 
 def test_stored_layouts_cover_the_issue_targets():
@@ -58,3 +58,15 @@ def test_targets_and_tables():
     assert [x["met"] for x in got if "within 10 %" in x["target"]] == [True]
     md = fast_hscc.markdown(rows)
     assert "#### 224 px, 1 thread (load average 1.0-2.0" in md and "| hscc G4 K4 | 6x | x | 4.00 | 1.60x | 2.60x |" in md
+
+
+def test_layouts_of_todays_run_format_rebuild_and_a_folded_conv1_is_named():
+    """Runs stored today (format 3: each region a dict; conv1 folded to one grey channel) rebuild
+    layer by layer; a folded conv1 against a three-channel model is one clear error."""
+    today = fast_hscc.stored_layouts(ROOT / "docs" / "results-cpu.json")[("hscc G4 K4", 6.0)]
+    assert isinstance(today["features.3"]["regions"][0], dict)
+    torch.manual_seed(0)
+    base = build_model("alexnet", 4).eval()
+    model_from_layout(base, {k: v for k, v in today.items() if k != "features.0"})  # checks the MACs
+    with pytest.raises(ValueError, match="fold the model first"):
+        model_from_layout(base, {"features.0": today["features.0"]})
