@@ -167,6 +167,10 @@ def test_per_class_bars_have_se_error_bars_and_patterns():
     assert fig.layout.barmode == "group"
     with pytest.raises(ValueError):
         per_class_figure({"x": RUNS[0]}, "auc")
+    # A long run name is broken into lines (plotly never wraps a legend; a half-width chart cut it).
+    long = "HSCC 4x4 regions, 4 input clusters, greedy budget x6, sequential calibration"
+    name = per_class_figure({"original": ORIGINAL, long: RUNS[0]}, "f1").data[1].name
+    assert name.replace("<br>", " ") == long and all(len(line) <= 30 for line in name.split("<br>"))
 
 
 def test_overlay_places_a_coarse_map_over_the_slice():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -569,6 +570,13 @@ def confusion_difference_figure(cm_new, cm_ref, classes: Sequence[str], normalis
     return _matrix_layout(fig, labels, title, height)
 
 
+def legend_name(name: str, width: int = 30) -> str:
+    """A run's name for a legend entry, broken into lines of at most ``width`` characters: plotly
+    never wraps legend text, and a half-width chart cut "HSCC 4x4 regions, 4 input clusters, greedy
+    bud..." at 1280 px."""
+    return "<br>".join(html.escape(line) for line in textwrap.wrap(name, width)) or html.escape(name)
+
+
 def per_class_figure(runs: Mapping[str, Mapping[str, Any]], metric: str = "f1", title: str | None = None) -> go.Figure:
     """Grouped bars of one per-class metric (precision, recall or f1) with bootstrap SE error bars.
 
@@ -585,16 +593,19 @@ def per_class_figure(runs: Mapping[str, Mapping[str, Any]], metric: str = "f1", 
         pc = run.get("per_class") or {}
         classes = list(run.get("classes") or pc)
         fig.add_trace(go.Bar(
-            x=[class_label(c) for c in classes], y=[pc[c][metric] for c in classes], name=name,
+            x=[class_label(c).replace(" ", "<br>", 1) for c in classes], y=[pc[c][metric] for c in classes],
+            name=legend_name(name),
             marker={"color": _BAR_COLOURS[i % len(_BAR_COLOURS)],
                     "pattern": {"shape": _BAR_PATTERNS[i % len(_BAR_PATTERNS)]}},
             error_y={"type": "data", "array": [pc[c].get(f"{metric}_se") or 0 for c in classes], "visible": True},
             hovertemplate=f"{html.escape(name)}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
         ))
     label = {"f1": "F1", "precision": "precision", "recall": "recall"}[metric]
-    # Anchored left so long run names wrap within the chart (right-anchored, they ran off its left edge).
-    _layout(fig, title or f"Per-class {label} (± bootstrap SE)", height=440, barmode="group",
-            legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "left", "x": 0.0})
+    # The legend goes below the bars, anchored left: above them its wrapped run names ran into the title.
+    # Class names take two short lines, so the axis labels stay level and leave the legend room.
+    _layout(fig, title or f"Per-class {label} (± bootstrap SE)", height=460, barmode="group",
+            legend={"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0.0})
+    fig.update_xaxes(tickangle=0)
     fig.update_yaxes(title_text=label, range=[0, 1.08])
     return fig
 
