@@ -100,7 +100,10 @@ def main(argv=None) -> int:
     ws = Workspace(data=a.data, cache_dir=a.cache_dir)
     names = {}
     for key in [k for k in [a.run, *a.compare] if k]:
-        run = ws.store.get_run(key)
+        try:
+            run = ws.store.get_run(key)
+        except ValueError as exc:  # not a cache key at all
+            raise SystemExit(f"--run/--compare: {exc}") from None
         if run is None:
             raise SystemExit(f"no stored run {key!r} in {a.cache_dir} for this data")
         names[key] = run_name(run)

@@ -35,7 +35,10 @@ from hscc_core.runs.pareto import axis_value, get_axis, pareto_front  # noqa: E4
 def _runs(path: Path) -> tuple[list[dict], list[str]]:
     """The HSCC runs without fine-tuning of one JSON, and the cache keys of its trials in order (a
     search's ``trials``; a sweep has none)."""
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot read {path} as the JSON of hscc sweep/search: {exc}") from None
     runs = [r for r in data.get("runs", []) if r.get("method") == "hscc"
             and not int((r.get("config") or {}).get("finetune_epochs") or 0)]
     return runs, [t.get("cache_key") for t in data.get("trials", [])]

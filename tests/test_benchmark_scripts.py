@@ -109,3 +109,25 @@ def test_search_vs_grid_fronts_and_hypervolumes(tmp_path):
     assert res["search_hv"] == pytest.approx(2.0 * 0.25)
     assert res["search_after"] == {1: pytest.approx(2.0 * 0.25), 2: pytest.approx(2.0 * 0.25)}
     assert "| grid sweep | 3 |" in m.markdown(res)
+    (tmp_path / "bad.json").write_text("not json")
+    for bad in (tmp_path / "missing.json", tmp_path / "bad.json"):  # one line, not a traceback
+        with pytest.raises(SystemExit, match="cannot read .* as the JSON of hscc sweep/search"):
+            m._runs(bad)
+
+
+def test_screenshots_script_checks_its_input_before_starting_anything(tmp_path, capsys):
+    """benchmarks/screenshots.py: a window size it cannot read and a run the store does not hold are
+    each one clear message, before any server or browser starts."""
+    pytest.importorskip("playwright.sync_api", reason="playwright (the Python package) is not installed")
+    spec = importlib.util.spec_from_file_location("screenshots", ROOT / "benchmarks" / "screenshots.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    assert m._size("1280x800") == (1280, 800)
+    with pytest.raises(SystemExit):
+        m._parser().parse_args(["--out", str(tmp_path), "--size", "wide"])
+    assert "expected WIDTHxHEIGHT" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="invalid cache key 'nokey'"):
+        m.main(["--cache-dir", str(tmp_path / "cache"), "--run", "nokey", "--out", str(tmp_path / "shots")])
+    with pytest.raises(SystemExit, match="no stored run '0123456789abcdef'"):
+        m.main(["--cache-dir", str(tmp_path / "cache"), "--run", "0123456789abcdef", "--out", str(tmp_path / "shots")])
+    assert not (tmp_path / "shots").exists()  # nothing written
