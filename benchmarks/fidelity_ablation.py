@@ -24,7 +24,7 @@ Usage (the phantom, from the repository root):
     python benchmarks/fidelity_ablation.py --out results.json > tables.md
 
 Real data: add ``--data ../shared/data/brain-tumor-mri --cache-dir PATH`` (see docs/fidelity.md for
-the exact commands and how long they take).
+the exact commands and how long they take), and ``--split clean`` for the leak-free split.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the embedded phantom)")
     p.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    p.add_argument("--split", choices=("official", "clean"), default="official",
+                   help="the train/test split: the official one, or the leak-free one (docs/data.md)")
     p.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     p.add_argument("--budgets", nargs="+", type=float, default=[3.0, 6.0])
     p.add_argument("--configs", nargs="+", default=["1x1:output", "4x1:output", "4x4:input"],
@@ -241,9 +243,9 @@ def main(argv=None) -> int:
     from hscc_core.runs.workspace import Workspace
 
     a = _parser().parse_args(argv)
-    ws = Workspace(data=a.data, cache_dir=a.cache_dir)
+    ws = Workspace(data=a.data, cache_dir=a.cache_dir, split=a.split)
     if not ws.has_baseline():
-        print("no baseline in this cache: run `hscc prepare` with the same --data and --cache-dir first",
+        print("no baseline in this cache: run `hscc prepare` with the same --data, --split and --cache-dir first",
               file=sys.stderr)
         return 2
     b = Bench(ws)

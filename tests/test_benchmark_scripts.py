@@ -131,3 +131,26 @@ def test_screenshots_script_checks_its_input_before_starting_anything(tmp_path, 
     with pytest.raises(SystemExit, match="no stored run '0123456789abcdef'"):
         m.main(["--cache-dir", str(tmp_path / "cache"), "--run", "0123456789abcdef", "--out", str(tmp_path / "shots")])
     assert not (tmp_path / "shots").exists()  # nothing written
+
+
+def test_fidelity_ablation_reads_the_chosen_split_and_says_how_to_prepare_it(tmp_path, capsys, monkeypatch):
+    """benchmarks/fidelity_ablation.py --split clean opens the clean split's workspace, and without a
+    baseline there it says which `hscc prepare` to run instead of computing anything."""
+    spec = importlib.util.spec_from_file_location("fidelity_ablation", ROOT / "benchmarks" / "fidelity_ablation.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    import hscc_core.runs.workspace as workspace
+
+    seen = []
+
+    class Spy(workspace.Workspace):
+        def has_baseline(self):
+            seen.append(self.split)
+            return False
+
+    monkeypatch.setattr(workspace, "Workspace", Spy)
+    assert m.main(["--split", "clean", "--cache-dir", str(tmp_path)]) == 2
+    assert seen == ["clean"]
+    assert "--split" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        m.main(["--split", "leaky"])
