@@ -253,7 +253,7 @@ def test_kernel_equals_reference_after_fold_and_sequential_fit(kernel, side, gri
             if xi.shape[1] == 1:
                 # A one-channel map's channel stride means nothing (PyTorch leaves H W there); the
                 # kernel reads it as 1, whatever the tensor says.
-                n, _, h, w = xi.shape
+                h, w = xi.shape[-2:]
                 for stride in (h * w, 1, 7):
                     odd = xi.contiguous().as_strided(xi.shape, (h * w, stride, w, 1))
                     torch.testing.assert_close(native.run(layer, odd), ref, rtol=1e-5, atol=1e-5)
