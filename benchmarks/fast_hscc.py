@@ -10,7 +10,9 @@ the 6x ablation ladder, input side, Global SVD, Tucker-2; docs/performance-data/
 are rebuilt with exactly those per-block layouts (benchmarks/layouts.py, random orthonormal factors);
 every other configuration is compressed by the project's own pipeline functions (calibration on 64
 phantom slices, k-means, budget bisection) from the random-weight model: the "source" column says
-which. Per configuration and thread count the original, the compressed model on the native kernel,
+which. Those layouts have the three-channel conv1 of their time; ``--layouts docs/results-cpu.json``
+takes today's runs instead, and then every model (original included) has the folded one-channel
+conv1 that every model of the project has since issue 17. Per configuration and thread count the original, the compressed model on the native kernel,
 the same model on its PyTorch path and (for ``--onnx`` configurations) both models exported to ONNX
 are timed interleaved in this process (``measure_latency``: warm-up, medians); speed-ups are ratios
 of medians against the original in the same runtime. The 1-minute load average before and after
@@ -59,14 +61,14 @@ def label(method: str, grid=None, clusters=None, side="output") -> str:
     return f"hscc G{grid} K{clusters}" + (" in" if side == "input" else "")
 
 
-def calibration_images(size: int, n: int = 64, seed: int = 0) -> torch.Tensor:
-    """``n`` phantom slices (the four classes in turn), standardised, as 3-channel images."""
+def calibration_images(size: int, n: int = 64, seed: int = 0, channels: int = 3) -> torch.Tensor:
+    """``n`` phantom slices (the four classes in turn), standardised, as ``channels``-channel images."""
     from hscc_core.data.phantom import CLASSES, render_slice  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
     imgs = np.stack([render_slice(CLASSES[i % len(CLASSES)], rng, size) for i in range(n)]).astype(np.float32)
     imgs = (imgs - imgs.mean()) / (imgs.std() + 1e-6)
-    return torch.from_numpy(imgs)[:, None].expand(-1, 3, -1, -1).contiguous()
+    return torch.from_numpy(imgs)[:, None].expand(-1, channels, -1, -1).contiguous()
 
 
 def stored_layouts(path: Path) -> dict:
@@ -85,13 +87,33 @@ def stored_layouts(path: Path) -> dict:
     return out
 
 
+def folded_layouts(layouts: dict) -> bool:
+    """Whether stored layouts come from models with a folded one-channel conv1 (every run stored since
+    issue 17) rather than the three-channel conv1 of ``real-layouts-v2.json``."""
+    return any(int(layers.get("features.0", {}).get("in_channels", 3)) == 1 for layers in layouts.values())
+
+
+def base_model(grey: bool) -> nn.Module:
+    """The random-weight AlexNet every row is timed against (seed 0), with conv1 folded to one grey
+    channel when ``grey`` (as every model of the project is since issue 17)."""
+    from hscc_core.nn.grey import fold_grey_input  # noqa: PLC0415
+    from hscc_core.nn.models import build_model  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    base = build_model("alexnet", 4).eval()
+    return fold_grey_input(base).eval() if grey else base
+
+
 class Builder:
     """Compressed models of one base model, by the project's own pipeline functions (cached pieces)."""
 
     def __init__(self, base: nn.Module, size: int) -> None:
+        from hscc_core.nn.grey import input_channels  # noqa: PLC0415
+
         self.base, self.size = base, size
-        self.shape = (1, 3, size, size)
-        self.calib = calibration_images(size)
+        channels = input_channels(base)
+        self.shape = (1, channels, size, size)
+        self.calib = calibration_images(size, channels=channels)
         self.cache: dict = {}
 
     def _get(self, key, fn):
@@ -149,17 +171,18 @@ def onnx_models(orig: nn.Module, comp: nn.Module, shape, tmp: Path, tag: str, or
 def measure(a) -> list[dict]:
     from hscc_core.compress import native  # noqa: PLC0415
     from hscc_core.measure.costs import count_flops  # noqa: PLC0415
-    from hscc_core.nn.models import build_model  # noqa: PLC0415
     from layouts import model_from_layout  # noqa: PLC0415
 
     layouts = stored_layouts(a.layouts)
+    # The original is timed with the conv1 its compressed models were made from: folded (one grey
+    # channel) for today's runs, three channels for the layouts kept from before issue 17.
+    grey = folded_layouts(layouts) if layouts else True
     rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for size in a.sizes:
-            torch.manual_seed(0)
-            base = build_model("alexnet", 4).eval()
-            shape = (1, 3, size, size)
+            base = base_model(grey)
+            shape = (1, 1 if grey else 3, size, size)
             builder = Builder(base, size)
             flops_orig = count_flops(base, shape)
             orig_onnx: list = []
@@ -312,7 +335,9 @@ def main() -> int:
     p.add_argument("--max-load", type=float, default=float(os.cpu_count() or 1),
                    help="repeat a row measured at a higher 1-minute load average (default: the core count)")
     p.add_argument("--retries", type=int, default=1)
-    p.add_argument("--layouts", type=Path, default=ROOT / "docs" / "performance-data" / "real-layouts-v2.json")
+    p.add_argument("--layouts", type=Path, default=ROOT / "docs" / "performance-data" / "real-layouts-v2.json",
+                   help="stored runs whose per-block layouts the 224 px rows rebuild (default: the three-channel "
+                        "ones the tables of docs/performance.md used; docs/results-cpu.json: today's, folded conv1)")
     p.add_argument("--out", type=Path, default=None, help="JSON of every row, rewritten after each row")
     p.add_argument("--markdown", type=Path, default=None, help="write the tables and targets here")
     a = p.parse_args()

@@ -70,3 +70,18 @@ def test_layouts_of_todays_run_format_rebuild_and_a_folded_conv1_is_named():
     model_from_layout(base, {k: v for k, v in today.items() if k != "features.0"})  # checks the MACs
     with pytest.raises(ValueError, match="fold the model first"):
         model_from_layout(base, {"features.0": today["features.0"]})
+
+
+def test_todays_folded_layouts_time_a_folded_original():
+    """Layouts of today's runs (folded one-channel conv1) are recognised as such; the original they
+    are timed against is folded too, and every layer, conv1 included, rebuilds to the stored MACs."""
+    from hscc_core.nn.grey import input_channels
+
+    today = fast_hscc.stored_layouts(ROOT / "docs" / "results-cpu.json")
+    assert fast_hscc.folded_layouts(today) and not fast_hscc.folded_layouts(LAYOUTS)
+    base = fast_hscc.base_model(grey=True)
+    assert input_channels(base) == 1 and input_channels(fast_hscc.base_model(grey=False)) == 3
+    model = model_from_layout(base, today[("hscc G4 K4", 6.0)])  # raises if any layer's MACs differ
+    assert input_channels(model) == 1
+    builder = fast_hscc.Builder(base, 64)
+    assert builder.shape == (1, 1, 64, 64) and builder.calib.shape[1] == 1
