@@ -12,8 +12,8 @@ every other configuration is compressed by the project's own pipeline functions 
 phantom slices, k-means, budget bisection) from the random-weight model: the "source" column says
 which. Those layouts have the three-channel conv1 of their time; ``--layouts docs/results-cpu.json``
 takes today's runs instead, and then every model (original included) has the folded one-channel
-conv1 that every model of the project has since issue 17. Per configuration and thread count the original, the compressed model on the native kernel,
-the same model on its PyTorch path and (for ``--onnx`` configurations) both models exported to ONNX
+conv1 that every model of the project has since issue 17. Per configuration and thread count the
+original, the compressed model on the native kernel, the same model on its PyTorch path and (for ``--onnx`` configurations) both models exported to ONNX
 are timed interleaved in this process (``measure_latency``: warm-up, medians); speed-ups are ratios
 of medians against the original in the same runtime. The 1-minute load average before and after
 each row is recorded; a row measured above ``--max-load`` is measured again (``--retries``) and the
