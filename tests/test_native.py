@@ -251,8 +251,7 @@ def test_kernel_equals_reference_after_fold_and_sequential_fit(kernel, side, gri
             ref = layer.forward_reference(xi)
             torch.testing.assert_close(native.run(layer, xi), ref, rtol=1e-5, atol=1e-5)
             if xi.shape[1] == 1:
-                # A one-channel map's channel stride means nothing (PyTorch leaves H W there); the
-                # kernel reads it as 1, whatever the tensor says.
+                # A one-channel map's channel stride means nothing (PyTorch leaves H W there).
                 h, w = xi.shape[-2:]
                 for stride in (h * w, 1, 7):
                     odd = xi.contiguous().as_strided(xi.shape, (h * w, stride, w, 1))
@@ -261,3 +260,34 @@ def test_kernel_equals_reference_after_fold_and_sequential_fit(kernel, side, gri
         with native.disabled():
             fallback = comp(x[:5])
         torch.testing.assert_close(comp(x[:5]), fallback, rtol=1e-5, atol=1e-5)
+
+
+def test_one_channel_maps_reach_the_kernel_as_channels_last(kernel, monkeypatch):
+    """The folded grey conv1's (N, 1, H, W) input, whose channel stride PyTorch leaves at H W, is
+    handed to the kernel with channel stride 1: channels-last as it is, so the kernel reads its tap
+    rows in place (with H W it took the scalar gather: conv1 4x slower, docs/performance.md)."""
+    x = torch.randn(3, 1, 9, 11)
+    assert x.stride(1) == 99
+    view = native.one_channel_view(x)
+    assert view.stride(1) == 1 and view.data_ptr() == x.data_ptr() and torch.equal(view, x)
+    assert view.is_contiguous(memory_format=torch.channels_last)
+    three = torch.randn(3, 3, 9, 11)
+    assert native.one_channel_view(three) is three
+
+    model = fold_grey_input(conv_stack())
+    images = random_images(12)[:, :1]
+    comp, _ = hscc_model(model, images, "output", 2, 2, 0.8)
+    first = next(iter(region_modules(comp).values()))
+    assert first.in_channels == 1
+    seen = []
+    real = torch.ops.hscc_native.region_conv
+
+    def spy(x, *args):
+        seen.append(x.stride(1))
+        return real(x, *args)
+
+    monkeypatch.setattr(torch.ops.hscc_native, "region_conv", spy)
+    with torch.no_grad():
+        out = native.run(first, images[:2].contiguous())
+        torch.testing.assert_close(out, first.forward_reference(images[:2]), rtol=1e-5, atol=1e-5)
+    assert seen == [1]

@@ -26,8 +26,8 @@ from torch import nn
 from hscc_core.compress.native import builder as _build
 from hscc_core.compress.native.program import PackedProgram, Program, execute, lower, pack
 
-__all__ = ["Program", "available", "build", "disabled", "execute", "kernel_of", "lower", "pack", "packed",
-           "run", "status", "usable"]
+__all__ = ["Program", "available", "build", "disabled", "execute", "kernel_of", "lower", "one_channel_view", "pack",
+           "packed", "run", "status", "usable"]
 
 _state = {"loaded": None, "error": None, "enabled": os.environ.get("HSCC_NATIVE", "1") != "0",
           "registered": False}
@@ -175,6 +175,20 @@ def packed(layer: nn.Module) -> PackedProgram:
     return _cached(layer).program
 
 
+def one_channel_view(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself, or for a one-channel map the same memory with channel stride 1.
+
+    A size-1 dimension's stride means nothing, and PyTorch leaves a ``(N, 1, H, W)`` map's at H W.
+    The kernel reads the channel stride to decide whether the input is channels-last; at H W it
+    sent every tap of the folded grey conv1 through its scalar gather, and HSCC's conv1 ran 4x
+    slower than the original's at batch 32 (docs/performance.md). With stride 1 the map is
+    channels-last as it is, and the kernel reads its tap rows in place.
+    """
+    if x.dim() == 4 and x.shape[1] == 1 and x.stride(1) != 1:
+        return x.as_strided(x.shape, (x.stride(0), 1, x.stride(2), x.stride(3)))
+    return x
+
+
 def run(layer: nn.Module, x: torch.Tensor, tile_rows: int = 0, panel_rows: int = -1) -> torch.Tensor:
     """``layer(x)`` in one native call (check :func:`usable` first). Output (N, O, H, W) in
     channels_last memory, like the layers' PyTorch fast paths. ``tile_rows`` 0 lets the kernel
@@ -184,7 +198,7 @@ def run(layer: nn.Module, x: torch.Tensor, tile_rows: int = 0, panel_rows: int =
     if not available():
         raise RuntimeError(f"the native HSCC kernel is not available: {_state['error']}")
     c = _cached(layer)
-    return torch.ops.hscc_native.region_conv(x, *c.args, int(tile_rows), int(panel_rows),
+    return torch.ops.hscc_native.region_conv(one_channel_view(x), *c.args, int(tile_rows), int(panel_rows),
                                              c.program.macs_per_image, *c.program.out_shape)
 
 
