@@ -154,3 +154,31 @@ def test_fidelity_ablation_reads_the_chosen_split_and_says_how_to_prepare_it(tmp
     assert "--split" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         m.main(["--split", "leaky"])
+
+
+def test_weight_bytes_counts_what_each_model_reads(tmp_path, capsys):
+    """benchmarks/weight_bytes.py: the original's conv weights are its parameters; an HSCC model's
+    are its packed region programs, which grow with the grid (each region keeps its own factors);
+    a malformed configuration is one clear line."""
+    from conftest import hscc_model, random_images
+    from hscc_core.compress import native
+    from hscc_core.nn.models import build_model
+
+    spec = importlib.util.spec_from_file_location("weight_bytes", ROOT / "benchmarks" / "weight_bytes.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = build_model("tiny", 4).eval()
+    assert m.conv_weight_bytes(model) == 4 * sum(p.numel() for p in model.features.parameters())
+    if not native.build():
+        pytest.skip("native kernel not buildable here")
+    x = random_images(24)
+    one, _ = hscc_model(model, x, "output", 1, 1, 0.9)
+    four, _ = hscc_model(model, x, "output", 4, 1, 0.9)
+    packed = [native.packed(layer).weights.numel() * 4 for layer in four.modules()
+              if type(layer).__name__ == "HSCCConv2d"]
+    assert packed and m.conv_weight_bytes(four) >= sum(packed)
+    assert m.conv_weight_bytes(four) > 2 * m.conv_weight_bytes(one)
+    assert m.main(["--configs", "4by4", "--cache-dir", str(tmp_path)]) == 2
+    assert "G x K" in capsys.readouterr().err

@@ -1,0 +1,81 @@
+"""Convolution weights one image's forward reads, per compressed model: why batch-1 speed follows G.
+
+HSCC (Vacavant et al. 2026, arXiv 2604.23375) gives every region of a layer its own factors, so at
+batch 1 each region's weights serve only that region's few positions and the layer's time follows
+the bytes it reads: quadrupling the regions (G -> 2G) quadruples them. This script prints, for the
+workspace's baseline compressed at one budget by the uniform rule (as ``hscc bench --speed`` does),
+the float32 bytes of the compressed convolutions' weights: for HSCC layers the native kernel's
+packed program (``native.packed(layer).weights``, what the kernel reads), for every other layer of
+``features`` its parameters. docs/performance.md, section "One-channel conv1 and the real model".
+
+Usage (from the repository root; the real data needs its baseline in the cache):
+
+    python benchmarks/weight_bytes.py --data ../shared/data/brain-tumor-mri --budget 6 --configs 1x1 4x4 8x1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def conv_weight_bytes(model: nn.Module) -> int:
+    """Float32 bytes of the convolution weights ``model.features`` reads per forward (HSCC layers:
+    their packed region programs; other layers: their parameters)."""
+    from hscc_core.compress import native  # noqa: PLC0415
+    from hscc_core.compress.hscc.layer import RegionLayer  # noqa: PLC0415
+
+    total, inside = 0, set()
+    for m in model.features.modules():
+        if isinstance(m, RegionLayer):
+            total += native.packed(m).weights.numel() * 4
+            inside.update(id(p) for p in m.parameters())
+    return total + sum(p.numel() * 4 for p in model.features.parameters() if id(p) not in inside)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the embedded phantom)")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    p.add_argument("--split", choices=("official", "clean"), default="official")
+    p.add_argument("--budget", type=float, default=6.0, help="conv-FLOPs budget (uniform rule)")
+    p.add_argument("--configs", nargs="+", default=["1x1", "1x4", "2x1", "2x4", "4x1", "4x4", "8x1", "8x4"],
+                   help="HSCC configurations G x K (output side)")
+    return p
+
+
+def main(argv=None) -> int:
+    from hscc_core.runs.config import RunConfig  # noqa: PLC0415
+    from hscc_core.runs.pipeline import build_compressed  # noqa: PLC0415
+    from hscc_core.runs.workspace import Workspace  # noqa: PLC0415
+
+    a = _parser().parse_args(argv)
+    try:
+        configs = [tuple(int(v) for v in c.split("x")) for c in a.configs]
+    except ValueError:
+        print(f"configurations are G x K, e.g. 4x4; got {' '.join(a.configs)}", file=sys.stderr)
+        return 2
+    ws = Workspace(data=a.data, cache_dir=a.cache_dir, split=a.split)
+    if not ws.has_baseline():
+        print("no baseline in this cache: run `hscc prepare` with the same --data, --split and --cache-dir first",
+              file=sys.stderr)
+        return 2
+    model, meta = ws.baseline(train_if_missing=False)
+    print(f"original: {conv_weight_bytes(model) / 1e6:.1f} MB of conv weights, "
+          f"classifier {sum(p.numel() for p in model.classifier.parameters()) * 4 / 1e6:.1f} MB")
+    setups = [(f"hscc G{g} K{k}", {"method": "hscc", "grid": g, "clusters": k}) for g, k in configs]
+    setups += [("svd", {"method": "svd"}), ("tucker", {"method": "tucker"})]
+    for name, kw in setups:
+        config = RunConfig(energy=None, budget=a.budget, allocation="uniform", **kw)
+        built = build_compressed(ws, config, None, model=model, meta=meta)
+        print(f"{name} {a.budget:g}x: {conv_weight_bytes(built.model) / 1e6:.1f} MB", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
