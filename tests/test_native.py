@@ -123,6 +123,29 @@ def test_kernel_equals_reference(kernel, case, batch):
             torch.testing.assert_close(comp(x[:batch]), fallback, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_work_buffers_left_by_an_earlier_call_are_never_read(kernel, case):
+    """The kernel keeps each thread's work buffers (im2col tile, Z, Y) from call to call. Fill them
+    with NaN (the same layer on a NaN input, same threads and tiles), then the layer must still
+    equal its reference: every element this call reads, it wrote first."""
+    model, comp, layers, x = compressed(*case)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # both OpenMP threads' buffers poisoned and then used
+    try:
+        for name, layer in layers.items():
+            for batch in (1, 7):
+                xi = layer_tensor(comp, name, x[:batch], side="input")
+                with torch.no_grad():
+                    ref = layer.forward_reference(xi)
+                    for tile in (0, 8):
+                        for panel in (-1, 0):
+                            native.run(layer, torch.full_like(xi, float("nan")), tile_rows=tile, panel_rows=panel)
+                            out = native.run(layer, xi, tile_rows=tile, panel_rows=panel)
+                            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("side", ["output", "input"])
 def test_flops_unchanged_by_the_kernel(kernel, side):
     """FlopCounterMode sees the opaque call through its FLOP formula: 2 x analytical MACs."""

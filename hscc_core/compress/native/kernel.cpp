@@ -397,6 +397,28 @@ __attribute__((target("avx512f"))) void write_row_avx512(float* o, const float* 
   }
 }
 
+// A thread's work buffers, kept from call to call (OpenMP's pool threads and the caller's thread
+// live as long as the process): fresh vectors cost an allocation and a zero fill of up to a few
+// hundred KB per layer and thread, a visible part of a batch-1 forward. Every element is written
+// before it is read (im2col / direct_rows fill A's rows, the first step into a column of Z or Y
+// does not accumulate), so what a previous call left there is never used.
+struct Scratch {
+  std::vector<float> a, z, y;
+  std::vector<const float*> a_rows, b_rows;
+  std::vector<PanelJob> jobs;
+};
+
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+template <class T>
+T* at_least(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  return v.data();
+}
+
 at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const at::Tensor& regions,
                        const at::Tensor& gather, const at::Tensor& groups, const at::Tensor& steps,
                        const at::Tensor& weights, const at::Tensor& order, const at::Tensor& bias,
@@ -524,11 +546,14 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
 #pragma omp parallel num_threads(n_threads)
   {
     const int saved = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
-    std::vector<float> a(tile * std::max<int64_t>(max_d, 1)), z(tile * std::max<int64_t>(max_z, 1)),
-        y(tile * std::max<int64_t>(max_y, 1));
+    Scratch& sc = scratch();
+    float* const a = at_least(sc.a, tile * std::max<int64_t>(max_d, 1));
+    float* const z = at_least(sc.z, tile * std::max<int64_t>(max_z, 1));
+    float* const y = at_least(sc.y, tile * std::max<int64_t>(max_y, 1));
     // Row pointers for panel_gemm: g.kh per row from direct_rows, or k / seg (<= g.kh) per row of a buffer.
-    std::vector<const float*> a_rows(tile * std::max<int64_t>(g.kh, 1)), b_rows(tile * std::max<int64_t>(g.kh, 1));
-    std::vector<PanelJob> jobs;
+    const float** const a_rows = at_least(sc.a_rows, tile * std::max<int64_t>(g.kh, 1));
+    const float** const b_rows = at_least(sc.b_rows, tile * std::max<int64_t>(g.kh, 1));
+    std::vector<PanelJob>& jobs = sc.jobs;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < static_cast<int64_t>(items.size()); ++i) {
       const Item& it = items[i];
@@ -537,11 +562,11 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
       const int64_t d = reg.gather_len * g.kh * g.kw;
       const bool in_place = direct[it.region];
       if (reg.n_steps > 0 && in_place)
-        direct_rows(in, g, reg, gat[reg.gather_off + grp[2 * reg.group_off]], it.row0, rows, a.data(), d,
-                    zeros.data(), a_rows.data());
+        direct_rows(in, g, reg, gat[reg.gather_off + grp[2 * reg.group_off]], it.row0, rows, a, d,
+                    zeros.data(), a_rows);
       else if (reg.n_steps > 0)
         im2col(in, g, reg, gat + reg.gather_off, grp + 2 * reg.group_off, contiguous.data() + reg.group_off,
-               it.row0, rows, a.data(), d);
+               it.row0, rows, a, d);
       for (int64_t s = 0; s < reg.n_steps;) {
         const Step* st = sp + reg.step_off + s;
         // Consecutive steps that read the same columns of A run as one pass over them.
@@ -551,27 +576,27 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
           ++e;
         const int k = static_cast<int>(st->s1 - st->s0);
         const int lds = static_cast<int>(st->src == kA ? d : reg.nz);
-        const float* src = (st->src == kA ? a.data() : z.data()) + st->s0;
+        const float* src = (st->src == kA ? a : z) + st->s0;
         if (k > 0 && (rows <= panel_limit || (st->src == kA && in_place))) {
           jobs.clear();
           for (const Step* q = st; q < st + (e - s); ++q)
             add_jobs(jobs, wts + q->weight_off, static_cast<int>(q->d1 - q->d0), k,
-                     (q->dst == kZ ? z.data() : y.data()) + q->d0, static_cast<int>(q->dst == kZ ? reg.nz : reg.ny),
+                     (q->dst == kZ ? z : y) + q->d0, static_cast<int>(q->dst == kZ ? reg.nz : reg.ny),
                      q->accumulate != 0, static_cast<int>(q->split));
           if (st->src == kA && in_place) {
             const int run = static_cast<int>(g.kw * in.sw);
-            panel_gemm(rows, k / run, run, a_rows.data() + st->s0 / run, static_cast<int>(g.kh), jobs.data(),
+            panel_gemm(rows, k / run, run, a_rows + st->s0 / run, static_cast<int>(g.kh), jobs.data(),
                        static_cast<int>(jobs.size()));
           } else {  // runs of seg columns per row (what split panels are laid out for; others do not mind)
             const int seg = static_cast<int>(st->seg), nseg = k / seg;
             for (int r = 0; r < rows; ++r)
               for (int q = 0; q < nseg; ++q) b_rows[r * nseg + q] = src + static_cast<int64_t>(r) * lds + q * seg;
-            panel_gemm(rows, nseg, seg, b_rows.data(), nseg, jobs.data(), static_cast<int>(jobs.size()));
+            panel_gemm(rows, nseg, seg, b_rows, nseg, jobs.data(), static_cast<int>(jobs.size()));
           }
         } else {
           for (const Step* q = st; q < st + (e - s); ++q)
             blas_rows(rows, static_cast<int>(q->d1 - q->d0), k, wts + q->weight_off, src, lds, q->accumulate != 0,
-                      (q->dst == kZ ? z.data() : y.data()) + q->d0, static_cast<int>(q->dst == kZ ? reg.nz : reg.ny),
+                      (q->dst == kZ ? z : y) + q->d0, static_cast<int>(q->dst == kZ ? reg.nz : reg.ny),
                       static_cast<int>(q->split), static_cast<int>(q->seg));
         }
         s = e;
@@ -586,7 +611,7 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
         const int64_t p = it.row0 + t, img = p / per_image, rem = p % per_image;
         const int64_t oy = reg.h0 + rem / wr, ox = reg.w0 + rem % wr;
         float* o = outp + ((img * g.ho + oy) * g.wo + ox) * g.out_c;
-        const float* yr = y.data() + static_cast<int64_t>(t) * reg.ny;
+        const float* yr = y + static_cast<int64_t>(t) * reg.ny;
         if (vector_out) {
           write_row_avx512(o, yr, out_src.data() + it.region * g.out_c, out_add.data() + it.region * g.out_c,
                            g.out_c);
