@@ -301,8 +301,25 @@ inline void copy_run(float* dst, const float* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
 }
 
-// Rows [row0, row0 + rows) of a region's im2col matrix into A (leading dim d).
-void im2col(const Input& x, const Geometry& g, const Region& r, const int64_t* gather,
+// dst[c] = src[idx[c]] for c < n, 16 channels per vector gather: a cluster's channels of one tap
+// (input side: clusters are scattered channel sets). The scalar loop it replaces was most of the
+// input side's im2col.
+__attribute__((target("avx512f"))) void gather_run_avx512(float* dst, const float* src, const int32_t* idx,
+                                                          int64_t n) {
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16)
+    _mm512_storeu_ps(dst + c, _mm512_i32gather_ps(_mm512_loadu_si512(idx + c), src, 4));
+  if (c < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - c)) - 1u);
+    const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_maskz_loadu_epi32(m, idx + c), src, 4);
+    _mm512_mask_storeu_ps(dst + c, m, v);
+  }
+}
+
+// Rows [row0, row0 + rows) of a region's im2col matrix into A (leading dim d). idx32: the
+// region's gather as int32 element offsets (channel x channel stride) for gather_run_avx512, or
+// null (the scalar gather).
+void im2col(const Input& x, const Geometry& g, const Region& r, const int64_t* gather, const int32_t* idx32,
             const int64_t* groups, const char* contiguous, int64_t row0, int rows, float* a,
             int64_t d) {
   const int64_t hr = r.h1 - r.h0, wr = r.w1 - r.w0, per_image = hr * wr;
@@ -337,6 +354,8 @@ void im2col(const Input& x, const Geometry& g, const Region& r, const int64_t* g
             std::memset(dst, 0, sizeof(float) * gc);
           } else if (contig && x.sc == 1) {
             copy_run(dst, base_y + ix * x.sw + ch[0], gc);
+          } else if (idx32 != nullptr) {
+            gather_run_avx512(dst, base_y + ix * x.sw, idx32 + gs, gc);
           } else {
             const float* src = base_y + ix * x.sw;
             for (int64_t c = 0; c < gc; ++c) dst[c] = src[ch[c] * x.sc];
@@ -472,6 +491,17 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
   // With AVX-512 (and panel_rows != 0: 0 asks for the portable code only), per region and output
   // channel: the Y column it reads (-1: none) and what is added.
   const bool vector_out = have_avx512() && panel_rows != 0;
+  // Element offsets of every gathered channel for the vector gather (same condition; offsets that
+  // do not fit int32 keep the scalar gather).
+  std::vector<int32_t> gather32(vector_out ? gather.numel() : 0);
+  for (int64_t i = 0; i < static_cast<int64_t>(gather32.size()); ++i) {
+    const int64_t off = gat[i] * in.sc;
+    if (off > std::numeric_limits<int32_t>::max()) {
+      gather32.clear();
+      break;
+    }
+    gather32[i] = static_cast<int32_t>(off);
+  }
   std::vector<int32_t> out_src(vector_out ? n_regions * g.out_c : 0, -1);
   std::vector<float> out_add(vector_out ? n_regions * g.out_c : 0, 0.f);
   int64_t max_d = 0, max_z = 0, max_y = 0, total_rows = 0;
@@ -565,8 +595,8 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
         direct_rows(in, g, reg, gat[reg.gather_off + grp[2 * reg.group_off]], it.row0, rows, a, d,
                     zeros.data(), a_rows);
       else if (reg.n_steps > 0)
-        im2col(in, g, reg, gat + reg.gather_off, grp + 2 * reg.group_off, contiguous.data() + reg.group_off,
-               it.row0, rows, a, d);
+        im2col(in, g, reg, gat + reg.gather_off, gather32.empty() ? nullptr : gather32.data() + reg.gather_off,
+               grp + 2 * reg.group_off, contiguous.data() + reg.group_off, it.row0, rows, a, d);
       for (int64_t s = 0; s < reg.n_steps;) {
         const Step* st = sp + reg.step_off + s;
         // Consecutive steps that read the same columns of A run as one pass over them.
