@@ -77,8 +77,13 @@ def test_onnx_export_every_method_matches_pytorch(capsys, tmp_path, trained_work
     # Round trip checked independently of the command: a fresh session on the file, the test images.
     model = rebuild_model(ws, ws.store.get_run(runs[name]))
     x = ws.images().to_tensor(ws.images().x_test)
+    session = onnx_session(out_path, threads=2)
     with torch.no_grad():
-        torch.testing.assert_close(OnnxModule(onnx_session(out_path))(x), model(x), rtol=0, atol=1e-4)
+        torch.testing.assert_close(OnnxModule(session)(x), model(x), rtol=0, atol=1e-4)
+    # Timed interleaved with PyTorch models: its threads must not busy-wait after a run.
+    opts = session.get_session_options()
+    assert opts.intra_op_num_threads == 2
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     # The graph holds standard operators only: no native kernel, no custom domain.
     import onnx  # noqa: PLC0415
 

@@ -295,6 +295,10 @@ def onnx_session(path: str | Path, threads: int | None = None):
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # No busy-waiting after a run: spinning pool threads take the CPUs from whatever runs next,
+    # and in an interleaved timing that is the next model (two threads, 224 px: the PyTorch
+    # original timed after onnxruntime slowed down so much that Global SVD read 6.2x, not 1.5x).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
