@@ -38,42 +38,67 @@ def conv_weight_bytes(model: nn.Module) -> int:
     return total + sum(p.numel() * 4 for p in model.features.parameters() if id(p) not in inside)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_parser(description: str, configs: list[str], configs_help: str) -> argparse.ArgumentParser:
+    """The options that say which models to build: workspace, budget, HSCC configurations."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the embedded phantom)")
     p.add_argument("--cache-dir", type=Path, default=Path("cache"))
     p.add_argument("--split", choices=("official", "clean"), default="official")
     p.add_argument("--budget", type=float, default=6.0, help="conv-FLOPs budget (uniform rule)")
-    p.add_argument("--configs", nargs="+", default=["1x1", "1x4", "2x1", "2x4", "4x1", "4x4", "8x1", "8x4"],
-                   help="HSCC configurations G x K (output side)")
+    p.add_argument("--configs", nargs="+", default=configs, help=configs_help)
     return p
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    return model_parser(__doc__.splitlines()[0], ["1x1", "1x4", "2x1", "2x4", "4x1", "4x4", "8x1", "8x4"],
+                        "HSCC configurations G x K (output side)")
+
+
+def parse_configs(configs: list[str]) -> list[tuple[int, int]] | None:
+    """``["4x4", "8x1"]`` -> ``[(4, 4), (8, 1)]``; None (and one line on stderr) when malformed."""
+    try:
+        return [tuple(int(v) for v in c.split("x")) for c in configs]
+    except ValueError:
+        print(f"configurations are G x K, e.g. 4x4; got {' '.join(configs)}", file=sys.stderr)
+        return None
+
+
+def compressed_models(a: argparse.Namespace, configs: list[tuple[int, int]], baselines=("svd", "tucker")):
+    """The workspace's baseline and its compressions at ``a.budget`` by the uniform rule (as ``hscc
+    bench --speed`` builds them): ``(workspace, {"original": model, "hscc G4 K4": ..., "svd": ...})``,
+    or None (and one line on stderr) when the cache has no baseline."""
     from hscc_core.runs.config import RunConfig  # noqa: PLC0415
     from hscc_core.runs.pipeline import build_compressed  # noqa: PLC0415
     from hscc_core.runs.workspace import Workspace  # noqa: PLC0415
 
-    a = _parser().parse_args(argv)
-    try:
-        configs = [tuple(int(v) for v in c.split("x")) for c in a.configs]
-    except ValueError:
-        print(f"configurations are G x K, e.g. 4x4; got {' '.join(a.configs)}", file=sys.stderr)
-        return 2
     ws = Workspace(data=a.data, cache_dir=a.cache_dir, split=a.split)
     if not ws.has_baseline():
         print("no baseline in this cache: run `hscc prepare` with the same --data, --split and --cache-dir first",
               file=sys.stderr)
-        return 2
+        return None
     model, meta = ws.baseline(train_if_missing=False)
-    print(f"original: {conv_weight_bytes(model) / 1e6:.1f} MB of conv weights, "
-          f"classifier {sum(p.numel() for p in model.classifier.parameters()) * 4 / 1e6:.1f} MB")
+    models = {"original": model}
     setups = [(f"hscc G{g} K{k}", {"method": "hscc", "grid": g, "clusters": k}) for g, k in configs]
-    setups += [("svd", {"method": "svd"}), ("tucker", {"method": "tucker"})]
-    for name, kw in setups:
+    for name, kw in setups + [(m, {"method": m}) for m in baselines]:
         config = RunConfig(energy=None, budget=a.budget, allocation="uniform", **kw)
-        built = build_compressed(ws, config, None, model=model, meta=meta)
-        print(f"{name} {a.budget:g}x: {conv_weight_bytes(built.model) / 1e6:.1f} MB", flush=True)
+        models[name] = build_compressed(ws, config, None, model=model, meta=meta).model
+    return ws, models
+
+
+def main(argv=None) -> int:
+    a = _parser().parse_args(argv)
+    configs = parse_configs(a.configs)
+    if configs is None:
+        return 2
+    built = compressed_models(a, configs)
+    if built is None:
+        return 2
+    models = built[1]
+    original = models.pop("original")
+    print(f"original: {conv_weight_bytes(original) / 1e6:.1f} MB of conv weights, "
+          f"classifier {sum(p.numel() for p in original.classifier.parameters()) * 4 / 1e6:.1f} MB")
+    for name, model in models.items():
+        print(f"{name} {a.budget:g}x: {conv_weight_bytes(model) / 1e6:.1f} MB", flush=True)
     return 0
 
 

@@ -12,14 +12,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "results_from_device.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("results_from_device", SCRIPT)
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_script():
+    return load_benchmark("results_from_device")
 
 
 def run(label, accuracy, kl):
@@ -82,9 +86,7 @@ def test_real_data_refuses_an_unknown_step(tmp_path):
 def test_search_vs_grid_fronts_and_hypervolumes(tmp_path):
     """benchmarks/search_vs_grid.py: each set's front (by index, in FLOPs order), which front points
     the other set dominates, and hypervolumes against one shared reference."""
-    spec = importlib.util.spec_from_file_location("search_vs_grid", ROOT / "benchmarks" / "search_vs_grid.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
+    m = load_benchmark("search_vs_grid")
 
     def hscc(key, flops, acc, **config):
         return {"cache_key": key, "method": "hscc", "label": f"hscc {key}", "flops": flops, "accuracy": acc,
@@ -119,9 +121,7 @@ def test_screenshots_script_checks_its_input_before_starting_anything(tmp_path, 
     """benchmarks/screenshots.py: a window size it cannot read and a run the store does not hold are
     each one clear message, before any server or browser starts."""
     pytest.importorskip("playwright.sync_api", reason="playwright (the Python package) is not installed")
-    spec = importlib.util.spec_from_file_location("screenshots", ROOT / "benchmarks" / "screenshots.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
+    m = load_benchmark("screenshots")
     assert m._size("1280x800") == (1280, 800)
     with pytest.raises(SystemExit):
         m._parser().parse_args(["--out", str(tmp_path), "--size", "wide"])
@@ -136,9 +136,7 @@ def test_screenshots_script_checks_its_input_before_starting_anything(tmp_path, 
 def test_fidelity_ablation_reads_the_chosen_split_and_says_how_to_prepare_it(tmp_path, capsys, monkeypatch):
     """benchmarks/fidelity_ablation.py --split clean opens the clean split's workspace, and without a
     baseline there it says which `hscc prepare` to run instead of computing anything."""
-    spec = importlib.util.spec_from_file_location("fidelity_ablation", ROOT / "benchmarks" / "fidelity_ablation.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
+    m = load_benchmark("fidelity_ablation")
     import hscc_core.runs.workspace as workspace
 
     seen = []
@@ -164,9 +162,7 @@ def test_weight_bytes_counts_what_each_model_reads(tmp_path, capsys):
     from hscc_core.compress import native
     from hscc_core.nn.models import build_model
 
-    spec = importlib.util.spec_from_file_location("weight_bytes", ROOT / "benchmarks" / "weight_bytes.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
+    m = load_benchmark("weight_bytes")
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     model = build_model("tiny", 4).eval()
@@ -182,3 +178,35 @@ def test_weight_bytes_counts_what_each_model_reads(tmp_path, capsys):
     assert m.conv_weight_bytes(four) > 2 * m.conv_weight_bytes(one)
     assert m.main(["--configs", "4by4", "--cache-dir", str(tmp_path)]) == 2
     assert "G x K" in capsys.readouterr().err
+
+
+def test_batch1_profile_times_each_part_of_a_forward(tmp_path, capsys):
+    """benchmarks/batch1_profile.py: every part of the forward is timed for every model, the first
+    model is the speed-up's reference, the weight rate is the conv weights over the cold time, and
+    bad options are one clear line (no timing is asserted: these machines are shared)."""
+    from conftest import hscc_model, random_images
+    from hscc_core.nn.models import build_model
+
+    m = load_benchmark("batch1_profile")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = build_model("tiny", 4).eval()
+    x = random_images(24)
+    comp, _ = hscc_model(model, x, "output", 2, 1, 0.9)
+    out = m.profile({"original": model, "hscc": comp}, x[:1], rounds=3, flush_mb=4)
+    assert set(out) == {"original", "hscc"}
+    keys = {"conv_weight_mb", "features_warm_ms", "features_cold_ms", "classifier_ms", "forward_ms",
+            "weights_gb_per_s", "speedup"}
+    for r in out.values():
+        assert set(r) == keys and all(v > 0 for v in r.values())
+        assert r["weights_gb_per_s"] == pytest.approx(r["conv_weight_mb"] / r["features_cold_ms"])
+    assert out["original"]["speedup"] == 1.0
+    assert out["hscc"]["speedup"] == pytest.approx(out["original"]["forward_ms"] / out["hscc"]["forward_ms"])
+    with pytest.raises(ValueError):
+        m.profile({"original": model}, x[:1], rounds=0)
+    assert m.main(["--configs", "4by4", "--cache-dir", str(tmp_path)]) == 2
+    assert "G x K" in capsys.readouterr().err
+    assert m.main(["--rounds", "0", "--cache-dir", str(tmp_path)]) == 2
+    assert "--rounds" in capsys.readouterr().err
+    assert m.main(["--cache-dir", str(tmp_path)]) == 2
+    assert "hscc prepare" in capsys.readouterr().err
