@@ -57,10 +57,13 @@ def _parser() -> argparse.ArgumentParser:
 def parse_configs(configs: list[str]) -> list[tuple[int, int]] | None:
     """``["4x4", "8x1"]`` -> ``[(4, 4), (8, 1)]``; None (and one line on stderr) when malformed."""
     try:
-        return [tuple(int(v) for v in c.split("x")) for c in configs]
+        parsed = [tuple(int(v) for v in c.split("x")) for c in configs]
     except ValueError:
-        print(f"configurations are G x K, e.g. 4x4; got {' '.join(configs)}", file=sys.stderr)
+        parsed = None
+    if parsed is None or any(len(t) != 2 or min(t) < 1 for t in parsed):
+        print(f"configurations are G x K with G, K >= 1, e.g. 4x4; got {' '.join(configs)}", file=sys.stderr)
         return None
+    return parsed
 
 
 def compressed_models(a: argparse.Namespace, configs: list[tuple[int, int]], baselines=("svd", "tucker")):

@@ -176,8 +176,9 @@ def test_weight_bytes_counts_what_each_model_reads(tmp_path, capsys):
               if type(layer).__name__ == "HSCCConv2d"]
     assert packed and m.conv_weight_bytes(four) >= sum(packed)
     assert m.conv_weight_bytes(four) > 2 * m.conv_weight_bytes(one)
-    assert m.main(["--configs", "4by4", "--cache-dir", str(tmp_path)]) == 2
-    assert "G x K" in capsys.readouterr().err
+    for bad in ("4by4", "4x4x4", "0x1"):
+        assert m.main(["--configs", bad, "--cache-dir", str(tmp_path)]) == 2
+        assert "G x K" in capsys.readouterr().err
 
 
 def test_batch1_profile_times_each_part_of_a_forward(tmp_path, capsys):
@@ -204,8 +205,9 @@ def test_batch1_profile_times_each_part_of_a_forward(tmp_path, capsys):
     assert out["hscc"]["speedup"] == pytest.approx(out["original"]["forward_ms"] / out["hscc"]["forward_ms"])
     with pytest.raises(ValueError):
         m.profile({"original": model}, x[:1], rounds=0)
-    assert m.main(["--configs", "4by4", "--cache-dir", str(tmp_path)]) == 2
-    assert "G x K" in capsys.readouterr().err
+    for bad in ("4by4", "4x4x4", "0x1"):
+        assert m.main(["--configs", bad, "--cache-dir", str(tmp_path)]) == 2
+        assert "G x K" in capsys.readouterr().err
     assert m.main(["--rounds", "0", "--cache-dir", str(tmp_path)]) == 2
     assert "--rounds" in capsys.readouterr().err
     assert m.main(["--cache-dir", str(tmp_path)]) == 2
