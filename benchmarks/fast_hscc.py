@@ -11,10 +11,11 @@ are rebuilt with exactly those per-block layouts (benchmarks/layouts.py, random 
 every other configuration is compressed by the project's own pipeline functions (calibration on 64
 phantom slices, k-means, budget bisection) from the random-weight model: the "source" column says
 which. Those layouts have the three-channel conv1 of their time; ``--layouts docs/results-cpu.json``
-takes today's runs instead, and then every model (original included) has the folded one-channel
-conv1 that every model of the project has since issue 17. Per configuration and thread count the
-original, the compressed model on the native kernel, the same model on its PyTorch path and (for ``--onnx`` configurations) both models exported to ONNX
-are timed interleaved in this process (``measure_latency``: warm-up, medians); speed-ups are ratios
+takes today's runs instead (docs/performance.md's tables), and then every model (original included)
+has the folded one-channel conv1 that every model of the project has since issue 17. Per
+configuration and thread count the original, the compressed model on the native kernel, the same
+model on its PyTorch path and (for ``--onnx`` configurations) both models exported to ONNX are timed
+interleaved in this process (``measure_latency``: warm-up, medians); speed-ups are ratios
 of medians against the original in the same runtime. The 1-minute load average before and after
 each row is recorded; a row measured above ``--max-load`` is measured again (``--retries``) and the
 least loaded attempt kept. The targets of issue 15 are checked at the end (met / not met).
@@ -337,7 +338,8 @@ def main() -> int:
     p.add_argument("--retries", type=int, default=1)
     p.add_argument("--layouts", type=Path, default=ROOT / "docs" / "performance-data" / "real-layouts-v2.json",
                    help="stored runs whose per-block layouts the 224 px rows rebuild (default: the three-channel "
-                        "ones the tables of docs/performance.md used; docs/results-cpu.json: today's, folded conv1)")
+                        "ones of docs/performance-history.md; docs/results-cpu.json: today's, folded conv1, "
+                        "as docs/performance.md uses)")
     p.add_argument("--out", type=Path, default=None, help="JSON of every row, rewritten after each row")
     p.add_argument("--markdown", type=Path, default=None, help="write the tables and targets here")
     a = p.parse_args()

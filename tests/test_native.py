@@ -146,6 +146,31 @@ def test_work_buffers_left_by_an_earlier_call_are_never_read(kernel, case):
         torch.set_num_threads(threads)
 
 
+def test_wide_scattered_input_clusters_gather_exactly(kernel):
+    """Input-side clusters of more than 16 scattered channels: the im2col gathers them 16 at a time
+    (AVX-512) plus a masked tail; the result equals the reference and the portable scalar gather."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 48, 3, 1, 1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(48, 24, 3, 1, 1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(24, 4)).eval()
+    x = random_images(16, size=20)
+    comp, _ = hscc_model(model, x, "input", 2, 2, 0.9, layers=["2"])
+    layer = region_modules(comp)["2"]
+    packed = native.pack(native.lower(layer))
+    widths = []
+    for reg in packed.regions.tolist():
+        gather = packed.gather[reg[4]:reg[4] + reg[5]].tolist()
+        for s, e in packed.groups[reg[6]:reg[6] + reg[7]].tolist():
+            if any(b != a + 1 for a, b in zip(gather[s:e], gather[s + 1:e])):
+                widths.append(e - s)
+    assert any(w > 16 and w % 16 for w in widths), widths  # full vectors and a tail, scattered
+    xi = layer_tensor(comp, "2", x[:3], side="input")
+    with torch.no_grad():
+        ref = layer.forward_reference(xi)
+        for panel in (-1, 0):
+            torch.testing.assert_close(native.run(layer, xi, panel_rows=panel), ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("side", ["output", "input"])
 def test_flops_unchanged_by_the_kernel(kernel, side):
     """FlopCounterMode sees the opaque call through its FLOP formula: 2 x analytical MACs."""
