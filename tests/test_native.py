@@ -172,6 +172,28 @@ def test_wide_scattered_input_clusters_gather_exactly(kernel):
 
 
 @pytest.mark.parametrize("side", ["output", "input"])
+def test_write_out_of_rows_up_to_and_above_64_columns(kernel, side):
+    """The write-out picks a row's channels from Y by permutes when Y has at most 64 columns (two
+    vectors per half) and by a gather above: 64 and 72 output channels exercise both paths, and
+    the boundary between them, against the reference and the portable scalar write-out."""
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, 1, 1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(64, 72, 3, 1, 1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(72, 4)).eval()
+    x = random_images(16, size=12)
+    comp, _ = hscc_model(model, x, side, 2, 3, 0.9)
+    widths = set()
+    for name, layer in region_modules(comp).items():
+        widths.update(native.pack(native.lower(layer)).regions[:, 11].tolist())  # Y columns per region
+        xi = layer_tensor(comp, name, x[:3], side="input")
+        with torch.no_grad():
+            ref = layer.forward_reference(xi)
+            for panel in (-1, 0):
+                torch.testing.assert_close(native.run(layer, xi, panel_rows=panel), ref, rtol=1e-5, atol=1e-5)
+    assert any(32 < w <= 64 for w in widths) and any(64 < w <= 80 for w in widths), widths
+
+
+@pytest.mark.parametrize("side", ["output", "input"])
 def test_flops_unchanged_by_the_kernel(kernel, side):
     """FlopCounterMode sees the opaque call through its FLOP formula: 2 x analytical MACs."""
     _, comp, layers, _ = compressed(side, 3, 3, 0.6)

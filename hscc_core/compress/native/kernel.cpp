@@ -316,18 +316,38 @@ __attribute__((target("avx512f"))) void gather_run_avx512(float* dst, const floa
   }
 }
 
+// The output position of a region's row tile, row by row: rows are (image, y, x) in row-major
+// order over the region's window. One division at the tile's first row, then increments: two
+// 64-bit divisions per row (im2col, direct_rows and the write-out each did them) were a visible
+// part of conv1's time, whose regions have a few hundred rows of little work each.
+struct Cursor {
+  int64_t n, oy, ox, h0, w0, w1, h1;
+  Cursor(const Region& r, int64_t p) : h0(r.h0), w0(r.w0), w1(r.w1), h1(r.h1) {
+    const int64_t wr = r.w1 - r.w0, per_image = (r.h1 - r.h0) * wr, rem = p % per_image;
+    n = p / per_image;
+    oy = r.h0 + rem / wr;
+    ox = r.w0 + rem % wr;
+  }
+  void next() {
+    if (++ox < w1) return;
+    ox = w0;
+    if (++oy < h1) return;
+    oy = h0;
+    ++n;
+  }
+};
+
 // Rows [row0, row0 + rows) of a region's im2col matrix into A (leading dim d). idx32: the
 // region's gather as int32 element offsets (channel x channel stride) for gather_run_avx512, or
 // null (the scalar gather).
 void im2col(const Input& x, const Geometry& g, const Region& r, const int64_t* gather, const int32_t* idx32,
             const int64_t* groups, const char* contiguous, int64_t row0, int rows, float* a,
             int64_t d) {
-  const int64_t hr = r.h1 - r.h0, wr = r.w1 - r.w0, per_image = hr * wr;
-  for (int t = 0; t < rows; ++t) {
-    const int64_t p = row0 + t, n = p / per_image, rem = p % per_image;
-    const int64_t oy = r.h0 + rem / wr, ox = r.w0 + rem % wr;
+  Cursor pos(r, row0);
+  for (int t = 0; t < rows; ++t, pos.next()) {
+    const int64_t oy = pos.oy, ox = pos.ox;
     float* arow = a + t * d;
-    const float* base_n = x.data + n * x.sn;
+    const float* base_n = x.data + pos.n * x.sn;
     for (int64_t gi = 0; gi < r.n_groups; ++gi) {
       const int64_t gs = groups[2 * gi], ge = groups[2 * gi + 1], gc = ge - gs;
       const int64_t* ch = gather + gs;
@@ -373,12 +393,21 @@ void im2col(const Input& x, const Geometry& g, const Region& r, const int64_t* g
 // row (zeros where the window leaves the map), as im2col would.
 void direct_rows(const Input& x, const Geometry& g, const Region& r, int64_t ch0, int64_t row0, int n_rows, float* a,
                  int64_t d, const float* zeros, const float** rows) {
-  const int64_t hr = r.h1 - r.h0, wr = r.w1 - r.w0, per_image = hr * wr, run = g.kw * x.sw;
-  for (int t = 0; t < n_rows; ++t) {
-    const int64_t p = row0 + t, n = p / per_image, rem = p % per_image;
-    const int64_t oy = r.h0 + rem / wr, ox = r.w0 + rem % wr;
-    const int64_t ix0 = ox * g.sw - g.pad_l, ix1 = ix0 + g.kw - 1;
-    const float* base = x.data + n * x.sn + ch0;
+  const int64_t run = g.kw * x.sw, kh = g.kh, tap_step = g.dh * x.sh;
+  Cursor pos(r, row0);
+  for (int t = 0; t < n_rows; ++t, pos.next()) {
+    const int64_t oy = pos.oy, ix0 = pos.ox * g.sw - g.pad_l, ix1 = ix0 + g.kw - 1;
+    const int64_t iy0 = oy * g.sh - g.pad_t;
+    const float* base = x.data + pos.n * x.sn + ch0;
+    if (ix0 >= 0 && ix1 < x.w && iy0 >= 0 && iy0 + (kh - 1) * g.dh < x.h) {
+      // The window inside the map (most rows): kh pointers tap_step apart, in a loop the compiler
+      // keeps in registers (the general one below re-read the geometry at every tap; it was a
+      // tenth of conv1's time at batch 1, whose rows do little else).
+      const float* first = base + iy0 * x.sh + ix0 * x.sw;
+      const float** slot = rows + static_cast<int64_t>(t) * kh;
+      for (int64_t ky = 0; ky < kh; ++ky) slot[ky] = first + ky * tap_step;
+      continue;
+    }
     for (int64_t ky = 0; ky < g.kh; ++ky) {
       const int64_t iy = oy * g.sh - g.pad_t + ky * g.dh;
       const float** slot = rows + static_cast<int64_t>(t) * g.kh + ky;
@@ -387,14 +416,14 @@ void direct_rows(const Input& x, const Geometry& g, const Region& r, int64_t ch0
       } else if (ix0 >= 0 && ix1 < x.w) {
         *slot = base + iy * x.sh + ix0 * x.sw;
       } else {
+        // Taps [lo, hi) are inside the map: one copy between two zero fills (taps are x.sw
+        // floats apart, no dilation here), not one call per tap: the grey conv1's taps are one
+        // float each, and its edge rows cost more than the window copies they replace.
         float* dst = a + t * d + ky * run;
-        for (int64_t kx = 0; kx < g.kw; ++kx) {
-          const int64_t ix = ix0 + kx;
-          if (ix < 0 || ix >= x.w)
-            std::memset(dst + kx * x.sw, 0, sizeof(float) * x.sw);
-          else
-            std::memcpy(dst + kx * x.sw, base + iy * x.sh + ix * x.sw, sizeof(float) * x.sw);
-        }
+        const int64_t lo = std::clamp<int64_t>(-ix0, 0, g.kw), hi = std::clamp<int64_t>(x.w - ix0, lo, g.kw);
+        std::fill(dst, dst + lo * x.sw, 0.f);
+        copy_run(dst + lo * x.sw, base + iy * x.sh + (ix0 + lo) * x.sw, (hi - lo) * x.sw);
+        std::fill(dst + hi * x.sw, dst + run, 0.f);
         *slot = dst;
       }
     }
@@ -413,6 +442,34 @@ __attribute__((target("avx512f"))) void write_row_avx512(float* o, const float* 
     const __mmask16 from_y = _mm512_mask_cmpge_epi32_mask(lanes, idx, _mm512_setzero_si512());
     const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), from_y, idx, yr, 4);
     _mm512_mask_storeu_ps(o + c, lanes, _mm512_add_ps(v, _mm512_maskz_loadu_ps(lanes, add + c)));
+  }
+}
+
+// write_row_avx512 for a Y row of at most 64 columns (conv1's regions: a few thousand rows of
+// 64 channels at 224 px): Y's four vectors are loaded once and every output vector is picked from
+// them by two two-source permutes and a blend, where the gather cost a load per lane (measured on
+// G4 K4 6x: the write-out was a seventh of conv1's time).
+__attribute__((target("avx512f"))) void write_row_permute(float* o, const float* yr, const int32_t* src,
+                                                          const float* add, int64_t out_c, int64_t ny) {
+  __m512 y[4];
+#pragma GCC unroll 4
+  for (int v = 0; v < 4; ++v) {
+    const int64_t left = ny - 16 * v;
+    const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                        : left > 0 ? static_cast<__mmask16>((1u << left) - 1u)
+                                   : static_cast<__mmask16>(0);
+    y[v] = _mm512_maskz_loadu_ps(m, yr + 16 * v);
+  }
+  const __m512i bit5 = _mm512_set1_epi32(32);
+  for (int64_t c = 0; c < out_c; c += 16) {
+    const __mmask16 lanes = out_c - c >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                            : static_cast<__mmask16>((1u << (out_c - c)) - 1u);
+    const __m512i idx = _mm512_maskz_loadu_epi32(lanes, src + c);
+    const __mmask16 from_y = _mm512_mask_cmpge_epi32_mask(lanes, idx, _mm512_setzero_si512());
+    const __m512 lo = _mm512_permutex2var_ps(y[0], idx, y[1]);  // columns 0-31 (index bits 0-4)
+    const __m512 hi = _mm512_permutex2var_ps(y[2], idx, y[3]);  // columns 32-63
+    const __m512 v = _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx, bit5), lo, hi);
+    _mm512_mask_storeu_ps(o + c, lanes, _mm512_add_ps(_mm512_maskz_mov_ps(from_y, v), _mm512_maskz_loadu_ps(lanes, add + c)));
   }
 }
 
@@ -632,19 +689,21 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
         s = e;
       }
       // Write-out: bias, channel scatter, constants, into the channels-last output.
-      const int64_t hr = reg.h1 - reg.h0, wr = reg.w1 - reg.w0, per_image = hr * wr;
       const int64_t* o_ord = ord + reg.out_off;
       const float* o_bias = bia + reg.out_off;
       const int64_t* c_ch = cch + reg.const_off;
       const float* c_val = cval + reg.const_off;
-      for (int t = 0; t < rows; ++t) {
-        const int64_t p = it.row0 + t, img = p / per_image, rem = p % per_image;
-        const int64_t oy = reg.h0 + rem / wr, ox = reg.w0 + rem % wr;
-        float* o = outp + ((img * g.ho + oy) * g.wo + ox) * g.out_c;
+      Cursor pos(reg, it.row0);
+      for (int t = 0; t < rows; ++t, pos.next()) {
+        float* o = outp + ((pos.n * g.ho + pos.oy) * g.wo + pos.ox) * g.out_c;
         const float* yr = y + static_cast<int64_t>(t) * reg.ny;
         if (vector_out) {
-          write_row_avx512(o, yr, out_src.data() + it.region * g.out_c, out_add.data() + it.region * g.out_c,
-                           g.out_c);
+          const int32_t* o_src = out_src.data() + it.region * g.out_c;
+          const float* o_add = out_add.data() + it.region * g.out_c;
+          if (reg.ny <= 64)
+            write_row_permute(o, yr, o_src, o_add, g.out_c, reg.ny);
+          else
+            write_row_avx512(o, yr, o_src, o_add, g.out_c);
           continue;
         }
         if (identity[it.region]) {
