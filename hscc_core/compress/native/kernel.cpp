@@ -4,10 +4,12 @@
 // first); inside a work item one thread works on cache-resident buffers: im2col of the tile into
 // A, the program's GEMM steps (A -> Z -> Y; the AVX-512 register kernel below, or single-threaded
 // BLAS where AVX-512 is absent), then one write-out pass that adds the bias, scatters Y's columns
-// to their channels and fills the constant channels (one masked gather per 16 channels with
-// AVX-512). Regions that read every input channel in order (the output side) skip the im2col
-// copy: the GEMM reads the input in place (direct_rows). No padding and no extra MACs: exactly
-// the program's steps, which are the layer's analytical MACs.
+// to their channels and fills the constant channels (with AVX-512: permutes for rows of up to 64
+// columns, one masked gather per 16 channels above). Regions that read every input channel in
+// order (the output side) skip the im2col copy: the GEMM reads the input in place (direct_rows).
+// Regions with scattered channel groups (the input side's clusters) gather their input window
+// once per image into per-group planes and copy A's rows from there (im2col_planes). No padding
+// and no extra MACs: exactly the program's steps, which are the layer's analytical MACs.
 //
 // Built by build.py with -fopenmp: ATen's own headers would otherwise compile the OpenMP pragmas
 // away and the layer would run on one thread. The OpenMP runtime is the one torch already loaded.
@@ -386,6 +388,82 @@ void im2col(const Input& x, const Geometry& g, const Region& r, const int64_t* g
   }
 }
 
+// im2col for a region with scattered gather groups (the input side's clusters), through planes:
+// the region's input window is gathered once per image into one plane per group, (y, x, channel)
+// with the group's channels consecutive and zeros outside the map; then each (row, group, tap
+// row) of A is one contiguous copy of kw x gc floats (no dilation along x; one per tap with it).
+// The per-row gather it replaces read every input pixel once per tap that covers it (25 times
+// for a 5 x 5 layer at stride 1) with a vector gather each time. planes: room for
+// plane_area(g, r) x the region's gather length floats.
+int64_t plane_h(const Geometry& g, const Region& r) { return (r.h1 - r.h0 - 1) * g.sh + (g.kh - 1) * g.dh + 1; }
+int64_t plane_w(const Geometry& g, const Region& r) { return (r.w1 - r.w0 - 1) * g.sw + (g.kw - 1) * g.dw + 1; }
+
+// Plane rows [py0, py1) of image n (module comment above).
+void fill_planes(const Input& x, const Geometry& g, const Region& r, const int64_t* gather, const int32_t* idx32,
+                 const int64_t* groups, const char* contiguous, int64_t n, int64_t py0, int64_t py1, float* planes) {
+  const int64_t ph = plane_h(g, r), pw = plane_w(g, r), iy_org = r.h0 * g.sh - g.pad_t, ix_org = r.w0 * g.sw - g.pad_l;
+  const float* base_n = x.data + n * x.sn;
+  for (int64_t gi = 0; gi < r.n_groups; ++gi) {
+    const int64_t gs = groups[2 * gi], ge = groups[2 * gi + 1], gc = ge - gs;
+    const int64_t* ch = gather + gs;
+    float* plane = planes + gs * ph * pw;
+    for (int64_t py = py0; py < py1; ++py) {
+      const int64_t iy = iy_org + py;
+      float* prow = plane + py * pw * gc;
+      if (iy < 0 || iy >= x.h) {
+        std::fill(prow, prow + pw * gc, 0.f);
+        continue;
+      }
+      const float* base_y = base_n + iy * x.sh;
+      for (int64_t px = 0; px < pw; ++px) {
+        const int64_t ix = ix_org + px;
+        float* dst = prow + px * gc;
+        if (ix < 0 || ix >= x.w)
+          std::fill(dst, dst + gc, 0.f);
+        else if (contiguous[gi] && x.sc == 1)
+          copy_run(dst, base_y + ix * x.sw + ch[0], gc);
+        else if (idx32 != nullptr)
+          gather_run_avx512(dst, base_y + ix * x.sw, idx32 + gs, gc);
+        else
+          for (int64_t c = 0; c < gc; ++c) dst[c] = base_y[ix * x.sw + ch[c] * x.sc];
+      }
+    }
+  }
+}
+
+void im2col_planes(const Input& x, const Geometry& g, const Region& r, const int64_t* gather, const int32_t* idx32,
+                   const int64_t* groups, const char* contiguous, int64_t row0, int rows, float* a, int64_t d,
+                   float* planes) {
+  const int64_t ph = plane_h(g, r), pw = plane_w(g, r);
+  Cursor pos(r, row0);
+  const Cursor last(r, row0 + rows - 1);
+  int64_t filled = -1;  // the image whose plane rows are filled
+  for (int t = 0; t < rows; ++t, pos.next()) {
+    if (pos.n != filled) {  // the plane rows this tile's rows of image pos.n read
+      const int64_t oy_end = last.n == pos.n ? last.oy + 1 : r.h1;
+      fill_planes(x, g, r, gather, idx32, groups, contiguous, pos.n, (pos.oy - r.h0) * g.sh,
+                  std::min(ph, (oy_end - 1 - r.h0) * g.sh + (g.kh - 1) * g.dh + 1), planes);
+      filled = pos.n;
+    }
+    const int64_t py = (pos.oy - r.h0) * g.sh, px = (pos.ox - r.w0) * g.sw;
+    float* arow = a + t * d;
+    for (int64_t gi = 0; gi < r.n_groups; ++gi) {
+      const int64_t gs = groups[2 * gi], gc = groups[2 * gi + 1] - gs;
+      const float* plane = planes + gs * ph * pw;
+      float* gcol = arow + gs * g.kh * g.kw;
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        const float* src = plane + ((py + ky * g.dh) * pw + px) * gc;
+        float* trow = gcol + ky * g.kw * gc;
+        if (g.dw == 1) {
+          copy_run(trow, src, g.kw * gc);
+        } else {
+          for (int64_t kx = 0; kx < g.kw; ++kx) copy_run(trow + kx * gc, src + kx * g.dw * gc, gc);
+        }
+      }
+    }
+  }
+}
+
 // im2col without the copy, for a region whose one gather group is every input channel in order
 // (channels-last input, no dilation along x): row t's columns for tap row ky are the kw x C floats
 // of the input from (iy, ix0) on, one run in memory. rows[t * kh + ky] points at that run; a run
@@ -479,7 +557,7 @@ __attribute__((target("avx512f"))) void write_row_permute(float* o, const float*
 // before it is read (im2col / direct_rows fill A's rows, the first step into a column of Z or Y
 // does not accumulate), so what a previous call left there is never used.
 struct Scratch {
-  std::vector<float> a, z, y;
+  std::vector<float> a, z, y, planes;
   std::vector<const float*> a_rows, b_rows;
   std::vector<PanelJob> jobs;
 };
@@ -561,7 +639,8 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
   }
   std::vector<int32_t> out_src(vector_out ? n_regions * g.out_c : 0, -1);
   std::vector<float> out_add(vector_out ? n_regions * g.out_c : 0, 0.f);
-  int64_t max_d = 0, max_z = 0, max_y = 0, total_rows = 0;
+  int64_t max_d = 0, max_z = 0, max_y = 0, total_rows = 0, max_plane = 0;
+  std::vector<char> planed(n_regions, 0);
   for (int64_t r = 0; r < n_regions; ++r) {
     const Region& reg = rp[r];
     const int64_t* rg = gat + reg.gather_off;  // group bounds index the region's own gather
@@ -596,6 +675,11 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
         add[cch[reg.const_off + j]] = cval[reg.const_off + j];
       }
     }
+    // Scattered groups (AVX-512 code only; the portable one keeps im2col): im2col through planes.
+    bool scattered = false;
+    for (int64_t i = reg.group_off; i < reg.group_off + reg.n_groups; ++i) scattered = scattered || !contiguous[i];
+    planed[r] = vector_out && !direct[r] && scattered && reg.n_steps > 0;
+    if (planed[r]) max_plane = std::max(max_plane, plane_h(g, reg) * plane_w(g, reg) * reg.gather_len);
     max_d = std::max(max_d, reg.gather_len * g.kh * g.kw);
     max_z = std::max(max_z, reg.nz);
     max_y = std::max(max_y, reg.ny);
@@ -637,6 +721,7 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
     float* const a = at_least(sc.a, tile * std::max<int64_t>(max_d, 1));
     float* const z = at_least(sc.z, tile * std::max<int64_t>(max_z, 1));
     float* const y = at_least(sc.y, tile * std::max<int64_t>(max_y, 1));
+    float* const planes = at_least(sc.planes, std::max<int64_t>(max_plane, 1));
     // Row pointers for panel_gemm: g.kh per row from direct_rows, or k / seg (<= g.kh) per row of a buffer.
     const float** const a_rows = at_least(sc.a_rows, tile * std::max<int64_t>(g.kh, 1));
     const float** const b_rows = at_least(sc.b_rows, tile * std::max<int64_t>(g.kh, 1));
@@ -651,6 +736,9 @@ at::Tensor region_conv(const at::Tensor& x_in, const at::Tensor& geometry, const
       if (reg.n_steps > 0 && in_place)
         direct_rows(in, g, reg, gat[reg.gather_off + grp[2 * reg.group_off]], it.row0, rows, a, d,
                     zeros.data(), a_rows);
+      else if (planed[it.region])
+        im2col_planes(in, g, reg, gat + reg.gather_off, gather32.empty() ? nullptr : gather32.data() + reg.gather_off,
+                      grp + 2 * reg.group_off, contiguous.data() + reg.group_off, it.row0, rows, a, d, planes);
       else if (reg.n_steps > 0)
         im2col(in, g, reg, gat + reg.gather_off, gather32.empty() ? nullptr : gather32.data() + reg.gather_off,
                grp + 2 * reg.group_off, contiguous.data() + reg.group_off, it.row0, rows, a, d);
