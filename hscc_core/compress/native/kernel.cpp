@@ -554,8 +554,9 @@ __attribute__((target("avx512f"))) void write_row_permute(float* o, const float*
 // A thread's work buffers, kept from call to call (OpenMP's pool threads and the caller's thread
 // live as long as the process): fresh vectors cost an allocation and a zero fill of up to a few
 // hundred KB per layer and thread, a visible part of a batch-1 forward. Every element is written
-// before it is read (im2col / direct_rows fill A's rows, the first step into a column of Z or Y
-// does not accumulate), so what a previous call left there is never used.
+// before it is read (im2col / direct_rows fill A's rows, im2col_planes fills the plane rows of the
+// image it reads before reading them, the first step into a column of Z or Y does not
+// accumulate), so what a previous call left there is never used.
 struct Scratch {
   std::vector<float> a, z, y, planes;
   std::vector<const float*> a_rows, b_rows;
