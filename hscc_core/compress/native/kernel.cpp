@@ -319,6 +319,19 @@ __attribute__((target("avx512f"))) void gather_run_avx512(float* dst, const floa
   }
 }
 
+// One input pixel's channels of a gather group into dst (gc floats): ch the group's channels,
+// idx32 their int32 offsets for the vector gather (null: the scalar loop), pixel the pixel's first
+// channel. A consecutive group on channels-last input is one copy.
+inline void gather_pixel(float* dst, const float* pixel, const int64_t* ch, const int32_t* idx32, bool contig,
+                         int64_t sc, int64_t gc) {
+  if (contig && sc == 1)
+    copy_run(dst, pixel + ch[0], gc);
+  else if (idx32 != nullptr)
+    gather_run_avx512(dst, pixel, idx32, gc);
+  else
+    for (int64_t c = 0; c < gc; ++c) dst[c] = pixel[ch[c] * sc];
+}
+
 // The output position of a region's row tile, row by row: rows are (image, y, x) in row-major
 // order over the region's window. One division at the tile's first row, then increments: two
 // 64-bit divisions per row (im2col, direct_rows and the write-out each did them) were a visible
@@ -373,16 +386,10 @@ void im2col(const Input& x, const Geometry& g, const Region& r, const int64_t* g
         for (int64_t kx = 0; kx < g.kw; ++kx) {
           const int64_t ix = ix0 + kx * g.dw;
           float* dst = trow + kx * gc;
-          if (ix < 0 || ix >= x.w) {
+          if (ix < 0 || ix >= x.w)
             std::memset(dst, 0, sizeof(float) * gc);
-          } else if (contig && x.sc == 1) {
-            copy_run(dst, base_y + ix * x.sw + ch[0], gc);
-          } else if (idx32 != nullptr) {
-            gather_run_avx512(dst, base_y + ix * x.sw, idx32 + gs, gc);
-          } else {
-            const float* src = base_y + ix * x.sw;
-            for (int64_t c = 0; c < gc; ++c) dst[c] = src[ch[c] * x.sc];
-          }
+          else
+            gather_pixel(dst, base_y + ix * x.sw, ch, idx32 == nullptr ? nullptr : idx32 + gs, contig, x.sc, gc);
         }
       }
     }
@@ -395,7 +402,7 @@ void im2col(const Input& x, const Geometry& g, const Region& r, const int64_t* g
 // row) of A is one contiguous copy of kw x gc floats (no dilation along x; one per tap with it).
 // The per-row gather it replaces read every input pixel once per tap that covers it (25 times
 // for a 5 x 5 layer at stride 1) with a vector gather each time. planes: room for
-// plane_area(g, r) x the region's gather length floats.
+// plane_h(g, r) x plane_w(g, r) x the region's gather length floats.
 int64_t plane_h(const Geometry& g, const Region& r) { return (r.h1 - r.h0 - 1) * g.sh + (g.kh - 1) * g.dh + 1; }
 int64_t plane_w(const Geometry& g, const Region& r) { return (r.w1 - r.w0 - 1) * g.sw + (g.kw - 1) * g.dw + 1; }
 
@@ -421,12 +428,8 @@ void fill_planes(const Input& x, const Geometry& g, const Region& r, const int64
         float* dst = prow + px * gc;
         if (ix < 0 || ix >= x.w)
           std::fill(dst, dst + gc, 0.f);
-        else if (contiguous[gi] && x.sc == 1)
-          copy_run(dst, base_y + ix * x.sw + ch[0], gc);
-        else if (idx32 != nullptr)
-          gather_run_avx512(dst, base_y + ix * x.sw, idx32 + gs, gc);
         else
-          for (int64_t c = 0; c < gc; ++c) dst[c] = base_y[ix * x.sw + ch[c] * x.sc];
+          gather_pixel(dst, base_y + ix * x.sw, ch, idx32 == nullptr ? nullptr : idx32 + gs, contiguous[gi], x.sc, gc);
       }
     }
   }
