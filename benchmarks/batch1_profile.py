@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from weight_bytes import compressed_models, conv_weight_bytes, model_parser, parse_configs  # noqa: E402
 
+from hscc_core.measure.costs import timing_input, timing_layout  # noqa: E402
+
 
 def _median_ms(times: list[float]) -> float:
     return 1e3 * sorted(times)[len(times) // 2]
@@ -70,7 +72,9 @@ def profile(models: dict[str, nn.Module], x: torch.Tensor, rounds: int = 30, flu
         raise ValueError(f"rounds and flush_mb must be >= 1, got {rounds} and {flush_mb}")
     flush = torch.zeros(flush_mb * 2 ** 20 // 4)
     t = {name: {"warm": [], "cold": [], "classifier": [], "forward": []} for name in models}
-    with torch.inference_mode():
+    # The layout hscc_core.measure.costs.measure_latency times every model in (channels-last).
+    x = timing_input(x)
+    with torch.inference_mode(), timing_layout(models.values(), x.device):
         for m in models.values():  # warm-up (and the native programs packed)
             m.eval()(x)
         for _ in range(rounds):

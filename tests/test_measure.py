@@ -1,5 +1,7 @@
 """Tests for hscc_core.measure.costs: FlopCounterMode FLOPs, params, latency bookkeeping."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from torch import nn
@@ -90,3 +92,54 @@ def test_latency_is_timed_in_float32_and_restores_tf32_flags():
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # restored
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+class LayoutProbe(nn.Module):
+    """Records, at each call, whether its conv's weight and its input have channels-last strides."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv, self.seen = conv, []
+
+    def forward(self, x):
+        cl = lambda t: t.stride() == torch.empty_like(t, memory_format=torch.channels_last).stride()  # noqa: E731
+        self.seen.append((cl(self.conv.weight), cl(x)))
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_latency_times_every_plain_conv_channels_last_and_restores(in_channels):
+    # One input channel is the grey conv1: its NCHW weight passes is_contiguous(channels_last), yet
+    # PyTorch then returns an NCHW map; the layout is judged by the full strides.
+    torch.manual_seed(0)
+    probe = LayoutProbe(nn.Conv2d(in_channels, 8, 3, padding=1))
+    model = nn.Sequential(probe, nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 4, 3))
+    weights = [(m.weight, m.weight.data_ptr(), m.weight.stride()) for m in model if isinstance(m, nn.Conv2d)]
+    x = torch.randn(2, in_channels, 12, 12)
+    before = model(x)
+    probe.seen.clear()
+    lat = measure_latency({"original": model}, (1, in_channels, 12, 12), batch_sizes=(1, 2), runs=2, warmup=1)
+    assert lat["memory_format"] == "channels_last"
+    assert probe.seen and set(probe.seen) == {(True, True)}
+    for w, ptr, stride in weights:  # the caller's tensors are back
+        assert w.data_ptr() == ptr and w.stride() == stride
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+
+
+def test_latency_leaves_layers_with_their_own_layout_alone():
+    from hscc_core.compress import native
+    from tests.conftest import cnn, hscc_model, random_images
+
+    model = cnn()
+    # The input side's per-cluster stage-1 weights are NCHW and its PyTorch path views them as
+    # matrices: converting them would break that path (and re-lower the native program twice).
+    hscc, _ = hscc_model(model, random_images(16, 32), "input", 2, 2, 0.9)
+    own = {name: (p.data_ptr(), p.stride()) for name, p in hscc.named_parameters() if p.dim() == 4}
+    assert any(p.stride() != torch.empty_like(p, memory_format=torch.channels_last).stride()
+               for p in hscc.parameters() if p.dim() == 4)
+    for path in (nullcontext, native.disabled):  # the native kernel where built, then the PyTorch path
+        with path():
+            lat = measure_latency({"original": model, "compressed": hscc}, (1, 3, 32, 32), batch_sizes=(1, 3),
+                                  runs=2, warmup=1)
+        assert set(lat["models"]) == {"original", "compressed"}
+    assert {name: (p.data_ptr(), p.stride()) for name, p in hscc.named_parameters() if p.dim() == 4} == own

@@ -312,5 +312,5 @@ class OnnxModule(nn.Module):
         self.input_name = session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feed = {self.input_name: x.detach().cpu().numpy().astype(np.float32, copy=False)}
+        feed = {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
         return torch.from_numpy(self.session.run(None, feed)[0])

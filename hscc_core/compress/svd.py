@@ -116,6 +116,8 @@ class LowRankConv2d(nn.Sequential):
     HSCC layers, so speed comparisons are fair); with gradients it runs the two modules as they are.
     """
 
+    own_memory_format = True  # its weights' layouts are its own (hscc_core.measure.costs._channels_last)
+
     def __init__(self, conv: nn.Conv2d, first: np.ndarray, second: np.ndarray, bias: torch.Tensor | None):
         k = first.shape[0]
         dev, dt = conv.weight.device, conv.weight.dtype

@@ -128,6 +128,8 @@ class Tucker2Conv2d(nn.Sequential):
     channels_last convolution; with gradients it runs the three modules as they are.
     """
 
+    own_memory_format = True  # its weights' layouts are its own (hscc_core.measure.costs._channels_last)
+
     def __init__(self, conv: nn.Conv2d, core: np.ndarray, f_out: np.ndarray, f_in: np.ndarray):
         r_out, r_in = core.shape[:2]
         dev, dt = conv.weight.device, conv.weight.dtype

@@ -23,7 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 # 32 on what is left.
 LATENCY_BUDGET_S = 4.0
 
-__all__ = ["LATENCY_BUDGET_S", "count_flops", "count_params", "flop_profile", "layer_flops", "measure_latency", "speedup"]
+__all__ = ["LATENCY_BUDGET_S", "count_flops", "count_params", "flop_profile", "layer_flops", "measure_latency", "speedup",
+           "timing_input", "timing_layout"]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -58,6 +59,65 @@ def _float32_math() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _plain_convs(module: nn.Module) -> Iterator[nn.Conv2d]:
+    """The convolutions of ``module`` that run as PyTorch convolutions, not inside a layer that keeps
+    its own memory layout (class attribute ``own_memory_format``: the HSCC layers, Global SVD's
+    and Tucker-2's, whose fast paths read their weights in the layout they were built with)."""
+    if getattr(module, "own_memory_format", False):
+        return
+    if isinstance(module, nn.Conv2d):
+        yield module
+    for child in module.children():
+        yield from _plain_convs(child)
+
+
+def _channels_last_strides(t: torch.Tensor) -> tuple[int, ...]:
+    """The strides of ``t``'s shape in channels-last memory. Compared in full: a one-channel
+    weight (the grey conv1) counts as channels-last contiguous in either layout, but PyTorch picks
+    a convolution's output layout from the strides, and NCHW ones gave an NCHW output map."""
+    return torch.empty_like(t, memory_format=torch.channels_last).stride()
+
+
+@contextmanager
+def timing_layout(models, dev: torch.device) -> Iterator[None]:
+    """On the CPU, every plain convolution's weight in channels-last memory inside (values
+    unchanged), the caller's tensors restored afterwards: the layout every model is timed in.
+
+    The compressed layers all run channels-last, and so do the ReLUs and max-pools after them;
+    an NCHW original's max-pools alone took 2 ms of its 23 ms batch-1 forward at 224 px (10x
+    slower than channels-last at batch 32), so the same model timed NCHW read 1.03-1.40x slower
+    than channels-last (docs/performance.md). Every model is timed in the faster layout, the
+    original included. A GPU keeps the layouts as they are.
+
+    Parameters
+    ----------
+    models : iterable of nn.Module
+    dev : torch.device
+        Where they are timed; only ``cpu`` changes anything.
+    """
+    swapped = []
+    if dev.type == "cpu":
+        for model in models:
+            for conv in _plain_convs(model):
+                w = conv.weight
+                if w.dim() == 4 and w.stride() != _channels_last_strides(w):
+                    swapped.append((w, w.data))
+                    w.data = torch.empty_like(w.data, memory_format=torch.channels_last).copy_(w.data)
+    try:
+        yield
+    finally:
+        for w, data in swapped:
+            w.data = data
+
+
+def timing_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as every model is timed on it: a CPU image batch in channels-last memory (see
+    :func:`timing_layout`); anything else as it is."""
+    if x.device.type != "cpu" or x.dim() != 4:
+        return x
+    return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
 
 
 def _flop_counts(model: nn.Module, input_shape: tuple[int, ...]) -> FlopCounterMode:
@@ -157,7 +217,7 @@ def measure_latency(
     -------
     dict
         ``{"device": str, "runs": int, "warmup": int, "threads": int, "cuda_graphs": bool, "tf32": False,
-        "budget_s": float or None, "runs_taken": {"b1": int, ...},
+        "memory_format": str, "budget_s": float or None, "runs_taken": {"b1": int, ...},
         "models": {name: {"b1": {"median_ms": float, "p90_ms": float}, "b32": {...}}}}``.
         ``runs`` is the fewest rounds any batch size got (``runs_taken`` has each).
         On a GPU with ``cuda_graphs``, each batch entry also has ``"graph_median_ms"`` and
@@ -179,6 +239,7 @@ def measure_latency(
         "threads": torch.get_num_threads(),
         "cuda_graphs": bool(cuda_graphs and dev.type == "cuda"),
         "tf32": False,  # see _float32_math
+        "memory_format": "channels_last" if dev.type == "cpu" else "as built",  # see timing_layout
         "budget_s": None if budget_s is None else float(budget_s),
         "runs_taken": {},
         "models": {name: {} for name in models},
@@ -186,37 +247,39 @@ def measure_latency(
     start = time.perf_counter()
     with _eval(*models.values()), _float32_math():
         moved = {name: m.to(dev) if _device(m) != dev else m for name, m in models.items()}
-        for i, bs in enumerate(batch_sizes):
-            x = torch.randn((bs, *tuple(input_shape)[1:]), generator=gen).to(dev)
-            share_start = time.perf_counter()
-            share = None if budget_s is None else (budget_s - (share_start - start)) / (len(batch_sizes) - i)
-            n_warm = warmup if budget_s is None or i == 0 else min(warmup, 1)
-            round_s = 0.0
-            for _ in range(n_warm):
-                t0 = time.perf_counter()
-                for m in moved.values():
-                    m(x)
-                _sync(dev)
-                round_s = time.perf_counter() - t0
-            n_runs = runs
-            if share is not None:  # as many rounds as the rest of this batch size's share holds
-                left = share - (time.perf_counter() - share_start)
-                n_runs = max(min_runs, min(runs, int(left / round_s) if round_s > 0 else runs))
-            times: dict[str, list[float]] = {name: [] for name in moved}
-            for r in range(n_runs):
-                if share is not None and r >= min_runs and time.perf_counter() - share_start > share:
-                    break  # the machine got slower than the warm-up said: keep to the budget
-                # Interleave so drifts (thermal, other load) hit every model alike.
-                for name, m in moved.items():
-                    times[name].append(_time_once(m, x, dev))
-            result["runs_taken"][f"b{bs}"] = len(next(iter(times.values())))
-            for name, t in times.items():
-                result["models"][name][f"b{bs}"] = _stats(t)
-            if result["cuda_graphs"]:
-                graph_times = _time_graphs(moved, x, runs, warmup)
-                for name, t in (graph_times or {}).items():
-                    g = _stats(t)
-                    result["models"][name][f"b{bs}"].update(graph_median_ms=g["median_ms"], graph_p90_ms=g["p90_ms"])
+        with timing_layout(moved.values(), dev):
+            for i, bs in enumerate(batch_sizes):
+                x = torch.randn((bs, *tuple(input_shape)[1:]), generator=gen).to(dev)
+                x = timing_input(x)
+                share_start = time.perf_counter()
+                share = None if budget_s is None else (budget_s - (share_start - start)) / (len(batch_sizes) - i)
+                n_warm = warmup if budget_s is None or i == 0 else min(warmup, 1)
+                round_s = 0.0
+                for _ in range(n_warm):
+                    t0 = time.perf_counter()
+                    for m in moved.values():
+                        m(x)
+                    _sync(dev)
+                    round_s = time.perf_counter() - t0
+                n_runs = runs
+                if share is not None:  # as many rounds as the rest of this batch size's share holds
+                    left = share - (time.perf_counter() - share_start)
+                    n_runs = max(min_runs, min(runs, int(left / round_s) if round_s > 0 else runs))
+                times: dict[str, list[float]] = {name: [] for name in moved}
+                for r in range(n_runs):
+                    if share is not None and r >= min_runs and time.perf_counter() - share_start > share:
+                        break  # the machine got slower than the warm-up said: keep to the budget
+                    # Interleave so drifts (thermal, other load) hit every model alike.
+                    for name, m in moved.items():
+                        times[name].append(_time_once(m, x, dev))
+                result["runs_taken"][f"b{bs}"] = len(next(iter(times.values())))
+                for name, t in times.items():
+                    result["models"][name][f"b{bs}"] = _stats(t)
+                if result["cuda_graphs"]:
+                    graph_times = _time_graphs(moved, x, runs, warmup)
+                    for name, t in (graph_times or {}).items():
+                        g = _stats(t)
+                        result["models"][name][f"b{bs}"].update(graph_median_ms=g["median_ms"], graph_p90_ms=g["p90_ms"])
     result["runs"] = min(result["runs_taken"].values(), default=runs)
     return result
 

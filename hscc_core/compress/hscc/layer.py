@@ -31,6 +31,9 @@ class RegionLayer(nn.Module):
     """
 
     cluster_side = ""
+    # The layer picks its own memory layouts (channels-last output, packed programs): timing leaves
+    # its weights as they are (hscc_core.measure.costs._channels_last).
+    own_memory_format = True
 
     def _set_geometry(self, conv: nn.Conv2d, out_hw, grid_hw, bounds) -> None:
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
