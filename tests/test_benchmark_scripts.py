@@ -212,3 +212,33 @@ def test_batch1_profile_times_each_part_of_a_forward(tmp_path, capsys):
     assert "--rounds" in capsys.readouterr().err
     assert m.main(["--cache-dir", str(tmp_path)]) == 2
     assert "hscc prepare" in capsys.readouterr().err
+
+
+def test_layout_check_times_one_model_in_both_layouts(tmp_path, capsys):
+    """benchmarks/layout_check.py: one model, NCHW and channels-last, both timed with their max-pools,
+    the caller's model left as it was; bad options are one clear line (no timing is asserted)."""
+    from hscc_core.nn.models import build_model
+
+    from conftest import make_imagefolder
+
+    m = load_benchmark("layout_check")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = build_model("tiny", 4).eval()
+    before = [(p.data_ptr(), p.stride()) for p in model.parameters()]
+    row = m.compare(model, 32, 2, rounds=2, warmup=1)
+    assert row["size"] == 32 and row["batch"] == 2 and row["rounds"] == 2
+    for name in ("nchw", "channels_last"):
+        assert row[f"{name}_ms"] > 0 and 0 < row[f"{name}_maxpool_ms"] < row[f"{name}_ms"]
+    assert row["nchw_over_channels_last"] == pytest.approx(row["nchw_ms"] / row["channels_last_ms"])
+    assert [(p.data_ptr(), p.stride()) for p in model.parameters()] == before
+    for bad in (["--sizes", "big"], ["--threads", "0"], ["--rounds", "0"]):
+        assert m.main(bad) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and ("must be" in err or "whole numbers" in err)
+    data = make_imagefolder(tmp_path / "data")
+    assert m.main(["--data", str(data), "--cache-dir", str(tmp_path / "c")]) == 1
+    assert "no baseline" in capsys.readouterr().err
+    assert m.main(["--data", str(tmp_path / "absent"), "--cache-dir", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "does not exist" in err
