@@ -196,8 +196,8 @@ def test_batch1_profile_times_each_part_of_a_forward(tmp_path, capsys):
     comp, _ = hscc_model(model, x, "output", 2, 1, 0.9)
     out = m.profile({"original": model, "hscc": comp}, x[:1], rounds=3, flush_mb=4)
     assert set(out) == {"original", "hscc"}
-    keys = {"conv_weight_mb", "features_warm_ms", "features_cold_ms", "classifier_ms", "forward_ms",
-            "weights_gb_per_s", "speedup"}
+    keys = {"conv_weight_mb", "features_warm_ms", "features_cold_ms", "features_after_first_ms", "classifier_ms",
+            "forward_ms", "weights_gb_per_s", "speedup"}
     for r in out.values():
         assert set(r) == keys and all(v > 0 for v in r.values())
         assert r["weights_gb_per_s"] == pytest.approx(r["conv_weight_mb"] / r["features_cold_ms"])

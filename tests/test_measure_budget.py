@@ -45,6 +45,7 @@ def test_a_run_records_its_timing_budget_and_kernel(trained_workspace):
     run, _ = compute_run(trained_workspace, RunConfig(method="hscc", grid=2, clusters=2, energy=0.9), latency_runs=7)
     lat = run["latency_ms"]
     assert lat["budget_s"] == LATENCY_BUDGET_S and lat["kernel"] in ("native", "pytorch")
+    assert lat["memory_format"] == "channels_last"  # how every model was timed (the original too)
     assert set(lat["runs_taken"]) == {"b1", "b32"} and all(5 <= n <= 7 for n in lat["runs_taken"].values())
     assert lat["runs"] == min(lat["runs_taken"].values())
     assert 0 < run["measure_seconds"] < run["seconds"]

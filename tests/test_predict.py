@@ -65,6 +65,25 @@ def test_predict_slice_matches_the_stored_evaluation(trained_workspace):
         predict_slice(model, meta, images.x_test[0].astype(np.float32))
 
 
+def test_predict_times_the_model_channels_last_and_gives_it_back(trained_workspace):
+    """The demo's timing follows the project's rule (every model's plain convolutions channels-last
+    on the CPU), and the caller's model is unchanged afterwards."""
+    ws = trained_workspace
+    model, meta = ws.baseline(train_if_missing=False)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    before = [(c.weight.data_ptr(), c.weight.stride()) for c in convs]
+    seen = []
+    hook = convs[-1].register_forward_pre_hook(
+        lambda mod, args: seen.append(mod.weight.stride() == torch.empty_like(
+            mod.weight, memory_format=torch.channels_last).stride()))
+    try:
+        predict_slice(model, meta, ws.images().x_test[0], runs=2, warmup=1)
+    finally:
+        hook.remove()
+    assert seen and all(seen)
+    assert [(c.weight.data_ptr(), c.weight.stride()) for c in convs] == before
+
+
 def test_an_uploaded_test_file_gets_the_test_set_pixels(trained_workspace):
     ws = trained_workspace
     images = ws.images()

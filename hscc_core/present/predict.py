@@ -31,6 +31,7 @@ from torch import nn
 
 from hscc_core.data.folders import normalise
 from hscc_core.data.imageio import LoadedSlice
+from hscc_core.measure.costs import timing_input, timing_layout
 from hscc_core.nn.layers import compress_candidates
 from hscc_core.present.explain import grad_cam_result
 from hscc_core.present.labels import NOTICE, class_label, speed_text
@@ -95,7 +96,9 @@ def predict_slice(model: nn.Module, meta: Mapping[str, Any], grey_uint8: np.ndar
     grey_uint8 : ndarray (H, W) uint8, or LoadedSlice
         The slice; resized to the input size when it is not already.
     runs : int
-        Timed inferences (>= 1); the median is reported as ``ms``.
+        Timed inferences (>= 1); the median is reported as ``ms``. On the CPU the model's plain
+        convolutions run channels-last while timed, as in every latency of the project
+        (:func:`hscc_core.measure.costs.timing_layout`).
     warmup : int
         Untimed inferences first (allocator, thread pool and kernel selection warm up).
 
@@ -127,7 +130,11 @@ def _predict_many(models: Sequence[nn.Module], meta: Mapping[str, Any], grey, ru
         inputs.append(x.to(device))
     times: list[list[float]] = [[] for _ in models]
     logits: list[torch.Tensor | None] = [None] * len(models)
-    with torch.inference_mode():
+    # Timed as every latency is (hscc_core.measure.costs.timing_layout): each model's plain
+    # convolutions channels-last on the CPU, so an original is not slowed down by NCHW max-pools.
+    inputs = [timing_input(t) for t in inputs]
+    cpu_models = [m for m, d in zip(models, devices) if d.type == "cpu"]
+    with torch.inference_mode(), timing_layout(cpu_models, torch.device("cpu")):
         for i, model in enumerate(models):
             for _ in range(max(int(warmup), 0)):
                 model(inputs[i])

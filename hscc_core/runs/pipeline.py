@@ -460,7 +460,7 @@ def _speed(model: nn.Module, compressed: nn.Module, size: int, latency_runs: int
     return {"latency_ms": {"original": block("original"), "compressed": block("compressed"),
                            "device": lat["device"], "threads": lat["threads"], "runs": lat["runs"],
                            "runs_taken": lat["runs_taken"], "budget_s": lat["budget_s"],
-                           "kernel": native.kernel_of(compressed)},
+                           "memory_format": lat["memory_format"], "kernel": native.kernel_of(compressed)},
             "speedup": dict(speedup(lat, "original", "compressed"))}
 
 
