@@ -85,3 +85,25 @@ def test_todays_folded_layouts_time_a_folded_original():
     assert input_channels(model) == 1
     builder = fast_hscc.Builder(base, 64)
     assert builder.shape == (1, 1, 64, 64) and builder.calib.shape[1] == 1
+
+
+def test_each_path_is_timed_in_its_own_pair_against_the_original(monkeypatch):
+    """time_row measures (original, native), (original, PyTorch path) and (ONNX original, ONNX
+    compressed) separately: a model timed in another pair's rounds could share its classifier's
+    cache lines with it, which is not how the bench or a run times a model."""
+    import hscc_core.measure.costs as costs
+
+    calls = []
+
+    def fake(models, shape, runs, warmup):
+        calls.append(tuple(models))
+        return {"models": {n: {"b1": {"median_ms": 2.0 if n.endswith("original") else 1.0}} for n in models}}
+
+    monkeypatch.setattr(costs, "measure_latency", fake)
+    names = ("original", "compressed", "pytorch_path", "onnx_original", "onnx_compressed")
+    ms = fast_hscc.time_row({n: object() for n in names}, (1, 1, 8, 8), runs=1, warmup=0)
+    assert calls == [("original", "compressed"), ("original", "pytorch_path"), ("onnx_original", "onnx_compressed")]
+    assert set(ms) == {*names, "original_for_pytorch_path"}
+    calls.clear()
+    assert set(fast_hscc.time_row({"original": 0, "compressed": 1}, (1, 1, 8, 8), 1, 0)) == {"original", "compressed"}
+    assert calls == [("original", "compressed")]
