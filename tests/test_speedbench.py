@@ -32,6 +32,7 @@ def test_speed_table_contract(trained_workspace):
         assert row["speedup_b32"] == pytest.approx(
             row["latency_ms"]["original"]["b32"]["median"] / row["latency_ms"]["compressed"]["b32"]["median"])
         assert row["efficiency_b32"] == pytest.approx(row["speedup_b32"] / row["flops_ratio"])
+        assert row["latency_ms"]["memory_format"] == "channels_last"  # the original timed as the others
     assert "speed" in stages and table["machine"]["torch"] == torch.__version__
     # The workspace's cached baseline is left on the CPU and untouched.
     model, _ = trained_workspace.baseline()

@@ -158,5 +158,6 @@ def _row(method: str, budget: float, built, lat: dict, fl: int, flops_original: 
             # Both models replayed from CUDA graphs (no kernel-launch cost).
             row[f"speedup_graph_{b}"] = orig[b]["graph_median"] / comp[b]["graph_median"]
             row[f"efficiency_graph_{b}"] = row[f"speedup_graph_{b}"] / row["flops_ratio"]
-    row["latency_ms"] = {"original": orig, "compressed": comp, "threads": lat["threads"], "runs": lat["runs"]}
+    row["latency_ms"] = {"original": orig, "compressed": comp, "threads": lat["threads"], "runs": lat["runs"],
+                         "memory_format": lat["memory_format"]}
     return row
