@@ -85,11 +85,12 @@ def timing_layout(models, dev: torch.device) -> Iterator[None]:
     """On the CPU, every plain convolution's weight in channels-last memory inside (values
     unchanged), the caller's tensors restored afterwards: the layout every model is timed in.
 
-    The compressed layers all run channels-last, and so do the ReLUs and max-pools after them;
-    an NCHW original's max-pools alone took 2 ms of its 23 ms batch-1 forward at 224 px (10x
-    slower than channels-last at batch 32), so the same model timed NCHW read 1.03-1.40x slower
-    than channels-last (docs/performance.md). Every model is timed in the faster layout, the
-    original included. A GPU keeps the layouts as they are.
+    The compressed layers all run channels-last, and so do the ReLUs and max-pools after them.
+    An NCHW original's max-pools alone took 2.1-2.5 ms of its 23 ms batch-1 forward at 224 px, and
+    are about 10x slower than channels-last at batch 32, so the same model timed NCHW read
+    1.06-1.36x slower than channels-last (benchmarks/layout_check.py, docs/performance.md). Every
+    model is timed in the faster layout, the original included. A GPU keeps the layouts as they
+    are.
 
     Parameters
     ----------

@@ -21,7 +21,7 @@ ORIGINAL_VERSION = 2
 # folded to one grey channel for every model (FLOPs, budgets and timings change: conv1's cost is a
 # third of what it was, so every budget's target is lower and a conv1 direction is cheaper). 4: every
 # model is timed with its plain convolutions in channels-last memory (hscc_core.measure.costs), the
-# original included; an NCHW original had been 1.03-1.40x slower than the same model channels-last,
+# original included; an NCHW original had been 1.06-1.36x slower than the same model channels-last,
 # so version-3 speed-ups overstate the gain by that much.
 RUN_VERSION = 4
 
