@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from hscc_core.cli.main import main
+from hscc_core.runs.versions import RUN_VERSION
 from conftest import make_imagefolder, truncated_jpeg_bytes
 
 TINY = ["--arch", "tiny", "--input-size", "32", "--epochs", "2", "--quiet"]
@@ -165,6 +166,19 @@ def test_sweep_runs_pareto_contract(capsys, trained_workspace):
     code, out, _ = run_cli(capsys, "runs", *args, "--method", "svd", "--json")
     listed = json.loads(out)
     assert code == 0 and all(r["method"] == "svd" for r in listed["runs"]) and listed["size_bytes"] > 0
+    assert listed["older_runs"] == 0
+    # A run of an older pipeline version is not listed, but counted and explained in one line.
+    ws = trained_workspace
+    old = dict(ws.store.get_run(first["runs"][0]["cache_key"]), version=RUN_VERSION - 1)
+    ws.store.put_run("0" * 24, {k: v for k, v in old.items() if k not in ("cache_key", "cached")}, {})
+    try:
+        code, out, _ = run_cli(capsys, "runs", *args, "--json")
+        assert code == 0 and json.loads(out)["older_runs"] == 1
+        assert "0" * 24 not in [r["cache_key"] for r in json.loads(out)["runs"]]
+        code, out, _ = run_cli(capsys, "runs", *args)
+        assert code == 0 and "1 stored run of this model comes from an older version of the pipeline" in out
+    finally:
+        ws.store.prune(["0" * 24])
 
 
 def test_bench_json_contract(capsys, trained_workspace):

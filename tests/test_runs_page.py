@@ -63,6 +63,23 @@ def test_table_lists_every_run_and_sorts(page_env):
     assert any("10 of 10 runs shown" in c.value for c in at.caption)
 
 
+def test_runs_of_an_older_pipeline_are_counted_not_lost(page_env):
+    """A run stored by an older version of the pipeline is not listed, and the page says so."""
+    from hscc_core.runs.versions import RUN_VERSION
+
+    ws = page_env
+    meta = ws.baseline()[1]
+    base = next(r for r in ws.store.list_runs() if r.get("method") == "hscc")
+    cfg = RunConfig(grid=1, clusters=2, energy=0.5)
+    old = {key: v for key, v in base.items() if key not in ("cache_key", "cached")}
+    old.update(config=cfg.canonical(), label=cfg.label(), version=RUN_VERSION - 1)
+    ws.store.put_run(run_key(ws, meta, cfg), old, ws.store.get_arrays(base["cache_key"]))
+    at = open_runs()
+    assert len(table(at)) == 10  # the older run is not among the listed ones
+    assert any("10 of 10 runs shown" in c.value and "1 stored run of this model comes from an older version" in c.value
+               for c in at.caption)
+
+
 def test_filters_search_and_pareto_only(page_env):
     at = open_runs()
     at.multiselect(key="runs_filter_cols").set_value(["method", "accuracy"]).run()

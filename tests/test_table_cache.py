@@ -9,7 +9,8 @@ from conftest import table_run as fake_run
 from hscc_core.runs.store import RunStore
 from hscc_core.runs.table import runs_table
 from hscc_core.present.plots import PARETO_COLUMNS, pareto_columns, pareto_figure, run_hover
-from hscc_core.runs.table_cache import DETAIL_FIELDS, stored_run_columns, stored_run_summaries, stored_runs_table
+from hscc_core.runs.table_cache import (DETAIL_FIELDS, older_runs_count, stored_run_columns, stored_run_summaries,
+                                        stored_runs_table)
 from hscc_core.runs.versions import ORIGINAL_VERSION, RUN_VERSION
 
 
@@ -195,7 +196,8 @@ def test_derived_columns_are_computed_once_per_run_and_follow_the_store(tmp_path
 def test_runs_of_an_older_pipeline_are_not_listed(tmp_path):
     # Their FLOPs and timings describe another computation (before conv1 was folded, say): a plot or
     # table beside the current runs would compare unlike with like.
-    from hscc_core.runs.selection import baseline_runs
+    from hscc_core.runs.selection import baseline_runs, older_baseline_runs
+    from hscc_core.runs.versions import older_runs_note
 
     store = RunStore(tmp_path)
     current, old, unversioned = (fake_run(f"{i:024x}") for i in range(3))
@@ -207,3 +209,12 @@ def test_runs_of_an_older_pipeline_are_not_listed(tmp_path):
     assert list(listed["key"]) == [current["cache_key"]]
     assert [r["cache_key"] for r in stored_run_summaries(store, CLASSES, "d" * 24, "m" * 24)] == [current["cache_key"]]
     assert [r["cache_key"] for r in baseline_runs(store, "d" * 24, "m" * 24)] == [current["cache_key"]]
+    # ...but they are counted, so a listing can say why they are missing (one older, one unversioned).
+    assert older_runs_count(store, CLASSES, "d" * 24, "m" * 24) == 2
+    assert older_baseline_runs(store, "d" * 24, "m" * 24) == 2
+    assert older_runs_count(store, CLASSES, "d" * 24, "x" * 24) == 0  # another model's are not this one's
+    put(store, fake_run("f" * 24), model="x" * 24, version=RUN_VERSION - 1)
+    assert older_runs_count(store, CLASSES, "d" * 24, "m" * 24) == 2
+    assert older_runs_count(store, CLASSES, "d" * 24, "x" * 24) == 1
+    assert older_runs_note(0) == "" and older_runs_note(1).startswith("1 stored run of this model comes")
+    assert "2 stored runs of this model come" in older_runs_note(2) and "Compute them again" in older_runs_note(2)

@@ -14,8 +14,9 @@ from hscc_core.runs.config import ALLOCATIONS, CALIBRATIONS, CLUSTER_SIDES, DEFA
 from hscc_core.runs.executors import EXECUTORS, make_executor
 from hscc_core.runs.pareto import axis_value, front_runs, get_axis
 from hscc_core.runs.pipeline import compress_run, original_run
-from hscc_core.runs.selection import baseline_runs
+from hscc_core.runs.selection import baseline_runs, older_baseline_runs
 from hscc_core.runs.table import runs_table, to_csv
+from hscc_core.runs.versions import older_runs_note
 from hscc_core.runs.sweeps import DEFAULT_CLUSTERS, DEFAULT_ENERGIES, DEFAULT_GRIDS, expand, run_sweep
 
 __all__ = ["check_runs", "register", "run_options", "stored_runs"]
@@ -206,9 +207,14 @@ def cmd_runs(args) -> int:
         sys.stdout.write(to_csv(runs_table(runs)))
         return 0
     size = ws.store.size_bytes()
+    # Runs of an older pipeline version stay on disk but are not listed: say how many (--all-data
+    # lists every run, so nothing is left out there).
+    older = 0 if getattr(args, "all_data", False) else older_baseline_runs(
+        ws.store, ws.index().fingerprint, ws.model_fingerprint(), args.method)
+    note = older_runs_note(older)
     human = "\n".join([f"{r['cache_key']}  {run_summary(r)}" for r in runs]
-                      + [f"{len(runs)} runs; store {size / 1e6:.1f} MB at {ws.cache_dir}"])
-    emit(args, {"runs": runs, "size_bytes": size}, human)
+                      + [f"{len(runs)} runs; store {size / 1e6:.1f} MB at {ws.cache_dir}"] + ([note] if note else []))
+    emit(args, {"runs": runs, "size_bytes": size, "older_runs": older}, human)
     return 0
 
 

@@ -13,7 +13,7 @@ from hscc_core.runs.store import RunStore
 from hscc_core.runs.versions import is_current
 from hscc_core.runs.workspace import Workspace
 
-__all__ = ["baseline_runs", "resolve_run"]
+__all__ = ["baseline_runs", "older_baseline_runs", "resolve_run"]
 
 
 def baseline_runs(store: RunStore, data_fingerprint: str, model_fingerprint: str,
@@ -23,6 +23,15 @@ def baseline_runs(store: RunStore, data_fingerprint: str, model_fingerprint: str
     return [r for r in store.list_runs(method=method, data_fingerprint=data_fingerprint)
             if r.get("method") != "original" and r.get("model_fingerprint") == model_fingerprint
             and is_current(r)]
+
+
+def older_baseline_runs(store: RunStore, data_fingerprint: str, model_fingerprint: str,
+                        method: str | None = None) -> int:
+    """How many compression runs of this dataset and baseline :func:`baseline_runs` leaves out because
+    an older version of the pipeline computed them."""
+    return sum(1 for r in store.list_runs(method=method, data_fingerprint=data_fingerprint)
+               if r.get("method") != "original" and r.get("model_fingerprint") == model_fingerprint
+               and not is_current(r))
 
 
 _HEX = re.compile(r"[0-9a-f]{4,64}")

@@ -34,7 +34,8 @@ from hscc_core.runs.store import RunStore, cache_key
 from hscc_core.runs.table import mark_pareto, runs_table
 from hscc_core.runs.versions import is_current
 
-__all__ = ["DETAIL_FIELDS", "TABLE_VERSION", "stored_run_columns", "stored_run_summaries", "stored_runs_table"]
+__all__ = ["DETAIL_FIELDS", "TABLE_VERSION", "older_runs_count", "stored_run_columns", "stored_run_summaries",
+           "stored_runs_table"]
 
 TABLE_VERSION = 5  # bump when runs_table's columns or the summaries change (3: calibration, allocation
 #                    for every method; run summaries; 4: whether a run is current; 5: mirror images, rank multiple)
@@ -165,6 +166,16 @@ def stored_runs_table(store: RunStore, classes: Sequence[str], data_fingerprint:
     table = rows[mask].drop(columns=list(_META)).reset_index(drop=True)
     table["pareto"] = mark_pareto(table, *pareto)
     return table
+
+
+def older_runs_count(store: RunStore, classes: Sequence[str], data_fingerprint: str, model_fingerprint: str) -> int:
+    """How many compression runs of this data and baseline the store holds from an older version of
+    the pipeline (:mod:`hscc_core.runs.versions`). They stay on disk but are never listed beside
+    current runs; the Runs page says how many there are (``older_runs_note``), so none seems lost."""
+    rows = _cached_rows(store, list(classes))
+    mask = ((rows["_method"] != "original") & (rows["_data"] == data_fingerprint)
+            & (rows["_model"] == model_fingerprint) & ~rows["_current"].astype(bool))
+    return int(mask.to_numpy(bool).sum())
 
 
 def stored_run_summaries(store: RunStore, classes: Sequence[str], data_fingerprint: str | None = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["ORIGINAL_VERSION", "RUN_VERSION", "is_current"]
+__all__ = ["ORIGINAL_VERSION", "RUN_VERSION", "is_current", "older_runs_note"]
 
 # 2: the grey input is folded into a one-channel conv1 (hscc_core.nn.grey): the original's FLOPs
 # (conv1's drop to a third) and its float round-off change.
@@ -31,3 +31,15 @@ def is_current(run: Mapping[str, Any]) -> bool:
     were recorded, which have none, are not)."""
     want = ORIGINAL_VERSION if run.get("method") == "original" else RUN_VERSION
     return run.get("version") == want
+
+
+def older_runs_note(count: int) -> str:
+    """One sentence for a listing that leaves out ``count`` runs of an older pipeline version ("" for
+    none): they stay on disk, and the user should know why they are not shown."""
+    if count <= 0:
+        return ""
+    one = count == 1
+    return (f"{count} stored {'run' if one else 'runs'} of this model {'comes' if one else 'come'} from an older "
+            f"version of the pipeline and {'is' if one else 'are'} not listed: {'it was' if one else 'they were'} "
+            "measured under other rules (since version 4 the original is timed in the compressed models' memory "
+            f"layout; docs/performance.md). Compute {'it' if one else 'them'} again to list {'it' if one else 'them'}.")
