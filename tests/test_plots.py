@@ -84,6 +84,7 @@ def test_runs_without_a_value_are_left_out_and_selection_is_ringed():
     assert "0" * 23 + "7" not in [cd[0] for t in fig.data if t.customdata is not None for cd in t.customdata]
     assert "5 runs" in fig.layout.title.text
     assert trace(fig, "Selected").marker.symbol == "circle-open"
+    assert pareto_figure(RUNS[:1], "flops", "accuracy").layout.title.text.endswith("· 1 run")  # not "1 runs"
 
 
 def test_empty_run_list_gives_an_empty_figure():

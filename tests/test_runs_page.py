@@ -64,7 +64,7 @@ def test_table_lists_every_run_and_sorts(page_env):
 
 
 def test_runs_of_an_older_pipeline_are_counted_not_lost(page_env):
-    """A run stored by an older version of the pipeline is not listed, and the page says so."""
+    """A run stored by an older version of the pipeline is not listed, and the Runs and Pareto pages say so."""
     from hscc_core.runs.versions import RUN_VERSION
 
     ws = page_env
@@ -78,6 +78,10 @@ def test_runs_of_an_older_pipeline_are_counted_not_lost(page_env):
     assert len(table(at)) == 10  # the older run is not among the listed ones
     assert any("10 of 10 runs shown" in c.value and "1 stored run of this model comes from an older version" in c.value
                for c in at.caption)
+    at.switch_page("views/pareto.py").run()  # the other page that lists every run says it too
+    assert not at.exception, at.exception
+    assert any("of 10 stored runs drawn" in c.value and "1 stored run of this model comes from an older version"
+               in c.value for c in at.caption)
 
 
 def test_filters_search_and_pareto_only(page_env):

@@ -38,7 +38,8 @@ from hscc_core.runs.pipeline import original_run, rebuild_model
 from hscc_core.runs.selection import baseline_runs
 from hscc_core.runs.settings import DataSettings, data_choices, data_settings, resolve_data_folder
 from hscc_core.runs.store import RunStore
-from hscc_core.runs.table_cache import stored_run_columns, stored_run_summaries
+from hscc_core.runs.table_cache import older_runs_count, stored_run_columns, stored_run_summaries
+from hscc_core.runs.versions import older_runs_note
 from hscc_core.runs.workspace import Workspace
 
 __all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "app", "baseline_ready", "baseline_run", "begin", "chart",
@@ -236,6 +237,11 @@ class Context:
         instead of decoding 10,000 summaries. Shared, read-only: do not modify."""
         return _pareto_for(*self._listing())
 
+    def older_runs_note(self) -> str:
+        """One sentence naming the stored runs of this model that an older pipeline version computed
+        (left out of every listing; "" when there are none), for the pages that list runs."""
+        return older_runs_note(_older_for(*self._listing()))
+
     def _listing(self) -> tuple:
         return (self.cache_dir, self.original["data_fingerprint"], self.meta["fingerprint"], tuple(self.classes),
                 listing_digest(self.ws.store.keys()))
@@ -257,6 +263,11 @@ def _summaries_for(cache_dir: str, data_fp: str, model_fp: str, classes: tuple, 
     # A resource, not cache_data: copying 10,000 dicts out of the cache on every rerun would cost more
     # than the page itself. The pages only read them.
     return stored_run_summaries(RunStore(cache_dir), classes, data_fp, model_fp)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _older_for(cache_dir: str, data_fp: str, model_fp: str, classes: tuple, listing: str) -> int:
+    return older_runs_count(RunStore(cache_dir), classes, data_fp, model_fp)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

@@ -100,8 +100,11 @@ def table(shown: pd.DataFrame, front_keys: set) -> pd.DataFrame:
 def main(ctx: frame.Context) -> None:
     # Typed columns of every run, kept on disk beside the runs table: no run file or summary is decoded.
     points = ctx.pareto_points()
+    older = ctx.older_runs_note()
     if not len(points):
         st.info("No compressed run yet: compute some on the Explorer page, or run `hscc sweep`.")
+        if older:
+            st.caption(older)
         return
     y_axes = ["accuracy", "macro_f1", *[f"{c}_f1" for c in ctx.classes], "agreement", "kl_to_original"]
     # The axis boxes get a row of their own: beside the switches, at 1280 px, "FLOPs (whole model)" and
@@ -127,7 +130,7 @@ def main(ctx: frame.Context) -> None:
             frame.select_run(run)
             st.rerun()
     drawn = plotted_points(shown, x, y)
-    st.caption(count_caption(points, shown, drawn, x, y))
+    st.caption(count_caption(points, shown, drawn, x, y) + (f" {older}" if older else ""))
     front = set(front_points(drawn, x, y)["key"])
     st.subheader(f"Runs the filters keep ({len(shown)}; {len(front)} on the front)")
     rank = st.selectbox("Order by", list(RANKS), key="pareto_rank", format_func=lambda k: RANKS[k][0],

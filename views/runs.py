@@ -15,8 +15,7 @@ from hscc_core.runs.search import SAMPLERS, SearchConfig, SearchSpace, default_o
 from hscc_core.runs.store import RunStore
 from hscc_core.runs.table import (SETTINGS, category_values, filter_mask, is_numeric, mark_pareto, search_mask,
                                   sort_table, to_csv, to_json)
-from hscc_core.runs.table_cache import older_runs_count, stored_runs_table
-from hscc_core.runs.versions import older_runs_note
+from hscc_core.runs.table_cache import stored_runs_table
 from views import frame
 from views.frame import USER_ERRORS, load_run, select_run
 
@@ -40,12 +39,6 @@ def _table(cache_dir: str, data_fp: str, model_fp: str, classes: tuple, listing:
     # table is cached, not 10,000 run dicts, so a rerun unpickles one DataFrame. A fresh process
     # reads the rows from the store's table cache and only the runs it has not seen.
     return stored_runs_table(RunStore(cache_dir), classes, data_fp, model_fp)
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def _older(cache_dir: str, data_fp: str, model_fp: str, classes: tuple, listing: str) -> int:
-    # Same cache and key as _table: the count changes only when the store's listing does.
-    return older_runs_count(RunStore(cache_dir), classes, data_fp, model_fp)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -199,8 +192,7 @@ def main(ctx) -> None:
     keys = ctx.ws.store.keys()
     table = _table(ctx.cache_dir, ctx.original["data_fingerprint"], ctx.meta["fingerprint"],
                    tuple(ctx.original["classes"]), frame.listing_digest(keys))
-    older = older_runs_note(_older(ctx.cache_dir, ctx.original["data_fingerprint"], ctx.meta["fingerprint"],
-                                   tuple(ctx.original["classes"]), frame.listing_digest(keys)))
+    older = ctx.older_runs_note()
     if table.empty:
         st.info("No compressed run yet: compute some on the Explorer page, run `hscc sweep`, or search below.")
         if older:

@@ -325,7 +325,7 @@ def pareto_figure(
     _original_marks(fig, original, plotted, x, y, error_bars)
     _selected_trace(fig, plotted, selected, x, y)
     if title is None:
-        title = f"{ax_y.label} vs {ax_x.label} · {len(plotted)} runs"
+        title = f"{ax_y.label} vs {ax_x.label} · {len(plotted)} run{'' if len(plotted) == 1 else 's'}"
         # Missing text reads back from a table as NaN (truthy): None again, as in the runs.
         first = {k: None if pd.isna(v) else v for k, v in plotted.iloc[0][["data", "arch", "input_size"]].items()} \
             if len(plotted) else {}
