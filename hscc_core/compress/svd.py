@@ -116,7 +116,7 @@ class LowRankConv2d(nn.Sequential):
     HSCC layers, so speed comparisons are fair); with gradients it runs the two modules as they are.
     """
 
-    own_memory_format = True  # its weights' layouts are its own (hscc_core.measure.costs._channels_last)
+    own_memory_format = True  # its weights' layouts are its own (hscc_core.measure.costs.timing_layout)
 
     def __init__(self, conv: nn.Conv2d, first: np.ndarray, second: np.ndarray, bias: torch.Tensor | None):
         k = first.shape[0]

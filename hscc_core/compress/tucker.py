@@ -128,7 +128,7 @@ class Tucker2Conv2d(nn.Sequential):
     channels_last convolution; with gradients it runs the three modules as they are.
     """
 
-    own_memory_format = True  # its weights' layouts are its own (hscc_core.measure.costs._channels_last)
+    own_memory_format = True  # its weights' layouts are its own (hscc_core.measure.costs.timing_layout)
 
     def __init__(self, conv: nn.Conv2d, core: np.ndarray, f_out: np.ndarray, f_in: np.ndarray):
         r_out, r_in = core.shape[:2]

@@ -16,22 +16,24 @@ from hscc_core.runs.workspace import Workspace
 __all__ = ["baseline_runs", "older_baseline_runs", "resolve_run"]
 
 
+def _of_baseline(store: RunStore, data_fingerprint: str, model_fingerprint: str, method: str | None):
+    """Every stored compression run (not the original's) of one dataset and baseline model."""
+    return (r for r in store.list_runs(method=method, data_fingerprint=data_fingerprint)
+            if r.get("method") != "original" and r.get("model_fingerprint") == model_fingerprint)
+
+
 def baseline_runs(store: RunStore, data_fingerprint: str, model_fingerprint: str,
                   method: str | None = None) -> list[dict]:
     """The stored compression runs (not the original's) of one dataset and baseline model, computed
     by this version of the pipeline (:mod:`hscc_core.runs.versions`)."""
-    return [r for r in store.list_runs(method=method, data_fingerprint=data_fingerprint)
-            if r.get("method") != "original" and r.get("model_fingerprint") == model_fingerprint
-            and is_current(r)]
+    return [r for r in _of_baseline(store, data_fingerprint, model_fingerprint, method) if is_current(r)]
 
 
 def older_baseline_runs(store: RunStore, data_fingerprint: str, model_fingerprint: str,
                         method: str | None = None) -> int:
     """How many compression runs of this dataset and baseline :func:`baseline_runs` leaves out because
     an older version of the pipeline computed them."""
-    return sum(1 for r in store.list_runs(method=method, data_fingerprint=data_fingerprint)
-               if r.get("method") != "original" and r.get("model_fingerprint") == model_fingerprint
-               and not is_current(r))
+    return sum(not is_current(r) for r in _of_baseline(store, data_fingerprint, model_fingerprint, method))
 
 
 _HEX = re.compile(r"[0-9a-f]{4,64}")

@@ -171,7 +171,8 @@ def stored_runs_table(store: RunStore, classes: Sequence[str], data_fingerprint:
 def older_runs_count(store: RunStore, classes: Sequence[str], data_fingerprint: str, model_fingerprint: str) -> int:
     """How many compression runs of this data and baseline the store holds from an older version of
     the pipeline (:mod:`hscc_core.runs.versions`). They stay on disk but are never listed beside
-    current runs; the Runs page says how many there are (``older_runs_note``), so none seems lost."""
+    current runs; the Runs and Pareto pages say how many there are (``older_runs_note``), so none
+    seems lost."""
     rows = _cached_rows(store, list(classes))
     mask = ((rows["_method"] != "original") & (rows["_data"] == data_fingerprint)
             & (rows["_model"] == model_fingerprint) & ~rows["_current"].astype(bool))

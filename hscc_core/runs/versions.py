@@ -39,6 +39,7 @@ def older_runs_note(count: int) -> str:
     if count <= 0:
         return ""
     one = count == 1
+    # The parenthesis names what the latest bump changed: update it with RUN_VERSION.
     return (f"{count} stored {'run' if one else 'runs'} of this model {'comes' if one else 'come'} from an older "
             f"version of the pipeline and {'is' if one else 'are'} not listed: {'it was' if one else 'they were'} "
             "measured under other rules (since version 4 the original is timed in the compressed models' memory "

@@ -32,7 +32,7 @@ class RegionLayer(nn.Module):
 
     cluster_side = ""
     # The layer picks its own memory layouts (channels-last output, packed programs): timing leaves
-    # its weights as they are (hscc_core.measure.costs._channels_last).
+    # its weights as they are (hscc_core.measure.costs.timing_layout).
     own_memory_format = True
 
     def _set_geometry(self, conv: nn.Conv2d, out_hw, grid_hw, bounds) -> None:
