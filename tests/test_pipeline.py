@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 import hscc_core.compress.hscc.stats as calibration
+from conftest import RUN_KINDS
+from hscc_core.measure.costs import count_flops
 from hscc_core.measure.metrics import predict_proba
+from hscc_core.nn.grey import input_shape
 from hscc_core.present.explain import layer_reconstruction_error
 from hscc_core.runs import pipeline
 from hscc_core.runs.config import DEFAULTS, RunConfig
@@ -151,6 +154,21 @@ def test_rebuilt_model_reproduces_the_stored_run(trained_workspace, side):
         rebuild_model(ws, original_run(ws)[0])
     with pytest.raises(ValueError, match="another baseline"):
         rebuild_model(ws, dict(run, model_fingerprint="0" * 24))
+
+
+@pytest.mark.parametrize("kind", sorted(RUN_KINDS))
+def test_every_kind_of_run_is_rebuilt_as_it_was_computed(trained_workspace, kind):
+    # The demo, the exports and the heatmaps rebuild a run's model from its stored config. A config
+    # leaves out fields at their LEGACY value: read with today's defaults, an HSCC budget run of the
+    # uniform rule (the paper's) came back greedy, another model with other FLOPs.
+    ws = trained_workspace
+    run, _ = compress_run(ws, RUN_KINDS[kind], measure_speed=False)
+    model = rebuild_model(ws, run)
+    assert count_flops(model, input_shape(model, ws.size)) == run["flops"]
+    images = ws.images()
+    probs = predict_proba(model, images.x_test, to_input=images.to_tensor)
+    np.testing.assert_array_equal(probs.argmax(1), ws.store.get_arrays(run["cache_key"])["predictions"])
+    assert RunConfig.from_canonical(run["config"]) == RUN_KINDS[kind]
 
 
 def test_budget_runs_default_to_greedy_and_a_baseline_can_take_every_rule(trained_workspace):

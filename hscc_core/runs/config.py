@@ -191,6 +191,17 @@ class RunConfig:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, float(getattr(self, name)))
 
+    @classmethod
+    def from_canonical(cls, config: Mapping[str, Any]) -> RunConfig:
+        """The configuration a stored canonical config stands for (a run's ``config``, :meth:`canonical`).
+
+        A field it leaves out is at its :data:`LEGACY` value, not at today's default: a budget run
+        without ``allocation`` used the uniform rule, whereas ``RunConfig(**config)`` would give it
+        today's default rule (greedy) and so another model. Fields that do not apply to the method
+        are left out too, and their LEGACY values are accepted for it.
+        """
+        return cls(**{**LEGACY, **config})
+
     @property
     def mode(self) -> str:
         """``"energy"`` (a threshold is given) or ``"budget"`` (a FLOPs budget is given)."""

@@ -500,6 +500,8 @@ def rebuild_model(ws: Workspace, run: dict, progress=None) -> nn.Module:
     model, meta = ws.baseline(train_if_missing=False)
     if run.get("model_fingerprint") not in (None, meta["fingerprint"]):
         raise ValueError("this run was made with another baseline model than the workspace's")
-    config = RunConfig(**run["config"])
+    # A stored config leaves out fields at their LEGACY value: RunConfig(**config) would read a uniform
+    # budget run as today's default (greedy) allocation and rebuild another model.
+    config = RunConfig.from_canonical(run["config"])
     progress = progress or (lambda stage, done, total: None)
     return _finetune(ws, build_compressed(ws, config, progress, model=model, meta=meta).model, config, progress)
