@@ -31,6 +31,19 @@ def test_categories_become_ticks_and_missing_values_an_na_tick(table):
     assert axis["ticktext"] == ["output", NA]
 
 
+def test_axis_ends_and_crowded_setting_ticks_are_readable():
+    # Plotly prints each axis's range ends with the axis's format: by default FLOPs read 1.32652G and
+    # accuracies 0.730964; and energies 0.98, 0.99 and 0.995 printed over each other.
+    runs = [fake_run(f"{i:024x}", energy=e, accuracy=0.730964 - 0.01 * i, flops=1.32652e9 - 1e7 * i)
+            for i, e in enumerate([0.8, 0.9, 0.95, 0.98, 0.99, 0.995])]
+    t = runs_table(runs)
+    assert encode_column(t, "flops")[1]["tickformat"] == ".3~s"
+    assert encode_column(t, "accuracy")[1]["tickformat"] == ".3~g"
+    _, axis = encode_column(t, "energy")
+    assert axis["ticktext"] == ["0.8", "0.9", "0.95", "0.98", "0.995"] and axis["tickformat"] == ".3~g"
+    assert min(np.diff(axis["tickvals"])) >= (0.995 - 0.8) / 25
+
+
 def test_parcoords_figure_dimensions_and_colour(table):
     fig = parcoords_figure(table, ["method", "grid", "flops", "accuracy", "missing_column"], color="flops")
     trace = fig.data[0]

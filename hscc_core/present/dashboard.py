@@ -105,8 +105,9 @@ def encode_column(table: pd.DataFrame, column: str) -> tuple[np.ndarray, dict[st
     axis: dict[str, Any] = {"range": [lo, hi] if hi > lo else [lo - span / 2, hi + span / 2]}
     missing = ~np.isfinite(values)
     distinct = np.unique(finite)
-    # A setting with few values gets a tick on each; metrics get evenly spaced ticks where needed.
-    ticks = list(distinct) if column in SETTINGS and distinct.size <= 8 else None
+    # A setting with few values gets a tick on each (but one that would overprint its neighbour:
+    # energies 0.98, 0.99, 0.995 share a few pixels); metrics get evenly spaced ticks where needed.
+    ticks = _spaced(list(distinct), span / 25) if column in SETTINGS and distinct.size <= 8 else None
     if missing.any():
         na_value = lo - span / 10
         values[missing] = na_value
@@ -115,9 +116,19 @@ def encode_column(table: pd.DataFrame, column: str) -> tuple[np.ndarray, dict[st
         axis["tickvals"], axis["ticktext"] = [na_value, *ticks], [NA, *map(_tick, ticks)]
     elif ticks is not None:
         axis["tickvals"], axis["ticktext"] = ticks, list(map(_tick, ticks))
-    else:
-        axis["tickformat"] = "~s" if max(abs(lo), abs(hi)) >= 1e4 else "~g"
+    # Also the format of the range's ends that plotly prints above and below an axis (with its
+    # default precision, FLOPs read 1.32652G and accuracies 0.730964).
+    axis["tickformat"] = ".3~s" if max(abs(lo), abs(hi)) >= 1e4 else ".3~g"
     return values, axis
+
+
+def _spaced(ticks: list[float], gap: float) -> list[float]:
+    """``ticks`` (ascending) without those closer than ``gap`` to the last one kept; the largest stays."""
+    kept: list[float] = []
+    for t in reversed(ticks):
+        if not kept or kept[-1] - t >= gap:
+            kept.append(t)
+    return kept[::-1]
 
 
 def constraints_for(table: pd.DataFrame, ranges: Mapping[str, tuple[float, float]] | None = None,
