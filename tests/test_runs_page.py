@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import copy_workspace, use_tiny_app_env
 from hscc_core.runs.config import ALLOCATION_TITLES, RunConfig, describe_config
 from hscc_core.runs.pipeline import compress_run, run_key
+from hscc_core.runs.store import cache_key
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 REAL = (RunConfig(grid=2, clusters=2, energy=0.9), RunConfig(method="svd", energy=0.9))
@@ -73,7 +74,10 @@ def test_runs_of_an_older_pipeline_are_counted_not_lost(page_env):
     cfg = RunConfig(grid=1, clusters=2, energy=0.5)
     old = {key: v for key, v in base.items() if key not in ("cache_key", "cached")}
     old.update(config=cfg.canonical(), label=cfg.label(), version=RUN_VERSION - 1)
-    ws.store.put_run(run_key(ws, meta, cfg), old, ws.store.get_arrays(base["cache_key"]))
+    # Under the key that version gave it (the version is part of a run's key).
+    old_key = cache_key("run", {"config": cfg.canonical(), "model": meta["fingerprint"], "data": ws.index().fingerprint,
+                                "version": RUN_VERSION - 1})
+    ws.store.put_run(old_key, old, ws.store.get_arrays(base["cache_key"]))
     at = open_runs()
     assert len(table(at)) == 10  # the older run is not among the listed ones
     assert any("10 of 10 runs shown" in c.value and "1 stored run of this model comes from an older version" in c.value
@@ -82,6 +86,21 @@ def test_runs_of_an_older_pipeline_are_counted_not_lost(page_env):
     assert not at.exception, at.exception
     assert any("of 10 stored runs drawn" in c.value and "1 stored run of this model comes from an older version"
                in c.value for c in at.caption)
+    # It differs only in how it was timed: the Runs page brings it up to date in place, and lists it.
+    at.switch_page("views/runs.py").run()
+    by_label(at.button, "Bring 1 older run up to date").click().run()
+    assert not at.exception, at.exception
+    assert len(table(at)) == 11 and "HSCC 1x1 region, 2 output clusters, tau 0.5" in set(table(at)["label"])
+    assert run_key(ws, meta, cfg) in set(table(at)["key"]) and not ws.store.has_run(old_key)
+    assert any("1 older run brought up to date" in s.value for s in at.success)
+    assert not [b for b in at.button if b.label.startswith("Bring ")]
+    assert not any("older version" in c.value for c in at.caption)
+    # A link that named the older run opens the run it became.
+    link = AppTest.from_file(str(APP), default_timeout=120)
+    link.query_params["run"] = old_key
+    link.run()
+    assert not link.exception and not [w for w in link.warning if "link names a run" in w.value]
+    assert link.session_state["selected_run"] == run_key(ws, meta, cfg)
 
 
 def test_filters_search_and_pareto_only(page_env):

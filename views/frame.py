@@ -35,7 +35,7 @@ from hscc_core.present.text import plain
 from hscc_core.runs import jobs
 from hscc_core.runs.config import run_name
 from hscc_core.runs.pipeline import original_run, rebuild_model
-from hscc_core.runs.selection import baseline_runs
+from hscc_core.runs.selection import baseline_runs, upgraded_to
 from hscc_core.runs.settings import DataSettings, data_choices, data_settings, resolve_data_folder
 from hscc_core.runs.store import RunStore
 from hscc_core.runs.table_cache import older_runs_count, stored_run_columns, stored_run_summaries
@@ -237,10 +237,15 @@ class Context:
         instead of decoding 10,000 summaries. Shared, read-only: do not modify."""
         return _pareto_for(*self._listing())
 
-    def older_runs_note(self) -> str:
+    def older_runs_note(self, how: str = "the button on the Runs page") -> str:
         """One sentence naming the stored runs of this model that an older pipeline version computed
-        (left out of every listing; "" when there are none), for the pages that list runs."""
-        return older_runs_note(_older_for(*self._listing()))
+        (left out of every listing; "" when there are none), for the pages that list runs; ``how``
+        names what brings the upgradable ones up to date from where the note is shown."""
+        return older_runs_note(*_older_for(*self._listing()), how=how)
+
+    def upgradable_runs(self) -> int:
+        """How many of those older runs :mod:`hscc_core.runs.upgrade` can bring up to date."""
+        return _older_for(*self._listing())[1]
 
     def _listing(self) -> tuple:
         return (self.cache_dir, self.original["data_fingerprint"], self.meta["fingerprint"], tuple(self.classes),
@@ -266,8 +271,10 @@ def _summaries_for(cache_dir: str, data_fp: str, model_fp: str, classes: tuple, 
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _older_for(cache_dir: str, data_fp: str, model_fp: str, classes: tuple, listing: str) -> int:
-    return older_runs_count(RunStore(cache_dir), classes, data_fp, model_fp)
+def _older_for(cache_dir: str, data_fp: str, model_fp: str, classes: tuple, listing: str) -> tuple[int, int]:
+    store = RunStore(cache_dir)  # (older runs, how many of them can be upgraded)
+    return (older_runs_count(store, classes, data_fp, model_fp),
+            older_runs_count(store, classes, data_fp, model_fp, upgradable=True))
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -313,10 +320,13 @@ def _cached_run(cache_dir: str, key: str) -> dict:
 
 
 def load_run(ctx: Context, key: str) -> dict | None:
-    """The stored run under ``key`` if it belongs to this baseline and data, else None."""
+    """The stored run under ``key`` if it belongs to this baseline and data, else None (a link to an
+    older run brought up to date since follows it to its new key)."""
     try:
         if not ctx.ws.store.has_run(key):
-            return None
+            key = upgraded_to(ctx.run_summaries(), str(key))
+            if key is None:
+                return None
         run = _cached_run(ctx.cache_dir, key)
     except (KeyError, ValueError):  # unknown or malformed key (a hand-edited link)
         return None

@@ -16,6 +16,7 @@ from hscc_core.runs.store import RunStore
 from hscc_core.runs.table import (SETTINGS, category_values, filter_mask, is_numeric, mark_pareto, search_mask,
                                   sort_table, to_csv, to_json)
 from hscc_core.runs.table_cache import stored_runs_table
+from hscc_core.runs.upgrade import upgrade_runs
 from views import frame
 from views.frame import USER_ERRORS, load_run, select_run
 
@@ -188,15 +189,43 @@ def _search_section(ctx) -> None:
                    "From the command line: `hscc search --budget 3 --trials 30`.")
 
 
+def _upgrade_section(ctx) -> None:
+    """A button that brings the older runs that differ only in timing up to date (hscc_core.runs.upgrade)."""
+    done = st.session_state.pop("runs_upgrade_result", None)
+    if done:
+        st.success(done)
+    n = ctx.upgradable_runs()
+    if not n:
+        return
+    if st.button(f"Bring {n} older {'run' if n == 1 else 'runs'} up to date", key="runs_upgrade",
+                 help="Their accuracy and FLOPs carry over unchanged; runs that were timed are timed again "
+                      "against the original, seconds each (`hscc runs --upgrade` does the same)."):
+        bar = st.progress(0.0, text="upgrading older runs")
+        try:
+            report = upgrade_runs(ctx.ws, progress=lambda d, t: bar.progress(
+                d / max(t, 1), text=f"upgrading older runs: {d}/{t}"))
+        except USER_ERRORS as exc:
+            st.error(f"Runs not upgraded: {plain(exc)}")
+            return
+        text = report.summary()
+        if report.skipped:
+            text += " Left as they were: " + "; ".join(f"{plain(s['label'])} ({plain(s['reason'])})"
+                                                        for s in report.skipped[:3])
+            text += f" and {len(report.skipped) - 3} more." if len(report.skipped) > 3 else "."
+        st.session_state["runs_upgrade_result"] = text
+        st.rerun()  # the table lists the upgraded runs
+
+
 def main(ctx) -> None:
     keys = ctx.ws.store.keys()
     table = _table(ctx.cache_dir, ctx.original["data_fingerprint"], ctx.meta["fingerprint"],
                    tuple(ctx.original["classes"]), frame.listing_digest(keys))
-    older = ctx.older_runs_note()
+    older = ctx.older_runs_note(how="the button below")
     if table.empty:
         st.info("No compressed run yet: compute some on the Explorer page, run `hscc sweep`, or search below.")
         if older:
             st.caption(older)
+        _upgrade_section(ctx)
         _search_section(ctx)
         return
     c = st.columns([1, 1, 1, 1])
@@ -225,6 +254,7 @@ def main(ctx) -> None:
                          key="runs_csv", on_click="ignore")
     d[1].download_button("Download JSON", data=lambda: to_json(shown), file_name="hscc-runs.json",
                          mime="application/json", key="runs_json", on_click="ignore")
+    _upgrade_section(ctx)
     _parcoords(table[base_mask], ranges, categories)
     _importance_section(shown)
     _search_section(ctx)

@@ -16,6 +16,7 @@ from hscc_core.runs.pareto import axis_value, front_runs, get_axis
 from hscc_core.runs.pipeline import compress_run, original_run
 from hscc_core.runs.selection import baseline_runs, older_baseline_runs
 from hscc_core.runs.table import runs_table, to_csv
+from hscc_core.runs.upgrade import upgrade_runs
 from hscc_core.runs.versions import older_runs_note
 from hscc_core.runs.sweeps import DEFAULT_CLUSTERS, DEFAULT_ENERGIES, DEFAULT_GRIDS, expand, run_sweep
 
@@ -106,6 +107,12 @@ def register(sub) -> dict:
     p.add_argument("--all-data", action="store_true", help="runs of every dataset and model in the cache")
     p.add_argument("--prune", action="store_true", help="remove the listed runs")
     p.add_argument("--csv", action="store_true", help="print the runs table as CSV (hscc_core.runs.table)")
+    p.add_argument("--upgrade", action="store_true",
+                   help="bring this model's runs of an older pipeline version that differ only in timing up to "
+                        "date without computing them again (timed runs are timed again; docs/cli.md)")
+    p.add_argument("--no-speed", action="store_true",
+                   help="with --upgrade: drop the older timings instead of timing again (no time spent)")
+    p.add_argument("--latency-runs", type=int, default=20, help="with --upgrade: timed runs per model and batch size")
 
     p = sub.add_parser("pareto", help="the non-dominated cached runs")
     add_common(p)
@@ -197,6 +204,10 @@ def stored_runs(args, ws) -> list[dict]:
 
 def cmd_runs(args) -> int:
     ws = workspace_from(args)
+    if args.upgrade:
+        return _upgrade(args, ws)
+    if args.no_speed:
+        raise ValueError("--no-speed applies to --upgrade only")
     runs = stored_runs(args, ws)
     if args.prune:
         removed = ws.store.prune([r["cache_key"] for r in runs])
@@ -209,12 +220,42 @@ def cmd_runs(args) -> int:
     size = ws.store.size_bytes()
     # Runs of an older pipeline version stay on disk but are not listed: say how many (--all-data
     # lists every run, so nothing is left out there).
-    older = 0 if getattr(args, "all_data", False) else older_baseline_runs(
-        ws.store, ws.index().fingerprint, ws.model_fingerprint(), args.method)
-    note = older_runs_note(older)
+    found = {} if getattr(args, "all_data", False) else {
+        u: older_baseline_runs(ws.store, ws.index().fingerprint, ws.model_fingerprint(), args.method, upgradable=u)
+        for u in (False, True)}
+    older = found.get(False, 0)
+    note = older_runs_note(older, found.get(True, 0))
     human = "\n".join([f"{r['cache_key']}  {run_summary(r)}" for r in runs]
                       + [f"{len(runs)} runs; store {size / 1e6:.1f} MB at {ws.cache_dir}"] + ([note] if note else []))
-    emit(args, {"runs": runs, "size_bytes": size, "older_runs": older}, human)
+    emit(args, {"runs": runs, "size_bytes": size, "older_runs": older, "upgradable_runs": found.get(True, 0)}, human)
+    return 0
+
+
+def _upgrade(args, ws) -> int:
+    """``hscc runs --upgrade``: older runs that differ only in timing, brought up to date (hscc_core.runs.upgrade)."""
+    if args.prune or args.csv or args.all_data or args.method:
+        raise ValueError("--upgrade works on every run of this data and model: leave out --prune, --csv, "
+                         "--all-data and --method")
+    if args.latency_runs < 1:
+        raise ValueError(f"--latency-runs must be >= 1, got {args.latency_runs}")
+    if not ws.has_baseline():
+        raise ValueError("this workspace has no baseline model yet, so no runs to upgrade (`hscc prepare` trains it)")
+    bar = tqdm(total=0, desc="upgrade", file=sys.stderr, disable=args.quiet, dynamic_ncols=True)
+
+    def progress(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        report = upgrade_runs(ws, retime=not args.no_speed, latency_runs=args.latency_runs, progress=progress)
+    finally:
+        bar.close()
+    human = "\n".join([f"{u['from']} -> {u['to']}  {u['label']}" + ("  (timed again)" if u["retimed"] else "")
+                       + ("  (already stored: older copy removed)" if u["already_current"] else "")
+                       for u in report.upgraded]
+                      + [f"{s['key']}  {s['label']}: left as it was: {s['reason']}" for s in report.skipped]
+                      + [report.summary()])
+    emit(args, {"upgraded": report.upgraded, "skipped": report.skipped}, human)
     return 0
 
 

@@ -44,7 +44,7 @@ from hscc_core.runs.workspace import Workspace
 
 __all__ = ["Compressed", "ORIGINAL_VERSION", "RUN_VERSION", "SENSITIVITY_VERSION", "SEQUENTIAL_VERSION",
            "STATS_VERSION", "build_compressed", "calibration_images", "calibration_stats", "compress_run",
-           "compute_run", "eval_device", "original_key", "original_run", "rebuild_model", "run_key"]
+           "compute_run", "eval_device", "original_key", "original_run", "rebuild_model", "run_key", "speed_fields"]
 
 # 2: computed on the folded model (input-side statistics of conv1 have 1 input channel, not 3).
 STATS_VERSION = 2  # bump when the calibration statistics change
@@ -372,7 +372,7 @@ def compute_run(ws: Workspace, config: RunConfig, progress=None, measure_speed: 
     run["budget_search"] = None if built.outcome is None else {
         "target": config.budget, "met": built.outcome.met, "message": built.outcome.message,
         "layer_flops_ratio": run["layer_flops_ratio"]}
-    run.update(_speed(model, compressed, ws.size, latency_runs) if measure_speed
+    run.update(speed_fields(model, compressed, ws.size, latency_runs) if measure_speed
                else {"latency_ms": None, "speedup": None})
     run["measure_seconds"] = time.perf_counter() - measure_start
     progress("measure", 1, 1)
@@ -444,8 +444,9 @@ def _layer_errors(ws: Workspace, model: nn.Module, compressed: nn.Module, layers
         compressed.cpu()
 
 
-def _speed(model: nn.Module, compressed: nn.Module, size: int, latency_runs: int) -> dict:
-    """Latency of the original and the compressed model, timed interleaved in this process.
+def speed_fields(model: nn.Module, compressed: nn.Module, size: int, latency_runs: int) -> dict:
+    """A run's ``latency_ms`` and ``speedup``: the original and the compressed model timed
+    interleaved in this process (also what :mod:`hscc_core.runs.upgrade` times older runs with).
 
     As many rounds as fit :data:`hscc_core.measure.costs.LATENCY_BUDGET_S` (at most ``latency_runs``, at least 5 per batch
     size): the measure stage once took minutes under load. The path the HSCC layers took (native

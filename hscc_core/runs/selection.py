@@ -8,12 +8,13 @@ workspace's.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 
 from hscc_core.runs.store import RunStore
-from hscc_core.runs.versions import is_current
+from hscc_core.runs.versions import is_current, is_upgradable
 from hscc_core.runs.workspace import Workspace
 
-__all__ = ["baseline_runs", "older_baseline_runs", "resolve_run"]
+__all__ = ["baseline_runs", "older_baseline_runs", "older_runs", "resolve_run", "upgraded_to"]
 
 
 def _of_baseline(store: RunStore, data_fingerprint: str, model_fingerprint: str, method: str | None):
@@ -29,11 +30,27 @@ def baseline_runs(store: RunStore, data_fingerprint: str, model_fingerprint: str
     return [r for r in _of_baseline(store, data_fingerprint, model_fingerprint, method) if is_current(r)]
 
 
+def older_runs(store: RunStore, data_fingerprint: str, model_fingerprint: str, method: str | None = None) -> list[dict]:
+    """The compression runs of this dataset and baseline that :func:`baseline_runs` leaves out because an
+    older version of the pipeline computed them."""
+    return [r for r in _of_baseline(store, data_fingerprint, model_fingerprint, method) if not is_current(r)]
+
+
 def older_baseline_runs(store: RunStore, data_fingerprint: str, model_fingerprint: str,
-                        method: str | None = None) -> int:
-    """How many compression runs of this dataset and baseline :func:`baseline_runs` leaves out because
-    an older version of the pipeline computed them."""
-    return sum(not is_current(r) for r in _of_baseline(store, data_fingerprint, model_fingerprint, method))
+                        method: str | None = None, upgradable: bool = False) -> int:
+    """How many runs :func:`older_runs` finds; with ``upgradable``, how many of them
+    :mod:`hscc_core.runs.upgrade` can bring up to date without computing them again."""
+    return sum(not upgradable or is_upgradable(r)
+               for r in older_runs(store, data_fingerprint, model_fingerprint, method))
+
+
+def upgraded_to(runs: Iterable[Mapping], key: str) -> str | None:
+    """The key of the run among ``runs`` (runs or their summaries) that an older run whose key starts
+    with ``key`` was brought up to date as (:mod:`hscc_core.runs.upgrade` removes the older one), or
+    None (none, or more than one)."""
+    found = [r["cache_key"] for r in runs
+             if str((r.get("upgraded_from") or {}).get("cache_key", "")).startswith(key)]
+    return found[0] if len(found) == 1 else None
 
 
 _HEX = re.compile(r"[0-9a-f]{4,64}")
@@ -53,6 +70,9 @@ def resolve_run(ws: Workspace, key: str) -> dict:
         raise ValueError(f"invalid run key {key!r}: expected the hexadecimal cache key that `hscc runs` lists")
     keys = ws.store.keys()
     matches = [key] if key in keys else [k for k in keys if k.startswith(key)]
+    if not matches:  # an older run brought up to date (hscc_core.runs.upgrade) lives under a new key
+        moved = upgraded_to(ws.store.iter_runs(data_fingerprint=ws.index().fingerprint), key)
+        matches = [moved] if moved else []
     if not matches:
         raise ValueError(f"no cached run with key {key}: list the runs with `hscc runs`")
     if len(matches) > 1:

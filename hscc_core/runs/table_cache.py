@@ -32,18 +32,19 @@ import pandas as pd
 
 from hscc_core.runs.store import RunStore, cache_key
 from hscc_core.runs.table import mark_pareto, runs_table
-from hscc_core.runs.versions import is_current
+from hscc_core.runs.versions import is_current, is_upgradable
 
 __all__ = ["DETAIL_FIELDS", "TABLE_VERSION", "older_runs_count", "stored_run_columns", "stored_run_summaries",
            "stored_runs_table"]
 
-TABLE_VERSION = 5  # bump when runs_table's columns or the summaries change (3: calibration, allocation
-#                    for every method; run summaries; 4: whether a run is current; 5: mirror images, rank multiple)
+TABLE_VERSION = 6  # bump when runs_table's columns or the summaries change (3: calibration, allocation
+#                    for every method; run summaries; 4: whether a run is current; 5: mirror images, rank multiple;
+#                    6: whether an older run can be upgraded)
 #: Fields of a stored run that a summary leaves out: per-layer summaries and errors, per-layer FLOPs,
 #: the confusion matrix and the budget search's record. Listings never read them.
 DETAIL_FIELDS = ("layers", "layer_errors", "layer_flops", "layer_flops_original", "confusion_matrix",
                  "budget_search")
-_META = ("_mtime", "_size", "_data", "_model", "_method", "_current", "_summary")
+_META = ("_mtime", "_size", "_data", "_model", "_method", "_current", "_upgradable", "_summary")
 _FULL_LISTING = 100  # above this many unread runs, one listing is cheaper than reads with arrays
 
 
@@ -66,13 +67,15 @@ def _unchanged(cached: pd.DataFrame, states: dict) -> np.ndarray:
 
 
 def _with_meta(table: pd.DataFrame, runs: list[dict], states: dict) -> pd.DataFrame:
-    """``table`` (one row per run) with each run's file state, fingerprints, method and whether it is current."""
+    """``table`` (one row per run) with each run's file state, fingerprints, method, whether it is current
+    and whether an older one can be upgraded."""
     table["_mtime"] = np.array([states[r["cache_key"]][0] for r in runs], dtype=np.int64)
     table["_size"] = np.array([states[r["cache_key"]][1] for r in runs], dtype=np.int64)
     text = pd.StringDtype(na_value=np.nan)
     for col, field in (("_data", "data_fingerprint"), ("_model", "model_fingerprint"), ("_method", "method")):
         table[col] = pd.array([r.get(field) for r in runs], dtype=text)
     table["_current"] = np.array([is_current(r) for r in runs], dtype=bool)
+    table["_upgradable"] = np.array([not is_current(r) and is_upgradable(r) for r in runs], dtype=bool)
     return table
 
 
@@ -168,14 +171,17 @@ def stored_runs_table(store: RunStore, classes: Sequence[str], data_fingerprint:
     return table
 
 
-def older_runs_count(store: RunStore, classes: Sequence[str], data_fingerprint: str, model_fingerprint: str) -> int:
+def older_runs_count(store: RunStore, classes: Sequence[str], data_fingerprint: str, model_fingerprint: str,
+                     upgradable: bool = False) -> int:
     """How many compression runs of this data and baseline the store holds from an older version of
     the pipeline (:mod:`hscc_core.runs.versions`). They stay on disk but are never listed beside
     current runs; the Runs and Pareto pages say how many there are (``older_runs_note``), so none
-    seems lost."""
+    seems lost. With ``upgradable``: how many of them :mod:`hscc_core.runs.upgrade` can bring up to date."""
     rows = _cached_rows(store, list(classes))
     mask = ((rows["_method"] != "original") & (rows["_data"] == data_fingerprint)
             & (rows["_model"] == model_fingerprint) & ~rows["_current"].astype(bool))
+    if upgradable:
+        mask &= rows["_upgradable"].astype(bool)
     return int(mask.to_numpy(bool).sum())
 
 

@@ -1,0 +1,179 @@
+"""Bring stored runs of an older pipeline version up to date without computing them again.
+
+A run's cache key includes the pipeline version (:mod:`hscc_core.runs.versions`), so a version bump
+leaves every stored run unlisted. When the bump changed only how runs are *timed* (version 4: the
+original timed channels-last like the compressed models), everything else a run holds (accuracy,
+per-class metrics, fidelity, FLOPs, parameters, layer summaries, the plan's arrays) is what the
+current pipeline would compute again, which on the real data takes minutes per run. Upgrading:
+
+* re-keys the run under the current version's key (the key a ``hscc compress`` with the same
+  settings looks up, so nothing is computed twice);
+* times it again by the current rule when it had been timed: the compressed model is rebuilt from
+  the stored calibration statistics (no new calibration, no evaluation), checked to have exactly
+  the stored layout (per-layer summaries and analytical MACs), and timed against the original,
+  interleaved in this process, as a run's measure stage does. A fine-tuned run is timed on its
+  layout before fine-tuning: fine-tuning changes weights, not shapes, and the speed of these
+  kernels depends on the shapes only. Without ``retime`` its timing is dropped instead;
+* keeps what it replaces under ``upgraded_from`` (the old key, version and timing), then removes the
+  old run, so listings count it once.
+
+Runs of versions that changed computation (not in
+:data:`hscc_core.runs.versions.TIMING_ONLY_VERSIONS`) are left alone:
+they must be computed again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hscc_core.runs.config import RunConfig
+from hscc_core.runs.pipeline import build_compressed, run_key, speed_fields
+from hscc_core.runs.store import canonical_json
+from hscc_core.runs.selection import older_runs
+from hscc_core.runs.versions import RUN_VERSION, is_current, is_upgradable
+from hscc_core.runs.workspace import Workspace
+
+__all__ = ["UpgradeReport", "config_of", "upgradable_runs", "upgrade_runs"]
+
+# Fields of a run that the store adds or that describe one process's reading of it.
+_TRANSIENT = ("cache_key", "cached")
+
+
+@dataclass
+class UpgradeReport:
+    """What :func:`upgrade_runs` did: one entry per older run it looked at."""
+
+    # {"from", "to", "label", "retimed", "already_current"}; already_current: a run of the same settings
+    # had been computed again since, and only the older copy was removed
+    upgraded: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {"key", "label", "reason"}
+
+    def summary(self) -> str:
+        """One line for people: how many runs were brought up to date, re-timed and left alone."""
+        retimed = sum(u["retimed"] for u in self.upgraded)
+        n = len(self.upgraded)
+        if not n and not self.skipped:
+            return "No older run to bring up to date."
+        text = (f"{n} older {'run' if n == 1 else 'runs'} brought up to date (version {RUN_VERSION})"
+                + (f", {retimed} of them timed again" if retimed else ""))
+        if self.skipped:
+            text += f"; {len(self.skipped)} left as {'it was' if len(self.skipped) == 1 else 'they were'}"
+        return text + "."
+
+
+def upgradable_runs(ws: Workspace) -> list[dict]:
+    """The stored compression runs of this workspace's data and baseline that an older pipeline
+    version computed and that :func:`upgrade_runs` can bring up to date (key order)."""
+    return [r for r in older_runs(ws.store, ws.index().fingerprint, ws.model_fingerprint()) if is_upgradable(r)]
+
+
+# Settings a run records beside its config: they must agree with what the config says.
+_RECORDED = ("allocation", "calibration", "cluster_side")
+
+
+def config_of(run: dict) -> RunConfig:
+    """The :class:`RunConfig` that computes what ``run`` holds (:meth:`RunConfig.from_canonical`),
+    checked against the settings the run records beside its config.
+
+    Raises
+    ------
+    ValueError
+        When today's settings cannot express it (a setting that no longer exists, or one that reads
+        differently now).
+    """
+    stored = run["config"]
+    try:
+        config = RunConfig.from_canonical(stored)
+    except TypeError as exc:  # a setting that no longer exists
+        raise ValueError(str(exc)) from None
+    canon = config.canonical()
+    differs = {k for k, v in stored.items() if canon.get(k) != v} | set(canon).difference(stored)
+    differs |= {f for f in _RECORDED if run.get(f) is not None and getattr(config, f) != run[f]}
+    if differs:
+        raise ValueError(f"its settings read differently today ({', '.join(sorted(differs))})")
+    return config
+
+
+def _layout(summaries) -> str:
+    return canonical_json({name: s.to_json() for name, s in summaries.items()})
+
+
+def upgrade_runs(ws: Workspace, retime: bool = True, latency_runs: int = 20,
+                 progress: Callable[[int, int], None] | None = None) -> UpgradeReport:
+    """Bring every upgradable run of ``ws`` (:func:`upgradable_runs`) to the current version.
+
+    Parameters
+    ----------
+    ws : Workspace
+        Its baseline must be present (runs are only ever upgraded against the model that made them).
+    retime : bool
+        Time runs that had been timed again by the current rule (default); False drops their
+        timing instead (``latency_ms`` and ``speedup`` become None), which takes no time.
+    latency_runs : int
+        Rounds per model and batch size when timing, as for a run (the measure stage's time budget
+        applies too).
+    progress : callable(done, total), optional
+
+    Returns
+    -------
+    UpgradeReport
+    """
+    progress = progress or (lambda done, total: None)
+    report = UpgradeReport()
+    runs = upgradable_runs(ws)
+    progress(0, len(runs))
+    model = meta = None
+    for i, old in enumerate(runs):
+        if model is None:
+            model, meta = ws.baseline(train_if_missing=False)
+        try:
+            report.upgraded.append(_upgrade(ws, old, model, meta, retime, latency_runs))
+        except _Skip as exc:
+            report.skipped.append({"key": old["cache_key"], "label": old.get("label", "?"),
+                                   "reason": f"{exc}; compute it again"})
+        progress(i + 1, len(runs))
+    return report
+
+
+class _Skip(Exception):
+    """A run upgrade_runs leaves as it was (the message says why)."""
+
+
+def _upgrade(ws: Workspace, old: dict, model, meta: dict, retime: bool, latency_runs: int) -> dict:
+    """Bring one older run up to date (module docstring); its entry of :attr:`UpgradeReport.upgraded`."""
+    try:
+        config = config_of(old)
+    except (ValueError, KeyError) as exc:
+        raise _Skip(str(exc)) from None
+    new_key = run_key(ws, meta, config)
+    done = {"from": old["cache_key"], "to": new_key, "label": config.label(), "retimed": False,
+            "already_current": False}
+    existing = ws.store.get_run(new_key) if new_key != old["cache_key"] else None
+    if existing is not None and is_current(existing):  # computed again since: the older copy is redundant
+        ws.store.prune([old["cache_key"]])
+        return dict(done, already_current=True)
+    new = {k: v for k, v in old.items() if k not in _TRANSIENT}
+    # Today's form of the same settings: the config a new run of them stores, and its label.
+    new.update(version=RUN_VERSION, config=config.canonical(), label=config.label())
+    new["upgraded_from"] = {"cache_key": old["cache_key"], "version": old.get("version"),
+                            "latency_ms": old.get("latency_ms"), "speedup": old.get("speedup"), "retimed": False}
+    if old.get("latency_ms") is not None:
+        if retime:
+            start = time.perf_counter()
+            built = build_compressed(ws, config, model=model, meta=meta)
+            if _layout(built.plan.summaries()) != canonical_json(old.get("layers")) \
+                    or int(built.plan.macs()) != old.get("analytical_layer_macs"):
+                raise _Skip("the model rebuilt from its settings differs from the stored one")
+            new.update(speed_fields(model, built.model.eval(), ws.size, latency_runs))
+            new["upgraded_from"].update(retimed=True, seconds=time.perf_counter() - start)
+        else:
+            new["latency_ms"], new["speedup"] = None, None
+    arrays = ws.store.get_arrays(old["cache_key"])
+    if arrays is None:
+        raise _Skip("its arrays could not be read from the store")
+    ws.store.put_run(new_key, new, arrays)
+    if new_key != old["cache_key"]:
+        ws.store.prune([old["cache_key"]])
+    return dict(done, retimed=new["upgraded_from"]["retimed"])

@@ -1,0 +1,157 @@
+"""Older runs that differ only in timing are brought up to date without computing them again
+(hscc_core.runs.upgrade, ``hscc runs --upgrade``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import copy_workspace
+from hscc_core.cli.main import main
+from hscc_core.runs.config import RunConfig
+from hscc_core.runs.pipeline import compress_run
+from hscc_core.runs.selection import baseline_runs, older_baseline_runs, resolve_run
+from hscc_core.runs.store import cache_key
+from hscc_core.runs.table_cache import older_runs_count
+from hscc_core.runs.upgrade import config_of, upgradable_runs, upgrade_runs
+from hscc_core.runs.versions import RUN_VERSION, TIMING_ONLY_VERSIONS, older_runs_note
+
+OLD = min(TIMING_ONLY_VERSIONS)
+CONFIG = RunConfig(grid=2, clusters=2, energy=0.9)
+
+
+@pytest.fixture
+def ws(trained_workspace, tmp_path):
+    return copy_workspace(trained_workspace, tmp_path / "cache")
+
+
+def age(ws, run: dict, version: int = OLD, **changes) -> str:
+    """Store ``run`` as an older pipeline version would have (its own key) in place of the current one."""
+    body = {k: v for k, v in run.items() if k not in ("cache_key", "cached")}
+    body.update(version=version, **changes)
+    key = cache_key("run", {"config": body["config"], "model": ws.model_fingerprint(), "data": ws.index().fingerprint,
+                            "version": version})
+    arrays = ws.store.get_arrays(run["cache_key"])
+    ws.store.prune([run["cache_key"]])
+    ws.store.put_run(key, body, arrays)
+    return key
+
+
+def counts(ws) -> tuple[int, int]:
+    args = (ws.store, ws.index().fingerprint, ws.model_fingerprint())
+    return older_baseline_runs(*args), older_baseline_runs(*args, upgradable=True)
+
+
+def test_a_timed_run_is_timed_again_and_listed_under_the_current_key(ws):
+    run = compress_run(ws, CONFIG, latency_runs=3)[0]
+    old_key = age(ws, run)
+    assert baseline_runs(ws.store, ws.index().fingerprint, ws.model_fingerprint()) == []
+    assert counts(ws) == (1, 1)
+    classes = ws.images().classes
+    assert older_runs_count(ws.store, classes, ws.index().fingerprint, ws.model_fingerprint(), upgradable=True) == 1
+
+    report = upgrade_runs(ws, latency_runs=3)
+    assert report.skipped == [] and len(report.upgraded) == 1
+    done = report.upgraded[0]
+    assert done["from"] == old_key and done["to"] == run["cache_key"] and done["retimed"]
+    new = ws.store.get_run(run["cache_key"])
+    assert new["version"] == RUN_VERSION and not ws.store.has_run(old_key)
+    for field in ("accuracy", "flops", "params", "layers", "layer_errors", "confusion_matrix", "config", "label"):
+        assert new[field] == run[field], field
+    assert new["latency_ms"]["memory_format"] == "channels_last" and new["speedup"]["b1"] > 0
+    seconds = new["upgraded_from"].pop("seconds")
+    assert seconds > 0 and new["measure_seconds"] == run["measure_seconds"]
+    assert new["upgraded_from"] == {"cache_key": old_key, "version": OLD, "latency_ms": run["latency_ms"],
+                                    "speedup": run["speedup"], "retimed": True}
+    assert [r["cache_key"] for r in baseline_runs(ws.store, ws.index().fingerprint, ws.model_fingerprint())] \
+        == [run["cache_key"]]
+    assert counts(ws) == (0, 0)
+    # A link or command naming the old key still finds the run.
+    assert resolve_run(ws, old_key)["cache_key"] == run["cache_key"]
+    assert resolve_run(ws, old_key[:8])["cache_key"] == run["cache_key"]
+    # Nothing left to do; the same settings asked for again come from the cache.
+    assert upgrade_runs(ws).upgraded == []
+    assert compress_run(ws, CONFIG, latency_runs=3)[1] is True
+
+
+def test_without_retiming_the_old_timing_is_dropped_not_kept_as_current(ws):
+    run = compress_run(ws, CONFIG, latency_runs=3)[0]
+    age(ws, run)
+    report = upgrade_runs(ws, retime=False)
+    assert [u["retimed"] for u in report.upgraded] == [False]
+    new = ws.store.get_run(run["cache_key"])
+    assert new["latency_ms"] is None and new["speedup"] is None
+    assert new["upgraded_from"]["latency_ms"] == run["latency_ms"]
+
+
+def test_an_untimed_run_is_re_keyed_without_building_anything(ws, monkeypatch):
+    run = compress_run(ws, CONFIG, measure_speed=False)[0]
+    age(ws, run)
+    import hscc_core.runs.upgrade as upgrade
+
+    monkeypatch.setattr(upgrade, "build_compressed", lambda *a, **k: pytest.fail("nothing to time"))
+    report = upgrade_runs(ws)
+    assert [u["retimed"] for u in report.upgraded] == [False]
+    assert ws.store.get_run(run["cache_key"])["latency_ms"] is None
+
+
+def test_runs_it_cannot_vouch_for_are_left_alone(ws):
+    run = compress_run(ws, CONFIG, latency_runs=3)[0]
+    other = compress_run(ws, RunConfig("svd", energy=0.8), measure_speed=False)[0]
+    # A stored layout the settings no longer rebuild, and a version that changed more than timing.
+    bad_key = age(ws, run, layers={})
+    older_key = age(ws, other, version=OLD - 1)
+    assert counts(ws) == (2, 1)
+    report = upgrade_runs(ws)
+    assert report.upgraded == []
+    assert [(s["key"], "differs from the stored one" in s["reason"]) for s in report.skipped] == [(bad_key, True)]
+    assert ws.store.has_run(bad_key) and ws.store.has_run(older_key)  # nothing removed
+    assert counts(ws) == (2, 1)
+    assert "Compute the other 1 again" in older_runs_note(*counts(ws))
+
+
+def test_a_run_already_computed_again_only_loses_its_older_copy(ws):
+    run = compress_run(ws, CONFIG, measure_speed=False)[0]
+    old_key = age(ws, run)
+    again = compress_run(ws, CONFIG, measure_speed=False)[0]  # computed anew under the current key
+    report = upgrade_runs(ws)
+    assert [(u["from"], u["to"], u["already_current"]) for u in report.upgraded] == [(old_key, again["cache_key"], True)]
+    assert not ws.store.has_run(old_key)
+    assert ws.store.get_run(again["cache_key"]) == {k: v for k, v in again.items() if k != "cached"}
+
+
+def test_settings_stored_before_a_default_changed_are_read_as_recorded():
+    # Budget runs stored their config without "allocation" while the uniform rule was the default;
+    # the run records which rule ran, and that decides the upgraded key.
+    cfg = RunConfig(grid=2, clusters=2, energy=None, budget=3.0, allocation="uniform").canonical()
+    stored = {k: v for k, v in cfg.items() if k != "allocation"}
+    assert config_of({"config": stored, "allocation": "uniform"}).allocation == "uniform"
+    assert config_of({"config": cfg, "allocation": "uniform", "cluster_side": "output"}).canonical() == cfg
+    with pytest.raises(ValueError, match="read differently today"):
+        config_of({"config": cfg, "allocation": "greedy"})
+    with pytest.raises(ValueError):
+        config_of({"config": {**cfg, "no_such_setting": 1}})
+
+
+def test_cli_upgrade_contract(capsys, ws):
+    args = ["--data", str(ws.data), "--cache-dir", str(ws.cache_dir), "--arch", "tiny", "--input-size", "32",
+            "--epochs", "4", "--quiet"]
+    run = compress_run(ws, CONFIG, latency_runs=3)[0]
+    old_key = age(ws, run)
+    assert main(["runs", *args, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["older_runs"] == 1 and listed["upgradable_runs"] == 1 and listed["runs"] == []
+    assert main(["runs", *args]) == 0
+    assert "hscc runs --upgrade" in capsys.readouterr().out
+    for bad in (["--no-speed"], ["--upgrade", "--prune"], ["--upgrade", "--method", "svd"],
+                ["--upgrade", "--latency-runs", "0"]):
+        assert main(["runs", *args, *bad]) == 2, bad
+        assert "Traceback" not in capsys.readouterr().err
+    assert main(["runs", *args, "--upgrade", "--latency-runs", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(u["from"], u["to"], u["retimed"]) for u in out["upgraded"]] == [(old_key, run["cache_key"], True)]
+    assert out["skipped"] == []
+    assert main(["runs", *args, "--upgrade"]) == 0
+    assert capsys.readouterr().out.strip() == "No older run to bring up to date."
+    assert upgradable_runs(ws) == []
