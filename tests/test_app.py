@@ -421,7 +421,7 @@ def test_pareto_axes_and_filters(app_env, stored_runs):
     at.selectbox(key="pareto_x").set_value("latency").run()  # no run has latency: still renders, and says why
     assert_page_ok(at)
     caption = " ".join(texts(at.caption))
-    assert "0 of" in caption and "have no latency, batch 1 (ms) (speed not measured)" in caption
+    assert "0 of" in caption and "have no latency, batch 1 (ms) (speed not measured: `hscc runs --time`" in caption
     at.selectbox(key="pareto_x").set_value("flops")
     pills(at, "Methods").set_value(["hscc", "svd"]).run()
     sides = pills(at, "HSCC cluster side")

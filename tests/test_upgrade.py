@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import copy_workspace
@@ -14,7 +15,7 @@ from hscc_core.runs.pipeline import compress_run
 from hscc_core.runs.selection import baseline_runs, older_baseline_runs, resolve_run
 from hscc_core.runs.store import cache_key
 from hscc_core.runs.table_cache import older_runs_count
-from hscc_core.runs.upgrade import config_of, upgradable_runs, upgrade_runs
+from hscc_core.runs.upgrade import config_of, time_runs, upgradable_runs, upgrade_runs
 from hscc_core.runs.versions import RUN_VERSION, TIMING_ONLY_VERSIONS, older_runs_note
 
 OLD = min(TIMING_ONLY_VERSIONS)
@@ -155,3 +156,43 @@ def test_cli_upgrade_contract(capsys, ws):
     assert main(["runs", *args, "--upgrade"]) == 0
     assert capsys.readouterr().out.strip() == "No older run to bring up to date."
     assert upgradable_runs(ws) == []
+
+
+def test_runs_computed_without_timing_are_timed_afterwards(ws):
+    # A parallel sweep must run with --no-speed (timings side by side disturb each other); the runs
+    # get their timing afterwards, one at a time, without computing anything else again.
+    plain = compress_run(ws, CONFIG, measure_speed=False)[0]
+    tuned = compress_run(ws, RunConfig("svd", energy=0.8, finetune_epochs=1), measure_speed=False)[0]
+    timed = compress_run(ws, RunConfig(grid=1, clusters=2, energy=0.9), latency_runs=3)[0]
+    before = {r["cache_key"]: ws.store.get_arrays(r["cache_key"]) for r in (plain, tuned)}
+    report = time_runs(ws, baseline_runs(ws.store, ws.index().fingerprint, ws.model_fingerprint()), latency_runs=3)
+    assert sorted(t["key"] for t in report.timed) == sorted([plain["cache_key"], tuned["cache_key"]])
+    assert report.skipped == [] and "2 runs timed" in report.summary()
+    for run, finetuned in ((plain, False), (tuned, True)):
+        now = ws.store.get_run(run["cache_key"])
+        assert now["latency_ms"]["memory_format"] == "channels_last" and now["speedup"]["b32"] > 0
+        assert now["timed_later"]["finetuned"] is finetuned and now["timed_later"]["seconds"] > 0
+        rest = {k: v for k, v in now.items() if k not in ("latency_ms", "speedup", "timed_later")}
+        assert rest == {k: v for k, v in run.items() if k not in ("latency_ms", "speedup", "cached")}
+        after = ws.store.get_arrays(run["cache_key"])  # predictions, probabilities, the plan's arrays: kept
+        assert after.keys() == before[run["cache_key"]].keys()
+        assert all(np.array_equal(after[k], before[run["cache_key"]][k]) for k in after)
+    assert ws.store.get_run(timed["cache_key"]) == {k: v for k, v in timed.items() if k != "cached"}
+    assert time_runs(ws, baseline_runs(ws.store, ws.index().fingerprint, ws.model_fingerprint())).timed == []
+
+
+def test_cli_time_contract(capsys, ws):
+    args = ["--data", str(ws.data), "--cache-dir", str(ws.cache_dir), "--arch", "tiny", "--input-size", "32",
+            "--epochs", "4", "--quiet"]
+    svd = compress_run(ws, RunConfig("svd", energy=0.8), measure_speed=False)[0]
+    hscc = compress_run(ws, CONFIG, measure_speed=False)[0]
+    for bad in (["--time", "--upgrade"], ["--time", "--prune"], ["--time", "--latency-runs", "0"]):
+        assert main(["runs", *args, *bad]) == 2, bad
+        assert "Traceback" not in capsys.readouterr().err
+    assert main(["runs", *args, "--time", "--method", "svd", "--latency-runs", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [t["key"] for t in out["timed"]] == [svd["cache_key"]] and out["skipped"] == []
+    assert ws.store.get_run(hscc["cache_key"])["latency_ms"] is None  # --method kept it out
+    assert main(["runs", *args, "--time", "--latency-runs", "3"]) == 0
+    text = capsys.readouterr().out
+    assert hscc["cache_key"] in text and "x at batch 1" in text and "1 run timed against the original." in text

@@ -16,7 +16,7 @@ from hscc_core.runs.pareto import axis_value, front_runs, get_axis
 from hscc_core.runs.pipeline import compress_run, original_run
 from hscc_core.runs.selection import baseline_runs, older_baseline_runs
 from hscc_core.runs.table import runs_table, to_csv
-from hscc_core.runs.upgrade import upgrade_runs
+from hscc_core.runs.upgrade import time_runs, upgrade_runs
 from hscc_core.runs.versions import older_runs_note
 from hscc_core.runs.sweeps import DEFAULT_CLUSTERS, DEFAULT_ENERGIES, DEFAULT_GRIDS, expand, run_sweep
 
@@ -110,9 +110,13 @@ def register(sub) -> dict:
     p.add_argument("--upgrade", action="store_true",
                    help="bring this model's runs of an older pipeline version that differ only in timing up to "
                         "date without computing them again (timed runs are timed again; docs/cli.md)")
+    p.add_argument("--time", action="store_true",
+                   help="time the listed runs that have no timing (computed with --no-speed, e.g. by a parallel "
+                        "sweep) against the original, one at a time (docs/cli.md)")
     p.add_argument("--no-speed", action="store_true",
                    help="with --upgrade: drop the older timings instead of timing again (no time spent)")
-    p.add_argument("--latency-runs", type=int, default=20, help="with --upgrade: timed runs per model and batch size")
+    p.add_argument("--latency-runs", type=int, default=20,
+                   help="with --upgrade or --time: timed runs per model and batch size")
 
     p = sub.add_parser("pareto", help="the non-dominated cached runs")
     add_common(p)
@@ -204,10 +208,14 @@ def stored_runs(args, ws) -> list[dict]:
 
 def cmd_runs(args) -> int:
     ws = workspace_from(args)
+    if args.upgrade and args.time:
+        raise ValueError("give --upgrade or --time, not both (upgrade first, then time what has no timing)")
     if args.upgrade:
         return _upgrade(args, ws)
     if args.no_speed:
         raise ValueError("--no-speed applies to --upgrade only")
+    if args.time:
+        return _time(args, ws)
     runs = stored_runs(args, ws)
     if args.prune:
         removed = ws.store.prune([r["cache_key"] for r in runs])
@@ -231,6 +239,37 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def _bar(args):
+    """A tqdm bar on stderr and the ``progress(done, total)`` callback that moves it."""
+    bar = tqdm(total=0, desc=args.command, file=sys.stderr, disable=args.quiet, dynamic_ncols=True)
+
+    def progress(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, progress
+
+
+def _time(args, ws) -> int:
+    """``hscc runs --time``: the listed runs without a timing, timed against the original."""
+    if args.prune or args.csv or args.all_data:
+        raise ValueError("--time works on the runs of this data and model: leave out --prune, --csv and --all-data")
+    if args.latency_runs < 1:
+        raise ValueError(f"--latency-runs must be >= 1, got {args.latency_runs}")
+    bar, progress = _bar(args)
+    try:
+        report = time_runs(ws, stored_runs(args, ws), latency_runs=args.latency_runs, progress=progress)
+    finally:
+        bar.close()
+    human = "\n".join([f"{t['key']}  {t['label']}: " + ", ".join(
+                           f"{v:.2f}x at batch {b[1:]}" for b, v in (t["speedup"] or {}).items())
+                        for t in report.timed]
+                       + [f"{s['key']}  {s['label']}: not timed: {s['reason']}" for s in report.skipped]
+                       + [report.summary()])
+    emit(args, {"timed": report.timed, "skipped": report.skipped}, human)
+    return 0
+
+
 def _upgrade(args, ws) -> int:
     """``hscc runs --upgrade``: older runs that differ only in timing, brought up to date (hscc_core.runs.upgrade)."""
     if args.prune or args.csv or args.all_data or args.method:
@@ -240,12 +279,7 @@ def _upgrade(args, ws) -> int:
         raise ValueError(f"--latency-runs must be >= 1, got {args.latency_runs}")
     if not ws.has_baseline():
         raise ValueError("this workspace has no baseline model yet, so no runs to upgrade (`hscc prepare` trains it)")
-    bar = tqdm(total=0, desc="upgrade", file=sys.stderr, disable=args.quiet, dynamic_ncols=True)
-
-    def progress(done, total):
-        bar.total = total
-        bar.update(done - bar.n)
-
+    bar, progress = _bar(args)
     try:
         report = upgrade_runs(ws, retime=not args.no_speed, latency_runs=args.latency_runs, progress=progress)
     finally:

@@ -1,4 +1,4 @@
-"""Bring stored runs of an older pipeline version up to date without computing them again.
+"""Bring stored runs up to date without computing them again: older versions, missing timings.
 
 A run's cache key includes the pipeline version (:mod:`hscc_core.runs.versions`), so a version bump
 leaves every stored run unlisted. When the bump changed only how runs are *timed* (version 4: the
@@ -16,6 +16,9 @@ current pipeline would compute again, which on the real data takes minutes per r
   kernels depends on the shapes only. Without ``retime`` its timing is dropped instead;
 * keeps what it replaces under ``upgraded_from`` (the old key, version and timing), then removes the
   old run, so listings count it once.
+
+:func:`time_runs` completes current runs the same way: runs computed without a timing (``--no-speed``,
+as parallel sweeps must be) are timed afterwards, one at a time, against the original.
 
 Runs of versions that changed computation (not in
 :data:`hscc_core.runs.versions.TIMING_ONLY_VERSIONS`) are left alone:
@@ -35,7 +38,7 @@ from hscc_core.runs.selection import older_runs
 from hscc_core.runs.versions import RUN_VERSION, is_current, is_upgradable
 from hscc_core.runs.workspace import Workspace
 
-__all__ = ["UpgradeReport", "config_of", "upgradable_runs", "upgrade_runs"]
+__all__ = ["TimingReport", "UpgradeReport", "config_of", "time_runs", "upgradable_runs", "upgrade_runs"]
 
 # Fields of a run that the store adds or that describe one process's reading of it.
 _TRANSIENT = ("cache_key", "cached")
@@ -162,11 +165,7 @@ def _upgrade(ws: Workspace, old: dict, model, meta: dict, retime: bool, latency_
     if old.get("latency_ms") is not None:
         if retime:
             start = time.perf_counter()
-            built = build_compressed(ws, config, model=model, meta=meta)
-            if _layout(built.plan.summaries()) != canonical_json(old.get("layers")) \
-                    or int(built.plan.macs()) != old.get("analytical_layer_macs"):
-                raise _Skip("the model rebuilt from its settings differs from the stored one")
-            new.update(speed_fields(model, built.model.eval(), ws.size, latency_runs))
+            new.update(_timing(ws, old, config, model, meta, latency_runs))
             new["upgraded_from"].update(retimed=True, seconds=time.perf_counter() - start)
         else:
             new["latency_ms"], new["speedup"] = None, None
@@ -177,3 +176,86 @@ def _upgrade(ws: Workspace, old: dict, model, meta: dict, retime: bool, latency_
     if new_key != old["cache_key"]:
         ws.store.prune([old["cache_key"]])
     return dict(done, retimed=new["upgraded_from"]["retimed"])
+
+
+def _timing(ws: Workspace, run: dict, config: RunConfig, model, meta: dict, latency_runs: int) -> dict:
+    """``latency_ms`` and ``speedup`` of a stored run by the current rule: its model rebuilt from the
+    stored statistics (the layout before any fine-tuning), checked against the stored layout and
+    MACs, timed against the original (:func:`hscc_core.runs.pipeline.speed_fields`)."""
+    built = build_compressed(ws, config, model=model, meta=meta)
+    if _layout(built.plan.summaries()) != canonical_json(run.get("layers")) \
+            or int(built.plan.macs()) != run.get("analytical_layer_macs"):
+        raise _Skip("the model rebuilt from its settings differs from the stored one")
+    return speed_fields(model, built.model.eval(), ws.size, latency_runs)
+
+
+@dataclass
+class TimingReport:
+    """What :func:`time_runs` did."""
+
+    timed: list[dict] = field(default_factory=list)  # {"key", "label", "speedup"}
+    skipped: list[dict] = field(default_factory=list)  # {"key", "label", "reason"}
+
+    def summary(self) -> str:
+        """One line for people."""
+        if not self.timed and not self.skipped:
+            return "No run without a timing."
+        n = len(self.timed)
+        text = f"{n} {'run' if n == 1 else 'runs'} timed against the original"
+        if self.skipped:
+            text += f"; {len(self.skipped)} left without a timing"
+        return text + "."
+
+
+def time_runs(ws: Workspace, runs: list[dict], latency_runs: int = 20,
+              progress: Callable[[int, int], None] | None = None) -> TimingReport:
+    """Time the current runs among ``runs`` that have no timing (computed with ``--no-speed``, e.g.
+    by a parallel sweep, whose workers would have disturbed each other's timings).
+
+    Each run's model is rebuilt from the stored statistics and timed against the original, one run
+    at a time, interleaved in this process, as a run's measure stage does; the run is then stored
+    again under its key with ``latency_ms``, ``speedup`` and ``timed_later`` (``seconds``, and that the
+    timing was taken on the layout before any fine-tuning). Nothing else of it changes.
+
+    Parameters
+    ----------
+    ws : Workspace
+    runs : list of dict
+        Stored runs of ``ws`` (``hscc runs`` lists them); runs with a timing, and runs of an older
+        pipeline version, are passed over.
+    latency_runs : int
+        Rounds per model and batch size (the measure stage's time budget applies).
+    progress : callable(done, total), optional
+
+    Returns
+    -------
+    TimingReport
+    """
+    progress = progress or (lambda done, total: None)
+    todo = [r for r in runs if r.get("latency_ms") is None and r.get("method") != "original" and is_current(r)]
+    report = TimingReport()
+    progress(0, len(todo))
+    model = meta = None
+    for i, run in enumerate(todo):
+        if model is None:
+            model, meta = ws.baseline(train_if_missing=False)
+        label = run.get("label", "?")
+        try:
+            start = time.perf_counter()
+            try:
+                config = config_of(run)
+            except (ValueError, KeyError) as exc:
+                raise _Skip(str(exc)) from None
+            timing = _timing(ws, run, config, model, meta, latency_runs)
+            entry = ws.store.get_entry(run["cache_key"])
+            if entry is None:
+                raise _Skip("it could not be read from the store again")
+            body = {k: v for k, v in entry[0].items() if k not in _TRANSIENT}
+            body.update(timing, timed_later={"seconds": time.perf_counter() - start,
+                                             "finetuned": bool(config.finetune_epochs)})
+            ws.store.put_run(run["cache_key"], body, entry[1])
+            report.timed.append({"key": run["cache_key"], "label": label, "speedup": timing["speedup"]})
+        except _Skip as exc:
+            report.skipped.append({"key": run["cache_key"], "label": label, "reason": str(exc)})
+        progress(i + 1, len(todo))
+    return report
