@@ -242,3 +242,25 @@ def test_layout_check_times_one_model_in_both_layouts(tmp_path, capsys):
     assert m.main(["--data", str(tmp_path / "absent"), "--cache-dir", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "does not exist" in err
+
+
+def test_speed_census_groups_runs_and_lists_the_slower_ones():
+    from conftest import fake_run
+
+    m = load_benchmark("speed_census")
+    lat = {"original": {"b1": {"median": 2.0}}, "device": "cpu", "threads": 2}
+    runs = [fake_run(1, speedup={"b1": 1.3, "b32": 2.0}, flops_ratio=4.0, params=5e6, params_original=6e6,
+                     config={"method": "hscc", "grid": 4, "clusters": 4, "budget": 6.0}, latency_ms=lat),
+            fake_run(2, speedup={"b1": 0.9, "b32": 1.8}, flops_ratio=4.0, params=9e6, params_original=6e6,
+                     config={"method": "hscc", "grid": 8, "clusters": 1, "budget": 6.0}, latency_ms=lat),
+            fake_run(3, method="svd", speedup={"b1": 1.2, "b32": 0.95}, flops_ratio=1.0, params=6e6,
+                     params_original=6e6, config={"method": "svd", "energy": 0.99}, latency_ms=lat),
+            fake_run(4, speedup=None, latency_ms=None)]
+    result = m.census(runs)
+    assert result["timed"] == 3 and result["untimed"] == 1
+    assert [(g["group"], g["runs"], g["slower_b1"], g["slower_b32"]) for g in result["groups"]] == [
+        ("hscc G4 output", 1, 0, 0), ("hscc G8 output", 1, 1, 0), ("svd", 1, 0, 1)]
+    assert [s["label"] for s in result["slower"]] == ["hscc run 2", "svd run 3"]  # slowest first
+    assert result["timed_on"] == [{"device": "cpu", "threads": 2}]
+    text = m.markdown(result)
+    assert "| hscc G8 output | 1 | 0.90-0.90x | 1 |" in text and "| svd run 3 | 1.200x | 0.950x | 1.00 |" in text

@@ -117,7 +117,8 @@ def test_a_run_already_computed_again_only_loses_its_older_copy(ws):
     old_key = age(ws, run)
     again = compress_run(ws, CONFIG, measure_speed=False)[0]  # computed anew under the current key
     report = upgrade_runs(ws)
-    assert [(u["from"], u["to"], u["already_current"]) for u in report.upgraded] == [(old_key, again["cache_key"], True)]
+    assert [(u["from"], u["to"], u["already_current"]) for u in report.upgraded] \
+        == [(old_key, again["cache_key"], True)]
     assert not ws.store.has_run(old_key)
     assert ws.store.get_run(again["cache_key"]) == {k: v for k, v in again.items() if k != "cached"}
 

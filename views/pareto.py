@@ -77,7 +77,8 @@ def count_caption(points: pd.DataFrame, shown: pd.DataFrame, drawn: pd.DataFrame
     if len(shown) < len(points):
         text += f" ({len(points) - len(shown)} hidden by the filters)"
     missing = {a: int(np.isnan(shown[a].to_numpy(float)).sum()) for a in dict.fromkeys((x, y))}
-    gaps = [f"{n} have no {_axis_label(a).lower()}" + (" (speed not measured: `hscc runs --time` measures it)" if a == "latency" else "")
+    unmeasured = " (speed not measured: `hscc runs --time` measures it)"
+    gaps = [f"{n} have no {_axis_label(a).lower()}" + (unmeasured if a == "latency" else "")
             for a, n in missing.items() if n]
     if gaps:
         text += "; of the runs the filters keep, " + " and ".join(gaps)

@@ -66,6 +66,6 @@ def older_runs_note(count: int, upgradable: int = 0, how: str = "`hscc runs --up
                  f"computing {them} again: {how} (runs that were timed are timed again, seconds each).")
     rest = count - upgradable
     if rest:
-        text += (f" Compute {'it' if rest == 1 else 'them'} again to list {'it' if rest == 1 else 'them'}." if not upgradable
-                 else f" Compute the other {rest} again to list {'it' if rest == 1 else 'them'}.")
+        it = "it" if rest == 1 else "them"
+        text += f" Compute the other {rest} again to list {it}." if upgradable else f" Compute {it} again to list {it}."
     return text
