@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import copy_workspace
+from conftest import PAGES, RUN_KINDS, copy_workspace, open_page, use_tiny_app_env
 from hscc_core.cli.main import main
 from hscc_core.runs.config import RunConfig
 from hscc_core.runs.pipeline import compress_run
@@ -197,3 +197,20 @@ def test_cli_time_contract(capsys, ws):
     assert main(["runs", *args, "--time", "--latency-runs", "3"]) == 0
     text = capsys.readouterr().out
     assert hscc["cache_key"] in text and "x at batch 1" in text and "1 run timed against the original." in text
+
+
+def test_every_page_shows_an_upgraded_run_and_a_run_timed_later(trained_workspace, tmp_path, monkeypatch):
+    # Both carry a field no computed run has (upgraded_from, timed_later) and a timing taken apart
+    # from their computation: each page opens on them as on any run.
+    ws = copy_workspace(trained_workspace, tmp_path / "pages")
+    upgraded = compress_run(ws, RUN_KINDS["hscc output uniform budget"], latency_runs=3)[0]
+    age(ws, upgraded)
+    assert len(upgrade_runs(ws, latency_runs=3).upgraded) == 1
+    later = compress_run(ws, RUN_KINDS["hscc input greedy budget"], measure_speed=False)[0]
+    assert len(time_runs(ws, [later], latency_runs=3).timed) == 1
+    use_tiny_app_env(monkeypatch, trained_workspace.data, ws.cache_dir)
+    for key in (upgraded["cache_key"], later["cache_key"]):
+        assert ws.store.get_run(key)["speedup"]["b1"] > 0
+        for page in PAGES:
+            at = open_page(page, link=key)
+            assert at.session_state["selected_run"] == key, page
