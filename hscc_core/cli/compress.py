@@ -239,9 +239,9 @@ def cmd_runs(args) -> int:
     return 0
 
 
-def _bar(args):
+def _bar(args, desc: str):
     """A tqdm bar on stderr and the ``progress(done, total)`` callback that moves it."""
-    bar = tqdm(total=0, desc=args.command, file=sys.stderr, disable=args.quiet, dynamic_ncols=True)
+    bar = tqdm(total=0, desc=desc, file=sys.stderr, disable=args.quiet, dynamic_ncols=True)
 
     def progress(done, total):
         bar.total = total
@@ -256,7 +256,7 @@ def _time(args, ws) -> int:
         raise ValueError("--time works on the runs of this data and model: leave out --prune, --csv and --all-data")
     if args.latency_runs < 1:
         raise ValueError(f"--latency-runs must be >= 1, got {args.latency_runs}")
-    bar, progress = _bar(args)
+    bar, progress = _bar(args, "timing runs")
     try:
         report = time_runs(ws, stored_runs(args, ws), latency_runs=args.latency_runs, progress=progress)
     finally:
@@ -279,7 +279,7 @@ def _upgrade(args, ws) -> int:
         raise ValueError(f"--latency-runs must be >= 1, got {args.latency_runs}")
     if not ws.has_baseline():
         raise ValueError("this workspace has no baseline model yet, so no runs to upgrade (`hscc prepare` trains it)")
-    bar, progress = _bar(args)
+    bar, progress = _bar(args, "upgrading runs")
     try:
         report = upgrade_runs(ws, retime=not args.no_speed, latency_runs=args.latency_runs, progress=progress)
     finally:
