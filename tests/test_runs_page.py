@@ -196,3 +196,28 @@ def test_search_button_stores_its_trials(page_env):
     assert len(page_env.store.keys()) == before + 1
     assert any("1 trials: 1 computed" in s.value for s in at.success)
     assert len(table(at)) == 11
+
+
+def test_runs_without_a_timing_are_timed_from_the_page_and_every_page_sees_it(page_env):
+    # A run is stored again under its own key when it is timed: the pages' caches, keyed by the store's
+    # listing, must still see the new latency (RunStore.generation), whether the page or the
+    # command line timed it.
+    from hscc_core.runs.selection import baseline_runs
+    from hscc_core.runs.upgrade import time_runs
+
+    ws = page_env
+    at = open_runs()
+    assert table(at)["latency_b1_ms"].isna().all()
+    svd = next(r for r in baseline_runs(ws.store, ws.index().fingerprint, ws.model_fingerprint())
+               if r["method"] == "svd")
+    assert [t["key"] for t in time_runs(ws, [svd], latency_runs=3).timed] == [svd["cache_key"]]
+    at.run()  # timed outside the app, as `hscc runs --time` does
+    timed = table(at).set_index("key")["latency_b1_ms"]
+    assert timed.notna().sum() == 1 and timed[svd["cache_key"]] > 0
+    # The 8 stored copies carry another configuration's layout: rebuilt, they differ, and are left untimed.
+    by_label(at.button, "Time 9 runs without a timing").click().run()
+    assert not at.exception, at.exception
+    assert any("1 run timed against the original; 8 left without a timing" in s.value for s in at.success), \
+        [s.value for s in at.success]
+    assert table(at)["latency_b1_ms"].notna().sum() == 2
+    assert [b.label for b in at.button if b.label.startswith("Time ")] == ["Time 8 runs without a timing"]

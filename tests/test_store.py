@@ -602,3 +602,20 @@ def test_entries_written_as_documented_are_listed(fast_dir: Path) -> None:
     finally:
         # Do not leave thousands of files for pytest's tmp-dir rotation to delete on later runs.
         shutil.rmtree(store.root, ignore_errors=True)
+
+
+def test_generation_moves_on_every_write_and_removal(tmp_path) -> None:
+    # Readers that cache by the key listing add the generation: a run stored again under its own key
+    # (hscc runs --time) leaves the listing as it was.
+    store = RunStore(tmp_path)
+    assert store.generation() == 0
+    key = cache_key("run", {"i": 1})
+    seen = []
+    for _ in range(3):
+        store.put_run(key, make_run(), make_arrays(0))  # the same key, rewritten
+        seen.append(store.generation())
+    assert seen[0] > 0 and seen == sorted(set(seen)), seen  # strictly increasing
+    assert store.keys() == [key]  # the generation file is not a run
+    assert store.prune([key]) == 1 and store.generation() > seen[-1]
+    before = store.generation()
+    assert store.prune([key]) == 0 and store.generation() == before  # nothing removed, nothing announced

@@ -43,7 +43,7 @@ from hscc_core.runs.versions import older_runs_note
 from hscc_core.runs.workspace import Workspace
 
 __all__ = ["NOTICE", "PAGES", "Context", "SELECTED", "app", "baseline_ready", "baseline_run", "begin", "chart",
-           "compressed_model", "finish", "listing_digest", "load_arrays", "load_run", "prepare_with_progress",
+           "compressed_model", "finish", "listing_digest", "store_digest", "load_arrays", "load_run", "prepare_with_progress",
            "run_page", "run_picker", "select_run", "selected_run", "settings", "show", "theme", "workspace_for",
            "workspace_id"]
 
@@ -223,7 +223,7 @@ class Context:
         """Every stored compression run of this baseline and data, whole (every run file is read: with
         thousands of runs, list them with :meth:`run_summaries` and :func:`load_run` the ones shown)."""
         return _runs_for(self.cache_dir, self.original["data_fingerprint"], self.meta["fingerprint"],
-                         tuple(self.ws.store.keys()))
+                         store_digest(self.ws.store))
 
     def run_summaries(self) -> list[dict]:
         """Every stored compression run of this baseline and data without its per-layer detail
@@ -249,18 +249,25 @@ class Context:
 
     def _listing(self) -> tuple:
         return (self.cache_dir, self.original["data_fingerprint"], self.meta["fingerprint"], tuple(self.classes),
-                listing_digest(self.ws.store.keys()))
+                store_digest(self.ws.store))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _runs_for(cache_dir: str, data_fp: str, model_fp: str, keys: tuple[str, ...]) -> list[dict]:
-    # ``keys`` is the store's listing: any new or removed run changes it and so refreshes this.
+def _runs_for(cache_dir: str, data_fp: str, model_fp: str, digest: str) -> list[dict]:
+    # ``digest`` is the store's (store_digest): any new, removed or rewritten run changes it and so refreshes this.
     return baseline_runs(RunStore(cache_dir), data_fp, model_fp)
 
 
-def listing_digest(keys) -> str:
-    """A short digest of a store's listing (its run keys): cache entries keyed by it follow new and removed runs."""
-    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+def listing_digest(keys, generation: int = 0) -> str:
+    """A short digest of a store's listing (its run keys) and write generation
+    (:meth:`~hscc_core.runs.store.RunStore.generation`): cache entries keyed by it follow new and
+    removed runs, and runs rewritten under their own key (``hscc runs --time``)."""
+    return hashlib.sha256(("\n".join(keys) + f"\n#{generation}").encode()).hexdigest()
+
+
+def store_digest(store: RunStore) -> str:
+    """:func:`listing_digest` of ``store`` as it is now (one directory listing and one stat)."""
+    return listing_digest(store.keys(), store.generation())
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -312,7 +319,8 @@ def _open_context() -> Context | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)
-def _cached_run(cache_dir: str, key: str) -> dict:
+def _cached_run(cache_dir: str, key: str, generation: int) -> dict:
+    # ``generation``: a run timed later is stored again under its key (RunStore.generation).
     run = RunStore(cache_dir).get_run(key)
     if run is None:
         raise KeyError(key)  # not cached by st.cache_data: a later call looks again
@@ -327,7 +335,7 @@ def load_run(ctx: Context, key: str) -> dict | None:
             key = upgraded_to(ctx.run_summaries(), str(key))
             if key is None:
                 return None
-        run = _cached_run(ctx.cache_dir, key)
+        run = _cached_run(ctx.cache_dir, key, ctx.ws.store.generation())
     except (KeyError, ValueError):  # unknown or malformed key (a hand-edited link)
         return None
     if run.get("data_fingerprint") != ctx.original["data_fingerprint"] or \

@@ -16,7 +16,7 @@ from hscc_core.runs.store import RunStore
 from hscc_core.runs.table import (SETTINGS, category_values, filter_mask, is_numeric, mark_pareto, search_mask,
                                   sort_table, to_csv, to_json)
 from hscc_core.runs.table_cache import stored_runs_table
-from hscc_core.runs.upgrade import upgrade_runs
+from hscc_core.runs.upgrade import time_runs, upgrade_runs
 from views import frame
 from views.frame import USER_ERRORS, load_run, select_run
 
@@ -134,7 +134,9 @@ def _importance_section(shown) -> None:
     if not c[2].toggle("Rank the settings", key="runs_imp_on",
                        help="Fits a model of the metric on the shown runs; kept for these rows and choices."):
         return
-    result = _importance(shown, frame.listing_digest(shown["key"].tolist()), metric, method)
+    # The metric's values are part of the key: a run timed later keeps its key but gains a latency.
+    values = shown[metric].to_numpy(float).tobytes().hex()
+    result = _importance(shown, frame.listing_digest([*shown["key"].tolist(), values]), metric, method)
     if result.warning:
         st.warning(result.warning)
     if result.importances:
@@ -216,10 +218,38 @@ def _upgrade_section(ctx) -> None:
         st.rerun()  # the table lists the upgraded runs
 
 
+def _timing_section(ctx, table) -> None:
+    """A button that times the listed runs computed without a timing (hscc_core.runs.upgrade.time_runs)."""
+    done = st.session_state.pop("runs_time_result", None)
+    if done:
+        st.success(done)
+    untimed = table.loc[table["latency_b1_ms"].isna(), "key"].tolist()
+    if not untimed:
+        return
+    n = len(untimed)
+    if st.button(f"Time {n} {'run' if n == 1 else 'runs'} without a timing", key="runs_time",
+                 help="Each is timed against the original, one at a time, as a run's measure stage does: a few "
+                      "seconds each (`hscc runs --time` does the same). Nothing else is computed again."):
+        bar = st.progress(0.0, text="timing runs")
+        runs = [r for r in (ctx.ws.store.get_run(k) for k in untimed) if r is not None]
+        try:
+            report = time_runs(ctx.ws, runs, progress=lambda d, t: bar.progress(
+                d / max(t, 1), text=f"timing runs: {d}/{t}"))
+        except USER_ERRORS as exc:
+            st.error(f"Runs not timed: {plain(exc)}")
+            return
+        text = report.summary()
+        if report.skipped:
+            text += " Not timed: " + "; ".join(f"{plain(s['label'])} ({plain(s['reason'])})"
+                                               for s in report.skipped[:3])
+            text += f" and {len(report.skipped) - 3} more." if len(report.skipped) > 3 else "."
+        st.session_state["runs_time_result"] = text
+        st.rerun()  # the store's generation moved on: every page reads the timed runs
+
+
 def main(ctx) -> None:
-    keys = ctx.ws.store.keys()
     table = _table(ctx.cache_dir, ctx.original["data_fingerprint"], ctx.meta["fingerprint"],
-                   tuple(ctx.original["classes"]), frame.listing_digest(keys))
+                   tuple(ctx.original["classes"]), frame.store_digest(ctx.ws.store))
     older = ctx.older_runs_note(how="the button below")
     if table.empty:
         st.info("No compressed run yet: compute some on the Explorer page, run `hscc sweep`, or search below.")
@@ -255,6 +285,7 @@ def main(ctx) -> None:
     d[1].download_button("Download JSON", data=lambda: to_json(shown), file_name="hscc-runs.json",
                          mime="application/json", key="runs_json", on_click="ignore")
     _upgrade_section(ctx)
+    _timing_section(ctx, table)
     _parcoords(table[base_mask], ranges, categories)
     _importance_section(shown)
     _search_section(ctx)

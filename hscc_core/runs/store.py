@@ -79,6 +79,7 @@ __all__ = [
 ]
 
 KEY_LENGTH = 24
+_GENERATION = ".generation"  # touched after every write or removal of a run (RunStore.generation)
 _KEY_RE = re.compile(r"[0-9a-f]{16,64}")
 _KIND_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _EXT_RE = re.compile(r"[a-z0-9]{1,8}")
@@ -562,6 +563,7 @@ class RunStore:
                 if p.name not in (keep, "run.json"):
                     with contextlib.suppress(OSError):
                         p.unlink()
+        self._touch_generation()
         return json.loads(body_text)
 
     def get_run(self, key: str) -> dict | None:
@@ -624,6 +626,24 @@ class RunStore:
                 return run, True
             new_run, arrays = compute()
             return self._put_run(key, new_run, arrays), False
+
+    def generation(self) -> int:
+        """A number that changes whenever a run is written or removed, also a run rewritten under its
+        own key (``hscc runs --time`` does that): the modification time in ns of ``runs/.generation``,
+        0 before the first write. Readers that cache by the key listing add it to their cache key."""
+        try:
+            return os.stat(self.runs_dir / _GENERATION).st_mtime_ns
+        except OSError:
+            return 0
+
+    def _touch_generation(self) -> None:
+        # After the write it announces. A read-only store never gets here (writes raise first).
+        path = self.runs_dir / _GENERATION
+        with contextlib.suppress(OSError):
+            before = self.generation()
+            path.touch()
+            now = time.time_ns()  # strictly past the last value, whatever the clock's granularity
+            os.utime(path, ns=(now, max(now, before + 1)))
 
     def keys(self) -> list[str]:
         """Names of the run folders, sorted: cheap, unverified (use :meth:`has_run` to check)."""
@@ -690,6 +710,8 @@ class RunStore:
                 os.replace(d, trash)
                 shutil.rmtree(trash, ignore_errors=True)
                 removed += 1
+        if removed:
+            self._touch_generation()
         return removed
 
     def size_bytes(self) -> int:
