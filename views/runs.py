@@ -191,60 +191,52 @@ def _search_section(ctx) -> None:
                    "From the command line: `hscc search --budget 3 --trials 30`.")
 
 
-def _upgrade_section(ctx) -> None:
-    """A button that brings the older runs that differ only in timing up to date (hscc_core.runs.upgrade)."""
-    done = st.session_state.pop("runs_upgrade_result", None)
+def _store_action(key: str, label: str, tip: str, verb: str, work, skipped_lead: str) -> None:
+    """One button that completes stored runs without computing them again (hscc_core.runs.upgrade):
+    its last outcome, the button, a progress bar while ``work(progress)`` runs, then the report's
+    summary (with up to three runs it left alone and why) shown after the rerun that lists them."""
+    done = st.session_state.pop(f"{key}_result", None)
     if done:
         st.success(done)
-    n = ctx.upgradable_runs()
-    if not n:
+    if not label or not st.button(label, key=key, help=tip):
         return
-    if st.button(f"Bring {n} older {'run' if n == 1 else 'runs'} up to date", key="runs_upgrade",
-                 help="Their accuracy and FLOPs carry over unchanged; runs that were timed are timed again "
-                      "against the original, seconds each (`hscc runs --upgrade` does the same)."):
-        bar = st.progress(0.0, text="upgrading older runs")
-        try:
-            report = upgrade_runs(ctx.ws, progress=lambda d, t: bar.progress(
-                d / max(t, 1), text=f"upgrading older runs: {d}/{t}"))
-        except USER_ERRORS as exc:
-            st.error(f"Runs not upgraded: {plain(exc)}")
-            return
-        text = report.summary()
-        if report.skipped:
-            text += " Left as they were: " + "; ".join(f"{plain(s['label'])} ({plain(s['reason'])})"
-                                                        for s in report.skipped[:3])
-            text += f" and {len(report.skipped) - 3} more." if len(report.skipped) > 3 else "."
-        st.session_state["runs_upgrade_result"] = text
-        st.rerun()  # the table lists the upgraded runs
+    bar = st.progress(0.0, text=verb)
+    try:
+        report = work(lambda d, t: bar.progress(d / max(t, 1), text=f"{verb}: {d}/{t}"))
+    except USER_ERRORS as exc:
+        st.error(f"Nothing done: {plain(exc)}")
+        return
+    text = report.summary()
+    if report.skipped:
+        text += f" {skipped_lead}: " + "; ".join(f"{plain(s['label'])} ({plain(s['reason'])})"
+                                                for s in report.skipped[:3])
+        text += f" and {len(report.skipped) - 3} more." if len(report.skipped) > 3 else "."
+    st.session_state[f"{key}_result"] = text
+    st.rerun()  # the store changed (new keys, or its generation): every page lists the runs as they are now
+
+
+def _upgrade_section(ctx) -> None:
+    """Older runs that differ only in timing, brought up to date (``hscc runs --upgrade``)."""
+    n = ctx.upgradable_runs()
+    _store_action("runs_upgrade", n and f"Bring {n} older {'run' if n == 1 else 'runs'} up to date",
+                  "Their accuracy and FLOPs carry over unchanged; runs that were timed are timed again against the "
+                  "original, seconds each (`hscc runs --upgrade` does the same).", "upgrading older runs",
+                  lambda progress: upgrade_runs(ctx.ws, progress=progress), "Left as they were")
 
 
 def _timing_section(ctx, table) -> None:
-    """A button that times the listed runs computed without a timing (hscc_core.runs.upgrade.time_runs)."""
-    done = st.session_state.pop("runs_time_result", None)
-    if done:
-        st.success(done)
+    """The listed runs computed without a timing, timed against the original (``hscc runs --time``)."""
     untimed = table.loc[table["latency_b1_ms"].isna(), "key"].tolist()
-    if not untimed:
-        return
     n = len(untimed)
-    if st.button(f"Time {n} {'run' if n == 1 else 'runs'} without a timing", key="runs_time",
-                 help="Each is timed against the original, one at a time, as a run's measure stage does: a few "
-                      "seconds each (`hscc runs --time` does the same). Nothing else is computed again."):
-        bar = st.progress(0.0, text="timing runs")
+
+    def work(progress):
         runs = [r for r in (ctx.ws.store.get_run(k) for k in untimed) if r is not None]
-        try:
-            report = time_runs(ctx.ws, runs, progress=lambda d, t: bar.progress(
-                d / max(t, 1), text=f"timing runs: {d}/{t}"))
-        except USER_ERRORS as exc:
-            st.error(f"Runs not timed: {plain(exc)}")
-            return
-        text = report.summary()
-        if report.skipped:
-            text += " Not timed: " + "; ".join(f"{plain(s['label'])} ({plain(s['reason'])})"
-                                               for s in report.skipped[:3])
-            text += f" and {len(report.skipped) - 3} more." if len(report.skipped) > 3 else "."
-        st.session_state["runs_time_result"] = text
-        st.rerun()  # the store's generation moved on: every page reads the timed runs
+        return time_runs(ctx.ws, runs, progress=progress)
+
+    _store_action("runs_time", n and f"Time {n} {'run' if n == 1 else 'runs'} without a timing",
+                  "Each is timed against the original, one at a time, as a run's measure stage does: a few seconds "
+                  "each (`hscc runs --time` does the same). Nothing else is computed again.", "timing runs", work,
+                  "Not timed")
 
 
 def main(ctx) -> None:
