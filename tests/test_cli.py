@@ -270,9 +270,18 @@ def test_list_options_take_words_quoted_words_and_commas():
         args = parser.parse_args(["sweep", *words, "--energy", "0.9", "0.95", "--methods", "hscc", "svd"])
         assert args.grid == [1, 3] and args.energy == [0.9, 0.95] and args.methods == ["hscc", "svd"], words
     assert parser.parse_args(["sweep"]).grid == [1, 2, 4]  # the default when the option is absent
+    # A sweep takes several rank multiples (a run for each); compress takes one.
+    for words in (["--rank-multiple", "1", "8"], ["--rank-multiple", "1 8"], ["--rank-multiple", "1,8"]):
+        assert parser.parse_args(["sweep", *words]).rank_multiple == [1, 8], words
+    assert parser.parse_args(["sweep"]).rank_multiple == [1]
+    assert parser.parse_args(["compress", "--rank-multiple", "8"]).rank_multiple == 8
+    assert parser.parse_args(["search", "--trials", "2", "--rank-multiples", "1", "16"]).rank_multiples == [1, 16]
+    assert parser.parse_args(["search", "--trials", "2"]).rank_multiples == [1]
     assert parser.parse_args(["bench", "--budgets", "3", "6"]).budgets == [3.0, 6.0]
 
 
 def test_bad_list_value_is_one_line(capsys):
     code, out, err = run_cli(capsys, "sweep", "--grid", "1", "x")
     assert code == 2 and out == "" and err.count("\n") == 1 and "expected integers, got 'x'" in err
+    code, out, err = run_cli(capsys, "sweep", "--rank-multiple", "8", "0")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "expected integers >= 1, got '0'" in err

@@ -191,11 +191,20 @@ def test_search_button_stores_its_trials(page_env):
     at.select_slider(key="runs_search_budget").set_value(2.0)
     at.multiselect(key="runs_search_grids").set_value([1])
     at.multiselect(key="runs_search_clusters").set_value([1])
+    at.multiselect(key="runs_search_multiples").set_value([8])  # the speed constraint, searched like the rest
     at.button(key="runs_search_run").click().run()
     assert not at.exception, at.exception
     assert len(page_env.store.keys()) == before + 1
     assert any("1 trials: 1 computed" in s.value for s in at.success)
     assert len(table(at)) == 11
+    new = [page_env.store.get_run(k) for k in page_env.store.keys()]
+    assert sum(r.get("config", {}).get("rank_multiple") == 8 for r in new if r) == 1
+    # An empty choice is a visible message, not a traceback or a run.
+    at.multiselect(key="runs_search_multiples").set_value([])
+    at.button(key="runs_search_run").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["Search not run: pick at least one value of Rank multiples."]
+    assert len(page_env.store.keys()) == before + 1
 
 
 def test_runs_without_a_timing_are_timed_from_the_page_and_every_page_sees_it(page_env):

@@ -48,6 +48,18 @@ def test_config_validation_and_defaults():
                           "allocation": "greedy"})
     assert run == RunConfig(grid=2, clusters=1, cluster_side="input", calib_size=16, energy=None, budget=3.0,
                             allocation="greedy")
+    # Rank multiples are searched only when the space holds more than the default (1,): the default
+    # space's distributions, and so a seed's proposals, stay what they were.
+    fast = SearchConfig(budget=3, space=SearchSpace(grids=(1, 2), clusters=(1, 2), rank_multiples=(1, 8, 8)))
+    assert fast.space.rank_multiples == (1, 8)
+    assert fast.distributions()["rank_multiple"].choices == (1, 8)
+    assert fast.run_config({"grid": 2, "clusters": 1, "cluster_side": "output", "calib_size": 16,
+                            "allocation": "greedy", "rank_multiple": 8}).rank_multiple == 8
+    assert "rank_multiple" not in SearchConfig(budget=3).distributions()
+    assert "rank_multiple" in SearchConfig(space=SearchSpace(rank_multiples=(8,))).distributions()
+    for bad in ((0, 8), (), (1.5,)):
+        with pytest.raises(ValueError, match="rank_multiples"):
+            SearchSpace(rank_multiples=bad)
 
 
 def test_trials_are_cached_runs_and_a_rerun_computes_nothing(ws):
@@ -82,10 +94,12 @@ def test_latency_objective_needs_speed(ws):
 
 def test_cli_search_json_and_bad_input(ws, capsys):
     args = ["search", "--budget", "2", "--trials", "2", "--batch", "2", "--startup-trials", "2", "--no-speed",
-            "--grid", "1 2", "--clusters", "1", "--calib-sizes", "16", "--sampler", "nsga2", "--json", *cli_args(ws)]
+            "--grid", "1 2", "--clusters", "1", "--calib-sizes", "16", "--rank-multiples", "2", "4",
+            "--sampler", "nsga2", "--json", *cli_args(ws)]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert {"runs", "computed", "cached", "trials", "front", "objectives"} <= set(out)
+    assert {RunConfig.from_canonical(t["config"]).rank_multiple for t in out["trials"]} <= {2, 4}
     assert out["computed"] + out["cached"] == 2 and out["objectives"] == ["accuracy", "params"]
     assert main(args) == 0
     again = json.loads(capsys.readouterr().out)
@@ -93,7 +107,7 @@ def test_cli_search_json_and_bad_input(ws, capsys):
     for bad in (["--trials", "0"], ["--trials", "2", "--objectives", "accuracy"],
                 ["--trials", "2", "--objectives", "accuracy latency", "--no-speed"],
                 ["--trials", "2", "--grid", "0"], ["--trials", "2", "--sampler", "grid"],
-                ["--trials", "2", "--workers", "2"]):
+                ["--trials", "2", "--workers", "2"], ["--trials", "2", "--rank-multiples", "0"]):
         code = main(["search", "--budget", "2", *bad, *cli_args(ws)])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("hscc: error:") and len(err.strip().splitlines()) == 1, (bad, err)

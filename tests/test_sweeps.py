@@ -26,6 +26,13 @@ def test_expand_product_and_baselines_once():
     assert [(c.method, c.calibration, c.rank_multiple) for c in seq] == [("hscc", "sequential", 8),
                                                                          ("tucker", "independent", 1)]
     assert all(c.calib_flip and c.calib_size == "all" for c in seq)
+    # Several rank multiples: an HSCC run for each (repeats once), the baselines once.
+    several = expand(["hscc", "svd"], grids=[2], clusters=[2], energies=[], budgets=[3], rank_multiple=[1, 8, 8, 16])
+    assert [(c.method, c.rank_multiple) for c in several] == [("hscc", 1), ("hscc", 8), ("hscc", 16), ("svd", 1)]
+    with pytest.raises(ValueError, match="rank multiple"):
+        expand(["hscc"], grids=[2], clusters=[2], energies=[0.9], rank_multiple=[])
+    with pytest.raises(ValueError, match="rank_multiple"):
+        expand(["hscc"], grids=[2], clusters=[2], energies=[0.9], rank_multiple=[8, 0])
     with pytest.raises(ValueError, match="grid"):
         expand(["hscc"], grids=[0], clusters=[1], energies=[0.9])
     with pytest.raises(ValueError, match="at least one energy or budget"):

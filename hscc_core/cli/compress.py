@@ -33,8 +33,16 @@ def calib_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'all', got '{text}'") from None
 
 
-def run_options(p: argparse.ArgumentParser) -> None:
-    """Options of every command that computes runs."""
+def _multiples(text: str) -> list[int]:
+    """``--rank-multiple 1 8`` of a sweep: whole numbers >= 1."""
+    values = int_list(text)
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got '{text}'")
+    return values
+
+
+def run_options(p: argparse.ArgumentParser, several_multiples: bool = False) -> None:
+    """Options of every command that computes runs (a sweep takes several rank multiples)."""
     p.add_argument("--calib-size", type=calib_size, default=DEFAULTS["calib_size"],
                    help=f"calibration images, or 'all' for the whole training split (default "
                         f"{DEFAULTS['calib_size']})")
@@ -45,9 +53,13 @@ def run_options(p: argparse.ArgumentParser) -> None:
                    help="HSCC: fit each layer on the original's inputs (independent, the paper) or in forward "
                         "order on the compressed model's inputs (sequential; docs/fidelity.md); default "
                         f"{DEFAULTS['calibration']} (the weight-only baselines are never sequential)")
-    p.add_argument("--rank-multiple", type=positive_int, default=DEFAULTS["rank_multiple"],
-                   help="HSCC: round every rank up to a multiple of this (8: kernel-friendly ranks; "
-                        f"default {DEFAULTS['rank_multiple']}, no rounding)")
+    what = ("HSCC: every rank a multiple of this, within a budget or rounded up at an energy threshold "
+            f"(8 or 16 fill the kernel's vectors; default {DEFAULTS['rank_multiple']}, no constraint)")
+    if several_multiples:
+        list_option(p, "--rank-multiple", _multiples, [DEFAULTS["rank_multiple"]],
+                    what + "; several make a run for each, e.g. --rank-multiple 1 8 16")
+    else:
+        p.add_argument("--rank-multiple", type=positive_int, default=DEFAULTS["rank_multiple"], help=what)
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"],
                    help="seed of calibration sampling, k-means, fine-tuning")
     p.add_argument("--latency-runs", type=int, default=20, help="timed runs per model and batch size")
@@ -99,7 +111,7 @@ def register(sub) -> dict:
     p.add_argument("--address", default=None,
                    help="Ray cluster to use (auto, HOST:PORT or ray://HOST:PORT); default: "
                         "RAY_ADDRESS, else a local Ray started on demand")
-    run_options(p)
+    run_options(p, several_multiples=True)
 
     p = sub.add_parser("runs", help="list (or prune) cached runs of this data and model")
     add_common(p)

@@ -51,6 +51,8 @@ def register(sub) -> dict:
                 f"e.g. {' '.join(ALLOCATIONS)} (with --budget only)")
     list_option(p, "--calib-sizes", int_list, list(_SPACE.calib_sizes), "e.g. --calib-sizes 128 256 512")
     list_option(p, "--energy", float_list, list(DEFAULT_ENERGIES), "energy thresholds to search without --budget")
+    list_option(p, "--rank-multiples", int_list, list(_SPACE.rank_multiples),
+                "rank multiples to search, e.g. --rank-multiples 1 8 16 (the speed constraint; default 1 only)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs of every trial")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (more than 1 needs --no-speed)")
     p.add_argument("--executor", choices=EXECUTORS, default="local", help="local processes or Ray (docs/ray.md)")
@@ -75,7 +77,8 @@ def search_config(args) -> SearchConfig:
     """The SearchConfig the options describe (ValueError on bad values, before any work)."""
     space = SearchSpace(grids=tuple(args.grid), clusters=tuple(args.clusters),
                         cluster_sides=tuple(args.cluster_sides), allocations=tuple(args.allocations),
-                        calib_sizes=tuple(args.calib_sizes), energies=tuple(args.energy))
+                        calib_sizes=tuple(args.calib_sizes), energies=tuple(args.energy),
+                        rank_multiples=tuple(args.rank_multiples))
     if args.budget is None and "uniform" not in args.allocations:
         raise ValueError("without --budget only uniform allocation applies: add it to --allocations")
     return SearchConfig(budget=args.budget, trials=args.trials, seed=args.seed,

@@ -41,6 +41,10 @@ DEFAULTS = {
     "rank_multiple": 1,  # no rounding of ranks (8: the speed-oriented constraint of issue #15)
 }
 
+# The rank multiples the app offers (the Explorer, the Runs page's search): 1 is no constraint, 8 and
+# 16 fill the kernel's 16-float vectors (docs/performance.md, "Rank multiples on the real data").
+RANK_MULTIPLES = (1, 2, 4, 8, 16)
+
 # What runs did before each of these fields existed: a canonical config leaves a field out when it
 # has this value, so the cache keys stored before the field existed keep their meaning whatever its
 # default becomes.

@@ -51,7 +51,9 @@ SAMPLERS = ("tpe", "nsga2")
 class SearchSpace:
     """The values each HSCC setting may take (each a non-empty tuple).
 
-    ``energies`` is used only without a budget; greedy allocation only with one.
+    ``energies`` is used only without a budget; greedy allocation only with one. ``rank_multiples``
+    (HSCC's speed constraint: every rank a multiple of the value) is searched only when it holds
+    more than the default ``(1,)``, so a search of the default space proposes what it always did.
     """
 
     grids: tuple = (1, 2, 4, 8)
@@ -60,14 +62,15 @@ class SearchSpace:
     allocations: tuple = ALLOCATIONS
     calib_sizes: tuple = (128, 256, 512)
     energies: tuple = DEFAULT_ENERGIES
+    rank_multiples: tuple = (1,)
 
     def __post_init__(self):
-        for name in ("grids", "clusters", "cluster_sides", "allocations", "calib_sizes", "energies"):
+        for name in ("grids", "clusters", "cluster_sides", "allocations", "calib_sizes", "energies", "rank_multiples"):
             values = tuple(dict.fromkeys(getattr(self, name)))  # no repeats, order kept
             if not values:
                 raise ValueError(f"search space: {name} needs at least one value")
             object.__setattr__(self, name, values)
-        for name in ("grids", "clusters", "calib_sizes"):
+        for name in ("grids", "clusters", "calib_sizes", "rank_multiples"):
             if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in getattr(self, name)):
                 raise ValueError(f"search space: {name} must be integers >= 1, got {getattr(self, name)}")
         if any(v not in CLUSTER_SIDES for v in self.cluster_sides):
@@ -158,6 +161,8 @@ class SearchConfig:
             dists["energy"] = s.energies  # energy thresholds are the uniform rule
         else:
             dists["allocation"] = s.allocations
+        if s.rank_multiples != (1,):  # a new parameter would change the default space's proposals
+            dists["rank_multiple"] = s.rank_multiples
         return {name: CategoricalDistribution(list(values)) for name, values in dists.items()}
 
     def run_config(self, params: dict) -> RunConfig:
@@ -166,7 +171,8 @@ class SearchConfig:
                          cluster_side=params["cluster_side"], calib_size=int(params["calib_size"]),
                          energy=None if self.budget is not None else float(params["energy"]),
                          budget=self.budget, allocation=params.get("allocation", "uniform"),
-                         finetune_epochs=self.finetune_epochs, seed=self.seed)
+                         finetune_epochs=self.finetune_epochs, seed=self.seed,
+                         rank_multiple=int(params.get("rank_multiple", 1)))
 
 
 @dataclass

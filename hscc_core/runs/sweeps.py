@@ -42,10 +42,12 @@ def expand(methods: Iterable[str] = METHOD_NAMES, grids: Iterable[int] = DEFAULT
            budgets: Iterable[float] = (), finetune_epochs: Iterable[int] = (0,),
            calib_size: int | str = DEFAULTS["calib_size"], seed: int = 0, cluster_sides: Iterable[str] = ("output",),
            allocations: Iterable[str] | None = None, calibration: str | None = None,
-           calib_flip: bool = DEFAULTS["calib_flip"], rank_multiple: int = DEFAULTS["rank_multiple"]
+           calib_flip: bool = DEFAULTS["calib_flip"], rank_multiple: int | Iterable[int] = DEFAULTS["rank_multiple"]
            ) -> list[RunConfig]:
     """Every configuration of the product, once each, HSCC grids grouped together.
 
+    ``rank_multiple`` is one rank multiple or several (HSCC runs are made for each; the speed
+    constraint of ``docs/performance.md``, section "Rank multiples on the real data").
     Baselines ignore grid, cluster count, cluster side, calibration and rank multiples, so they get
     one run per energy/budget, allocation and fine-tuning setting; the budget allocations (greedy,
     sensitivity) only pair with budgets. With ``allocations=None`` each target gets its default:
@@ -56,19 +58,23 @@ def expand(methods: Iterable[str] = METHOD_NAMES, grids: Iterable[int] = DEFAULT
     targets += [{"energy": None, "budget": float(b)} for b in budgets]
     if not targets:
         raise ValueError("a sweep needs at least one energy or budget")
+    multiples = [rank_multiple] if isinstance(rank_multiple, int) else list(dict.fromkeys(rank_multiple))
+    if not multiples:
+        raise ValueError("a sweep needs at least one rank multiple")
     seen, out = set(), []
     for method in methods:
         data_aware = get_method(method).data_aware
         shapes = itertools.product(grids, clusters) if data_aware else [(1, 1)]
         allocs = list(allocations) if allocations is not None else [None]
         sides = cluster_sides if data_aware else [DEFAULTS["cluster_side"]]
-        own = {"calibration": calibration, "rank_multiple": rank_multiple} if data_aware else {}
-        for (g, k), t, ft, side, alloc in itertools.product(list(shapes), targets, finetune_epochs, sides, allocs):
+        own = [{"calibration": calibration, "rank_multiple": m} for m in multiples] if data_aware else [{}]
+        for (g, k), t, ft, side, alloc, extra in itertools.product(list(shapes), targets, finetune_epochs, sides,
+                                                                    allocs, own):
             if alloc not in (None, "uniform") and t["budget"] is None:
                 continue  # greedy rules spend a budget; energy thresholds are the uniform rule
             cfg = RunConfig(method=method, grid=int(g), clusters=int(k), finetune_epochs=int(ft),
                             calib_size=calib_size, seed=seed, cluster_side=side, allocation=alloc,
-                            calib_flip=calib_flip, **own, **t)
+                            calib_flip=calib_flip, **extra, **t)
             ident = tuple(sorted(cfg.canonical().items()))
             if ident not in seen:
                 seen.add(ident)
