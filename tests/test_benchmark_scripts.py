@@ -264,3 +264,48 @@ def test_speed_census_groups_runs_and_lists_the_slower_ones():
     assert result["timed_on"] == [{"device": "cpu", "threads": 2}]
     text = m.markdown(result)
     assert "| hscc G8 output | 1 | 0.90-0.90x | 1 |" in text and "| svd run 3 | 1.200x | 0.950x | 1.00 |" in text
+
+
+def test_rank_multiple_times_runs_that_differ_only_in_their_multiple(trained_workspace, tmp_path, capsys):
+    """benchmarks/rank_multiple.py: the runs of a configuration are grouped by rank multiple (a run
+    that differs in anything else is not), each group is rebuilt and timed against the original with
+    the runs' own accuracy beside, an incomplete group is skipped with a message, and a store without
+    such runs is one clear line (no timing is asserted: these machines are shared)."""
+    from conftest import copy_workspace
+    from hscc_core.runs.config import RunConfig
+    from hscc_core.runs.pipeline import compress_run
+    from hscc_core.runs.selection import baseline_runs
+
+    m = load_benchmark("rank_multiple")
+    ws = copy_workspace(trained_workspace, tmp_path / "cache")
+    base = dict(method="hscc", grid=2, clusters=2, energy=None, budget=2.0)
+    made = {mult: compress_run(ws, RunConfig(**base, rank_multiple=mult), measure_speed=False)[0] for mult in (1, 2)}
+    compress_run(ws, RunConfig(**base, allocation="uniform", rank_multiple=2), measure_speed=False)
+    compress_run(ws, RunConfig(**dict(base, grid=1)), measure_speed=False)  # no multiple-2 partner
+    stored = baseline_runs(ws.store, ws.index().fingerprint, ws.model_fingerprint())
+    assert len(stored) == 4
+    groups = m.group_runs(stored, [1, 2], [2.0], [1, 2], [2], ["output"])
+    assert set(groups) == {("output", 2, 2, 2.0), ("output", 1, 2, 2.0)}
+    assert {k: r["cache_key"] for k, r in groups[("output", 2, 2, 2.0)].items()} == {
+        mult: run["cache_key"] for mult, run in made.items()}  # the uniform-allocation run is left out
+
+    said = []
+    rows = m.measure(ws, groups, [1, 2], runs=2, warmup=0, progress=said.append)
+    assert [(r["grid"], r["multiple"]) for r in rows] == [(2, 1), (2, 2)]
+    assert any("missing" in s and "('output', 1, 2, 2.0)" in s for s in said)
+    for row, mult in zip(rows, (1, 2)):
+        run = made[mult]
+        assert row["key"] == run["cache_key"] and row["accuracy"] == run["accuracy"]
+        assert row["flops_ratio"] == run["flops_ratio"] and row["threads"] >= 1
+        for b in ("b1", "b32"):
+            assert row[f"speedup_{b}"] == pytest.approx(row[f"original_{b}_ms"] / row[f"{b}_ms"])
+            assert row[f"time_vs_base_{b}"] == pytest.approx(row[f"{b}_ms"] / rows[0][f"{b}_ms"])
+    assert rows[0]["time_vs_base_b1"] == 1.0
+    table = m.markdown(rows)
+    assert "| output | 2 | 2 | 2x | 2 |" in table and "1.00 / 1.00" in table
+
+    with pytest.raises(SystemExit, match="hscc prepare"):
+        m.main(["--cache-dir", str(tmp_path / "empty"), "--data", str(ws.data)])
+    with pytest.raises(SystemExit) as exc:
+        m.main(["--multiples", "1 eight"])
+    assert exc.value.code == 2 and "expected numbers" in capsys.readouterr().err
