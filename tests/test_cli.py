@@ -245,6 +245,20 @@ def test_fidelity_options_reach_the_run_and_the_bench_names_its_rules(capsys, tr
     assert code == 2 and "allocation must be one of uniform, greedy, sensitivity" in err
 
 
+def test_bench_passes_the_rank_multiple_on_and_speed_takes_one_rule(capsys, trained_workspace):
+    # `--rank-multiple` is a run option of the bench too: every HSCC row and ablation step takes it
+    # (it used to be accepted and ignored), the weight-only baselines cannot.
+    from hscc_core.cli.bench import bench_configs
+
+    rows, ablation = bench_configs([2.0, 3.0], 2, 2, 0, 16, 0, rank_multiple=8)
+    configs = rows + [c for _, c in ablation]
+    assert {c.rank_multiple for c in configs if c.method == "hscc"} == {8}
+    assert {c.rank_multiple for c in configs if c.method != "hscc"} == {1}
+    code, out, err = run_cli(capsys, "bench", *_tiny_args(trained_workspace), "--speed", "--allocations",
+                             "uniform", "greedy")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "one allocation rule" in err
+
+
 def test_interrupted_bench_says_so_without_a_table(capsys, trained_workspace, monkeypatch):
     from hscc_core.cli import bench as cli_bench
     from hscc_core.runs.sweeps import SweepResult

@@ -63,3 +63,18 @@ def test_speed_table_times_greedy_hscc(trained_workspace):
     # Greedy allocation has no single energy threshold; the budget is met all the same.
     assert row["energy"] is None and row["budget_met"] is not False
     assert row["layer_flops_ratio"] == pytest.approx(3.0, rel=0.05) and row["speedup_b32"] > 0
+
+
+def test_speed_table_builds_what_the_run_options_say(trained_workspace):
+    """`hscc bench --speed --rank-multiple 8 --calib-size 16 ...` times those models: HSCC takes every
+    setting, the weight-only baselines those they read; each row records the config it timed."""
+    from hscc_core.runs.config import RunConfig
+
+    settings = {"calib_size": 16, "seed": 3, "calib_flip": True, "calibration": "sequential", "rank_multiple": 2}
+    table = speed_table(trained_workspace, methods=("hscc", "svd"), budgets=(2.0,), runs=1, devices=["cpu"],
+                        settings=settings)
+    hscc, svd = (RunConfig.from_canonical(r["config"]) for r in table["rows"])
+    assert (hscc.rank_multiple, hscc.calibration, hscc.calib_size, hscc.seed, hscc.calib_flip) == (
+        2, "sequential", 16, 3, True)
+    # (Global SVD at the uniform rule reads no calibration images, so its config leaves them out.)
+    assert (svd.method, svd.rank_multiple, svd.calibration, svd.seed) == ("svd", 1, "independent", 3)

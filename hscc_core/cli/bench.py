@@ -9,7 +9,7 @@ import sys
 from hscc_core.cli.common import (add_common, emit, float_list, list_option, log, run_summary, word_list,
                                   workspace_with_baseline)
 from hscc_core.compress.methods import get_method
-from hscc_core.cli.compress import check_runs, run_options, stored_runs
+from hscc_core.cli.compress import check_runs, run_options, run_settings, stored_runs
 from hscc_core.measure.machine import machine_description
 from hscc_core.runs.config import ALLOCATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig
 from hscc_core.runs.executors import make_executor
@@ -41,7 +41,8 @@ def register(sub) -> dict:
 
 
 def bench_configs(budgets, grid: int, clusters: int, finetune_epochs: int, calib_size, seed: int,
-                  allocations=("uniform",), calibration: str | None = None, calib_flip: bool = DEFAULTS["calib_flip"]):
+                  allocations=("uniform",), calibration: str | None = None, calib_flip: bool = DEFAULTS["calib_flip"],
+                  rank_multiple: int = DEFAULTS["rank_multiple"]):
     """(rows, ablation) configurations of the paper-style table.
 
     Rows: every method at every budget, without and (when ``finetune_epochs``) with fine-tuning,
@@ -49,7 +50,8 @@ def bench_configs(budgets, grid: int, clusters: int, finetune_epochs: int, calib
     energy threshold per method found by bisection), HSCC with ``calibration``. Ablation ladder
     (DESIGN 3.8) at the largest budget, with the paper's rule: weight-only Global SVD; data-aware
     global (G = 1, K = 1); regions only (G > 1, K = 1); clusters only (G = 1, K > 1); full HSCC; then
-    HSCC+ (DESIGN 3.9): cluster side x rank allocation.
+    HSCC+ (DESIGN 3.9): cluster side x rank allocation. Every HSCC run takes ``calibration`` and
+    ``rank_multiple``.
     """
     for rule in allocations:
         if rule not in ALLOCATIONS:
@@ -58,7 +60,7 @@ def bench_configs(budgets, grid: int, clusters: int, finetune_epochs: int, calib
               "calib_flip": calib_flip}
 
     def hscc_only(method):
-        return {"calibration": calibration} if get_method(method).data_aware else {}
+        return {"calibration": calibration, "rank_multiple": rank_multiple} if get_method(method).data_aware else {}
 
     rows = [RunConfig(method=m, grid=grid, clusters=clusters, budget=b, finetune_epochs=ft,
                       **{**common, "allocation": rule}, **hscc_only(m))
@@ -83,8 +85,11 @@ def bench_configs(budgets, grid: int, clusters: int, finetune_epochs: int, calib
 
 
 def _speed(args, ws, command: str) -> int:
+    if len(args.allocations) != 1:
+        raise ValueError("--speed times one allocation rule: give one to --allocations")
     table = speed_table(ws, budgets=tuple(args.budgets), hscc_grid=args.bench_grid,
-                        hscc_clusters=args.bench_clusters, runs=args.latency_runs)
+                        hscc_clusters=args.bench_clusters, hscc_allocation=args.allocations[0],
+                        runs=args.latency_runs, settings=run_settings(args))
     human = "\n".join(f"{r['method']:7s} {r['budget']:>4g}x  conv FLOPs /{r['layer_flops_ratio']:.2f}  "
                       f"model FLOPs /{r['flops_ratio']:.2f}  speed-up b1 {r['speedup_b1']:.2f}x  "
                       f"b32 {r['speedup_b32']:.2f}x  ({r['device']})"
@@ -108,7 +113,7 @@ def cmd_bench(args) -> int:
     original, _, _ = original_run(ws)
     rows_cfg, ablation_cfg = bench_configs(args.budgets, args.bench_grid, args.bench_clusters,
                                            args.finetune_epochs, args.calib_size, args.seed, args.allocations,
-                                           args.calibration, args.calib_flip)
+                                           args.calibration, args.calib_flip, args.rank_multiple)
     configs = rows_cfg + [c for _, c in ablation_cfg]
     result = run_sweep(ws, configs, make_executor("local", args.workers), measure_speed=not args.no_speed,
                        latency_runs=args.latency_runs,

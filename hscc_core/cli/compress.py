@@ -20,7 +20,7 @@ from hscc_core.runs.upgrade import time_runs, upgrade_runs
 from hscc_core.runs.versions import older_runs_note
 from hscc_core.runs.sweeps import DEFAULT_CLUSTERS, DEFAULT_ENERGIES, DEFAULT_GRIDS, expand, run_sweep
 
-__all__ = ["check_runs", "register", "run_options", "stored_runs"]
+__all__ = ["check_runs", "register", "run_options", "run_settings", "stored_runs"]
 
 
 def calib_size(text: str) -> int | str:
@@ -64,6 +64,13 @@ def run_options(p: argparse.ArgumentParser, several_multiples: bool = False) -> 
                    help="seed of calibration sampling, k-means, fine-tuning")
     p.add_argument("--latency-runs", type=int, default=20, help="timed runs per model and batch size")
     p.add_argument("--no-speed", action="store_true", help="skip latency measurement (faster)")
+
+
+def run_settings(args) -> dict:
+    """The RunConfig fields :func:`run_options` set (one rank multiple), for commands that build
+    their own configurations."""
+    return {"calib_size": args.calib_size, "seed": args.seed, "calib_flip": args.calib_flip,
+            "calibration": args.calibration, "rank_multiple": args.rank_multiple}
 
 
 def register(sub) -> dict:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from hscc_core.compress.methods import get_method
 from hscc_core.compress.native import kernel_of
 from hscc_core.measure.costs import count_flops, flop_profile, layer_flops, measure_latency
 from hscc_core.measure.machine import machine_info
@@ -28,6 +29,8 @@ from hscc_core.runs.workspace import Workspace
 __all__ = ["default_devices", "machine_info", "speed_table"]
 
 BATCHES = (1, 32)
+# Settings only a data-aware method takes (RunConfig refuses them for the weight-only baselines).
+HSCC_ONLY = ("calibration", "rank_multiple")
 
 
 def default_devices() -> list[str]:
@@ -54,6 +57,7 @@ def speed_table(
     runs: int = 20,
     devices: Sequence[str] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    settings: dict | None = None,
 ) -> dict:
     """Time the original against each method at each budget.
 
@@ -75,6 +79,10 @@ def speed_table(
     progress : callable(stage, done, total), optional
         Stage ``"speed"`` once per (method, budget, device); the compression stages of
         :func:`~hscc_core.runs.pipeline.build_compressed` are passed through.
+    settings : dict, optional
+        Further :class:`~hscc_core.runs.config.RunConfig` fields of every model, as a run takes them
+        (``calib_size``, ``seed``, ``calib_flip``; ``calibration`` and ``rank_multiple`` for HSCC
+        only, which the weight-only baselines do not read). Each row's ``config`` says what was built.
 
     Returns
     -------
@@ -108,18 +116,22 @@ def speed_table(
     orig_layer_fl: dict[tuple, int] = {}
     total = len(methods) * len(budgets) * len(devices)
     rows = []
+    settings = dict(settings or {})
     for method in methods:
         for budget in budgets:
+            own = settings if get_method(method).data_aware else {
+                k: v for k, v in settings.items() if k not in HSCC_ONLY}
             config = RunConfig(method=method, grid=hscc_grid, clusters=hscc_clusters, energy=None,
                                budget=float(budget),
-                               allocation=hscc_allocation if method == "hscc" else "uniform")
+                               allocation=hscc_allocation if method == "hscc" else "uniform", **own)
             built = build_compressed(ws, config, progress, model=model, meta=meta)
             layers = list(built.plan.summaries())
             if tuple(layers) not in orig_layer_fl:  # the same layers for every method: count once
                 orig_layer_fl[tuple(layers)] = sum(layer_flops(model, layers, shape).values())
             done = len(rows)
-            rows += _time_on_devices(model, built, method, budget, layers, shape, devices, runs, flops_original,
-                                     orig_layer_fl[tuple(layers)], lambda i: report("speed", done + i, total))
+            new = _time_on_devices(model, built, method, budget, layers, shape, devices, runs, flops_original,
+                                   orig_layer_fl[tuple(layers)], lambda i: report("speed", done + i, total))
+            rows += [dict(r, config=config.canonical()) for r in new]
             model.cpu()  # back on the CPU for the next method's build and FLOPs count
     report("speed", total, total)
     return {"rows": rows, "machine": machine_info(), "runs": runs, "input_shape": list(shape)}
