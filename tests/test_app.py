@@ -177,6 +177,27 @@ def test_cached_run_is_shown_without_recomputation(app_env, stored_runs, counter
     assert at.session_state["selected_run"] == run["cache_key"]
 
 
+def test_a_run_timed_on_a_busy_machine_says_so(trained_workspace, tmp_path, monkeypatch):
+    # Each timing records the share of the CPUs other processes used (latency_ms.others_cpu); the
+    # Explorer says when it was too much to trust the speed-up, and says nothing otherwise.
+    from conftest import copy_workspace, use_tiny_app_env
+    from hscc_core.measure import costs
+
+    ws = copy_workspace(trained_workspace, tmp_path / "cache")
+    use_tiny_app_env(monkeypatch, ws.data, ws.cache_dir)
+    monkeypatch.setattr(costs, "_warned_busy", True)  # the CLI's one-line warning is tested elsewhere
+    shown_warnings = {}
+    for share, cfg in ((0.6, LOW), (0.05, HIGH)):
+        monkeypatch.setattr(costs, "others_share", lambda before, after, share=share: share)
+        run = compress_run(ws, cfg, measure_speed=True, latency_runs=2)[0]
+        assert run["latency_ms"]["others_cpu"] == share
+        at = explorer_config(open_page("views/explorer.py"), cfg)
+        assert at.session_state["selected_run"] == run["cache_key"]
+        shown_warnings[share] = [w.value for w in at.warning]
+    assert any("Other processes used 60% of the CPUs" in w for w in shown_warnings[0.6])
+    assert not any("Other processes used" in w for w in shown_warnings[0.05])
+
+
 def test_moving_a_slider_changes_the_shown_run(app_env, stored_runs, counters):
     at = explorer_config(open_page("views/explorer.py"), LOW)
     assert describe_config(LOW.canonical()) in texts(at.subheader)

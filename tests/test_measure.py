@@ -65,6 +65,44 @@ def test_latency_shape_and_modes():
         measure_latency({"a": a}, (1, 3, 16, 16), runs=0)
 
 
+def test_others_share_of_the_cpus(monkeypatch):
+    from hscc_core.measure.machine import CpuSnapshot, cpu_snapshot, others_share
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    start = CpuSnapshot(wall=100.0, machine_busy=50.0, own=10.0)
+    # 2 s on 2 cores: this process used 4 CPU seconds and nothing else ran: quiet.
+    assert others_share(start, CpuSnapshot(102.0, 54.0, 14.0)) == 0.0
+    # Another process kept one core busy meanwhile: half the machine.
+    assert others_share(start, CpuSnapshot(102.0, 56.0, 14.0)) == pytest.approx(0.5)
+    assert others_share(start, CpuSnapshot(102.0, 70.0, 14.0)) == 1.0  # clamped (tick rounding, hypervisor)
+    assert others_share(None, start) is None and others_share(start, start) is None
+    assert others_share(start, CpuSnapshot(100.5, 51.0, 11.0)) is None  # too short for 10-ms ticks
+    snap = cpu_snapshot()  # Linux: read from /proc/stat; elsewhere None
+    assert snap is None or (snap.machine_busy > 0 and snap.own > 0)
+
+
+def test_latency_records_what_else_ran_and_warns_once_when_busy(monkeypatch):
+    from hscc_core.measure import costs
+
+    net = Net().eval()
+    lat = measure_latency({"a": net}, (1, 3, 16, 16), batch_sizes=(1,), runs=2, warmup=0)
+    assert lat["others_cpu"] is None or 0.0 <= lat["others_cpu"] <= 1.0
+    monkeypatch.setattr(costs, "_warned_busy", False)
+    monkeypatch.setattr(costs, "others_share", lambda before, after: 0.6)
+    with pytest.warns(costs.BusyMachineWarning, match="60% of the CPUs"):
+        busy = measure_latency({"a": net}, (1, 3, 16, 16), batch_sizes=(1,), runs=1, warmup=0)
+    assert busy["others_cpu"] == 0.6
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second busy timing of the process stays quiet
+        assert measure_latency({"a": net}, (1, 3, 16, 16), batch_sizes=(1,), runs=1, warmup=0)["others_cpu"] == 0.6
+    monkeypatch.setattr(costs, "_warned_busy", False)
+    monkeypatch.setattr(costs, "others_share", lambda before, after: 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a quiet machine warns nothing
+        measure_latency({"a": net}, (1, 3, 16, 16), batch_sizes=(1,), runs=1, warmup=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_latency_on_gpu_times_eager_and_cuda_graphs():

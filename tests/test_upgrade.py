@@ -61,6 +61,7 @@ def test_a_timed_run_is_timed_again_and_listed_under_the_current_key(ws):
     for field in ("accuracy", "flops", "params", "layers", "layer_errors", "confusion_matrix", "config", "label"):
         assert new[field] == run[field], field
     assert new["latency_ms"]["memory_format"] == "channels_last" and new["speedup"]["b1"] > 0
+    assert "others_cpu" in new["latency_ms"]  # what else ran while it was timed
     seconds = new["upgraded_from"].pop("seconds")
     assert seconds > 0 and new["measure_seconds"] == run["measure_seconds"]
     assert new["upgraded_from"] == {"cache_key": old_key, "version": OLD, "latency_ms": run["latency_ms"],

@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from hscc_core.compress.methods import get_method
+from hscc_core.measure.costs import BUSY_SHARE
 from hscc_core.present.labels import budget_sentence, duration, method_title, si, speed_text, split_name
 from hscc_core.present.report import layer_table
 from hscc_core.present.text import plain
@@ -221,7 +222,9 @@ def headline(run: dict, original: dict) -> None:
                     f"{lat['compressed']['b1']['median']:.1f} ms vs {lat['original']['b1']['median']:.1f} ms",
                     delta_color="normal" if faster else "inverse", delta_arrow="up" if faster else "down",
                     help=f"median of {lat.get('runs', '?')} timed runs on {lat.get('device', '?')}, original and "
-                         f"compressed interleaved; batch 32: {speed_text(sp['b32'])}")
+                         f"compressed interleaved; batch 32: {speed_text(sp['b32'])}"
+                         + (f"; other processes used {lat['others_cpu']:.0%} of the CPUs meanwhile"
+                            if lat.get("others_cpu") is not None else ""))
     else:
         c[2].metric("Measured speed (batch 1)", "not measured", help="Tick 'Measure speed' and run again to time it.")
     c[3].metric("Accuracy", f"{100 * run['accuracy']:.2f} ± {100 * run['accuracy_se']:.2f} %",
@@ -232,6 +235,10 @@ def headline(run: dict, original: dict) -> None:
     c[5].metric("vs original", f"p = {run['p_value_vs_original']:.3g}",
                 f"{100 * run['accuracy_delta']:+.2f} ± {100 * run.get('accuracy_delta_se', 0):.2f} points",
                 delta_color="off", help="McNemar's exact test on the same test images; paired bootstrap SE")
+    busy = (lat or {}).get("others_cpu")
+    if sp and busy is not None and busy > BUSY_SHARE:
+        st.warning(f"Other processes used {busy:.0%} of the CPUs while this run was timed: its speed-up is noisy. "
+                   "Time runs on a quiet machine before quoting them.")
 
 
 def details(run: dict) -> None:

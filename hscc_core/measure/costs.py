@@ -10,6 +10,7 @@ run by run so they share the machine's conditions; speed-up is a ratio of median
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,13 +19,25 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from hscc_core.measure.machine import cpu_snapshot, others_share
+
 # Seconds of timed rounds a compression run spends on its latency (runs.pipeline.compute_run): an
 # interleaved median of as many rounds as fit, batch 1 first (cheap: it gets its full count), batch
 # 32 on what is left.
 LATENCY_BUDGET_S = 4.0
+# Share of the CPUs other processes may take while models are timed before the timing is called
+# noisy (machine.others_share): a second process keeping one of two cores busy is 0.5.
+BUSY_SHARE = 0.25
 
-__all__ = ["LATENCY_BUDGET_S", "count_flops", "count_params", "flop_profile", "layer_flops", "measure_latency", "speedup",
-           "timing_input", "timing_layout"]
+
+class BusyMachineWarning(UserWarning):
+    """Other processes kept the CPUs busy while models were timed: the timings are noisy."""
+
+
+_warned_busy = False  # one warning per process: a sweep times many runs on the same machine
+
+__all__ = ["BUSY_SHARE", "LATENCY_BUDGET_S", "BusyMachineWarning", "count_flops", "count_params", "flop_profile",
+           "layer_flops", "measure_latency", "speedup", "timing_input", "timing_layout"]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -220,7 +233,9 @@ def measure_latency(
         ``{"device": str, "runs": int, "warmup": int, "threads": int, "cuda_graphs": bool, "tf32": False,
         "memory_format": str, "budget_s": float or None, "runs_taken": {"b1": int, ...},
         "models": {name: {"b1": {"median_ms": float, "p90_ms": float}, "b32": {...}}}}``.
-        ``runs`` is the fewest rounds any batch size got (``runs_taken`` has each).
+        ``runs`` is the fewest rounds any batch size got (``runs_taken`` has each). ``others_cpu`` is
+        the share of the CPUs other processes used meanwhile (None where it cannot be read); above
+        :data:`BUSY_SHARE` a :class:`BusyMachineWarning` is issued, once per process.
         On a GPU with ``cuda_graphs``, each batch entry also has ``"graph_median_ms"`` and
         ``"graph_p90_ms"`` (absent for a batch size where a capture failed).
     """
@@ -241,11 +256,13 @@ def measure_latency(
         "cuda_graphs": bool(cuda_graphs and dev.type == "cuda"),
         "tf32": False,  # see _float32_math
         "memory_format": "channels_last" if dev.type == "cpu" else "as built",  # see timing_layout
+        "others_cpu": None,  # share of the CPUs other processes used meanwhile (machine.others_share)
         "budget_s": None if budget_s is None else float(budget_s),
         "runs_taken": {},
         "models": {name: {} for name in models},
     }
     start = time.perf_counter()
+    before = cpu_snapshot()
     with _eval(*models.values()), _float32_math():
         moved = {name: m.to(dev) if _device(m) != dev else m for name, m in models.items()}
         with timing_layout(moved.values(), dev):
@@ -282,7 +299,19 @@ def measure_latency(
                         g = _stats(t)
                         result["models"][name][f"b{bs}"].update(graph_median_ms=g["median_ms"], graph_p90_ms=g["p90_ms"])
     result["runs"] = min(result["runs_taken"].values(), default=runs)
+    result["others_cpu"] = others_share(before, cpu_snapshot())
+    _warn_if_busy(result["others_cpu"])
     return result
+
+
+def _warn_if_busy(share: float | None) -> None:
+    global _warned_busy
+    if share is not None and share > BUSY_SHARE and not _warned_busy:
+        _warned_busy = True
+        warnings.warn(BusyMachineWarning(
+            f"other processes used {share:.0%} of the CPUs while models were timed: these timings are "
+            "noisy (each run records its share as latency_ms.others_cpu); time on a quiet machine to quote them"),
+            stacklevel=3)
 
 
 def _stats(times: list[float]) -> dict[str, float]:

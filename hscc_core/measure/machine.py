@@ -8,10 +8,56 @@ from __future__ import annotations
 
 import os
 import platform
+import time
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["cpu_name", "machine_description", "machine_info"]
+__all__ = ["CpuSnapshot", "cpu_name", "cpu_snapshot", "machine_description", "machine_info", "others_share"]
+
+
+MIN_WINDOW_S = 1.0  # shortest window others_share reports on
+
+
+class CpuSnapshot(NamedTuple):
+    """The machine's busy CPU seconds (every process, and time the hypervisor took) and this
+    process's own, at one moment (:func:`cpu_snapshot`)."""
+
+    wall: float
+    machine_busy: float
+    own: float
+
+
+def cpu_snapshot() -> CpuSnapshot | None:
+    """Busy CPU time of the whole machine (``/proc/stat``: user, nice, system, irq, softirq, steal)
+    and of this process (every thread), or None where ``/proc/stat`` cannot be read (not Linux)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    own = os.times()
+    return CpuSnapshot(time.perf_counter(), (user + nice + system + irq + softirq + steal) / ticks,
+                       own.user + own.system)
+
+
+def others_share(before: CpuSnapshot | None, after: CpuSnapshot | None) -> float | None:
+    """The share of the machine's CPUs that other processes (and the hypervisor) used between two
+    snapshots: 0 on a quiet machine, 0.5 when another process kept one of two cores busy. None when
+    either snapshot is missing or less than :data:`MIN_WINDOW_S` passed: both counters tick in
+    hundredths of a second, too coarse for a shorter window.
+
+    Timings are ratios measured in one process, so work elsewhere slows both models; it still
+    makes them noisy (this machine's loaded days moved ratios by +-15 %). Recording the share beside
+    a timing lets a reader tell a quiet measurement from a disturbed one.
+    """
+    if before is None or after is None or after.wall - before.wall < MIN_WINDOW_S:
+        return None
+    cores = os.cpu_count() or 1
+    others = (after.machine_busy - before.machine_busy) - (after.own - before.own)
+    return min(1.0, max(0.0, others / ((after.wall - before.wall) * cores)))
 
 
 def cpu_name() -> str:

@@ -450,7 +450,8 @@ def speed_fields(model: nn.Module, compressed: nn.Module, size: int, latency_run
 
     As many rounds as fit :data:`hscc_core.measure.costs.LATENCY_BUDGET_S` (at most ``latency_runs``, at least 5 per batch
     size): the measure stage once took minutes under load. The path the HSCC layers took (native
-    kernel or PyTorch) is recorded beside the timings.
+    kernel or PyTorch) is recorded beside the timings, and so is the share of the CPUs other
+    processes used meanwhile (``others_cpu``: a reader can tell a quiet timing from a disturbed one).
     """
     lat = measure_latency({"original": model, "compressed": compressed}, input_shape(model, size), runs=latency_runs,
                           budget_s=LATENCY_BUDGET_S)
@@ -461,7 +462,8 @@ def speed_fields(model: nn.Module, compressed: nn.Module, size: int, latency_run
     return {"latency_ms": {"original": block("original"), "compressed": block("compressed"),
                            "device": lat["device"], "threads": lat["threads"], "runs": lat["runs"],
                            "runs_taken": lat["runs_taken"], "budget_s": lat["budget_s"],
-                           "memory_format": lat["memory_format"], "kernel": native.kernel_of(compressed)},
+                           "memory_format": lat["memory_format"], "kernel": native.kernel_of(compressed),
+                           "others_cpu": lat["others_cpu"]},
             "speedup": dict(speedup(lat, "original", "compressed"))}
 
 

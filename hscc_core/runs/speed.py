@@ -171,5 +171,5 @@ def _row(method: str, budget: float, built, lat: dict, fl: int, flops_original: 
             row[f"speedup_graph_{b}"] = orig[b]["graph_median"] / comp[b]["graph_median"]
             row[f"efficiency_graph_{b}"] = row[f"speedup_graph_{b}"] / row["flops_ratio"]
     row["latency_ms"] = {"original": orig, "compressed": comp, "threads": lat["threads"], "runs": lat["runs"],
-                         "memory_format": lat["memory_format"]}
+                         "memory_format": lat["memory_format"], "others_cpu": lat["others_cpu"]}
     return row
