@@ -132,36 +132,27 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _numbers(text: str, kind):
-    """argparse habit: ``--grids 1 2 4`` and ``--grids "1 2 4"`` alike."""
-    return [kind(v) for v in text.replace(",", " ").split()]
-
-
 def main(argv=None) -> int:
+    # The command line's list options: --grids 1 2 4, --grids "1 2 4" and --grids 1,2,4 alike.
+    from hscc_core.cli.common import float_list, int_list, list_option, word_list  # noqa: PLC0415
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the embedded phantom)")
     p.add_argument("--cache-dir", type=Path, default=ROOT / "cache")
     p.add_argument("--split", choices=("official", "clean"), default="official")
-    p.add_argument("--multiples", nargs="+", default=["1 8 16"], help="rank multiples, the first is the reference")
-    p.add_argument("--budgets", nargs="+", default=["3 6"])
-    p.add_argument("--grids", nargs="+", default=["1 2 4 8"])
-    p.add_argument("--clusters", nargs="+", default=["1 4"])
-    p.add_argument("--sides", nargs="+", default=["output input"])
+    list_option(p, "--multiples", int_list, [1, 8, 16], "rank multiples, the first is the reference")
+    list_option(p, "--budgets", float_list, [3.0, 6.0], "budgets")
+    list_option(p, "--grids", int_list, [1, 2, 4, 8], "grids G")
+    list_option(p, "--clusters", int_list, [1, 4], "clusters K")
+    list_option(p, "--sides", word_list, ["output", "input"], "cluster sides")
     p.add_argument("--runs", type=int, default=11, help="timed rounds per batch size (default 11)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", type=Path, help="write the rows and the machine as JSON here")
     p.add_argument("--markdown", type=Path, help="write the Markdown table here too")
     a = p.parse_args(argv)
-    try:
-        multiples = _numbers(" ".join(a.multiples), int)
-        budgets = _numbers(" ".join(a.budgets), float)
-        grids = _numbers(" ".join(a.grids), int)
-        clusters = _numbers(" ".join(a.clusters), int)
-    except ValueError as exc:
-        p.error(f"expected numbers: {exc}")
-    sides = " ".join(a.sides).replace(",", " ").split()
-    if a.runs < 1 or a.warmup < 0 or not multiples:
-        p.error("--runs must be >= 1, --warmup >= 0, and at least one multiple is needed")
+    multiples, budgets, grids, clusters, sides = a.multiples, a.budgets, a.grids, a.clusters, a.sides
+    if a.runs < 1 or a.warmup < 0:
+        p.error("--runs must be >= 1 and --warmup >= 0")
 
     import torch  # noqa: PLC0415
 

@@ -308,4 +308,4 @@ def test_rank_multiple_times_runs_that_differ_only_in_their_multiple(trained_wor
         m.main(["--cache-dir", str(tmp_path / "empty"), "--data", str(ws.data)])
     with pytest.raises(SystemExit) as exc:
         m.main(["--multiples", "1 eight"])
-    assert exc.value.code == 2 and "expected numbers" in capsys.readouterr().err
+    assert exc.value.code == 2 and "expected integers, got '1 eight'" in capsys.readouterr().err

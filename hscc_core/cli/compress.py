@@ -154,9 +154,8 @@ def check_runs(args) -> None:
 def _config(args) -> RunConfig:
     energy = args.energy if (args.energy is not None or args.budget is not None) else DEFAULTS["energy"]
     return RunConfig(method=args.method, grid=args.grid, clusters=args.clusters, energy=energy,
-                     budget=args.budget, finetune_epochs=args.finetune_epochs, calib_size=args.calib_size,
-                     seed=args.seed, cluster_side=args.cluster_side, allocation=args.allocation,
-                     calibration=args.calibration, calib_flip=args.calib_flip, rank_multiple=args.rank_multiple)
+                     budget=args.budget, finetune_epochs=args.finetune_epochs, cluster_side=args.cluster_side,
+                     allocation=args.allocation, **run_settings(args))
 
 
 def cmd_compress(args) -> int:
