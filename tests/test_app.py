@@ -196,6 +196,20 @@ def test_a_run_timed_on_a_busy_machine_says_so(trained_workspace, tmp_path, monk
         shown_warnings[share] = [w.value for w in at.warning]
     assert any("Other processes used 60% of the CPUs" in w for w in shown_warnings[0.6])
     assert not any("Other processes used" in w for w in shown_warnings[0.05])
+    assert [b.label for b in at.button if b.label == "Time it again"] == []  # the quiet run offers nothing
+    # The busy one offers to time it again; once quieter, the warning goes and the old timing is kept.
+    at = explorer_config(open_page("views/explorer.py"), LOW)
+    busy = ws.store.get_run(at.session_state["selected_run"])
+    at.button(key="explorer_retime").click().run()
+    assert not at.exception, at.exception
+    assert any(s.value.startswith("Timed again: ") and "at batch 32" in s.value for s in at.success), \
+        [s.value for s in at.success]
+    assert not any("Other processes used" in w.value for w in at.warning)
+    assert [b.label for b in at.button if b.label == "Time it again"] == []
+    now = ws.store.get_run(busy["cache_key"])
+    assert now["latency_ms"]["others_cpu"] == 0.05 and now["timed_later"]["replaced"]["latency_ms"] == \
+        busy["latency_ms"]
+    assert at.session_state["selected_run"] == busy["cache_key"]
 
 
 def test_moving_a_slider_changes_the_shown_run(app_env, stored_runs, counters):

@@ -64,6 +64,18 @@ def test_table_lists_every_run_and_sorts(page_env):
     assert any("10 of 10 runs shown" in c.value for c in at.caption)
 
 
+def test_every_metric_column_has_a_readable_format(page_env):
+    # 158M FLOPs, 1.36x, 7.44 ms, 86.75 %: no metric reads as 158113280 or 1.3577 (the exports keep them).
+    from hscc_core.present.dashboard import column_format
+    from hscc_core.runs.table import SETTINGS
+
+    metrics = [c for c in table(open_runs()).columns if c not in (*SETTINGS, "key", "label", "pareto")]
+    assert "others_cpu" in metrics and "no_tumor_f1_se" in metrics
+    assert [c for c in metrics if column_format(c) is None] == []
+    assert [column_format(c) for c in ("speedup_b32", "params", "others_cpu", "accuracy_se", "grid")] == \
+        ["%.2fx", "compact", "percent", "percent", None]
+
+
 def test_runs_of_an_older_pipeline_are_counted_not_lost(page_env):
     """A run stored by an older version of the pipeline is not listed, and the Runs and Pareto pages say so."""
     from hscc_core.runs.versions import RUN_VERSION
@@ -207,7 +219,7 @@ def test_search_button_stores_its_trials(page_env):
     assert len(page_env.store.keys()) == before + 1
 
 
-def test_runs_without_a_timing_are_timed_from_the_page_and_every_page_sees_it(page_env):
+def test_runs_without_a_timing_are_timed_from_the_page_and_every_page_sees_it(page_env, monkeypatch):
     # A run is stored again under its own key when it is timed: the pages' caches, keyed by the store's
     # listing, must still see the new latency (RunStore.generation), whether the page or the
     # command line timed it.
@@ -229,4 +241,20 @@ def test_runs_without_a_timing_are_timed_from_the_page_and_every_page_sees_it(pa
     assert any("1 run timed against the original; 8 left without a timing" in s.value for s in at.success), \
         [s.value for s in at.success]
     assert table(at)["latency_b1_ms"].notna().sum() == 2
+    assert [b.label for b in at.button if b.label.startswith("Time ")] == ["Time 8 runs without a timing"]
+    # A timing taken on a busy machine: the table says how busy, and a button times it again.
+    from hscc_core.measure import costs
+
+    body, arrays = ws.store.get_entry(svd["cache_key"])
+    body = {k: v for k, v in body.items() if k not in ("cache_key", "cached")}
+    ws.store.put_run(svd["cache_key"], dict(body, latency_ms=dict(body["latency_ms"], others_cpu=0.7)), arrays)
+    at.run()
+    assert table(at).set_index("key")["others_cpu"][svd["cache_key"]] == 0.7
+    assert [b.label for b in at.button if b.label.startswith("Time ")] == [
+        "Time 8 runs without a timing", "Time 1 run again: timed on a busy machine"]
+    monkeypatch.setattr(costs, "others_share", lambda before, after: 0.03)  # the re-timing is quiet
+    by_label(at.button, "Time 1 run again: timed on a busy machine").click().run()
+    assert not at.exception, at.exception
+    assert any("1 run timed again against the original (its earlier timing" in s.value for s in at.success)
+    assert table(at).set_index("key")["others_cpu"][svd["cache_key"]] == 0.03
     assert [b.label for b in at.button if b.label.startswith("Time ")] == ["Time 8 runs without a timing"]

@@ -49,6 +49,10 @@ def test_columns_are_typed_and_missing_values_are_nan(runs):
     flipped = dict(runs[0], config=dict(runs[0]["config"], calib_flip=True, rank_multiple=8))
     row = runs_table([flipped]).iloc[0]
     assert row["calib_flip"] == "yes" and row["rank_multiple"] == 8.0
+    # What else ran while a run was timed: a share where recorded, empty where not.
+    assert t["others_cpu"].dtype == np.float64 and t["others_cpu"].isna().all()
+    busy = dict(runs[0], latency_ms=dict(runs[0]["latency_ms"], others_cpu=0.4))
+    assert runs_table([busy]).iloc[0]["others_cpu"] == 0.4
 
 
 def test_pareto_column_matches_the_front(runs):

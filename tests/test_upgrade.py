@@ -15,7 +15,7 @@ from hscc_core.runs.pipeline import compress_run
 from hscc_core.runs.selection import baseline_runs, older_baseline_runs, resolve_run
 from hscc_core.runs.store import cache_key
 from hscc_core.runs.table_cache import older_runs_count
-from hscc_core.runs.upgrade import config_of, time_runs, upgradable_runs, upgrade_runs
+from hscc_core.runs.upgrade import busy_timing, config_of, time_runs, upgradable_runs, upgrade_runs
 from hscc_core.runs.versions import RUN_VERSION, TIMING_ONLY_VERSIONS, older_runs_note
 
 OLD = min(TIMING_ONLY_VERSIONS)
@@ -108,6 +108,7 @@ def test_runs_it_cannot_vouch_for_are_left_alone(ws):
     report = upgrade_runs(ws)
     assert report.upgraded == []
     assert [(s["key"], "differs from the stored one" in s["reason"]) for s in report.skipped] == [(bad_key, True)]
+    assert report.summary() == f"0 older runs brought up to date (version {RUN_VERSION}); 1 left as it was."
     assert ws.store.has_run(bad_key) and ws.store.has_run(older_key)  # nothing removed
     assert counts(ws) == (2, 1)
     assert "Compute the other 1 again" in older_runs_note(*counts(ws))
@@ -183,12 +184,66 @@ def test_runs_computed_without_timing_are_timed_afterwards(ws):
     assert time_runs(ws, baseline_runs(ws.store, ws.index().fingerprint, ws.model_fingerprint())).timed == []
 
 
+def disturb(ws, run: dict, share: float) -> dict:
+    """``run`` stored again as if other processes had used ``share`` of the CPUs while it was timed."""
+    body, arrays = ws.store.get_entry(run["cache_key"])
+    body = {k: v for k, v in body.items() if k not in ("cache_key", "cached")}
+    body["latency_ms"] = dict(body["latency_ms"], others_cpu=share)
+    ws.store.put_run(run["cache_key"], body, arrays)
+    return ws.store.get_run(run["cache_key"])
+
+
+def test_runs_timed_on_a_busy_machine_are_timed_again_on_request(ws, monkeypatch):
+    from hscc_core.measure import costs
+
+    monkeypatch.setattr(costs, "others_share", lambda before, after: 0.02)  # this machine's load is not the test
+    busy = disturb(ws, compress_run(ws, CONFIG, latency_runs=3)[0], 0.6)
+    quiet = disturb(ws, compress_run(ws, RunConfig("svd", energy=0.8), latency_runs=3)[0], 0.1)
+    untimed = compress_run(ws, RunConfig(grid=1, clusters=2, energy=0.9), measure_speed=False)[0]
+    assert busy_timing(busy) and not busy_timing(quiet) and not busy_timing(untimed)
+    assert not busy_timing(dict(quiet, latency_ms=dict(quiet["latency_ms"], others_cpu=None)))  # not recorded
+    listed = lambda: baseline_runs(ws.store, ws.index().fingerprint, ws.model_fingerprint())  # noqa: E731
+    # Without the request only the run without a timing is timed: a busy timing is still a timing.
+    report = time_runs(ws, listed(), latency_runs=3)
+    assert [(t["key"], t["again"]) for t in report.timed] == [(untimed["cache_key"], False)]
+    assert ws.store.get_run(busy["cache_key"]) == {k: v for k, v in busy.items() if k != "cached"}
+    report = time_runs(ws, listed(), latency_runs=3, again_if_busy=True)
+    assert [(t["key"], t["again"]) for t in report.timed] == [(busy["cache_key"], True)]
+    assert report.summary() == \
+        "1 run timed again against the original (its earlier timing had been taken on a busy machine)."
+    now = ws.store.get_run(busy["cache_key"])
+    # Nothing lost: the busy timing is kept beside the new one, and nothing else changed.
+    assert now["timed_later"]["replaced"] == {"latency_ms": busy["latency_ms"], "speedup": busy["speedup"]}
+    assert now["latency_ms"]["others_cpu"] == 0.02 and now["latency_ms"]["runs"] == 3
+    rest = {k: v for k, v in now.items() if k not in ("latency_ms", "speedup", "timed_later")}
+    assert rest == {k: v for k, v in busy.items() if k not in ("latency_ms", "speedup", "cached")}
+    assert ws.store.get_run(quiet["cache_key"]) == {k: v for k, v in quiet.items() if k != "cached"}
+    assert time_runs(ws, listed(), again_if_busy=True).summary() == \
+        "No run without a timing or timed on a busy machine."
+
+
+def test_timing_report_says_which_runs_were_timed_again():
+    from hscc_core.runs.upgrade import TimingReport
+
+    run = {"key": "k", "label": "l", "speedup": {"b1": 1.0, "b32": 1.0}}
+    mixed = TimingReport(timed=[dict(run, again=True), dict(run, again=False), dict(run, again=False)],
+                         skipped=[{"key": "s", "label": "l", "reason": "r"}], again_if_busy=True)
+    assert mixed.summary() == ("3 runs timed against the original (1 of them again: their earlier timing had been "
+                               "taken on a busy machine); 1 left as it was.")
+    assert TimingReport(timed=[dict(run, again=True)] * 2).summary() == \
+        "2 runs timed again against the original (their earlier timing had been taken on a busy machine)."
+    assert TimingReport(skipped=[{"key": "s", "label": "l", "reason": "r"}] * 2).summary() == \
+        "0 runs timed against the original; 2 left without a timing."
+    assert TimingReport().summary() == "No run without a timing."
+
+
 def test_cli_time_contract(capsys, ws):
     args = ["--data", str(ws.data), "--cache-dir", str(ws.cache_dir), "--arch", "tiny", "--input-size", "32",
             "--epochs", "4", "--quiet"]
     svd = compress_run(ws, RunConfig("svd", energy=0.8), measure_speed=False)[0]
     hscc = compress_run(ws, CONFIG, measure_speed=False)[0]
-    for bad in (["--time", "--upgrade"], ["--time", "--prune"], ["--time", "--latency-runs", "0"]):
+    for bad in (["--time", "--upgrade"], ["--time", "--prune"], ["--time", "--latency-runs", "0"],
+                ["--retime-busy"], ["--upgrade", "--retime-busy"]):
         assert main(["runs", *args, *bad]) == 2, bad
         assert "Traceback" not in capsys.readouterr().err
     assert main(["runs", *args, "--time", "--method", "svd", "--latency-runs", "3", "--json"]) == 0
@@ -198,6 +253,13 @@ def test_cli_time_contract(capsys, ws):
     assert main(["runs", *args, "--time", "--latency-runs", "3"]) == 0
     text = capsys.readouterr().out
     assert hscc["cache_key"] in text and "x at batch 1" in text and "1 run timed against the original." in text
+    # --retime-busy: the runs timed on a busy machine as well, each marked as timed again.
+    disturb(ws, ws.store.get_run(svd["cache_key"]), 0.9)
+    assert main(["runs", *args, "--time", "--latency-runs", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["timed"] == []
+    assert main(["runs", *args, "--time", "--retime-busy", "--latency-runs", "3"]) == 0
+    text = capsys.readouterr().out
+    assert f"{svd['cache_key']}  " in text and "(timed again)" in text and "1 run timed again against" in text
 
 
 def test_every_page_shows_an_upgraded_run_and_a_run_timed_later(trained_workspace, tmp_path, monkeypatch):

@@ -15,7 +15,6 @@ import pandas as pd
 import streamlit as st
 
 from hscc_core.compress.methods import get_method
-from hscc_core.measure.costs import BUSY_SHARE
 from hscc_core.present.labels import budget_sentence, duration, method_title, si, speed_text, split_name
 from hscc_core.present.report import layer_table
 from hscc_core.present.text import plain
@@ -24,6 +23,7 @@ from hscc_core.runs.config import (ALLOCATIONS, CALIBRATIONS, CLUSTER_SIDES, DEF
                                    RANK_MULTIPLES, RunConfig, default_allocation, describe_config)
 from hscc_core.runs.pipeline import run_key
 from hscc_core.runs.progress import StageTimes, profile_of
+from hscc_core.runs.upgrade import busy_timing, time_runs
 from views import frame
 
 # Finer steps near 1, where accuracy changes fastest.
@@ -235,10 +235,38 @@ def headline(run: dict, original: dict) -> None:
     c[5].metric("vs original", f"p = {run['p_value_vs_original']:.3g}",
                 f"{100 * run['accuracy_delta']:+.2f} ± {100 * run.get('accuracy_delta_se', 0):.2f} points",
                 delta_color="off", help="McNemar's exact test on the same test images; paired bootstrap SE")
-    busy = (lat or {}).get("others_cpu")
-    if sp and busy is not None and busy > BUSY_SHARE:
-        st.warning(f"Other processes used {busy:.0%} of the CPUs while this run was timed: its speed-up is noisy. "
-                   "Time runs on a quiet machine before quoting them.")
+
+
+def busy_note(ctx, run: dict) -> None:
+    """A run timed on a busy machine: say so, and offer to time it again (``hscc runs --time
+    --retime-busy`` does the same for every such run); the earlier timing is kept in the run."""
+    done = st.session_state.pop("explorer_retime_result", None)
+    if done:
+        st.success(done)
+    if not (run.get("speedup") and busy_timing(run)):
+        return
+    busy = run["latency_ms"]["others_cpu"]
+    st.warning(f"Other processes used {busy:.0%} of the CPUs while this run was timed: its speed-up is noisy. "
+               "Time it again on a quiet machine before quoting it.")
+    if not st.button("Time it again", key="explorer_retime",
+                     help="Rebuilds the model from the stored statistics and times it against the original, "
+                          "as a run's measure stage does: a few seconds. Nothing else is computed again."):
+        return
+    with st.spinner("Timing against the original..."):
+        try:
+            report = time_runs(ctx.ws, [run], again_if_busy=True)
+        except frame.USER_ERRORS as exc:
+            st.error(f"Not timed: {plain(exc)}")
+            return
+    if report.timed:
+        sp = report.timed[0]["speedup"]
+        text = (f"Timed again: {speed_text(sp['b1'])} at batch 1, {speed_text(sp['b32'])} at batch 32. "
+                "The earlier timing is kept with the run.")
+    else:
+        text = "Not timed again: " + (plain(report.skipped[0]["reason"]) if report.skipped
+                                      else "the run is not one this version of the tool can time") + "."
+    st.session_state["explorer_retime_result"] = text
+    st.rerun()  # the store's generation changed: the run is read again with its new timing
 
 
 def details(run: dict) -> None:
@@ -260,6 +288,7 @@ def show_run(ctx, run: dict) -> None:
     st.subheader(describe_config(run["config"]))
     st.caption(f"Measured on the {split_name(run)} split's {run.get('n', '?')} test images.")
     headline(run, ctx.original)
+    busy_note(ctx, run)
     details(run)
 
 

@@ -4,8 +4,9 @@ parallel coordinates brushed by the same filters, which setting matters, and an 
 import numpy as np
 import streamlit as st
 
-from hscc_core.present.dashboard import (DEFAULT_DIMENSIONS, column_label, constraints_for, importance_figure,
-                                         parcoords_figure)
+from hscc_core.measure.costs import BUSY_SHARE
+from hscc_core.present.dashboard import (DEFAULT_DIMENSIONS, column_format, column_label, constraints_for,
+                                         importance_figure, parcoords_figure)
 from hscc_core.present.text import plain
 from hscc_core.runs.compare import COMPARE_MAX
 from hscc_core.runs.config import ALLOCATION_TITLES, CALIBRATION_TITLES, RANK_MULTIPLES
@@ -23,7 +24,6 @@ from views.frame import USER_ERRORS, load_run, select_run
 COMPARE = frame.COMPARE  # session key: cache keys of the runs the Compare page shows
 X_AXES = ("flops", "params", "latency")
 Y_AXES = ("accuracy", "macro_f1", "agreement", "kl_to_original")
-_PCT = ("accuracy", "agreement", "flops_kept", "accuracy_delta")
 # Category values shown by their readable names (the table and its exports keep the identifiers).
 _VALUE_TITLES = {"allocation": ALLOCATION_TITLES, "calibration": CALIBRATION_TITLES}
 
@@ -82,8 +82,9 @@ def _display(shown):
     config = {"key": st.column_config.TextColumn("key", width="small"),
               "pareto": st.column_config.CheckboxColumn("Pareto", help="on the front of the chosen axes")}
     for col in shown.columns:
-        if col in _PCT or col in [f"{c}_se" for c in _PCT]:
-            config[col] = st.column_config.NumberColumn(column_label(col), format="percent")
+        fmt = column_format(col)
+        if fmt:
+            config[col] = st.column_config.NumberColumn(column_label(col), format=fmt)
         elif col not in config:
             config[col] = st.column_config.Column(column_label(col))
     order = ["pareto", "label", *[c for c in shown.columns if c not in ("pareto", "label", "key")], "key"]
@@ -236,18 +237,28 @@ def _upgrade_section(ctx) -> None:
 
 
 def _timing_section(ctx, table) -> None:
-    """The listed runs computed without a timing, timed against the original (``hscc runs --time``)."""
+    """The listed runs computed without a timing, and those timed on a busy machine, timed against the
+    original (``hscc runs --time [--retime-busy]``)."""
     untimed = table.loc[table["latency_b1_ms"].isna(), "key"].tolist()
-    n = len(untimed)
+    busy = table.loc[table["others_cpu"] > BUSY_SHARE, "key"].tolist()
 
-    def work(progress):
-        runs = [r for r in (ctx.ws.store.get_run(k) for k in untimed) if r is not None]
-        return time_runs(ctx.ws, runs, progress=progress)
+    def work(keys, again):
+        def timed(progress):
+            runs = [r for r in (ctx.ws.store.get_run(k) for k in keys) if r is not None]
+            return time_runs(ctx.ws, runs, progress=progress, again_if_busy=again)
+        return timed
 
+    n, m = len(untimed), len(busy)
     _store_action("runs_time", n and f"Time {n} {'run' if n == 1 else 'runs'} without a timing",
                   "Each is timed against the original, one at a time, as a run's measure stage does: a few seconds "
-                  "each (`hscc runs --time` does the same). Nothing else is computed again.", "timing runs", work,
-                  "Not timed")
+                  "each (`hscc runs --time` does the same). Nothing else is computed again.", "timing runs",
+                  work(untimed, False), "Not timed")
+    _store_action("runs_retime", m and f"Time {m} {'run' if m == 1 else 'runs'} again: timed on a busy machine",
+                  f"Other processes used more than {BUSY_SHARE:.0%} of the CPUs while "
+                  f"{'it was' if m == 1 else 'they were'} timed (column \"others' CPU while timed\"). Each is "
+                  "timed again against the original, a few seconds each, and keeps its earlier timing "
+                  "(`hscc runs --time --retime-busy` does the same).", "timing runs again", work(busy, True),
+                  "Left as they were")
 
 
 def main(ctx) -> None:

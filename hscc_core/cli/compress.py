@@ -132,6 +132,9 @@ def register(sub) -> dict:
     p.add_argument("--time", action="store_true",
                    help="time the listed runs that have no timing (computed with --no-speed, e.g. by a parallel "
                         "sweep) against the original, one at a time (docs/cli.md)")
+    p.add_argument("--retime-busy", action="store_true",
+                   help="with --time: also time again the runs timed while other processes used more than a "
+                        "quarter of the CPUs (latency_ms.others_cpu; the earlier timing is kept)")
     p.add_argument("--no-speed", action="store_true",
                    help="with --upgrade: drop the older timings instead of timing again (no time spent)")
     p.add_argument("--latency-runs", type=int, default=20,
@@ -228,6 +231,8 @@ def cmd_runs(args) -> int:
     ws = workspace_from(args)
     if args.upgrade and args.time:
         raise ValueError("give --upgrade or --time, not both (upgrade first, then time what has no timing)")
+    if args.retime_busy and not args.time:
+        raise ValueError("--retime-busy applies to --time only")
     if args.upgrade:
         return _upgrade(args, ws)
     if args.no_speed:
@@ -269,19 +274,21 @@ def _bar(args, desc: str):
 
 
 def _time(args, ws) -> int:
-    """``hscc runs --time``: the listed runs without a timing, timed against the original."""
+    """``hscc runs --time``: the listed runs without a timing (and with ``--retime-busy`` those timed on a
+    busy machine), timed against the original."""
     if args.prune or args.csv or args.all_data:
         raise ValueError("--time works on the runs of this data and model: leave out --prune, --csv and --all-data")
     if args.latency_runs < 1:
         raise ValueError(f"--latency-runs must be >= 1, got {args.latency_runs}")
     bar, progress = _bar(args, "timing runs")
     try:
-        report = time_runs(ws, stored_runs(args, ws), latency_runs=args.latency_runs, progress=progress)
+        report = time_runs(ws, stored_runs(args, ws), latency_runs=args.latency_runs, progress=progress,
+                           again_if_busy=args.retime_busy)
     finally:
         bar.close()
     human = "\n".join([f"{t['key']}  {t['label']}: " + ", ".join(
                            f"{v:.2f}x at batch {b[1:]}" for b, v in (t["speedup"] or {}).items())
-                        for t in report.timed]
+                        + ("  (timed again)" if t["again"] else "") for t in report.timed]
                        + [f"{s['key']}  {s['label']}: not timed: {s['reason']}" for s in report.skipped]
                        + [report.summary()])
     emit(args, {"timed": report.timed, "skipped": report.skipped}, human)

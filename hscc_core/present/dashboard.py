@@ -32,6 +32,7 @@ from hscc_core.runs.table import SETTINGS, category_values, is_numeric
 __all__ = [
     "DEFAULT_DIMENSIONS",
     "brush_mask",
+    "column_format",
     "column_label",
     "constraints_for",
     "constraints_from_figure",
@@ -51,8 +52,15 @@ _LABELS = {"calib_size": "calibration images", "calib_flip": "mirror images", "r
            "cluster_side": "cluster side", "energy_found": "energy found", "flops_kept": "FLOPs kept",
            "layer_flops_ratio": "layer FLOPs ratio", "latency_b1_ms": "latency b1 (ms)",
            "latency_b32_ms": "latency b32 (ms)", "speedup_b1": "speed-up b1", "speedup_b32": "speed-up b32",
+           "others_cpu": "others' CPU while timed",
            "p_value_vs_original": "p vs original", "kl_to_original": "KL to original", "flops": "FLOPs",
-           "macro_f1": "macro F1", "accuracy_delta": "accuracy change"}
+           "macro_f1": "macro F1", "macro_f1_se": "macro F1 SE", "accuracy_delta": "accuracy change"}
+_PERCENT = ("accuracy", "agreement", "flops_kept", "accuracy_delta", "others_cpu")
+# Readable numbers in a table: 158M FLOPs, 1.36x, 7.44 ms (not 158113280, 1.3577, 7.4426).
+_FORMATS = {"flops": "compact", "params": "compact", "layer_flops_ratio": "%.2fx", "latency_b1_ms": "%.2f",
+            "latency_b32_ms": "%.2f", "speedup_b1": "%.2fx", "speedup_b32": "%.2fx", "macro_f1": "%.3f",
+            "macro_f1_se": "%.3f", "kl_to_original": "%.4f", "kl_to_original_se": "%.4f",
+            "p_value_vs_original": "%.3g", "energy_found": "%.4f"}
 _RESTYLE_KEY = re.compile(r"dimensions\[(\d+)\]\.constraintrange")
 
 
@@ -65,6 +73,17 @@ def column_label(column: str) -> str:
     if column.endswith("_f1") and column != "macro_f1":
         return f"F1 {class_label(column[:-3])}"
     return column.replace("_", " ")
+
+
+def column_format(column: str) -> str | None:
+    """How a metric column of the runs table reads on screen: a Streamlit ``NumberColumn`` format
+    (``"percent"``, ``"compact"`` or printf-style), or None for a setting shown as it is. The
+    exports keep the full numbers."""
+    if column in _PERCENT or (column.endswith("_se") and column[:-3] in _PERCENT):
+        return "percent"
+    if column.endswith("_f1") or column.endswith("_f1_se"):
+        return "%.3f"
+    return _FORMATS.get(column)
 
 
 def _tick(value: float) -> str:

@@ -19,7 +19,8 @@ class name found in the runs):
   (+ SE) and ``p_value_vs_original`` (McNemar against the original), ``flops``, ``flops_kept``
   (share of the original's whole-model FLOPs), ``layer_flops_ratio`` (compressed layers'
   original / compressed FLOPs), ``params``, ``latency_b1_ms``, ``latency_b32_ms``, ``speedup_b1``,
-  ``speedup_b32``
+  ``speedup_b32``, ``others_cpu`` (the share of the CPUs other processes used while the run was timed;
+  empty where it was not recorded)
 * ``pareto``: True for runs on the Pareto front of two axes (default FLOPs vs accuracy,
   :func:`hscc_core.runs.pareto.pareto_front`)
 
@@ -135,6 +136,7 @@ def _metrics(run: Mapping[str, Any], classes: Sequence[str]) -> dict[str, float]
         row[f"latency_{b}_ms"] = as_float(_get(run.get("latency_ms"), "compressed", b, "median"))
     for b in ("b1", "b32"):
         row[f"speedup_{b}"] = as_float(_get(run.get("speedup"), b))
+    row["others_cpu"] = as_float(_get(run.get("latency_ms"), "others_cpu"))
     return row
 
 

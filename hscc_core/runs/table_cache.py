@@ -37,9 +37,9 @@ from hscc_core.runs.versions import is_current, is_upgradable
 __all__ = ["DETAIL_FIELDS", "TABLE_VERSION", "older_runs_count", "stored_run_columns", "stored_run_summaries",
            "stored_runs_table"]
 
-TABLE_VERSION = 6  # bump when runs_table's columns or the summaries change (3: calibration, allocation
+TABLE_VERSION = 7  # bump when runs_table's columns or the summaries change (3: calibration, allocation
 #                    for every method; run summaries; 4: whether a run is current; 5: mirror images, rank multiple;
-#                    6: whether an older run can be upgraded)
+#                    6: whether an older run can be upgraded; 7: others' CPU share while timed)
 #: Fields of a stored run that a summary leaves out: per-layer summaries and errors, per-layer FLOPs,
 #: the confusion matrix and the budget search's record. Listings never read them.
 DETAIL_FIELDS = ("layers", "layer_errors", "layer_flops", "layer_flops_original", "confusion_matrix",

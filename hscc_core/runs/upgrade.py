@@ -18,7 +18,9 @@ current pipeline would compute again, which on the real data takes minutes per r
   old run, so listings count it once.
 
 :func:`time_runs` completes current runs the same way: runs computed without a timing (``--no-speed``,
-as parallel sweeps must be) are timed afterwards, one at a time, against the original.
+as parallel sweeps must be) are timed afterwards, one at a time, against the original. On request it
+also times again the runs whose timing was taken on a busy machine (:func:`busy_timing`), keeping the
+timing it replaces.
 
 Runs of versions that changed computation (not in
 :data:`hscc_core.runs.versions.TIMING_ONLY_VERSIONS`) are left alone:
@@ -28,9 +30,10 @@ they must be computed again.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from hscc_core.measure.costs import BUSY_SHARE
 from hscc_core.runs.config import RunConfig
 from hscc_core.runs.pipeline import build_compressed, run_key, speed_fields
 from hscc_core.runs.store import canonical_json
@@ -38,7 +41,8 @@ from hscc_core.runs.selection import older_runs
 from hscc_core.runs.versions import RUN_VERSION, is_current, is_upgradable
 from hscc_core.runs.workspace import Workspace
 
-__all__ = ["TimingReport", "UpgradeReport", "config_of", "time_runs", "upgradable_runs", "upgrade_runs"]
+__all__ = ["TimingReport", "UpgradeReport", "busy_timing", "config_of", "time_runs", "upgradable_runs",
+           "upgrade_runs"]
 
 # Fields of a run that the store adds or that describe one process's reading of it.
 _TRANSIENT = ("cache_key", "cached")
@@ -189,33 +193,54 @@ def _timing(ws: Workspace, run: dict, config: RunConfig, model, meta: dict, late
     return speed_fields(model, built.model.eval(), ws.size, latency_runs)
 
 
+def busy_timing(run: Mapping) -> bool:
+    """Whether ``run`` was timed while other processes used more than
+    :data:`hscc_core.measure.costs.BUSY_SHARE` of the CPUs (``latency_ms.others_cpu``): its speed-up is
+    noisy. Runs timed before that share was recorded, and runs without a timing, are not."""
+    share = (run.get("latency_ms") or {}).get("others_cpu")
+    return share is not None and share > BUSY_SHARE
+
+
 @dataclass
 class TimingReport:
     """What :func:`time_runs` did."""
 
-    timed: list[dict] = field(default_factory=list)  # {"key", "label", "speedup"}
+    # {"key", "label", "speedup", "again"}; again: it had a timing, taken on a busy machine
+    timed: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # {"key", "label", "reason"}
+    again_if_busy: bool = False  # what was asked: also the runs timed on a busy machine
 
     def summary(self) -> str:
         """One line for people."""
         if not self.timed and not self.skipped:
-            return "No run without a timing."
-        n = len(self.timed)
-        text = f"{n} {'run' if n == 1 else 'runs'} timed against the original"
+            return ("No run without a timing or timed on a busy machine." if self.again_if_busy
+                    else "No run without a timing.")
+        n, again = len(self.timed), sum(t["again"] for t in self.timed)
+        runs = "run" if n == 1 else "runs"
+        if again and again == n:
+            text = (f"{n} {runs} timed again against the original ({'its' if n == 1 else 'their'} earlier "
+                    "timing had been taken on a busy machine)")
+        else:
+            text = f"{n} {runs} timed against the original" + (
+                f" ({again} of them again: their earlier timing had been taken on a busy machine)" if again else "")
         if self.skipped:
-            text += f"; {len(self.skipped)} left without a timing"
+            k = len(self.skipped)
+            text += (f"; {k} left as {'it was' if k == 1 else 'they were'}" if self.again_if_busy
+                     else f"; {k} left without a timing")
         return text + "."
 
 
 def time_runs(ws: Workspace, runs: list[dict], latency_runs: int = 20,
-              progress: Callable[[int, int], None] | None = None) -> TimingReport:
+              progress: Callable[[int, int], None] | None = None, again_if_busy: bool = False) -> TimingReport:
     """Time the current runs among ``runs`` that have no timing (computed with ``--no-speed``, e.g.
-    by a parallel sweep, whose workers would have disturbed each other's timings).
+    by a parallel sweep, whose workers would have disturbed each other's timings), and with
+    ``again_if_busy`` also those timed on a busy machine (:func:`busy_timing`).
 
     Each run's model is rebuilt from the stored statistics and timed against the original, one run
     at a time, interleaved in this process, as a run's measure stage does; the run is then stored
-    again under its key with ``latency_ms``, ``speedup`` and ``timed_later`` (``seconds``, and that the
-    timing was taken on the layout before any fine-tuning). Nothing else of it changes.
+    again under its key with ``latency_ms``, ``speedup`` and ``timed_later`` (``seconds``, that the
+    timing was taken on the layout before any fine-tuning, and under ``replaced`` the ``latency_ms``
+    and ``speedup`` of a timing it replaces). Nothing else of it changes.
 
     Parameters
     ----------
@@ -226,14 +251,18 @@ def time_runs(ws: Workspace, runs: list[dict], latency_runs: int = 20,
     latency_runs : int
         Rounds per model and batch size (the measure stage's time budget applies).
     progress : callable(done, total), optional
+    again_if_busy : bool
+        Also time again the runs whose timing was taken while other processes used more than
+        :data:`hscc_core.measure.costs.BUSY_SHARE` of the CPUs.
 
     Returns
     -------
     TimingReport
     """
     progress = progress or (lambda done, total: None)
-    todo = [r for r in runs if r.get("latency_ms") is None and r.get("method") != "original" and is_current(r)]
-    report = TimingReport()
+    todo = [r for r in runs if r.get("method") != "original" and is_current(r)
+            and (r.get("latency_ms") is None or (again_if_busy and busy_timing(r)))]
+    report = TimingReport(again_if_busy=again_if_busy)
     progress(0, len(todo))
     model = meta = None
     for i, run in enumerate(todo):
@@ -251,10 +280,14 @@ def time_runs(ws: Workspace, runs: list[dict], latency_runs: int = 20,
             if entry is None:
                 raise _Skip("it could not be read from the store again")
             body = {k: v for k, v in entry[0].items() if k not in _TRANSIENT}
-            body.update(timing, timed_later={"seconds": time.perf_counter() - start,
-                                             "finetuned": bool(config.finetune_epochs)})
+            later = {"seconds": time.perf_counter() - start, "finetuned": bool(config.finetune_epochs)}
+            again = body.get("latency_ms") is not None
+            if again:  # nothing lost: the busy timing stays beside the new one
+                later["replaced"] = {"latency_ms": body["latency_ms"], "speedup": body.get("speedup")}
+            body.update(timing, timed_later=later)
             ws.store.put_run(run["cache_key"], body, entry[1])
-            report.timed.append({"key": run["cache_key"], "label": label, "speedup": timing["speedup"]})
+            report.timed.append({"key": run["cache_key"], "label": label, "speedup": timing["speedup"],
+                                 "again": again})
         except _Skip as exc:
             report.skipped.append({"key": run["cache_key"], "label": label, "reason": str(exc)})
         progress(i + 1, len(todo))
