@@ -39,7 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from weight_bytes import compressed_models, conv_weight_bytes, model_parser, parse_configs  # noqa: E402
+from weight_bytes import conv_weight_bytes, model_parser, models_and_input  # noqa: E402
 
 from hscc_core.measure.costs import timing_input, timing_layout  # noqa: E402
 
@@ -130,21 +130,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from hscc_core.nn.grey import input_shape  # noqa: PLC0415
-
     a = _parser().parse_args(argv)
-    configs = parse_configs(a.configs)
-    if configs is None:
+    start = models_and_input(a, ("batch", "rounds", "flush_mb"), baselines=("svd",))
+    if start is None:
         return 2
-    if a.batch < 1 or a.rounds < 1 or a.flush_mb < 1:
-        print("--batch, --rounds and --flush-mb must be >= 1", file=sys.stderr)
-        return 2
-    built = compressed_models(a, configs, baselines=("svd",))
-    if built is None:
-        return 2
-    ws, models = built
-    shape = input_shape(models["original"], ws.size)
-    x = torch.randn(a.batch, *shape[1:], generator=torch.Generator().manual_seed(0))
+    models, x = start
     result = profile(models, x, rounds=a.rounds, flush_mb=a.flush_mb)
     if a.json:
         print(json.dumps({"command": " ".join(sys.argv), "threads": torch.get_num_threads(), "batch": a.batch,

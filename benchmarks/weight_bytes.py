@@ -88,6 +88,31 @@ def compressed_models(a: argparse.Namespace, configs: list[tuple[int, int]], bas
     return ws, models
 
 
+def models_and_input(a: argparse.Namespace, positive: tuple[str, ...], baselines=("svd", "tucker")):
+    """The timing scripts' common start: ``(models, x)``, the models of :func:`compressed_models` and
+    one input batch of ``a.batch`` images the baseline takes (fixed seed); or None after one line on
+    stderr when ``a.configs`` is malformed, an option named in ``positive`` is below 1 or the cache
+    has no baseline."""
+    import torch  # noqa: PLC0415
+
+    from hscc_core.nn.grey import input_shape  # noqa: PLC0415
+
+    configs = parse_configs(a.configs)
+    if configs is None:
+        return None
+    if any(getattr(a, name) < 1 for name in positive):
+        names = [f"--{name.replace('_', '-')}" for name in positive]
+        print(f"{', '.join(names[:-1])} and {names[-1]} must be >= 1" if len(names) > 1
+              else f"{names[0]} must be >= 1", file=sys.stderr)
+        return None
+    built = compressed_models(a, configs, baselines)
+    if built is None:
+        return None
+    ws, models = built
+    shape = input_shape(models["original"], ws.size)
+    return models, torch.randn(a.batch, *shape[1:], generator=torch.Generator().manual_seed(0))
+
+
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     configs = parse_configs(a.configs)

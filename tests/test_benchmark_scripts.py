@@ -214,6 +214,40 @@ def test_batch1_profile_times_each_part_of_a_forward(tmp_path, capsys):
     assert "hscc prepare" in capsys.readouterr().err
 
 
+def test_gemm_bound_times_every_convolution_and_hscc_steps_through_mkl(tmp_path, capsys):
+    """benchmarks/gemm_bound.py: one row per model and convolution, MACs as FlopCounterMode counts
+    them (the region programs' MACs for HSCC layers), the GEMM steps through MKL for HSCC layers
+    only, GMAC/s from the medians; bad options are one clear line (no timing is asserted)."""
+    from conftest import hscc_model, random_images
+    from hscc_core.compress.native.program import lower
+    from hscc_core.nn.models import build_model
+
+    m = load_benchmark("gemm_bound")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = build_model("tiny", 4).eval()
+    x = random_images(24)
+    comp, _ = hscc_model(model, x, "input", 2, 2, 0.9)
+    rows = m.bound({"original": model, "hscc": comp}, x[:3], rounds=2)
+    convs = [i for i, layer in enumerate(model.features) if isinstance(layer, torch.nn.Conv2d)]
+    assert [(r["model"], r["layer"]) for r in rows] == [(n, i) for n in ("original", "hscc") for i in convs]
+    for r in rows:
+        layer = (model if r["model"] == "original" else comp).features[r["layer"]]
+        assert ("mkl_ms" in r) == (r["model"] == "hscc")
+        if r["model"] == "hscc":
+            assert r["macs"] == lower(layer).macs(3) > 0
+        for kind in ("native", "mkl") if "mkl_ms" in r else ("native",):
+            assert r[f"{kind}_ms"] > 0 and r[f"{kind}_gmacs"] == pytest.approx(r["macs"] / r[f"{kind}_ms"] / 1e6)
+    with pytest.raises(ValueError):
+        m.bound({"original": model}, x[:1], rounds=0)
+    assert m.main(["--configs", "4by4", "--cache-dir", str(tmp_path)]) == 2
+    assert "G x K" in capsys.readouterr().err
+    assert m.main(["--batch", "0", "--cache-dir", str(tmp_path)]) == 2
+    assert "--batch" in capsys.readouterr().err
+    assert m.main(["--cache-dir", str(tmp_path)]) == 2
+    assert "hscc prepare" in capsys.readouterr().err
+
+
 def test_layout_check_times_one_model_in_both_layouts(tmp_path, capsys):
     """benchmarks/layout_check.py: one model, NCHW and channels-last, both timed with their max-pools,
     the caller's model left as it was; bad options are one clear line (no timing is asserted)."""
