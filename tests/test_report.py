@@ -51,6 +51,14 @@ def test_metrics_rows_cover_every_class_and_speed():
     assert ("FLOPs of the compressed layers", "300 FLOPs", "100 FLOPs") in rows
     assert ("FLOPs (whole model)", "2 MFLOPs", "1 MFLOPs") in rows
     assert report.metrics_rows({"accuracy": 0.5})[0] == ("accuracy (%)", "n/a", "50.00")
+    # A speed-up timed on a busy machine says so wherever the report goes.
+    def speed(share):
+        run = dict(RUN, latency_ms=dict(RUN["latency_ms"], others_cpu=share))
+        rows = {r[0]: r[2] for r in report.metrics_rows(run)}
+        return rows["measured speed (batch 1 / 32)"], rows.get("speed noisy: timed on a busy machine")
+
+    assert speed(None) == speed(0.2) == ("1.5x faster / 1.4x faster on cpu", None)
+    assert speed(0.4) == ("1.5x faster / 1.4x faster on cpu", "other processes used 40% of the CPUs")
 
 
 def test_config_rows_read_as_words():

@@ -15,7 +15,8 @@ from hscc_core.runs.pipeline import compress_run
 from hscc_core.runs.selection import baseline_runs, older_baseline_runs, resolve_run
 from hscc_core.runs.store import cache_key
 from hscc_core.runs.table_cache import older_runs_count
-from hscc_core.runs.upgrade import busy_timing, config_of, time_runs, upgradable_runs, upgrade_runs
+from hscc_core.measure.machine import busy_timing
+from hscc_core.runs.upgrade import config_of, time_runs, upgradable_runs, upgrade_runs
 from hscc_core.runs.versions import RUN_VERSION, TIMING_ONLY_VERSIONS, older_runs_note
 
 OLD = min(TIMING_ONLY_VERSIONS)
@@ -200,8 +201,8 @@ def test_runs_timed_on_a_busy_machine_are_timed_again_on_request(ws, monkeypatch
     busy = disturb(ws, compress_run(ws, CONFIG, latency_runs=3)[0], 0.6)
     quiet = disturb(ws, compress_run(ws, RunConfig("svd", energy=0.8), latency_runs=3)[0], 0.1)
     untimed = compress_run(ws, RunConfig(grid=1, clusters=2, energy=0.9), measure_speed=False)[0]
-    assert busy_timing(busy) and not busy_timing(quiet) and not busy_timing(untimed)
-    assert not busy_timing(dict(quiet, latency_ms=dict(quiet["latency_ms"], others_cpu=None)))  # not recorded
+    assert busy_timing(busy["latency_ms"]) and not busy_timing(quiet["latency_ms"])
+    assert not busy_timing(untimed["latency_ms"]) and not busy_timing(dict(quiet["latency_ms"], others_cpu=None))
     listed = lambda: baseline_runs(ws.store, ws.index().fingerprint, ws.model_fingerprint())  # noqa: E731
     # Without the request only the run without a timing is timed: a busy timing is still a timing.
     report = time_runs(ws, listed(), latency_runs=3)

@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from hscc_core.compress.methods import get_method
+from hscc_core.measure.machine import busy_timing
 from hscc_core.present.labels import budget_sentence, duration, method_title, si, speed_text, split_name
 from hscc_core.present.report import layer_table
 from hscc_core.present.text import plain
@@ -23,7 +24,7 @@ from hscc_core.runs.config import (ALLOCATIONS, CALIBRATIONS, CLUSTER_SIDES, DEF
                                    RANK_MULTIPLES, RunConfig, default_allocation, describe_config)
 from hscc_core.runs.pipeline import run_key
 from hscc_core.runs.progress import StageTimes, profile_of
-from hscc_core.runs.upgrade import busy_timing, time_runs
+from hscc_core.runs.upgrade import time_runs
 from views import frame
 
 # Finer steps near 1, where accuracy changes fastest.
@@ -243,7 +244,7 @@ def busy_note(ctx, run: dict) -> None:
     done = st.session_state.pop("explorer_retime_result", None)
     if done:
         st.success(done)
-    if not (run.get("speedup") and busy_timing(run)):
+    if not (run.get("speedup") and busy_timing(run.get("latency_ms"))):
         return
     busy = run["latency_ms"]["others_cpu"]
     st.warning(f"Other processes used {busy:.0%} of the CPUs while this run was timed: its speed-up is noisy. "

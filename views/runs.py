@@ -4,7 +4,7 @@ parallel coordinates brushed by the same filters, which setting matters, and an 
 import numpy as np
 import streamlit as st
 
-from hscc_core.measure.costs import BUSY_SHARE
+from hscc_core.measure.machine import BUSY_SHARE
 from hscc_core.present.dashboard import (DEFAULT_DIMENSIONS, column_format, column_label, constraints_for,
                                          importance_figure, parcoords_figure)
 from hscc_core.present.text import plain

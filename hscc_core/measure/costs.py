@@ -19,15 +19,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hscc_core.measure.machine import cpu_snapshot, others_share
+from hscc_core.measure.machine import BUSY_SHARE, cpu_snapshot, others_share
 
 # Seconds of timed rounds a compression run spends on its latency (runs.pipeline.compute_run): an
 # interleaved median of as many rounds as fit, batch 1 first (cheap: it gets its full count), batch
 # 32 on what is left.
 LATENCY_BUDGET_S = 4.0
-# Share of the CPUs other processes may take while models are timed before the timing is called
-# noisy (machine.others_share): a second process keeping one of two cores busy is 0.5.
-BUSY_SHARE = 0.25
 
 
 class BusyMachineWarning(UserWarning):

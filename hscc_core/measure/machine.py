@@ -9,14 +9,19 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["CpuSnapshot", "cpu_name", "cpu_snapshot", "machine_description", "machine_info", "others_share"]
+__all__ = ["BUSY_SHARE", "CpuSnapshot", "busy_timing", "cpu_name", "cpu_snapshot", "machine_description",
+           "machine_info", "others_share"]
 
 
 MIN_WINDOW_S = 1.0  # shortest window others_share reports on
+# Share of the CPUs other processes may take while models are timed before the timing is called
+# noisy (others_share): a second process keeping one of two cores busy is 0.5.
+BUSY_SHARE = 0.25
 
 
 class CpuSnapshot(NamedTuple):
@@ -58,6 +63,14 @@ def others_share(before: CpuSnapshot | None, after: CpuSnapshot | None) -> float
     cores = os.cpu_count() or 1
     others = (after.machine_busy - before.machine_busy) - (after.own - before.own)
     return min(1.0, max(0.0, others / ((after.wall - before.wall) * cores)))
+
+
+def busy_timing(latency: Mapping | None) -> bool:
+    """Whether a timing (a run's ``latency_ms``, a speed row's) was taken while other processes used
+    more than :data:`BUSY_SHARE` of the CPUs: its speed-up is noisy. A timing without the share
+    (taken before it was recorded, or on a window too short to read it) is not called busy."""
+    share = (latency or {}).get("others_cpu")
+    return share is not None and share > BUSY_SHARE
 
 
 def cpu_name() -> str:

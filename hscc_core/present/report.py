@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from hscc_core.measure.machine import cpu_name
+from hscc_core.measure.machine import busy_timing, cpu_name
 from hscc_core.present import explain
 from hscc_core.present.dashboard import column_label
 from hscc_core.present.heatmaps import layer_summaries, region_value_map
@@ -111,6 +111,9 @@ def metrics_rows(run: Mapping[str, Any], original: Mapping[str, Any] | None = No
         sp = run.get("speedup") or {}
         rows.append(("measured speed (batch 1 / 32)", "",
                      f"{speed_text(sp.get('b1'))} / {speed_text(sp.get('b32'))} on {lat.get('device', '?')}"))
+        if busy_timing(lat):  # a row of its own: a table cell would cut the sentence off
+            rows.append(("speed noisy: timed on a busy machine", "",
+                         f"other processes used {lat['others_cpu']:.0%} of the CPUs"))
     if run.get("accuracy_delta") is not None:
         rows.append(("accuracy change (points)", "",
                      _pm(run["accuracy_delta"], run.get("accuracy_delta_se"), "+.2f", 100)

@@ -19,7 +19,8 @@ current pipeline would compute again, which on the real data takes minutes per r
 
 :func:`time_runs` completes current runs the same way: runs computed without a timing (``--no-speed``,
 as parallel sweeps must be) are timed afterwards, one at a time, against the original. On request it
-also times again the runs whose timing was taken on a busy machine (:func:`busy_timing`), keeping the
+also times again the runs whose timing was taken on a busy machine
+(:func:`hscc_core.measure.machine.busy_timing`), keeping the
 timing it replaces.
 
 Runs of versions that changed computation (not in
@@ -30,10 +31,10 @@ they must be computed again.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hscc_core.measure.costs import BUSY_SHARE
+from hscc_core.measure.machine import busy_timing
 from hscc_core.runs.config import RunConfig
 from hscc_core.runs.pipeline import build_compressed, run_key, speed_fields
 from hscc_core.runs.store import canonical_json
@@ -41,8 +42,7 @@ from hscc_core.runs.selection import older_runs
 from hscc_core.runs.versions import RUN_VERSION, is_current, is_upgradable
 from hscc_core.runs.workspace import Workspace
 
-__all__ = ["TimingReport", "UpgradeReport", "busy_timing", "config_of", "time_runs", "upgradable_runs",
-           "upgrade_runs"]
+__all__ = ["TimingReport", "UpgradeReport", "config_of", "time_runs", "upgradable_runs", "upgrade_runs"]
 
 # Fields of a run that the store adds or that describe one process's reading of it.
 _TRANSIENT = ("cache_key", "cached")
@@ -193,14 +193,6 @@ def _timing(ws: Workspace, run: dict, config: RunConfig, model, meta: dict, late
     return speed_fields(model, built.model.eval(), ws.size, latency_runs)
 
 
-def busy_timing(run: Mapping) -> bool:
-    """Whether ``run`` was timed while other processes used more than
-    :data:`hscc_core.measure.costs.BUSY_SHARE` of the CPUs (``latency_ms.others_cpu``): its speed-up is
-    noisy. Runs timed before that share was recorded, and runs without a timing, are not."""
-    share = (run.get("latency_ms") or {}).get("others_cpu")
-    return share is not None and share > BUSY_SHARE
-
-
 @dataclass
 class TimingReport:
     """What :func:`time_runs` did."""
@@ -234,7 +226,8 @@ def time_runs(ws: Workspace, runs: list[dict], latency_runs: int = 20,
               progress: Callable[[int, int], None] | None = None, again_if_busy: bool = False) -> TimingReport:
     """Time the current runs among ``runs`` that have no timing (computed with ``--no-speed``, e.g.
     by a parallel sweep, whose workers would have disturbed each other's timings), and with
-    ``again_if_busy`` also those timed on a busy machine (:func:`busy_timing`).
+    ``again_if_busy`` also those timed on a busy machine
+    (:func:`hscc_core.measure.machine.busy_timing`).
 
     Each run's model is rebuilt from the stored statistics and timed against the original, one run
     at a time, interleaved in this process, as a run's measure stage does; the run is then stored
@@ -261,7 +254,7 @@ def time_runs(ws: Workspace, runs: list[dict], latency_runs: int = 20,
     """
     progress = progress or (lambda done, total: None)
     todo = [r for r in runs if r.get("method") != "original" and is_current(r)
-            and (r.get("latency_ms") is None or (again_if_busy and busy_timing(r)))]
+            and (r.get("latency_ms") is None or (again_if_busy and busy_timing(r.get("latency_ms"))))]
     report = TimingReport(again_if_busy=again_if_busy)
     progress(0, len(todo))
     model = meta = None
