@@ -40,6 +40,9 @@ def test_names_metrics_and_kept_fractions():
     wide = metrics_wide(runs)
     assert list(wide.columns) == names and wide.loc["accuracy", names[0]] == "70.00 % ± 1.00"
     assert wide.loc["latency b1 (ms)", names[0]] == "n/a" and "F1 no tumor" in wide.index
+    # What else ran while each was timed: n/a before it was recorded, "(noisy)" above a quarter.
+    timed = [dict(r, latency_ms={"others_cpu": share}) for r, share in zip(runs, (None, 0.1, 0.4))]
+    assert list(metrics_wide(timed).loc["others' CPU while timed"]) == ["n/a", "10%", "40% (noisy)"]
     changed = metrics_wide([dict(runs[0], accuracy_delta=-0.14, accuracy_delta_se=0.0172), runs[1]])
     assert changed.loc["accuracy change vs original", names[0]] == "-14.00 points ± 1.72"  # points, not %
     assert all(len(c.split(" ± ")[0].split(".")[-1]) == 3 for c in wide.loc["macro F1"] if c != "n/a")

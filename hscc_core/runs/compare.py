@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hscc_core.measure.machine import BUSY_SHARE
 from hscc_core.runs.config import run_name
 from hscc_core.runs.pareto import as_float
 from hscc_core.runs.table import class_names
@@ -25,6 +26,7 @@ __all__ = ["COMPARE_MAX", "COMPARE_MIN", "compressed_layers", "holm", "kept_frac
            "metrics_wide", "pairwise_tests", "run_names"]
 
 COMPARE_MIN, COMPARE_MAX = 2, 4
+OTHERS_CPU = "others' CPU while timed"  # the row of latency_ms.others_cpu
 _METRICS = (("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("agreement", "agreement"),
             ("KL to original", "kl_to_original"), ("accuracy change vs original", "accuracy_delta"))
 
@@ -45,7 +47,8 @@ def metrics_long(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per (metric, run): columns ``metric``, ``run``, ``value``, ``se`` (NaN where absent).
 
     Metrics: accuracy, macro F1, per-class F1, agreement and KL with the original, accuracy change
-    against the original and its McNemar p-value, FLOPs kept, params, latency and speed-up.
+    against the original and its McNemar p-value, FLOPs kept, params, latency and speed-up, and the
+    share of the CPUs other processes used while the run was timed (above a quarter: noisy).
     """
     _check(runs)
     names = run_names(runs)
@@ -69,6 +72,7 @@ def metrics_long(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         for b in ("b1", "b32"):
             add(f"latency {b} (ms)", name, (lat.get(b) or {}).get("median"))
             add(f"speed-up {b}", name, sp.get(b))
+        add(OTHERS_CPU, name, (run.get("latency_ms") or {}).get("others_cpu"))
     return pd.DataFrame(rows, columns=["metric", "run", "value", "se"]).astype({"value": float, "se": float})
 
 
@@ -85,6 +89,8 @@ def metrics_wide(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         err = np.isfinite(se)
         if metric in pct:
             return f"{100 * v:.2f} %" + (f" ± {100 * se:.2f}" if err else "")
+        if metric == OTHERS_CPU:
+            return f"{v:.0%}" + (" (noisy)" if v > BUSY_SHARE else "")
         if metric == "accuracy change vs original":  # a difference of percentages: points
             return f"{100 * v:+.2f} points" + (f" ± {100 * se:.2f}" if err else "")
         if metric == "params":

@@ -246,7 +246,7 @@ def time_runs(ws: Workspace, runs: list[dict], latency_runs: int = 20,
     progress : callable(done, total), optional
     again_if_busy : bool
         Also time again the runs whose timing was taken while other processes used more than
-        :data:`hscc_core.measure.costs.BUSY_SHARE` of the CPUs.
+        :data:`hscc_core.measure.machine.BUSY_SHARE` of the CPUs.
 
     Returns
     -------
