@@ -13,7 +13,8 @@ from conftest import CLASSES, ORIGINAL, RUNS, fake_run
 from hscc_core.present import plots
 from hscc_core.runs.pareto import front_runs
 from hscc_core.present.plots import (METHOD_STYLE, OKABE_ITO, axis_se, confusion_difference_figure, confusion_figure,
-                             confusion_values, key_from_selection, overlay_figure, pareto_figure, per_class_figure)
+                             confusion_values, key_from_selection, overlay_figure, pareto_figure, per_class_figure,
+                             run_hover)
 
 def trace(fig: go.Figure, name: str):
     matches = [t for t in fig.data if t.name == name or (t.name or "").startswith(name)]
@@ -42,6 +43,11 @@ def test_points_carry_their_cache_key_and_hover_with_config_and_se():
     hover = hscc.customdata[0][1]
     assert "grid=2" in hover and "clusters=4" in hover and "± 2.00%" in hover and "FLOPs" in hover
     assert list(hscc.x) == [0.5e6, 1.0e6, 1.5e6]
+    # A speed-up timed on a busy machine says so where the Pareto page shows it.
+    timed = dict(RUNS[1], speedup={"b1": 1.2, "b32": 2.0}, latency_ms={"others_cpu": 0.1})
+    assert "(batch 1)" in run_hover(timed) and "noisy" not in run_hover(timed)
+    busy = dict(timed, latency_ms={"others_cpu": 0.5})
+    assert "noisy: other processes used 50% of the CPUs while timed" in run_hover(busy)
 
 
 def test_front_is_a_step_line_over_exactly_the_non_dominated_runs():

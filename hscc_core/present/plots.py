@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from hscc_core.measure.machine import busy_timing
 from hscc_core.present.labels import class_label, si, speed_text
 from hscc_core.runs.config import run_name
 from hscc_core.runs.pareto import axis_value, get_axis, pareto_front
@@ -197,6 +198,8 @@ def run_hover(run: Mapping[str, Any]) -> str:
     sp = run.get("speedup") or {}
     if sp.get("b1") is not None:
         lines.append(f"{speed_text(sp['b1'])} (batch 1), {speed_text(sp.get('b32'))} (batch 32)")
+        if busy_timing(run.get("latency_ms")):
+            lines.append(f"noisy: other processes used {run['latency_ms']['others_cpu']:.0%} of the CPUs while timed")
     if run.get("agreement") is not None:
         lines.append(f"agreement {_fmt(run['agreement'], '.1%')}, KL {_fmt(run.get('kl_to_original'), '.2e')}")
     if run.get("p_value_vs_original") is not None:
@@ -210,7 +213,7 @@ def _axis_title(name: str) -> str:
 
 
 #: Identity of :func:`pareto_columns` for the on-disk column cache: bump when its columns or texts change.
-PARETO_COLUMNS = "pareto-1"
+PARETO_COLUMNS = "pareto-2"  # 2: hover says when a run's speed was timed on a busy machine
 
 
 def pareto_axes(classes: Sequence[str]) -> tuple[str, ...]:
