@@ -212,6 +212,24 @@ def test_a_run_timed_on_a_busy_machine_says_so(trained_workspace, tmp_path, monk
     assert at.session_state["selected_run"] == busy["cache_key"]
 
 
+def test_a_run_slower_than_the_original_says_why(trained_workspace, tmp_path, monkeypatch):
+    # A compressed model slower than the original is shown with the measured cause, not only "slower".
+    from conftest import copy_workspace, use_tiny_app_env
+
+    ws = copy_workspace(trained_workspace, tmp_path / "cache")
+    use_tiny_app_env(monkeypatch, ws.data, ws.cache_dir)
+    run = compress_run(ws, LOW, measure_speed=True, latency_runs=2)[0]
+    body, arrays = ws.store.get_entry(run["cache_key"])
+    body = {k: v for k, v in body.items() if k not in ("cache_key", "cached")}
+    infos = {}
+    for b1 in (1.3, 0.8):
+        ws.store.put_run(run["cache_key"], dict(body, speedup={"b1": b1, "b32": 1.5}), arrays)
+        at = explorer_config(open_page("views/explorer.py"), LOW)
+        assert not at.exception, at.exception
+        infos[b1] = [i.value for i in at.info if i.value.startswith("Slower than the original")]
+    assert infos[1.3] == [] and len(infos[0.8]) == 1 and infos[0.8][0].startswith("Slower than the original at batch 1:")
+
+
 def test_moving_a_slider_changes_the_shown_run(app_env, stored_runs, counters):
     at = explorer_config(open_page("views/explorer.py"), LOW)
     assert describe_config(LOW.canonical()) in texts(at.subheader)

@@ -16,7 +16,8 @@ import streamlit as st
 
 from hscc_core.compress.methods import get_method
 from hscc_core.measure.machine import busy_timing
-from hscc_core.present.labels import budget_sentence, duration, method_title, si, speed_text, split_name
+from hscc_core.present.labels import (budget_sentence, duration, method_title, si, slower_sentence, speed_text,
+                                      split_name)
 from hscc_core.present.report import layer_table
 from hscc_core.present.text import plain
 from hscc_core.runs import jobs
@@ -289,6 +290,9 @@ def show_run(ctx, run: dict) -> None:
     st.subheader(describe_config(run["config"]))
     st.caption(f"Measured on the {split_name(run)} split's {run.get('n', '?')} test images.")
     headline(run, ctx.original)
+    slower = slower_sentence(run)
+    if slower:
+        st.info(slower)
     busy_note(ctx, run)
     details(run)
 

@@ -16,8 +16,8 @@ from hscc_core.compress.methods import METHODS
 # One wording of the research-tool notice, everywhere a prediction or a metric is shown.
 NOTICE = "Research tool, not a medical device: predictions shown here must not be used for diagnosis."
 
-__all__ = ["NOTICE", "budget_sentence", "class_label", "duration", "method_title", "pct", "si", "speed_text",
-           "split_name"]
+__all__ = ["NOTICE", "SAME_SPEED", "budget_sentence", "class_label", "duration", "method_title", "pct", "si", "slower_sentence",
+           "speed_text", "split_name"]
 
 
 def class_label(name: str) -> str:
@@ -48,13 +48,20 @@ def pct(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{100 * value:.{digits}f} %"
 
 
+# Speed-ups this close to 1 read "about as fast": closer than two readings of one model usually agree.
+SAME_SPEED = (0.97, 1.03)
+
+
 def speed_text(ratio: float | None) -> str:
-    """A measured speed-up (original time / compressed time) in words: ``3.4x faster``, ``3.4x slower``."""
+    """A measured speed-up (original time / compressed time) in words: ``3.4x faster``, ``3.4x slower``,
+    ``1.03x slower`` (two digits would print it as "1x")."""
     if ratio is None or not math.isfinite(ratio) or ratio <= 0:
         return "not measured"
-    if 0.97 <= ratio <= 1.03:
+    if SAME_SPEED[0] <= ratio <= SAME_SPEED[1]:
         return "about as fast"
-    return f"{ratio:.2g}x faster" if ratio > 1 else f"{1 / ratio:.2g}x slower"
+    times = max(ratio, 1 / ratio)
+    text = f"{times:.2g}" if f"{times:.2g}" != "1" else f"{times:.2f}"
+    return f"{text}x faster" if ratio > 1 else f"{text}x slower"
 
 
 def duration(seconds: float | None) -> str:
@@ -95,3 +102,36 @@ def budget_sentence(run: Mapping[str, Any]) -> str | None:
         reached += f" ({si(sum(new.values()), 'FLOPs')} instead of {si(sum(old.values()), 'FLOPs')})"
     verdict = "met" if budget.get("met") else "not met"
     return f"Budget x{budget['target']:g} {verdict}: {reached}, by {how}."
+
+
+def slower_sentence(run: Mapping[str, Any]) -> str | None:
+    """Why a compressed model runs slower than the original, in one sentence (None when it was not
+    timed, or is faster or about as fast (:data:`SAME_SPEED`) at both batch sizes).
+
+    The causes are the ones measured on this project's CPU (docs/performance.md): a compressed layer
+    that cuts few multiply-adds (its factors run each one more slowly than the original's dense
+    convolution, so a layer FLOPs ratio under 1.5 does not pay), and, at batch 1, HSCC's per-region
+    factors, which a grid of 8 makes larger than the original's weights: reading them from memory
+    then takes longer than the multiply-adds saved.
+    """
+    sp = run.get("speedup") or {}
+    # Below the band that reads "about as fast": a 0.99x reading is noise, not a slower model.
+    slow = [b for b in ("b1", "b32") if isinstance(sp.get(b), (int, float)) and sp[b] < SAME_SPEED[0]]
+    if not slow:
+        return None
+    reasons = []
+    ratio = run.get("layer_flops_ratio")
+    if isinstance(ratio, (int, float)) and ratio < 1.5:
+        reasons.append(f"its compressed layers do only {ratio:.2f}x fewer multiply-adds than the original's, too "
+                       "few to pay for running them as factors (a lower energy threshold or a larger budget cuts more)")
+    extra = (run.get("params") or 0) - (run.get("params_original") or 0)
+    grid = (run.get("config") or {}).get("grid")
+    if "b1" in slow and run.get("method") == "hscc" and extra > 0 and grid:
+        reasons.append(f"each of its {grid}x{grid} regions keeps its own factors ({si(extra)} more weights than the "
+                       "original), and at batch 1 reading them from memory takes longer than the multiply-adds "
+                       "saved (a smaller grid reads less)")
+    if not reasons:
+        reasons.append("its factors run each multiply-add more slowly than the original's dense convolutions on "
+                       "this machine, and the multiply-adds saved do not make up for it")
+    where = " and ".join(f"batch {b[1:]}" for b in slow)
+    return f"Slower than the original at {where}: " + "; ".join(reasons) + ". Measured causes: docs/performance.md."
