@@ -272,8 +272,12 @@ def test_every_page_shows_an_upgraded_run_and_a_run_timed_later(trained_workspac
     assert len(upgrade_runs(ws, latency_runs=3).upgraded) == 1
     later = compress_run(ws, RUN_KINDS["hscc input greedy budget"], measure_speed=False)[0]
     assert len(time_runs(ws, [later], latency_runs=3).timed) == 1
+    # Timed on a busy machine: one left so (warnings, notes, the Compare row), one timed again since.
+    busy = disturb(ws, compress_run(ws, RUN_KINDS["svd budget"], latency_runs=3)[0], 0.6)
+    again = disturb(ws, compress_run(ws, RUN_KINDS["hscc output greedy budget"], latency_runs=3)[0], 0.7)
+    assert [t["again"] for t in time_runs(ws, [again], latency_runs=3, again_if_busy=True).timed] == [True]
     use_tiny_app_env(monkeypatch, trained_workspace.data, ws.cache_dir)
-    for key in (upgraded["cache_key"], later["cache_key"]):
+    for key in (upgraded["cache_key"], later["cache_key"], busy["cache_key"], again["cache_key"]):
         assert ws.store.get_run(key)["speedup"]["b1"] > 0
         for page in PAGES:
             at = open_page(page, link=key)
