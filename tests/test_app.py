@@ -227,7 +227,8 @@ def test_a_run_slower_than_the_original_says_why(trained_workspace, tmp_path, mo
         at = explorer_config(open_page("views/explorer.py"), LOW)
         assert not at.exception, at.exception
         infos[b1] = [i.value for i in at.info if i.value.startswith("Slower than the original")]
-    assert infos[1.3] == [] and len(infos[0.8]) == 1 and infos[0.8][0].startswith("Slower than the original at batch 1:")
+    assert infos[1.3] == [] and len(infos[0.8]) == 1
+    assert infos[0.8][0].startswith("Slower than the original at batch 1:")
 
 
 def test_moving_a_slider_changes_the_shown_run(app_env, stored_runs, counters):

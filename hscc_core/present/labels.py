@@ -16,8 +16,8 @@ from hscc_core.compress.methods import METHODS
 # One wording of the research-tool notice, everywhere a prediction or a metric is shown.
 NOTICE = "Research tool, not a medical device: predictions shown here must not be used for diagnosis."
 
-__all__ = ["NOTICE", "SAME_SPEED", "budget_sentence", "class_label", "duration", "method_title", "pct", "si", "slower_sentence",
-           "speed_text", "split_name"]
+__all__ = ["NOTICE", "SAME_SPEED", "budget_sentence", "class_label", "duration", "method_title", "pct", "si",
+           "slower_sentence", "speed_text", "split_name"]
 
 
 def class_label(name: str) -> str:
