@@ -258,6 +258,9 @@ def test_cli_time_contract(capsys, ws):
     disturb(ws, ws.store.get_run(svd["cache_key"]), 0.9)
     assert main(["runs", *args, "--time", "--latency-runs", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["timed"] == []
+    assert main(["runs", *args]) == 0  # the listing marks it
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(svd["cache_key"])]
+    assert len(listed) == 1 and listed[0].endswith("[timed while other processes used 90% of the CPUs]")
     assert main(["runs", *args, "--time", "--retime-busy", "--latency-runs", "3"]) == 0
     text = capsys.readouterr().out
     assert f"{svd['cache_key']}  " in text and "(timed again)" in text and "1 run timed again against" in text

@@ -17,6 +17,7 @@ import numpy as np
 
 from hscc_core.cli.progress import TrainBar, bars
 from hscc_core.data.splits import SPLITS
+from hscc_core.measure.machine import busy_timing
 from hscc_core.nn.models import ARCHITECTURES
 from hscc_core.nn.training import TrainConfig
 from hscc_core.runs.workspace import Workspace
@@ -181,6 +182,8 @@ def run_summary(run: dict, original: dict | None = None) -> str:
         parts.append(f"conv FLOPs /{run['layer_flops_ratio']:.2f} (model /{run['flops_ratio']:.2f})")
     if run.get("speedup"):
         parts.append(f"speed-up b1 {run['speedup']['b1']:.2f}x b32 {run['speedup']['b32']:.2f}x")
+        if busy_timing(run.get("latency_ms")):  # `hscc runs --time --retime-busy` times it again
+            parts.append(f"[timed while other processes used {run['latency_ms']['others_cpu']:.0%} of the CPUs]")
     if run.get("budget_search") and not run["budget_search"]["met"]:
         parts.append(f"[{run['budget_search']['message']}]")
     clamped = [n for n, s in run.get("layers", {}).items() if s.get("grid_clamped") or s.get("clusters_clamped")]
