@@ -25,7 +25,6 @@ JSON. A configuration some multiple of which is not stored is listed as missing 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -34,6 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from weight_bytes import workspace_parser  # noqa: E402
 
 
 def group_runs(runs: list[dict], multiples, budgets, grids, clusters, sides) -> dict:
@@ -136,10 +138,7 @@ def main(argv=None) -> int:
     # The command line's list options: --grids 1 2 4, --grids "1 2 4" and --grids 1,2,4 alike.
     from hscc_core.cli.common import float_list, int_list, list_option, word_list  # noqa: PLC0415
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the embedded phantom)")
-    p.add_argument("--cache-dir", type=Path, default=ROOT / "cache")
-    p.add_argument("--split", choices=("official", "clean"), default="official")
+    p = workspace_parser(__doc__.splitlines()[0])
     list_option(p, "--multiples", int_list, [1, 8, 16], "rank multiples, the first is the reference")
     list_option(p, "--budgets", float_list, [3.0, 6.0], "budgets")
     list_option(p, "--grids", int_list, [1, 2, 4, 8], "grids G")

@@ -13,13 +13,15 @@ Usage (the real data's workspace, from the repository root):
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from weight_bytes import workspace_parser  # noqa: E402
 
 
 def group_of(run: dict) -> str:
@@ -78,10 +80,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the embedded phantom)")
-    p.add_argument("--cache-dir", type=Path, default=ROOT / "cache")
-    p.add_argument("--split", choices=("official", "clean"), default="official")
+    p = workspace_parser(__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print the census as JSON instead of Markdown")
     a = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))

@@ -38,12 +38,18 @@ def conv_weight_bytes(model: nn.Module) -> int:
     return total + sum(p.numel() * 4 for p in model.features.parameters() if id(p) not in inside)
 
 
-def model_parser(description: str, configs: list[str], configs_help: str) -> argparse.ArgumentParser:
-    """The options that say which models to build: workspace, budget, HSCC configurations."""
+def workspace_parser(description: str) -> argparse.ArgumentParser:
+    """A benchmark's parser with the options that say which workspace it reads: data, run store, split."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the embedded phantom)")
-    p.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    p.add_argument("--cache-dir", type=Path, default=Path(__file__).resolve().parents[1] / "cache")
     p.add_argument("--split", choices=("official", "clean"), default="official")
+    return p
+
+
+def model_parser(description: str, configs: list[str], configs_help: str) -> argparse.ArgumentParser:
+    """The options that say which models to build: workspace, budget, HSCC configurations."""
+    p = workspace_parser(description)
     p.add_argument("--budget", type=float, default=6.0, help="conv-FLOPs budget (uniform rule)")
     p.add_argument("--configs", nargs="+", default=configs, help=configs_help)
     return p
