@@ -30,6 +30,10 @@ def test_each_measured_cause_is_named_where_it_applies():
     text = slower_sentence(small)
     assert text.startswith("Slower than the original at batch 1 and batch 32: its compressed layers do only "
                            "1.20x fewer multiply-adds") and "regions" not in text
+    # Nothing cut at all (a threshold that keeps every direction).
+    kept = dict(BASE, method="svd", config={"method": "svd"}, layer_flops_ratio=1.0, params=57_000_000,
+                speedup={"b1": 0.95, "b32": 1.0})
+    assert slower_sentence(kept).startswith("Slower than the original at batch 1: it cuts no multiply-adds")
     # Neither: the general reason, for any method.
     other = dict(BASE, method="svd", config={"method": "svd"}, speedup={"b1": 1.1, "b32": 0.9})
     assert "more slowly than the original's dense convolutions" in slower_sentence(other)

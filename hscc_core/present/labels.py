@@ -121,7 +121,10 @@ def slower_sentence(run: Mapping[str, Any]) -> str | None:
         return None
     reasons = []
     ratio = run.get("layer_flops_ratio")
-    if isinstance(ratio, (int, float)) and ratio < 1.5:
+    if isinstance(ratio, (int, float)) and ratio < 1.01:
+        reasons.append("it cuts no multiply-adds (its threshold keeps every direction), so it cannot be faster; "
+                       "a lower energy threshold or a budget compresses it")
+    elif isinstance(ratio, (int, float)) and ratio < 1.5:
         reasons.append(f"its compressed layers do only {ratio:.2f}x fewer multiply-adds than the original's, too "
                        "few to pay for running them as factors (a lower energy threshold or a larger budget cuts more)")
     extra = (run.get("params") or 0) - (run.get("params_original") or 0)
