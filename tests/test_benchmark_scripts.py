@@ -154,6 +154,30 @@ def test_fidelity_ablation_reads_the_chosen_split_and_says_how_to_prepare_it(tmp
         m.main(["--split", "leaky"])
 
 
+def tiny_pair(side: str, grid: int, clusters: int):
+    """A tiny trained-shape AlexNet, its HSCC compression and 24 images: what the timing scripts time."""
+    from conftest import hscc_model, random_images
+    from hscc_core.nn.models import build_model
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = build_model("tiny", 4).eval()
+    x = random_images(24)
+    return model, hscc_model(model, x, side, grid, clusters, 0.9)[0], x
+
+
+def assert_refuses_bad_starts(script, tmp_path, capsys, option: str) -> None:
+    """A timing script's shared start (weight_bytes.models_and_input): a malformed configuration, an
+    ``option`` below 1 and a cache without a baseline are each one line and exit 2."""
+    for bad in ("4by4", "4x4x4", "0x1"):
+        assert script.main(["--configs", bad, "--cache-dir", str(tmp_path)]) == 2
+        assert "G x K" in capsys.readouterr().err
+    assert script.main([option, "0", "--cache-dir", str(tmp_path)]) == 2
+    assert option in capsys.readouterr().err
+    assert script.main(["--cache-dir", str(tmp_path)]) == 2
+    assert "hscc prepare" in capsys.readouterr().err
+
+
 def test_weight_bytes_counts_what_each_model_reads(tmp_path, capsys):
     """benchmarks/weight_bytes.py: the original's conv weights are its parameters; an HSCC model's
     are its packed region programs, which grow with the grid (each region keeps its own factors);
@@ -185,15 +209,8 @@ def test_batch1_profile_times_each_part_of_a_forward(tmp_path, capsys):
     """benchmarks/batch1_profile.py: every part of the forward is timed for every model, the first
     model is the speed-up's reference, the weight rate is the conv weights over the cold time, and
     bad options are one clear line (no timing is asserted: these machines are shared)."""
-    from conftest import hscc_model, random_images
-    from hscc_core.nn.models import build_model
-
     m = load_benchmark("batch1_profile")
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    model = build_model("tiny", 4).eval()
-    x = random_images(24)
-    comp, _ = hscc_model(model, x, "output", 2, 1, 0.9)
+    model, comp, x = tiny_pair("output", 2, 1)
     out = m.profile({"original": model, "hscc": comp}, x[:1], rounds=3, flush_mb=4)
     assert set(out) == {"original", "hscc"}
     keys = {"conv_weight_mb", "features_warm_ms", "features_cold_ms", "features_after_first_ms", "classifier_ms",
@@ -205,31 +222,21 @@ def test_batch1_profile_times_each_part_of_a_forward(tmp_path, capsys):
     assert out["hscc"]["speedup"] == pytest.approx(out["original"]["forward_ms"] / out["hscc"]["forward_ms"])
     with pytest.raises(ValueError):
         m.profile({"original": model}, x[:1], rounds=0)
-    for bad in ("4by4", "4x4x4", "0x1"):
-        assert m.main(["--configs", bad, "--cache-dir", str(tmp_path)]) == 2
-        assert "G x K" in capsys.readouterr().err
-    assert m.main(["--rounds", "0", "--cache-dir", str(tmp_path)]) == 2
-    assert "--rounds" in capsys.readouterr().err
-    assert m.main(["--cache-dir", str(tmp_path)]) == 2
-    assert "hscc prepare" in capsys.readouterr().err
+    assert_refuses_bad_starts(m, tmp_path, capsys, "--rounds")
 
 
 def test_gemm_bound_times_every_convolution_and_hscc_steps_through_mkl(tmp_path, capsys):
     """benchmarks/gemm_bound.py: one row per model and convolution, MACs as FlopCounterMode counts
     them (the region programs' MACs for HSCC layers), the GEMM steps through MKL for HSCC layers
     only, GMAC/s from the medians; bad options are one clear line (no timing is asserted)."""
-    from conftest import hscc_model, random_images
+    from torch import nn
+
     from hscc_core.compress.native.program import lower
-    from hscc_core.nn.models import build_model
 
     m = load_benchmark("gemm_bound")
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    model = build_model("tiny", 4).eval()
-    x = random_images(24)
-    comp, _ = hscc_model(model, x, "input", 2, 2, 0.9)
+    model, comp, x = tiny_pair("input", 2, 2)
     rows = m.bound({"original": model, "hscc": comp}, x[:3], rounds=2)
-    convs = [i for i, layer in enumerate(model.features) if isinstance(layer, torch.nn.Conv2d)]
+    convs = [i for i, layer in enumerate(model.features) if isinstance(layer, nn.Conv2d)]
     assert [(r["model"], r["layer"]) for r in rows] == [(n, i) for n in ("original", "hscc") for i in convs]
     for r in rows:
         layer = (model if r["model"] == "original" else comp).features[r["layer"]]
@@ -240,12 +247,7 @@ def test_gemm_bound_times_every_convolution_and_hscc_steps_through_mkl(tmp_path,
             assert r[f"{kind}_ms"] > 0 and r[f"{kind}_gmacs"] == pytest.approx(r["macs"] / r[f"{kind}_ms"] / 1e6)
     with pytest.raises(ValueError):
         m.bound({"original": model}, x[:1], rounds=0)
-    assert m.main(["--configs", "4by4", "--cache-dir", str(tmp_path)]) == 2
-    assert "G x K" in capsys.readouterr().err
-    assert m.main(["--batch", "0", "--cache-dir", str(tmp_path)]) == 2
-    assert "--batch" in capsys.readouterr().err
-    assert m.main(["--cache-dir", str(tmp_path)]) == 2
-    assert "hscc prepare" in capsys.readouterr().err
+    assert_refuses_bad_starts(m, tmp_path, capsys, "--batch")
 
 
 def test_layout_check_times_one_model_in_both_layouts(tmp_path, capsys):
