@@ -151,3 +151,19 @@ def test_energy_validation():
         with pytest.raises(ValueError, match=r"\(0, 1\]"):
             plan_tucker(tucker_decompose(tiny_cnn(), input_shape=SHAPE), bad)
     assert np.isfinite(plan_svd_macs(d, 0.5))
+
+
+@pytest.mark.parametrize("kind, ranks", [("svd", {"rank": 3, "full_rank": 8}),
+                                         ("tucker", {"rank_out": 5, "rank_in": 1})])
+def test_dense_layer_labels_say_dense(kind, ranks):
+    """A baseline layer left dense ran none of its planned ranks: its table text and heat-map label say
+    so (a Tucker-2 conv1 kept dense was labelled '49x1' on the heat maps)."""
+    from hscc_core.compress.weightonly import baseline_summary
+    from hscc_core.nn.layers import ConvShape
+
+    shape = ConvShape(in_channels=1, out_channels=8, kernel_size=(3, 3), out_hw=(6, 6), in_hw=(8, 8))
+    dense = baseline_summary(kind, shape, shape.original_macs, True, 8, 8, **ranks)
+    assert dense.rank_text() == "dense"
+    assert dense.region_text(dense.regions[0]) == "dense"
+    cut = baseline_summary(kind, shape, shape.original_macs // 2, False, 3, 8, **ranks)
+    assert "dense" not in cut.rank_text() and "dense" not in cut.region_text(cut.regions[0])

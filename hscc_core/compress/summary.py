@@ -124,6 +124,8 @@ class LayerSummary:
 
     def region_text(self, region: RegionSummary) -> str:
         """Label of one region on a heat map: its kept rank against the original's."""
+        if self.dense_layer:  # a baseline layer left as it was: its planned ranks never ran
+            return "dense"
         if self.kind == "tucker":
             return f"{self.rank_out}x{self.rank_in}"
         return f"{region.rank_kept}/{region.rank_dense}"
