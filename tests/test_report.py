@@ -62,10 +62,23 @@ def test_metrics_rows_cover_every_class_and_speed():
 
 
 def test_config_rows_read_as_words():
+    """Every setting the method reads, at the value the run used: a stored config leaves out its
+    LEGACY values (uniform allocation, output side, rank multiple 1), and the report still names them."""
     rows = dict(report.config_rows({"method": "svd", "energy": None, "budget": 6.0, "calib_size": 256,
                                     "finetune_epochs": 0}))
-    assert rows == {"method": "Global SVD", "energy": "not used", "budget": "6", "calibration images": "256",
-                    "fine-tuning epochs": "0"}
+    assert rows == {"method": "Global SVD", "target": "FLOPs budget x6 (compressed layers)",
+                    "rank allocation": "uniform tau", "fine-tuning epochs": "0", "seed": "0"}
+    hscc = dict(report.config_rows({"method": "hscc", "grid": 4, "clusters": 2, "energy": 0.9, "calib_size": 64}))
+    assert hscc["clusters"] == "2 per region, of output channels" and hscc["regions"] == "4 x 4 grid"
+    assert hscc["target"] == "energy threshold tau = 0.9" and hscc["ranks in multiples of"] == "1 (no constraint)"
+    assert hscc["calibration"].startswith("independent") and hscc["calibration images"] == "64 calibration images"
+    sens = dict(report.config_rows({"method": "tucker", "energy": None, "budget": 3.0, "allocation": "sensitivity",
+                                    "calib_size": "all", "calib_flip": True}))
+    assert sens["rank allocation"] == "greedy (sensitivity-priced)"
+    assert sens["calibration images"] == "all training images and their mirror images" and "clusters" not in sens
+    # A config that no longer parses is shown as stored, not dropped.
+    assert dict(report.config_rows({"method": "hscc", "grid": 0, "energy": 0.9})) == \
+        {"method": "HSCC", "grid": "0", "energy": "0.9"}
 
 
 def test_environment_info():

@@ -11,7 +11,6 @@ stored run, the queued/running job with its progress, its failure, or the prompt
 
 import dataclasses
 
-import pandas as pd
 import streamlit as st
 
 from hscc_core.compress.methods import get_method
@@ -26,7 +25,7 @@ from hscc_core.runs.config import (ALLOCATIONS, CALIBRATIONS, CLUSTER_SIDES, DEF
 from hscc_core.runs.pipeline import run_key
 from hscc_core.runs.progress import StageTimes, profile_of
 from hscc_core.runs.upgrade import time_runs
-from views import frame
+from views import frame, tables
 
 # Finer steps near 1, where accuracy changes fastest.
 ENERGIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999)
@@ -278,11 +277,7 @@ def details(run: dict) -> None:
         (st.success if run["budget_search"].get("met") else st.warning)(sentence)
     rows = layer_table(run)
     if rows:
-        st.dataframe(pd.DataFrame(rows), hide_index=True, key="explorer_layers",
-                     column_config={"original MFLOPs": st.column_config.NumberColumn(format="%.1f"),
-                                    "compressed MFLOPs": st.column_config.NumberColumn(format="%.1f"),
-                                    "kept %": st.column_config.NumberColumn(format="%.1f %%"),
-                                    "output error": st.column_config.NumberColumn(format="%.3f")})
+        tables.layer_table(rows, key="explorer_layers")
 
 
 def show_run(ctx, run: dict) -> None:

@@ -12,7 +12,7 @@ from hscc_core.present.png import PRINT_DPI, figure_png, figures_zip
 from hscc_core.present.report import (config_rows, environment_info, image_maps, layer_table, metrics_rows,
                                       report_figures, report_html)
 from hscc_core.runs.config import run_name
-from views import frame
+from views import frame, tables
 
 
 @st.cache_data(show_spinner="Computing the error and Grad-CAM maps...", max_entries=16)
@@ -63,18 +63,14 @@ def main(ctx: frame.Context) -> None:
     st.caption(f"Measured on the {split_name(run)} split's {run.get('n', '?')} test images.")
     st.subheader("Metrics")
     st.dataframe(pd.DataFrame(metrics_rows(run, ctx.original), columns=["metric", "original", run_name(run)]),
-                 hide_index=True, key="report_metrics")
+                 hide_index=True, key="report_metrics", height="content")
     rows = layer_table(run)
     if rows:
         st.subheader("Per layer")
-        st.dataframe(pd.DataFrame(rows), hide_index=True, key="report_layers", placeholder="n/a",
-                     column_config={"original MFLOPs": st.column_config.NumberColumn(format="%.1f"),
-                                    "compressed MFLOPs": st.column_config.NumberColumn(format="%.1f"),
-                                    "kept %": st.column_config.NumberColumn(format="%.1f %%"),
-                                    "output error": st.column_config.NumberColumn(format="%.3f")})
+        tables.layer_table(rows, key="report_layers")
     st.subheader("Configuration")
     st.dataframe(pd.DataFrame(config_rows(run["config"]), columns=["setting", "value"]), hide_index=True,
-                 key="report_config")
+                 key="report_config", height="content")
     st.subheader("Figures in the report")
     st.write(", ".join(names) + ".")
     preview = st.selectbox("Preview a figure as PNG", names, index=None, key="report_preview",

@@ -37,7 +37,9 @@ from hscc_core.present.labels import (NOTICE, budget_sentence, class_label, meth
                                       split_name)
 from hscc_core.present.plots import (confusion_difference_figure, confusion_figure, overlay_figure, pareto_figure,
                                      per_class_figure)
-from hscc_core.runs.config import run_name
+from hscc_core.compress.methods import get_method
+from hscc_core.runs.config import (ALLOCATION_TITLES, CALIBRATION_TITLES, RunConfig, describe_calibration_set,
+                                     run_name)
 
 __all__ = ["NOTICE", "config_rows", "environment_info", "image_maps", "layer_table", "metrics_rows", "report_figures",
            "report_html"]
@@ -128,38 +130,78 @@ def metrics_rows(run: Mapping[str, Any], original: Mapping[str, Any] | None = No
 def config_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """A run's settings as ``(setting, value)`` rows in words, for the report page and the HTML file.
 
-    Settings a run does not use (``None``: the energy threshold of a budget run) read "not used",
-    methods by their titles, numbers without trailing zeros.
+    Every setting the run's method reads is shown at the value the run used, those a stored config
+    leaves out at their default included (a canonical config omits its :data:`LEGACY` values, so an
+    output-side run has no ``cluster_side``): a report reader sees the whole recipe. Settings the
+    method does not read (an SVD run's grid) are left out. A config that no longer parses (an older
+    or hand-edited run) is shown field by field as stored.
     """
-    def word(key: str, value: Any) -> str:
-        if value is None:
-            return "not used"
-        if key == "method":
-            return method_title(value)
-        if isinstance(value, bool):
-            return "yes" if value else "no"
-        if isinstance(value, float):
-            return f"{value:g}"
-        if isinstance(value, (list, tuple)):
-            return ", ".join(str(v) for v in value)
-        return str(value)
+    try:
+        cfg = RunConfig.from_canonical(config)
+    except (TypeError, ValueError):
+        return [(column_label(k), _word(k, v)) for k, v in sorted(config.items())]
+    method = get_method(cfg.method)
+    rows = [("method", method.title)]
+    if method.data_aware:
+        rows += [("regions", f"{cfg.grid} x {cfg.grid} grid"),
+                 ("clusters", f"{cfg.clusters} per region, of {cfg.cluster_side} channels")]
+    if cfg.budget is not None:
+        rows += [("target", f"FLOPs budget x{cfg.budget:g} (compressed layers)"),
+                 ("rank allocation", ALLOCATION_TITLES.get(cfg.allocation, cfg.allocation))]
+    else:
+        rows += [("target", f"energy threshold tau = {cfg.energy:g}"),
+                 ("rank allocation", "one energy threshold everywhere")]
+    if method.rank_multiples:
+        multiple = cfg.rank_multiple
+        rows.append(("ranks in multiples of", "1 (no constraint)" if multiple == 1 else str(multiple)))
+    if method.data_aware:
+        rows.append(("calibration", CALIBRATION_TITLES.get(cfg.calibration, cfg.calibration)
+                     + (" (each layer on the original's inputs)" if cfg.calibration == "independent"
+                        else " (in forward order, on the compressed model's inputs)")))
+    if cfg.reads_calibration:
+        rows.append(("calibration images", describe_calibration_set(cfg.calib_size, cfg.calib_flip)))
+    rows += [("fine-tuning epochs", str(cfg.finetune_epochs)), ("seed", str(cfg.seed))]
+    return rows
 
-    return [(column_label(k), word(k, v)) for k, v in sorted(config.items())]
+
+def _word(key: str, value: Any) -> str:
+    """One stored config value in words (the fallback of :func:`config_rows`)."""
+    if value is None:
+        return "not used"
+    if key == "method":
+        return method_title(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 def layer_table(run: Mapping[str, Any]) -> list[dict]:
-    """One row per compressed layer, in forward order: FLOPs in MFLOPs, the share kept, the grid,
-    clusters and ranks. Layers are named ``conv 1 · features.0`` so that sorting the text keeps the order."""
+    """One row per compressed layer, in forward order: FLOPs in MFLOPs, the share of FLOPs kept, the
+    grid, clusters and ranks, and the output error. Layers are named ``conv 1 · features.0`` so that
+    sorting the text keeps the order.
+
+    The output error is ``||Y' - Y|| / ||Y||``, the square root of the run's stored ``layer_errors``
+    (relative squared errors): the same unit as the Heatmaps page's per-position error map, whose
+    root mean square over positions it is (on other images).
+    """
     rows = []
+    errors = run.get("layer_errors") or {}
     for i, (name, s) in enumerate(layer_summaries(run).items(), 1):
+        used = sorted(set(s.clusters_used or ()))
+        squared = errors.get(name)
         rows.append({"layer": f"conv {i:d} · {name}",
                      "original MFLOPs": (run.get("layer_flops_original") or {}).get(name, 0) / 1e6,
                      "compressed MFLOPs": (run.get("layer_flops") or {}).get(name, 0) / 1e6,
-                     "kept %": 100 * s.kept_fraction,
+                     "FLOPs kept %": 100 * s.kept_fraction,
                      "regions": "x".join(map(str, s.grid_hw)) if s.grid_hw else "1",
-                     "clusters used": (f"{min(s.clusters_used)}-{max(s.clusters_used)}" if s.clusters_used else ""),
+                     # One number when every region used as many clusters, else the range over regions.
+                     "clusters used": "-".join(map(str, (used[0], used[-1]) if len(used) > 1 else used)),
                      "ranks kept": s.rank_text(),
-                     "output error": (run.get("layer_errors") or {}).get(name)})
+                     "output error": math.sqrt(squared) if squared is not None else None})
     return rows
 
 
@@ -260,7 +302,8 @@ def report_html(run: Mapping[str, Any], original: Mapping[str, Any] | None = Non
     if rows:
         parts += ["<h2>Per layer</h2>",
                   "<p>FLOPs counted on the real modules (batch 1); output error: the compressed layer's relative "
-                  "output error on held-out training images, the original's input fed to both.</p>",
+                  "output error ||Y' - Y|| / ||Y|| on held-out training images, the original's input fed to "
+                  "both.</p>",
                   _table(_layer_rows_text(rows), list(rows[0]))]
     if figures:
         parts.append("<h2>Figures</h2>")
