@@ -121,8 +121,13 @@ def test_fine_tuned_run_is_explained_not_rebuilt(trained_workspace, stored, tmp_
     ws.store.put_run(key, tuned, ws.store.get_arrays(stored["cache_key"]))
     use_tiny_app_env(monkeypatch, trained_workspace.data, cache)
     at = open_demo(selected=key)
-    assert any("fine-tuned" in w.value and "without fine-tuning" in w.value for w in at.warning)
+    assert any("fine-tuned for 2 epochs" in shown(w.value) and "without fine-tuning" in shown(w.value)
+               for w in at.warning)
     assert len(metrics(at)["Answer"]) == 1 and notice_shown(at)
+    # The run box shows the chosen run: nothing on the page may say that none was chosen.
+    said = [shown(e.value) for e in (*at.info, *at.success, *at.error, *at.warning)]
+    assert not any("no compressed run" in t.lower() or "pick one" in t.lower() for t in said), said
+    assert any("the chosen run was fine-tuned" in t for t in said), said
 
 
 def test_upload_png_same_answer_as_the_test_slice(page_env, stored):

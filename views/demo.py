@@ -19,7 +19,7 @@ import streamlit as st
 from hscc_core.data.imageio import MAX_BYTES, SliceError, load_slice
 from hscc_core.present.labels import class_label
 from hscc_core.present.plots import METHOD_STYLE, OKABE_ITO, overlay_figure
-from hscc_core.present.predict import compare, probability_figure
+from hscc_core.present.predict import compare, fine_tuned_refusal, probability_figure
 from hscc_core.present.text import plain
 from hscc_core.runs.config import run_name
 from views.frame import NOTICE, chart, compressed_model, run_picker, show, workspace_id
@@ -130,10 +130,9 @@ def pick_run(ctx):
     run = run_picker(ctx, "demo")
     if run is None:
         return None, None
-    epochs = int((run.get("config") or {}).get("finetune_epochs") or 0)
-    if epochs:
-        return None, (f"**{run_name(run)}** was fine-tuned ({epochs} epochs) and its trained weights are not "
-                      "stored, so this page cannot rebuild it: choose a run without fine-tuning.")
+    refusal = fine_tuned_refusal(run)
+    if refusal:
+        return None, f"{plain(refusal)}: choose a run without fine-tuning to compare it here."
     return run, None
 
 
@@ -153,7 +152,7 @@ def answer_block(res: dict, ref: dict | None) -> None:
                          "the two models' runs are interleaved so both see the same machine load")
 
 
-def results(ctx, result, run, opacity) -> None:
+def results(ctx, result, run, opacity, without_run: str) -> None:
     """Both models side by side: answer, time, Grad-CAM overlay and probability bars.
 
     The map and the bars have fixed widths in a wrapping row: side by side where the panel is wide
@@ -170,7 +169,7 @@ def results(ctx, result, run, opacity) -> None:
             # The run's name is in the Run box above (and in this heading's help): one line less to scroll.
             st.subheader(title, anchor=False, help=sub)
             if res is None:
-                st.info("No compressed run to compare: pick one above.")
+                st.info(without_run)
                 continue
             answer_block(res, ref)
             tag = "o" if ref is None else "c"
@@ -198,6 +197,10 @@ def main(ctx) -> None:
         run, message = pick_run(ctx)
         if message:
             st.warning(message)
+    # Why the original answers alone: nothing chosen, or a chosen run this page cannot rebuild (the
+    # summary must not say "no run was chosen" under a box that shows one).
+    without_run = ("the chosen run was fine-tuned, so it is not shown here" if message
+                   else "no compressed run was chosen")
     opacity = top[3].slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="demo_opacity",
                             help="Opacity of the Grad-CAM map over the image")
     if picked is None:
@@ -206,7 +209,7 @@ def main(ctx) -> None:
         return
     slice_, token, caption, label = picked
     key = run["cache_key"] if run else None
-    token = (workspace_id(), token, key)
+    token = (workspace_id(), token, key, without_run)
     memo = st.session_state.get(RESULT)
     if memo is not None and memo[0] == token:
         result = memo[1]
@@ -214,7 +217,7 @@ def main(ctx) -> None:
         try:
             comp = compressed_model(ctx.cache_dir, key) if run else None
             with st.spinner("Running both models..."):
-                result = compare(ctx.ws, key, slice_, compressed=comp, run=run, label=label)
+                result = compare(ctx.ws, key, slice_, compressed=comp, run=run, label=label, without_run=without_run)
         except (SliceError, ValueError) as exc:
             st.error(f"Cannot compare on this slice: {plain(exc)}")
             return
@@ -233,7 +236,8 @@ def main(ctx) -> None:
         st.success(plain(result["summary"]), icon=":material/check_circle:")
     else:  # the words say it too; colour is never the only cue
         st.error(plain(result["summary"]), icon=":material/error:")
-    results(ctx, result, run, opacity)
+    results(ctx, result, run, opacity, "The chosen run was fine-tuned: see the note above." if message
+            else "No compressed run to compare: pick one above.")
 
 
 show("demo", main)

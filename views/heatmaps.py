@@ -83,9 +83,9 @@ def main(ctx: frame.Context) -> None:
     summary = summaries[layer]
     epochs = int(run["config"].get("finetune_epochs") or 0)
     if epochs and not st.session_state.get(f"heatmaps_ft_{run['cache_key']}"):
-        st.warning(f"{run_name(run)} was fine-tuned for {epochs} epoch(s). Its trained weights are not stored, so "
-                   "its maps need the fine-tuning again (as long as it took the first time, and not bit-identical "
-                   "across machines). The region map below needs no model.")
+        st.warning(f"{run_name(run)} was fine-tuned for {epochs} epoch{'s' if epochs != 1 else ''}. Its trained "
+                   "weights are not stored, so its maps need the fine-tuning again (as long as it took the first "
+                   "time, and not bit-identical across machines). The region map below needs no model.")
         if st.button("Rebuild it with fine-tuning", key="heatmaps_finetune"):
             st.session_state[f"heatmaps_ft_{run['cache_key']}"] = True
             st.rerun()

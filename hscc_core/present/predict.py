@@ -162,21 +162,30 @@ def _predict_many(models: Sequence[nn.Module], meta: Mapping[str, Any], grey, ru
 # --------------------------------------------------------------------------------------------
 # The compressed model of a stored run
 
+def fine_tuned_refusal(run: Mapping[str, Any]) -> str | None:
+    """Why a single-slice comparison cannot use ``run`` (it was fine-tuned), or None when it can.
+
+    One sentence, shared by :func:`rebuild_compressed` (``hscc predict``) and the Demo page.
+    """
+    epochs = int((run.get("config") or {}).get("finetune_epochs") or 0)
+    if not epochs:
+        return None
+    return (f"{run_name(run)} was fine-tuned for {epochs} epoch{'s' if epochs != 1 else ''}; its trained "
+            "weights are not stored, so single-slice predictions support runs without fine-tuning only")
+
+
 def rebuild_compressed(ws, run: Mapping[str, Any]) -> nn.Module:
     """The compressed model of a stored run without fine-tuning, rebuilt deterministically (eval mode).
 
     Raises
     ------
     ValueError
-        For a fine-tuned run (its trained weights are not stored) or the original's run.
+        For a fine-tuned run (its trained weights are not stored, :func:`fine_tuned_refusal`) or the
+        original's run.
     """
-    config = run.get("config") or {}
-    epochs = int(config.get("finetune_epochs") or 0)
-    if epochs:
-        raise ValueError(f"run {run_name(run)} was fine-tuned for {epochs} epoch"
-                         f"{'s' if epochs > 1 else ''}; its trained weights are not stored, so single-slice "
-                         "predictions support runs without fine-tuning only: choose a run with "
-                         "finetune_epochs 0")
+    refusal = fine_tuned_refusal(run)
+    if refusal:
+        raise ValueError(f"run {refusal}: choose a run with finetune_epochs 0")
     return rebuild_model(ws, run)
 
 
@@ -249,7 +258,7 @@ def cam_layer(model: nn.Module) -> str:
 
 def compare(ws, run_key: str | None, slice_: LoadedSlice | np.ndarray, *, compressed: nn.Module | None = None,
             run: Mapping[str, Any] | None = None, runs: int = DEFAULT_RUNS, cams: bool = True,
-            label: str | None = None) -> dict:
+            label: str | None = None, without_run: str = "no compressed run was chosen") -> dict:
     """Both models on one slice: classes, probabilities, timing, Grad-CAM, agreement and savings.
 
     Parameters
@@ -269,6 +278,8 @@ def compare(ws, run_key: str | None, slice_: LoadedSlice | np.ndarray, *, compre
         Compute Grad-CAM maps (``cam``, (S, S) in [0, 1]) for each model's own predicted class.
     label : str, optional
         The slice's class in the dataset (test slices): the summary says which answer matches it.
+    without_run : str
+        How the summary ends when there is no compressed model (why the original runs alone).
 
     Returns
     -------
@@ -299,7 +310,7 @@ def compare(ws, run_key: str | None, slice_: LoadedSlice | np.ndarray, *, compre
         o = out["original"]
         out["summary"] = (f"The original model answers {class_label(o['class'])} "
                           f"({100 * o['probabilities'][o['class']]:.0f} %) in {o['ms']:,.0f} ms; "
-                          "no compressed run was chosen.")
+                          f"{without_run}.")
     if cams:
 
         layer = cam_layer(model)
