@@ -76,6 +76,26 @@ def test_every_metric_column_has_a_readable_format(page_env):
         ["%.2fx", "compact", "percent", "percent", None]
 
 
+def test_accuracy_changes_read_in_points_and_se_columns_by_name(page_env):
+    """A 20-point drop read "-20%" (a relative change to a reader); the table shows "-20.0 pts" and
+    keeps the fraction in its exports. SE columns are named after their metric."""
+    import pandas as pd
+
+    from hscc_core.present.dashboard import column_format, column_label, in_display_units
+
+    assert column_format("accuracy_delta") == "%+.1f pts" and column_format("accuracy_delta_se") == "%.1f pts"
+    assert [column_label(c) for c in ("accuracy_se", "accuracy_delta_se", "kl_to_original_se", "macro_f1_se")] == \
+        ["accuracy SE", "accuracy change SE", "KL to original SE", "macro F1 SE"]
+    raw = pd.DataFrame({"accuracy": [0.6525], "accuracy_delta": [-0.2], "accuracy_delta_se": [0.021]})
+    shown = in_display_units(raw)
+    assert list(shown.iloc[0]) == pytest.approx([0.6525, -20.0, 2.1]) and raw["accuracy_delta"][0] == -0.2
+    at = open_runs()
+    data = table(at)
+    runs = {r["cache_key"]: r for r in page_env.store.list_runs()}
+    for key, delta in zip(data["key"], data["accuracy_delta"]):
+        assert delta == pytest.approx(100 * runs[key]["accuracy_delta"])
+
+
 def test_runs_of_an_older_pipeline_are_counted_not_lost(page_env):
     """A run stored by an older version of the pipeline is not listed, and the Runs and Pareto pages say so."""
     from hscc_core.runs.versions import RUN_VERSION

@@ -79,12 +79,15 @@ def main(ctx) -> None:
     except ValueError as exc:
         st.warning(f"No paired tests: {plain(exc)}")
     else:
-        st.dataframe(tests.replace({"a": tags, "b": tags}), hide_index=True, key="compare_tests", column_config={
+        # Accuracies in %, their difference in percentage points (a relative "-20%" would mislead).
+        shown = tests.replace({"a": tags, "b": tags})
+        shown = shown.assign(**{c: shown[c] * 100 for c in ("accuracy_a", "accuracy_b", "delta", "delta_se")})
+        st.dataframe(shown, hide_index=True, key="compare_tests", column_config={
             "a": "run A", "b": "run B",
-            "accuracy_a": st.column_config.NumberColumn("accuracy A", format="percent"),
-            "accuracy_b": st.column_config.NumberColumn("accuracy B", format="percent"),
-            "delta": st.column_config.NumberColumn("B minus A", format="percent"),
-            "delta_se": st.column_config.NumberColumn("± SE", format="percent"),
+            "accuracy_a": st.column_config.NumberColumn("accuracy A", format="%.1f %%"),
+            "accuracy_b": st.column_config.NumberColumn("accuracy B", format="%.1f %%"),
+            "delta": st.column_config.NumberColumn("B minus A", format="%+.1f pts"),
+            "delta_se": st.column_config.NumberColumn("± SE", format="%.1f pts"),
             "a_only": st.column_config.NumberColumn("only A right"),
             "b_only": st.column_config.NumberColumn("only B right"),
             "p_value": st.column_config.NumberColumn("p (McNemar)", format="%.3g"),

@@ -6,7 +6,7 @@ import streamlit as st
 
 from hscc_core.measure.machine import BUSY_SHARE
 from hscc_core.present.dashboard import (DEFAULT_DIMENSIONS, column_format, column_label, constraints_for,
-                                         importance_figure, parcoords_figure)
+                                         importance_figure, in_display_units, parcoords_figure)
 from hscc_core.present.text import plain
 from hscc_core.runs.compare import COMPARE_MAX
 from hscc_core.runs.config import ALLOCATION_TITLES, CALIBRATION_TITLES, RANK_MULTIPLES
@@ -90,7 +90,7 @@ def _display(shown):
     order = ["pareto", "label", *[c for c in shown.columns if c not in ("pareto", "label", "key")], "key"]
     readable = {col: shown[col].map(titles.get).fillna(shown[col])
                 for col, titles in _VALUE_TITLES.items() if col in shown.columns}
-    return shown.assign(**readable)[order], config
+    return in_display_units(shown.assign(**readable)[order]), config
 
 
 def _handle_selection(ctx, shown, event) -> None:

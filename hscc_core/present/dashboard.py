@@ -34,6 +34,7 @@ __all__ = [
     "brush_mask",
     "column_format",
     "column_label",
+    "in_display_units",
     "constraints_for",
     "constraints_from_figure",
     "constraints_from_restyle",
@@ -54,8 +55,11 @@ _LABELS = {"calib_size": "calibration images", "calib_flip": "mirror images", "r
            "latency_b32_ms": "latency b32 (ms)", "speedup_b1": "speed-up b1", "speedup_b32": "speed-up b32",
            "others_cpu": "others' CPU while timed",
            "p_value_vs_original": "p vs original", "kl_to_original": "KL to original", "flops": "FLOPs",
-           "macro_f1": "macro F1", "macro_f1_se": "macro F1 SE", "accuracy_delta": "accuracy change"}
-_PERCENT = ("accuracy", "agreement", "flops_kept", "accuracy_delta", "others_cpu")
+           "macro_f1": "macro F1", "accuracy_delta": "accuracy change"}
+_PERCENT = ("accuracy", "agreement", "flops_kept", "others_cpu")
+# Differences of two accuracies, stored as fractions: shown in percentage points ("-20.0 pts"), since
+# "-20%" reads as a relative change.
+_POINTS = ("accuracy_delta",)
 # Readable numbers in a table: 158M FLOPs, 1.36x, 7.44 ms (not 158113280, 1.3577, 7.4426).
 _FORMATS = {"flops": "compact", "params": "compact", "layer_flops_ratio": "%.2fx", "latency_b1_ms": "%.2f",
             "latency_b32_ms": "%.2f", "speedup_b1": "%.2fx", "speedup_b32": "%.2fx", "macro_f1": "%.3f",
@@ -68,17 +72,28 @@ def column_label(column: str) -> str:
     """A short human label of a table column (``meningioma_tumor_f1`` -> ``F1 meningioma tumor``)."""
     if column in _LABELS:
         return _LABELS[column]
-    if column.endswith("_f1_se"):
-        return f"F1 {class_label(column[:-6])} SE"
+    if column.endswith("_se"):
+        return f"{column_label(column[:-3])} SE"
     if column.endswith("_f1") and column != "macro_f1":
         return f"F1 {class_label(column[:-3])}"
     return column.replace("_", " ")
+
+
+def in_display_units(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` as :func:`column_format` shows it: point columns (fractions) times 100; a copy."""
+    scaled = {c: table[c] * 100 for c in table.columns
+              if c in _POINTS or (c.endswith("_se") and c[:-3] in _POINTS)}
+    return table.assign(**scaled) if scaled else table
 
 
 def column_format(column: str) -> str | None:
     """How a metric column of the runs table reads on screen: a Streamlit ``NumberColumn`` format
     (``"percent"``, ``"compact"`` or printf-style), or None for a setting shown as it is. The
     exports keep the full numbers."""
+    if column in _POINTS:
+        return "%+.1f pts"
+    if column.endswith("_se") and column[:-3] in _POINTS:
+        return "%.1f pts"
     if column in _PERCENT or (column.endswith("_se") and column[:-3] in _PERCENT):
         return "percent"
     if column.endswith("_f1") or column.endswith("_f1_se"):
