@@ -500,9 +500,15 @@ def test_pareto_table_lists_every_run_drawn_with_the_front_marked(app_env, store
     assert f"{len(table)} of {len(table)} stored runs drawn" in caption
     assert table["front"].any() and not table["front"].all() or len(table) == 1
     assert set(table["run"]) >= {run_name(r) for r in stored_runs.values()}
+    # What the page ranks by comes right after the name (on screen at 1280 px); one split: no split column.
+    assert list(table.columns[:6]) == ["front", "run", "accuracy %", "± SE", "latency ms", "speed"]
+    assert "split" not in table.columns
     at.selectbox(key="pareto_rank").set_value("MFLOPs").run()
     ranked = at.dataframe[0].value
     assert list(ranked["MFLOPs"]) == sorted(ranked["MFLOPs"])
+    at.selectbox(key="pareto_rank").set_value("latency ms").run()
+    ranked = at.dataframe[0].value["latency ms"].dropna()
+    assert list(ranked) == sorted(ranked)
 
 
 def test_confusion_page_counts_and_normalised(app_env, stored_runs):
