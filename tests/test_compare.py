@@ -11,6 +11,7 @@ from conftest import RUN_KINDS, assert_page_ok, open_page, use_tiny_app_env
 from conftest import table_run as fake_run
 from hscc_core.measure.metrics import paired_comparison
 from hscc_core.present.heatmaps import SLICE_MAPS, error_figure, slice_map_note
+from hscc_core.present.labels import speed_text
 from hscc_core.runs.compare import (compressed_layers, holm, kept_fractions, metrics_long, metrics_wide,
                                     pairwise_tests, run_names)
 from hscc_core.runs.config import RunConfig
@@ -43,6 +44,11 @@ def test_names_metrics_and_kept_fractions():
     # What else ran while each was timed: n/a before it was recorded, "(noisy)" above a quarter.
     timed = [dict(r, latency_ms={"others_cpu": share}) for r, share in zip(runs, (None, 0.1, 0.4))]
     assert list(metrics_wide(timed).loc["others' CPU while timed"]) == ["n/a", "10%", "40% (noisy)"]
+    # Speed in the words of the Explorer when the caller gives them (0.96x read beside "1.04x slower").
+    sped = [dict(r, speedup={"b1": v, "b32": 2.0}) for r, v in zip(runs, (0.96, 1.01, 2.5))]
+    assert list(metrics_wide(sped).loc["speed-up b1"]) == ["0.96x", "1.01x", "2.50x"]
+    assert list(metrics_wide(sped, speed_format=speed_text).loc["speed-up b1"]) == \
+        ["1.04x slower", "about as fast", "2.5x faster"]
     changed = metrics_wide([dict(runs[0], accuracy_delta=-0.14, accuracy_delta_se=0.0172), runs[1]])
     assert changed.loc["accuracy change vs original", names[0]] == "-14.00 points ± 1.72"  # points, not %
     assert all(len(c.split(" ± ")[0].split(".")[-1]) == 3 for c in wide.loc["macro F1"] if c != "n/a")

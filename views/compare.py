@@ -17,7 +17,7 @@ from hscc_core.present.heatmaps import (SLICE_MAPS, cluster_figure, cluster_labe
 from hscc_core.present.plots import confusion_figure, per_class_figure
 from hscc_core.runs.compare import (COMPARE_MAX, COMPARE_MIN, compressed_layers, kept_fractions, metrics_wide,
                                     pairwise_tests, run_names)
-from hscc_core.present.labels import class_label, pct
+from hscc_core.present.labels import class_label, pct, speed_text
 from hscc_core.present.text import plain
 from hscc_core.runs.config import run_name
 from views import frame
@@ -64,7 +64,7 @@ def main(ctx) -> None:
 
     st.markdown("  \n".join(f"**{tags[name]}** {plain(name)}" for name in names))
     st.subheader("Metrics (± bootstrap SE)")
-    metrics = metrics_wide(runs).rename(columns=tags)
+    metrics = metrics_wide(runs, speed_format=speed_text).rename(columns=tags)  # speed in the Explorer's words
     st.dataframe(metrics, key="compare_metrics", height=35 * (len(metrics) + 1) + 3,  # every row, no scrolling
                  column_config={tag: st.column_config.TextColumn(tag, help=name) for name, tag in tags.items()})
 

@@ -15,8 +15,8 @@ import streamlit as st
 
 from hscc_core.compress.methods import get_method
 from hscc_core.measure.machine import busy_timing
-from hscc_core.present.labels import (budget_sentence, duration, method_title, si, slower_sentence, speed_text,
-                                      split_name)
+from hscc_core.present.labels import (SAME_SPEED, budget_sentence, duration, method_title, si, slower_sentence,
+                                      speed_text, split_name)
 from hscc_core.present.report import layer_table
 from hscc_core.present.text import plain
 from hscc_core.runs import jobs
@@ -218,10 +218,13 @@ def headline(run: dict, original: dict) -> None:
                 help=f"original {si(run['params_original'])}")
     sp, lat = run.get("speedup"), run.get("latency_ms")
     if sp and lat:
-        faster = sp["b1"] >= 1
+        # "about as fast" gets no arrow and no colour: a red down-arrow under those words contradicts them.
+        same = SAME_SPEED[0] <= sp["b1"] <= SAME_SPEED[1]
+        faster = sp["b1"] > 1
         c[2].metric("Measured speed (batch 1)", speed_text(sp["b1"]),
                     f"{lat['compressed']['b1']['median']:.1f} ms vs {lat['original']['b1']['median']:.1f} ms",
-                    delta_color="normal" if faster else "inverse", delta_arrow="up" if faster else "down",
+                    delta_color="off" if same else "normal" if faster else "inverse",
+                    delta_arrow="off" if same else "up" if faster else "down",
                     help=f"median of {lat.get('runs', '?')} timed runs on {lat.get('device', '?')}, original and "
                          f"compressed interleaved; batch 32: {speed_text(sp['b32'])}"
                          + (f"; other processes used {lat['others_cpu']:.0%} of the CPUs meanwhile"
