@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
 from conftest import CLASSES, ORIGINAL, RUNS, fake_run
 
 from hscc_core.present import plots
+from hscc_core.present.dashboard import kept_fraction_figure
 from hscc_core.runs.pareto import front_runs
 from hscc_core.present.plots import (METHOD_STYLE, OKABE_ITO, axis_se, confusion_difference_figure, confusion_figure,
                              confusion_values, key_from_selection, overlay_figure, pareto_figure, per_class_figure,
@@ -178,6 +180,17 @@ def test_per_class_bars_have_se_error_bars_and_patterns():
     long = "HSCC 4x4 regions, 4 input clusters, greedy budget x6, sequential calibration"
     name = per_class_figure({"original": ORIGINAL, long: RUNS[0]}, "f1").data[1].name
     assert name.replace("<br>", " ") == long and all(len(line) <= 30 for line in name.split("<br>"))
+
+
+def test_bars_take_their_run_s_method_colour_in_every_chart():
+    """Colours followed the runs' order: HSCC was orange in one Compare chart and blue in the next."""
+    hscc, svd, black = METHOD_STYLE["hscc"][1], METHOD_STYLE["svd"][1], METHOD_STYLE["original"][1]
+    assert plots.run_colours(["svd", "hscc", "hscc", "original"]) == [svd, hscc, OKABE_ITO["sky_blue"], black]
+    assert len(set(plots.run_colours(["hscc"] * 6))) == 5  # four spares, then they repeat
+    bars = per_class_figure({"original": ORIGINAL, "svd run": dict(RUNS[0], method="svd"), "hscc run": RUNS[0]}, "f1")
+    assert [t.marker.color for t in bars.data] == [black, svd, hscc]
+    kept = pd.DataFrame({"hscc run": [0.5], "svd run": [0.2]}, index=["features.0"])
+    assert [t.marker.color for t in kept_fraction_figure(kept, methods=["hscc", "svd"]).data] == [hscc, svd]
 
 
 def test_overlay_places_a_coarse_map_over_the_slice():

@@ -110,7 +110,10 @@ def main(ctx) -> None:
 
     kept = kept_fractions(runs)
     if len(kept):
-        frame.chart(kept_fraction_figure(kept.dropna(axis=1, how="all")), "compare_kept")
+        kept = kept.dropna(axis=1, how="all")
+        method_of = {name: run.get("method", "hscc") for name, run in zip(names, runs)}
+        frame.chart(kept_fraction_figure(kept, methods=[method_of.get(c, "?") for c in kept.columns]),
+                    "compare_kept")
     else:
         st.info("None of these runs has per-layer FLOPs.")
     heatmaps(ctx, runs, names, tags, predictions)

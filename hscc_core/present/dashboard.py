@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from hscc_core.present.plots import FONT, OKABE_ITO, class_label
+from hscc_core.present.plots import FONT, OKABE_ITO, class_label, run_colours
 from hscc_core.runs.pareto import get_axis
 from hscc_core.runs.table import SETTINGS, category_values, is_numeric
 
@@ -339,14 +339,18 @@ def importance_figure(result: Any, title: str | None = None) -> go.Figure:
     return fig
 
 
-def kept_fraction_figure(kept: pd.DataFrame, title: str = "FLOPs kept per compressed layer") -> go.Figure:
-    """Grouped bars: one group per layer, one bar per run (a column of ``kept``), share of FLOPs kept."""
-    colours = [OKABE_ITO[c] for c in ("blue", "vermillion", "bluish_green", "orange")]
+def kept_fraction_figure(kept: pd.DataFrame, title: str = "FLOPs kept per compressed layer",
+                         methods: Sequence[str] | None = None) -> go.Figure:
+    """Grouped bars: one group per layer, one bar per run (a column of ``kept``), share of FLOPs kept.
+
+    ``methods`` (one per column) colours each run as every chart does (:func:`run_colours`).
+    """
+    colours = run_colours(list(methods) if methods is not None else ["?"] * len(kept.columns))
     patterns = ["", "/", "x", "."]
     fig = go.Figure()
     for i, run in enumerate(kept.columns):
         fig.add_bar(x=list(kept.index), y=kept[run].to_numpy(float), name=str(run),
-                    marker={"color": colours[i % 4], "pattern": {"shape": patterns[i % 4]}},
+                    marker={"color": colours[i], "pattern": {"shape": patterns[i % 4]}},
                     hovertemplate=f"{run}<br>%{{x}}: %{{y:.1%}} kept<extra></extra>")
     fig.update_layout(template="none", font=FONT, height=460, barmode="group", paper_bgcolor="white",
                       plot_bgcolor="white", margin={"l": 70, "r": 30, "t": 90, "b": 60},

@@ -44,6 +44,7 @@ __all__ = [
     "pareto_figure",
     "pareto_points",
     "per_class_figure",
+    "run_colours",
     "plotted_points",
     "plotted_runs",
     "run_hover",
@@ -72,7 +73,8 @@ METHOD_STYLE: dict[str, tuple[str, str, str]] = {
 }
 _EXTRA_STYLES = [(OKABE_ITO["reddish_purple"], "triangle-up"), (OKABE_ITO["sky_blue"], "cross"),
                  (OKABE_ITO["orange"], "x"), (OKABE_ITO["yellow"], "hexagon")]
-_BAR_COLOURS = [OKABE_ITO["orange"], OKABE_ITO["blue"], OKABE_ITO["bluish_green"], OKABE_ITO["vermillion"]]
+# Colours for a second run of a method already shown (no method owns them).
+_SPARE_COLOURS = [OKABE_ITO["sky_blue"], OKABE_ITO["reddish_purple"], OKABE_ITO["orange"], OKABE_ITO["yellow"]]
 _BAR_PATTERNS = ["", "/", "x", "."]
 _FRONT_COLOUR = OKABE_ITO["orange"]
 
@@ -90,6 +92,21 @@ def _style(method: str, extra_index: int = 0) -> tuple[str, str, str]:
         return METHOD_STYLE[method]
     colour, symbol = _EXTRA_STYLES[extra_index % len(_EXTRA_STYLES)]
     return method, colour, symbol
+
+
+def run_colours(methods: Sequence[str]) -> list[str]:
+    """One colour per run, following its method as the Pareto page draws it (HSCC blue, Global SVD
+    vermillion, Tucker-2 green, the original black): the first run of each method gets the method's
+    colour, a further run of a method already shown (or of an unknown one) the next spare colour.
+    Bars of one run then have one colour in every chart of a page, whatever the order of the runs."""
+    out, used, spare = [], set(), iter(_SPARE_COLOURS * (1 + len(methods) // len(_SPARE_COLOURS)))
+    for method in methods:
+        colour = METHOD_STYLE[method][1] if method in METHOD_STYLE else None
+        if colour is None or colour in used:
+            colour = next(spare)
+        used.add(colour)
+        out.append(colour)
+    return out
 
 
 _GRID = "#E5E8EE"
@@ -592,13 +609,14 @@ def per_class_figure(runs: Mapping[str, Mapping[str, Any]], metric: str = "f1", 
     if metric not in ("precision", "recall", "f1"):
         raise ValueError(f"metric must be precision, recall or f1, got {metric!r}")
     fig = go.Figure()
+    colours = run_colours([run.get("method", "hscc") for run in runs.values()])
     for i, (name, run) in enumerate(runs.items()):
         pc = run.get("per_class") or {}
         classes = list(run.get("classes") or pc)
         fig.add_trace(go.Bar(
             x=[class_label(c).replace(" ", "<br>", 1) for c in classes], y=[pc[c][metric] for c in classes],
             name=legend_name(name),
-            marker={"color": _BAR_COLOURS[i % len(_BAR_COLOURS)],
+            marker={"color": colours[i],
                     "pattern": {"shape": _BAR_PATTERNS[i % len(_BAR_PATTERNS)]}},
             error_y={"type": "data", "array": [pc[c].get(f"{metric}_se") or 0 for c in classes], "visible": True},
             hovertemplate=f"{html.escape(name)}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
