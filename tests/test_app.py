@@ -526,6 +526,8 @@ def test_heatmaps_page_draws_all_overlays(app_env, stored_runs):
     assert not at.error, texts(at.error)
     assert len(at.get("plotly_chart")) == 5  # regions, clusters, error, Grad-CAM x2
     assert_page_ok(at)
+    # No colour Streamlit's renderer would swap for its theme's (Inferno's #000004 became lavender).
+    assert not any(re.search(r"#0000[0-9a-f]{2}\b", c.proto.spec, re.I) for c in at.get("plotly_chart"))
     assert any("not a medical device" in i for i in texts(at.info))
     at.radio(key="heatmaps_kind").set_value("FLOPs kept")
     at.selectbox(key="heatmaps_layer").set_value(list(run["layers"])[1])

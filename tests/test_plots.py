@@ -160,6 +160,19 @@ def test_dark_theme_makes_the_background_transparent_and_black_marks_light():
         plots.themed(fig, "blue")
 
 
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_themed_figures_carry_no_streamlit_placeholder_colours(theme):
+    """Streamlit swaps #000001-#0000ff for its theme's colours: Inferno's #000004 was drawn lavender, so
+    zero Grad-CAM evidence looked lighter than small values. themed() writes such stops as rgb()."""
+    image, cam = np.zeros((8, 8)), np.linspace(0, 1, 16).reshape(4, 4)
+    fig = overlay_figure(image, cam, colorscale="Inferno", zmin=0, zmax=1)
+    assert fig.data[1].colorscale[0][1] == "#000004"  # what plotly's Inferno starts with
+    out = plots.themed(fig, theme)
+    assert out.data[1].colorscale[0][1] == "rgb(0, 0, 4)" and fig.data[1].colorscale[0][1] == "#000004"
+    assert [c for _, c in out.data[1].colorscale[1:]] == [c for _, c in fig.data[1].colorscale[1:]]
+    assert "#0000" not in out.to_json().lower()
+
+
 def test_kl_axis_is_logarithmic_when_it_spans_decades():
     spread = [dict(r, kl_to_original=10.0 ** -k) for k, r in enumerate(RUNS)]
     assert pareto_figure(spread, "flops", "kl_to_original").layout.yaxis.type == "log"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -129,15 +130,42 @@ THEME_COLOURS = {"light": {"text": "#31333F", "grid": _GRID, "line": "#888888"},
                  "dark": {"text": "#FAFAFA", "grid": "#3B3F4A", "line": "#9A9DA6"}}
 
 
+# Streamlit's chart renderer reads the colours #000001 to #0000ff as placeholders of its own theme and
+# swaps them, even with theme=None: Inferno's first stop (#000004) was drawn lavender, so zero Grad-CAM
+# evidence and zero output error looked lighter than small values (and tinted the whole MRI slice).
+_PLACEHOLDER = re.compile(r"^#0000[0-9a-fA-F]{2}$")
+
+
+def _without_theme_placeholders(fig: go.Figure) -> go.Figure:
+    """``fig``, or a copy whose colour-scale stops that Streamlit would swap are written as ``rgb()``."""
+    def scales(trace):
+        for part in (trace, getattr(trace, "marker", None), getattr(trace, "line", None)):
+            scale = getattr(part, "colorscale", None) if part is not None else None
+            if scale and any(isinstance(c, str) and _PLACEHOLDER.match(c) for _, c in scale):
+                yield part, scale
+
+    if not any(True for t in fig.data for _ in scales(t)):
+        return fig
+    out = go.Figure(fig)
+    for trace in out.data:
+        for part, scale in list(scales(trace)):
+            part.colorscale = [[v, f"rgb(0, 0, {int(c[5:], 16)})" if isinstance(c, str) and _PLACEHOLDER.match(c)
+                                else c] for v, c in scale]
+    return out
+
+
 def themed(fig: go.Figure, theme: str = "light") -> go.Figure:
     """The figure for Streamlit's ``"light"`` or ``"dark"`` theme.
 
     The builders draw for a white page (as the report and the PNG files need); for the dark theme
     this returns a copy with a transparent background, light text and grid, and the black marks
     (the original's star and reference lines, outlines) in the text colour, so nothing is a white card.
+    In either theme, colour-scale stops that Streamlit would take for its own placeholders are
+    written as ``rgb()`` (:data:`_PLACEHOLDER`).
     """
     if theme not in THEME_COLOURS:
         raise ValueError(f"theme must be 'light' or 'dark', got {theme!r}")
+    fig = _without_theme_placeholders(fig)
     if theme == "light":
         return fig
     c = THEME_COLOURS[theme]
