@@ -186,6 +186,16 @@ def test_compare_page_draws_every_kind_of_run_on_one_slice(trained_workspace, ki
                 assert drawn[0]["zmax"] >= top + 0.5 - 1e-9
     # Another class and image: the maps follow.
     at.selectbox(key="compare_hm_class").set_value(1).run()
-    index = at.selectbox(key="compare_hm_image_1").value
-    assert images.y_test[index] == 1
+    runs_key = "-".join(str(r["cache_key"])[:8] for r in runs)
+    box = at.selectbox(key=f"compare_hm_image_1_{runs_key}")
+    assert images.y_test[box.value] == 1
     assert_page_ok(at)
+    # The image box belongs to this set of runs (its labels count their answers); the image chosen
+    # stays chosen when the set changes.
+    picked = [i for i in np.flatnonzero(images.y_test == 1).tolist() if i != box.value][0]
+    box.set_value(picked).run()
+    at.session_state["compare_runs"] = at.session_state["compare_runs"][::-1]
+    at.run()
+    assert_page_ok(at)
+    turned = "-".join(str(r["cache_key"])[:8] for r in runs[::-1])
+    assert at.selectbox(key=f"compare_hm_image_1_{turned}").value == picked

@@ -169,7 +169,15 @@ def _image_picker(ctx, runs, predictions, slot) -> int | None:
         head = f"#{i}: original says {class_label(classes[original[i]])}" if original is not None else f"#{i}"
         return head + (f"; runs say {runs_say}" if runs_say else "")
 
-    return slot[1].selectbox("Test image", idx, key=f"compare_hm_image_{true_cls}", format_func=describe)
+    # The labels count the compared runs' answers. With one key for every set of runs, the box kept
+    # showing the label of the runs before (Streamlit re-labels a kept value only on the next rerun):
+    # the key names the runs, and the image chosen follows from one set of runs to the next.
+    runs_key = "-".join(str(r["cache_key"])[:8] for r in runs)
+    last = st.session_state.get("compare_hm_image_last")
+    chosen = slot[1].selectbox("Test image", idx, index=idx.index(last) if last in idx else 0,
+                               key=f"compare_hm_image_{true_cls}_{runs_key}", format_func=describe)
+    st.session_state["compare_hm_image_last"] = chosen
+    return chosen
 
 
 def heatmaps(ctx, runs, names, tags, predictions) -> None:
