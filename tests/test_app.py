@@ -175,6 +175,10 @@ def test_cached_run_is_shown_without_recomputation(app_env, stored_runs, counter
     run = stored_runs[LOW]
     assert accuracy.value == f"{100 * run['accuracy']:.2f} ± {100 * run['accuracy_se']:.2f} %"
     assert at.session_state["selected_run"] == run["cache_key"]
+    flops = [m for m in at.main.metric if m.label == "FLOPs (whole model)"][0]
+    assert flops.delta == f"{-100 * (1 - run['flops'] / run['flops_original']):+.1f} %"
+
+
 
 
 def test_a_run_timed_on_a_busy_machine_says_so(trained_workspace, tmp_path, monkeypatch):

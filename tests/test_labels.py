@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hscc_core.present.labels import slower_sentence, speed_text
+from hscc_core.present.labels import budget_sentence, change_pct, slower_sentence, speed_text
 
 BASE = {"method": "hscc", "config": {"method": "hscc", "grid": 8, "clusters": 1}, "layer_flops_ratio": 6.0,
         "params": 90_000_000, "params_original": 57_000_000}
@@ -38,3 +38,21 @@ def test_each_measured_cause_is_named_where_it_applies():
     other = dict(BASE, method="svd", config={"method": "svd"}, speedup={"b1": 1.1, "b32": 0.9})
     assert "more slowly than the original's dense convolutions" in slower_sentence(other)
     assert slower_sentence(other).endswith("Measured causes: docs/performance.md.")
+
+
+def test_budget_sentence_names_the_rule_that_spent_the_budget():
+    """A sensitivity-priced run read "by greedy allocation", the words of the other greedy rule."""
+    run = {"energy": None, "layer_flops_ratio": 3.01, "budget_search": {"target": 3.0, "met": True},
+           "config": {"allocation": "greedy"}}
+    assert budget_sentence(run) == ("Budget x3 met: the compressed layers need 3.01x fewer FLOPs, by greedy "
+                                    "allocation (no single threshold).")
+    sens = dict(run, config={"allocation": "sensitivity"})
+    assert budget_sentence(sens).endswith("by sensitivity-priced greedy allocation (no single threshold).")
+    uniform = dict(run, energy=0.912, config={})
+    assert budget_sentence(uniform).endswith("one energy threshold for every block, tau = 0.912.")
+    assert budget_sentence({"energy": 0.9}) is None
+
+
+def test_card_changes_never_read_minus_zero():
+    assert change_pct(0.593) == "-59.3 %" and change_pct(-0.1) == "+10.0 %"
+    assert change_pct(0.0003) == change_pct(-0.0003) == "+0.0 %"  # a Tucker-2 run's parameters read "-0.0 %"

@@ -15,8 +15,8 @@ import streamlit as st
 
 from hscc_core.compress.methods import get_method
 from hscc_core.measure.machine import busy_timing
-from hscc_core.present.labels import (SAME_SPEED, budget_sentence, duration, method_title, si, slower_sentence,
-                                      speed_text, split_name)
+from hscc_core.present.labels import (SAME_SPEED, budget_sentence, change_pct, duration, method_title, si,
+                                      slower_sentence, speed_text, split_name)
 from hscc_core.present.report import layer_table
 from hscc_core.present.text import plain
 from hscc_core.runs import jobs
@@ -210,11 +210,11 @@ def headline(run: dict, original: dict) -> None:
     c = st.columns(3) + st.columns(3)
     flops_red = 1 - run["flops"] / max(run["flops_original"], 1)
     ratio = run.get("layer_flops_ratio")
-    c[0].metric("FLOPs (whole model)", si(run["flops"], "FLOPs"), f"{-100 * flops_red:.1f} %", delta_color="inverse",
+    c[0].metric("FLOPs (whole model)", si(run["flops"], "FLOPs"), change_pct(flops_red), delta_color="inverse",
                 help=f"original {si(run['flops_original'], 'FLOPs')}"
                      + (f"; the compressed layers need {ratio:.2f}x fewer FLOPs" if ratio else ""))
     params_red = 1 - run["params"] / max(run["params_original"], 1)
-    c[1].metric("Parameters", si(run["params"]), f"{-100 * params_red:+.1f} %", delta_color="inverse",
+    c[1].metric("Parameters", si(run["params"]), change_pct(params_red), delta_color="inverse",
                 help=f"original {si(run['params_original'])}")
     sp, lat = run.get("speedup"), run.get("latency_ms")
     if sp and lat:

@@ -112,8 +112,9 @@ def draw(run, arrays, summary, layer, kind, opacity, slice_, maps, classes, cams
         cmap, k = cluster_label_map(maps["activation"], labels, summary)
         frame.chart(cluster_figure(
             slice_, cmap, summary, categories=k, opacity=opacity, height=HEIGHT,
-            title=f"Dominant {summary.cluster_side}-channel cluster · {layer}<br><sup>per position: "
-                  "the cluster with the most activation</sup>"), key="heatmaps_clusters", where=right)
+            # Short title (a half-width chart at 1280 px cut "... cluster · features"); the side goes below.
+            title=f"Dominant cluster · {layer}<br><sup>per position: the {summary.cluster_side}-channel "
+                  "cluster with the most activation</sup>"), key="heatmaps_clusters", where=right)
     else:
         right.info("Cluster maps exist for HSCC runs only (the baselines do not cluster channels).")
     left, right = st.columns(2, gap="medium")
@@ -133,7 +134,8 @@ def draw(run, arrays, summary, layer, kind, opacity, slice_, maps, classes, cams
             frame.chart(overlay_figure(
                 slice_, cam.cam, opacity=opacity, colorscale="Inferno", zmin=0, zmax=1, colorbar_title="Grad-CAM",
                 height=HEIGHT, title=f"Grad-CAM, {which} model<br><sup>class {tgt}, layer {cam.layer}, "
-                                     f"p = {cam.probabilities[cam.target]:.2f}</sup>"), key=f"heatmaps_cam_{which}")
+                                     f"probability {100 * cam.probabilities[cam.target]:.0f} %</sup>"),
+                key=f"heatmaps_cam_{which}")
             if cam.empty:
                 earlier = explain.earlier_layers(cams, cam.layer)
                 st.warning(plain(explain.empty_cam_message(tgt, cam.layer, earlier[0] if earlier else None)),

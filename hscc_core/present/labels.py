@@ -48,6 +48,13 @@ def pct(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{100 * value:.{digits}f} %"
 
 
+def change_pct(reduction: float) -> str:
+    """A change in %, signed, from a reduction: ``0.593`` -> ``"-59.3 %"``; a change that rounds to
+    nothing reads ``"+0.0 %"``, never ``"-0.0 %"`` (a Tucker-2 run that kept its parameters did)."""
+    change = round(-100 * reduction, 1)
+    return f"{change:+.1f} %" if change else "+0.0 %"
+
+
 # Speed-ups this close to 1 read "about as fast": closer than two readings of one model usually agree.
 SAME_SPEED = (0.97, 1.03)
 
@@ -94,8 +101,9 @@ def budget_sentence(run: Mapping[str, Any]) -> str | None:
     if not isinstance(budget, Mapping):
         return None
     ratio = budget.get("layer_flops_ratio") or run.get("layer_flops_ratio")
-    how = ("greedy allocation (no single threshold)" if run.get("energy") is None
-           else f"one energy threshold for every block, tau = {run['energy']:.3f}")
+    rule = (run.get("config") or {}).get("allocation")
+    how = (f"{'sensitivity-priced ' if rule == 'sensitivity' else ''}greedy allocation (no single threshold)"
+           if run.get("energy") is None else f"one energy threshold for every block, tau = {run['energy']:.3f}")
     reached = f"the compressed layers need {ratio:.2f}x fewer FLOPs" if ratio else "an unknown reduction"
     new, old = run.get("layer_flops"), run.get("layer_flops_original")
     if isinstance(new, Mapping) and isinstance(old, Mapping) and new:

@@ -366,7 +366,7 @@ def report_figures(run: Mapping[str, Any], original: Mapping[str, Any], runs: li
                 c = maps[f"cam_{which}"]
                 target = class_label(classes[c.target])
                 note = "; empty: no positive evidence at this layer" if c.empty else ""
-                sub = f"layer {c.layer}, {image_label}, p = {c.probabilities[c.target]:.2f}{note}"
+                sub = f"layer {c.layer}, {image_label}, probability {100 * c.probabilities[c.target]:.0f} %{note}"
                 return overlay_figure(slice_, c.cam, colorscale="Inferno", zmin=0, zmax=1, colorbar_title="Grad-CAM",
                                       height=560, title=f"Grad-CAM, {which} model · {target}<br><sup>{sub}</sup>")
             builders[f"Grad-CAM, {which} model"] = cam
