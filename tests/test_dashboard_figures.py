@@ -38,7 +38,10 @@ def test_axis_ends_and_crowded_setting_ticks_are_readable():
             for i, e in enumerate([0.8, 0.9, 0.95, 0.98, 0.99, 0.995])]
     t = runs_table(runs)
     assert encode_column(t, "flops")[1]["tickformat"] == ".3~s"
-    assert encode_column(t, "accuracy")[1]["tickformat"] == ".3~g"
+    assert encode_column(t, "accuracy")[1]["tickformat"] == ".1%"  # 73.1%, not 0.731
+    t.loc[0, "accuracy"] = np.nan  # a run without the metric: its n/a tick stays, the others read in %
+    _, axis = encode_column(t, "accuracy")
+    assert axis["ticktext"][0] == NA and all(x.endswith("%") for x in axis["ticktext"][1:])
     _, axis = encode_column(t, "energy")
     assert axis["ticktext"] == ["0.8", "0.9", "0.95", "0.98", "0.995"] and axis["tickformat"] == ".3~g"
     assert min(np.diff(axis["tickvals"])) >= (0.995 - 0.8) / 25

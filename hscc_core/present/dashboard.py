@@ -152,7 +152,10 @@ def encode_column(table: pd.DataFrame, column: str) -> tuple[np.ndarray, dict[st
         axis["tickvals"], axis["ticktext"] = ticks, list(map(_tick, ticks))
     # Also the format of the range's ends that plotly prints above and below an axis (with its
     # default precision, FLOPs read 1.32652G and accuracies 0.730964).
-    axis["tickformat"] = ".3~s" if max(abs(lo), abs(hi)) >= 1e4 else ".3~g"
+    percent = column_format(column) == "percent"  # accuracies, agreement: 90.2%, not 0.902
+    axis["tickformat"] = ".1%" if percent else ".3~s" if max(abs(lo), abs(hi)) >= 1e4 else ".3~g"
+    if percent and "ticktext" in axis:
+        axis["ticktext"] = [NA if t == NA else f"{100 * v:.1f}%" for v, t in zip(axis["tickvals"], axis["ticktext"])]
     return values, axis
 
 
