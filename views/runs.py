@@ -286,7 +286,8 @@ def main(ctx) -> None:
     shown = sort_table(table[mask], sort_by, descending)
     data, config = _display(shown)
     event = st.dataframe(data, key="runs_table", on_select="rerun", selection_mode="multi-row", hide_index=True,
-                         column_config=config, height=420, placeholder="n/a")
+                         # As tall as its rows up to about eleven of them (no empty rows under a few).
+                         column_config=config, height=min(420, 35 * (len(data) + 1) + 3), placeholder="n/a")
     _handle_selection(ctx, shown, event)
     picked = st.session_state.get(COMPARE) or []
     st.caption(f"{len(shown)} of {len(table)} runs shown, {int(shown['pareto'].sum())} of them Pareto-optimal "
