@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hscc_core.present.labels import budget_sentence, change_pct, slower_sentence, speed_text
+from hscc_core.present.labels import budget_sentence, change_pct, p_text, slower_sentence, speed_text
 
 BASE = {"method": "hscc", "config": {"method": "hscc", "grid": 8, "clusters": 1}, "layer_flops_ratio": 6.0,
         "params": 90_000_000, "params_original": 57_000_000}
@@ -56,3 +56,9 @@ def test_budget_sentence_names_the_rule_that_spent_the_budget():
 def test_card_changes_never_read_minus_zero():
     assert change_pct(0.593) == "-59.3 %" and change_pct(-0.1) == "+10.0 %"
     assert change_pct(0.0003) == change_pct(-0.0003) == "+0.0 %"  # a Tucker-2 run's parameters read "-0.0 %"
+
+
+def test_p_values_read_as_papers_print_them():
+    assert p_text(9.06e-14) == p_text(0.0009) == "p < 0.001"  # the Explorer's card read "p = 9.06e-14"
+    assert p_text(0.0041) == "p = 0.0041" and p_text(0.2291) == "p = 0.229" and p_text(0.5) == "p = 0.5"
+    assert p_text(None) == p_text(float("nan")) == "p = n/a"

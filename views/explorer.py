@@ -15,8 +15,8 @@ import streamlit as st
 
 from hscc_core.compress.methods import get_method
 from hscc_core.measure.machine import busy_timing
-from hscc_core.present.labels import (SAME_SPEED, budget_sentence, change_pct, duration, method_title, si,
-                                      slower_sentence, speed_text, split_name)
+from hscc_core.present.labels import (SAME_SPEED, budget_sentence, change_pct, duration, method_title, p_text,
+                                      si, slower_sentence, speed_text, split_name)
 from hscc_core.present.report import layer_table
 from hscc_core.present.text import plain
 from hscc_core.runs import jobs
@@ -236,7 +236,7 @@ def headline(run: dict, original: dict) -> None:
                 help="± bootstrap SE (1,000 resamples); change against the original model")
     c[4].metric("Macro F1", f"{run['macro_f1']:.3f} ± {run['macro_f1_se']:.3f}",
                 f"{run['macro_f1'] - original['macro_f1']:+.3f}")
-    c[5].metric("vs original", f"p = {run['p_value_vs_original']:.3g}",
+    c[5].metric("vs original", p_text(run.get("p_value_vs_original")),
                 f"{100 * run['accuracy_delta']:+.2f} ± {100 * run.get('accuracy_delta_se', 0):.2f} points",
                 delta_color="off", help="McNemar's exact test on the same test images; paired bootstrap SE")
 

@@ -48,6 +48,13 @@ def pct(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{100 * value:.{digits}f} %"
 
 
+def p_text(p: float | None) -> str:
+    """A p-value as papers print it: ``p = 0.041``, ``p < 0.001`` (not ``p = 9.06e-14``), ``p = n/a``."""
+    if p is None or not math.isfinite(p):
+        return "p = n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}" if p < 0.01 else f"p = {p:.3f}".rstrip("0").rstrip(".")
+
+
 def change_pct(reduction: float) -> str:
     """A change in %, signed, from a reduction: ``0.593`` -> ``"-59.3 %"``; a change that rounds to
     nothing reads ``"+0.0 %"``, never ``"-0.0 %"`` (a Tucker-2 run that kept its parameters did)."""

@@ -33,7 +33,7 @@ from hscc_core.measure.machine import busy_timing, cpu_name
 from hscc_core.present import explain
 from hscc_core.present.dashboard import column_label
 from hscc_core.present.heatmaps import layer_summaries, region_value_map
-from hscc_core.present.labels import (NOTICE, budget_sentence, class_label, method_title, si, speed_text,
+from hscc_core.present.labels import (NOTICE, budget_sentence, class_label, method_title, p_text, si, speed_text,
                                       split_name)
 from hscc_core.present.plots import (confusion_difference_figure, confusion_figure, overlay_figure, pareto_figure,
                                      per_class_figure)
@@ -119,7 +119,7 @@ def metrics_rows(run: Mapping[str, Any], original: Mapping[str, Any] | None = No
     if run.get("accuracy_delta") is not None:
         rows.append(("accuracy change (points)", "",
                      _pm(run["accuracy_delta"], run.get("accuracy_delta_se"), "+.2f", 100)
-                     + f" (McNemar p = {run.get('p_value_vs_original', float('nan')):.3g})"))
+                     + f" (McNemar {p_text(run.get('p_value_vs_original'))})"))
     if run.get("agreement") is not None:
         rows.append(("agreement with the original (%)", "", _pm(run["agreement"], run.get("agreement_se"), ".2f", 100)))
         rows.append(("KL(original || compressed)", "",
