@@ -123,7 +123,7 @@ def metrics_rows(run: Mapping[str, Any], original: Mapping[str, Any] | None = No
     if run.get("agreement") is not None:
         rows.append(("agreement with the original (%)", "", _pm(run["agreement"], run.get("agreement_se"), ".2f", 100)))
         rows.append(("KL(original || compressed)", "",
-                     _pm(run.get("kl_to_original"), run.get("kl_to_original_se"), ".2e")))
+                     _pm(run.get("kl_to_original"), run.get("kl_to_original_se"), ".3g")))
     return rows
 
 
