@@ -11,7 +11,7 @@ from conftest import RUN_KINDS, assert_page_ok, open_page, use_tiny_app_env
 from conftest import table_run as fake_run
 from hscc_core.measure.metrics import paired_comparison
 from hscc_core.present.heatmaps import SLICE_MAPS, error_figure, slice_map_note
-from hscc_core.present.labels import speed_text
+from hscc_core.present.labels import p_text, speed_text
 from hscc_core.runs.compare import (compressed_layers, holm, kept_fractions, metrics_long, metrics_wide,
                                     pairwise_tests, run_names)
 from hscc_core.runs.config import RunConfig
@@ -49,6 +49,9 @@ def test_names_metrics_and_kept_fractions():
     assert list(metrics_wide(sped).loc["speed-up b1"]) == ["0.96x", "1.01x", "2.50x"]
     assert list(metrics_wide(sped, speed_format=speed_text).loc["speed-up b1"]) == \
         ["1.04x slower", "about as fast", "2.5x faster"]
+    tested = [dict(r, p_value_vs_original=p) for r, p in zip(runs, (9.06e-14, 0.0417, 0.5))]
+    assert list(metrics_wide(tested, p_format=lambda p: p_text(p, bare=True)).loc["p vs original (McNemar)"]) == \
+        ["< 0.001", "0.042", "0.5"]
     changed = metrics_wide([dict(runs[0], accuracy_delta=-0.14, accuracy_delta_se=0.0172), runs[1]])
     assert changed.loc["accuracy change vs original", names[0]] == "-14.00 points ± 1.72"  # points, not %
     assert all(len(c.split(" ± ")[0].split(".")[-1]) == 3 for c in wide.loc["macro F1"] if c != "n/a")

@@ -62,3 +62,4 @@ def test_p_values_read_as_papers_print_them():
     assert p_text(9.06e-14) == p_text(0.0009) == "p < 0.001"  # the Explorer's card read "p = 9.06e-14"
     assert p_text(0.0041) == "p = 0.0041" and p_text(0.2291) == "p = 0.229" and p_text(0.5) == "p = 0.5"
     assert p_text(None) == p_text(float("nan")) == "p = n/a"
+    assert p_text(3e-9, bare=True) == "< 0.001" and p_text(0.0417, bare=True) == "0.042"

@@ -17,7 +17,7 @@ from hscc_core.present.heatmaps import (SLICE_MAPS, cluster_figure, cluster_labe
 from hscc_core.present.plots import confusion_figure, per_class_figure
 from hscc_core.runs.compare import (COMPARE_MAX, COMPARE_MIN, compressed_layers, kept_fractions, metrics_wide,
                                     pairwise_tests, run_names)
-from hscc_core.present.labels import class_label, pct, speed_text
+from hscc_core.present.labels import class_label, p_text, pct, speed_text
 from hscc_core.present.text import plain
 from hscc_core.runs.config import run_name
 from views import frame
@@ -64,7 +64,8 @@ def main(ctx) -> None:
 
     st.markdown("  \n".join(f"**{tags[name]}** {plain(name)}" for name in names))
     st.subheader("Metrics (± bootstrap SE)")
-    metrics = metrics_wide(runs, speed_format=speed_text).rename(columns=tags)  # speed in the Explorer's words
+    # Speed and p-values in the words of the other pages.
+    metrics = metrics_wide(runs, speed_format=speed_text, p_format=lambda p: p_text(p, bare=True)).rename(columns=tags)
     st.dataframe(metrics, key="compare_metrics", height=35 * (len(metrics) + 1) + 3,  # every row, no scrolling
                  column_config={tag: st.column_config.TextColumn(tag, help=name) for name, tag in tags.items()})
 
@@ -81,7 +82,8 @@ def main(ctx) -> None:
     else:
         # Accuracies in %, their difference in percentage points (a relative "-20%" would mislead).
         shown = tests.replace({"a": tags, "b": tags})
-        shown = shown.assign(**{c: shown[c] * 100 for c in ("accuracy_a", "accuracy_b", "delta", "delta_se")})
+        shown = shown.assign(**{c: shown[c] * 100 for c in ("accuracy_a", "accuracy_b", "delta", "delta_se")},
+                             **{c: shown[c].map(lambda p: p_text(p, bare=True)) for c in ("p_value", "p_holm")})
         st.dataframe(shown, hide_index=True, key="compare_tests", column_config={
             "a": "run A", "b": "run B",
             "accuracy_a": st.column_config.NumberColumn("accuracy A", format="%.1f %%"),
@@ -90,8 +92,8 @@ def main(ctx) -> None:
             "delta_se": st.column_config.NumberColumn("± SE", format="%.1f pts"),
             "a_only": st.column_config.NumberColumn("only A right"),
             "b_only": st.column_config.NumberColumn("only B right"),
-            "p_value": st.column_config.NumberColumn("p (McNemar)", format="%.3g"),
-            "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.3g")})
+            "p_value": st.column_config.TextColumn("p (McNemar)"),
+            "p_holm": st.column_config.TextColumn("p (Holm)")})
         st.caption("McNemar's exact test on the images one run classifies correctly and the other does not; "
                    "the difference's SE is a paired bootstrap. Holm's adjustment accounts for testing every pair.")
 

@@ -147,7 +147,7 @@ def main(ctx: frame.Context) -> None:
                  column_config={"front": st.column_config.CheckboxColumn("front", help=f"non-dominated on "
                                                                          f"{_axis_label(y)} vs {_axis_label(x)}"),
                                 # Pinned, so the name stays beside the numbers when the table scrolls sideways.
-                                "run": st.column_config.TextColumn("run", width=300, pinned=True),
+                                "run": st.column_config.TextColumn("run", width=370, pinned=True),
                                 **{c: st.column_config.NumberColumn(format="%.2f")
                                    for c in ("accuracy %", "± SE", "agreement %", "latency ms")},
                                 "MFLOPs": st.column_config.NumberColumn(format="%.1f"),

@@ -48,11 +48,16 @@ def pct(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{100 * value:.{digits}f} %"
 
 
-def p_text(p: float | None) -> str:
-    """A p-value as papers print it: ``p = 0.041``, ``p < 0.001`` (not ``p = 9.06e-14``), ``p = n/a``."""
+def p_text(p: float | None, bare: bool = False) -> str:
+    """A p-value as papers print it: ``p = 0.041``, ``p < 0.001`` (not ``p = 9.06e-14``), ``p = n/a``;
+    ``bare`` leaves out the ``p`` for a table column named p (``0.041``, ``< 0.001``)."""
     if p is None or not math.isfinite(p):
-        return "p = n/a"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}" if p < 0.01 else f"p = {p:.3f}".rstrip("0").rstrip(".")
+        text = "= n/a"
+    elif p < 0.001:
+        text = "< 0.001"
+    else:
+        text = "= " + (f"{p:.2g}" if p < 0.01 else f"{p:.3f}".rstrip("0").rstrip("."))
+    return text.removeprefix("= ") if bare else f"p {text}"
 
 
 def change_pct(reduction: float) -> str:

@@ -76,12 +76,12 @@ def metrics_long(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["metric", "run", "value", "se"]).astype({"value": float, "se": float})
 
 
-def metrics_wide(runs: Sequence[Mapping[str, Any]],
-                 speed_format: Callable[[float], str] | None = None) -> pd.DataFrame:
+def metrics_wide(runs: Sequence[Mapping[str, Any]], speed_format: Callable[[float], str] | None = None,
+                 p_format: Callable[[float], str] | None = None) -> pd.DataFrame:
     """Metrics as rows, runs as columns, cells ``value ± SE`` as text (``n/a`` where absent).
 
-    ``speed_format`` writes a speed-up (the app passes the words its other pages use, "1.04x
-    slower"); by default ``0.96x``.
+    ``speed_format`` writes a speed-up and ``p_format`` a p-value (the app passes the words its other
+    pages use: "1.04x slower", "< 0.001"); by default ``0.96x`` and three significant digits.
     """
     long = metrics_long(runs)
     pct = {"accuracy", "agreement", "FLOPs kept"}
@@ -100,6 +100,8 @@ def metrics_wide(runs: Sequence[Mapping[str, Any]],
             return f"{100 * v:+.2f} points" + (f" ± {100 * se:.2f}" if err else "")
         if metric == "params":
             return f"{v / 1e6:.3f} M"
+        if "p vs" in metric and p_format:
+            return p_format(v)
         if "KL" in metric or "p vs" in metric:
             return f"{v:.3g}" + (f" ± {se:.2g}" if err else "")
         if metric.startswith("speed-up"):
