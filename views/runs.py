@@ -80,6 +80,8 @@ def _filters(table):
 
 def _display(shown):
     config = {"key": st.column_config.TextColumn("key", width="small"),
+              # Pinned: the table has dozens of columns, and a row must keep its name while it scrolls.
+              "label": st.column_config.TextColumn("label", width=330, pinned=True),
               "pareto": st.column_config.CheckboxColumn("Pareto", help="on the front of the chosen axes")}
     for col in shown.columns:
         fmt = column_format(col)
