@@ -99,6 +99,18 @@ def test_test_slice_with_the_selected_run(page_env, stored, calls):
     assert any(re.search(r"labelled \*\*[^*\\]+\*\*\.$", c.value) for c in at.caption)
 
 
+def test_times_taken_on_a_busy_machine_are_flagged(page_env, stored, monkeypatch):
+    from hscc_core.present import predict
+
+    monkeypatch.setattr(predict, "others_share", lambda before, after: 0.6)
+    at = open_demo(selected=stored["cache_key"])
+    assert any("Other processes used 60% of the CPUs while these times were taken" in shown(w.value)
+               for w in at.warning)
+    monkeypatch.setattr(predict, "others_share", lambda before, after: 0.05)
+    at = open_demo(selected=stored["cache_key"])
+    assert not any("Other processes used" in shown(w.value) for w in at.warning)
+
+
 def test_without_selection_pick_a_run_from_the_box(page_env, stored):
     at = open_demo()
     assert any("No compressed run to compare" in i.value for i in at.info)

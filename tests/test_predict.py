@@ -247,6 +247,20 @@ def test_cli_predict_without_run_shows_the_original(capsys, tmp_path, trained_wo
     assert code == 0 and obj["compressed"] is None and obj["original"]["class"]
 
 
+def test_times_taken_on_a_busy_machine_say_so(capsys, tmp_path, trained_workspace, monkeypatch):
+    """A single-slice timing records what else ran, as every stored timing does; the command line
+    says when it was too much to trust the times."""
+    path = tmp_path / "x.png"
+    path.write_bytes(image_bytes(trained_workspace.images().x_test[2]))
+    for share, said in ((0.6, True), (0.05, False)):
+        monkeypatch.setattr(predict, "others_share", lambda before, after, share=share: share)
+        code, out, _ = run_cli(capsys, "predict", str(path), "--timing-runs", "1", *cli_args(trained_workspace))
+        assert code == 0 and ("other processes used 60% of the CPUs: these times are noisy" in out) == said
+        code, out, _ = run_cli(capsys, "predict", str(path), "--json", "--timing-runs", "1",
+                               *cli_args(trained_workspace))
+        assert json.loads(out)["original"]["others_cpu"] == share
+
+
 def _jpegls(tmp_path):
     from pydicom.encaps import encapsulate
     from pydicom.pixels import get_decoder

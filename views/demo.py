@@ -17,6 +17,7 @@ import html
 import streamlit as st
 
 from hscc_core.data.imageio import MAX_BYTES, SliceError, load_slice
+from hscc_core.measure.machine import BUSY_SHARE
 from hscc_core.present.labels import class_label
 from hscc_core.present.plots import METHOD_STYLE, OKABE_ITO, overlay_figure
 from hscc_core.present.predict import compare, fine_tuned_refusal, probability_figure
@@ -236,6 +237,11 @@ def main(ctx) -> None:
         st.success(plain(result["summary"]), icon=":material/check_circle:")
     else:  # the words say it too; colour is never the only cue
         st.error(plain(result["summary"]), icon=":material/error:")
+    busy = result["original"].get("others_cpu")
+    if busy is not None and busy > BUSY_SHARE:  # times taken while the machine was busy: say so
+        st.warning(f"Other processes used {busy:.0%} of the CPUs while these times were taken: they are "
+                   "noisy, and both models were slowed. The stored run's timing (Explorer) is steadier.",
+                   icon=":material/speed:")
     results(ctx, result, run, opacity, "The chosen run was fine-tuned: see the note above." if message
             else "No compressed run to compare: pick one above.")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hscc_core.cli.common import add_common, add_run_option, emit, log, workspace_with_baseline
 from hscc_core.data.imageio import MAX_BYTES, load_slice
+from hscc_core.measure.machine import BUSY_SHARE
 from hscc_core.present.predict import DEFAULT_RUNS, NOTICE, compare, json_ready
 
 __all__ = ["read_image", "register"]
@@ -75,7 +76,11 @@ def cmd_predict(args) -> int:
     if c is not None:
         lines.append(f"compressed: {c['class']:18s} p {c['probabilities'][c['class']]:.3f}  {c['ms']:7.2f} ms   "
                      f"[{_probs(c)}]  ({result['run']['label']})")
-    lines += [result["summary"], NOTICE]
+    lines.append(result["summary"])
+    busy = o.get("others_cpu")
+    if busy is not None and busy > BUSY_SHARE:  # the JSON carries the share as original.others_cpu
+        lines.append(f"timed while other processes used {busy:.0%} of the CPUs: these times are noisy")
+    lines.append(NOTICE)
     if args.json:
         log(NOTICE)  # the notice goes with every prediction, also beside machine-readable output
     emit(args, obj, "\n".join(lines))

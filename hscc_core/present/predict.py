@@ -32,6 +32,7 @@ from torch import nn
 from hscc_core.data.folders import normalise
 from hscc_core.data.imageio import LoadedSlice
 from hscc_core.measure.costs import timing_input, timing_layout
+from hscc_core.measure.machine import cpu_snapshot, others_share
 from hscc_core.nn.layers import compress_candidates
 from hscc_core.present.explain import grad_cam_result
 from hscc_core.present.labels import NOTICE, class_label, speed_text
@@ -106,7 +107,9 @@ def predict_slice(model: nn.Module, meta: Mapping[str, Any], grey_uint8: np.ndar
     -------
     dict
         ``class`` (name), ``class_index``, ``probabilities`` (name -> p, in class order), ``ms``
-        (median), ``ms_min``, ``ms_max``, ``runs``, ``device``.
+        (median), ``ms_min``, ``ms_max``, ``runs``, ``device``, ``others_cpu`` (the share of the
+        CPUs other processes used while it was timed, or None where it cannot be read: above
+        :data:`~hscc_core.measure.machine.BUSY_SHARE` the times are noisy).
     """
     return _predict_many([model], meta, grey_uint8, runs, warmup)[0]
 
@@ -139,12 +142,14 @@ def _predict_many(models: Sequence[nn.Module], meta: Mapping[str, Any], grey, ru
             for _ in range(max(int(warmup), 0)):
                 model(inputs[i])
             _sync(devices[i])
+        before = cpu_snapshot()  # what else ran meanwhile, as every stored timing records it
         for _ in range(runs):
             for i, model in enumerate(models):
                 start = time.perf_counter()
                 logits[i] = model(inputs[i])
                 _sync(devices[i])
                 times[i].append((time.perf_counter() - start) * 1000.0)
+    busy = others_share(before, cpu_snapshot())
     out = []
     for i in range(len(models)):
         probs = torch.softmax(logits[i].float(), 1)[0].cpu().numpy().astype(np.float64)
@@ -155,7 +160,7 @@ def _predict_many(models: Sequence[nn.Module], meta: Mapping[str, Any], grey, ru
                     "probabilities": {c: float(p) for c, p in zip(classes, probs)},
                     "ms": float(statistics.median(times[i])), "ms_min": float(min(times[i])),
                     "ms_max": float(max(times[i])), "runs": runs,
-                    "device": str(devices[i])})
+                    "device": str(devices[i]), "others_cpu": busy})
     return out
 
 
