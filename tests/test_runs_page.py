@@ -217,6 +217,19 @@ def test_compare_page_without_a_selection_asks_for_runs(page_env):
     assert not at.exception and any("Pick 2 to 4 runs" in i.value for i in at.info)
 
 
+def test_compare_page_starts_with_the_selected_run_against_the_original(page_env):
+    key = next(r["cache_key"] for r in page_env.store.list_runs() if r.get("method") == "hscc")
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.session_state["selected_run"] = key
+    at.run()
+    at.switch_page("views/compare.py").run()
+    assert not at.exception and at.multiselect(key="compare_pick").value == [key, "original"]
+    assert list(at.dataframe[0].value.columns) == ["#1", "#2"]
+    at.multiselect(key="compare_pick").set_value([]).run()  # emptied by the user: it stays empty
+    at.run()
+    assert at.multiselect(key="compare_pick").value == [] and any("Pick 2 to 4 runs" in i.value for i in at.info)
+
+
 def test_search_button_stores_its_trials(page_env):
     at = open_runs()
     before = len(page_env.store.keys())

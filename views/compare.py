@@ -31,6 +31,9 @@ def _picker(ctx) -> list[str]:
     runs = sorted(ctx.run_summaries(), key=lambda r: (r.get("method", ""), run_name(r)))
     by_key = {r["cache_key"]: r for r in runs}
     options = [ORIGINAL, *by_key]
+    if COMPARE not in st.session_state and st.session_state.get(frame.SELECTED) in by_key:
+        # A first visit with a run selected on another page compares it with the original at once.
+        st.session_state[COMPARE] = [st.session_state[frame.SELECTED], ORIGINAL]
     wanted = [k for k in st.session_state.get(COMPARE, []) if k in options][:COMPARE_MAX]
     if st.session_state.get("compare_pick") != wanted:
         st.session_state["compare_pick"] = wanted  # the Runs page (or a link) changed the selection
