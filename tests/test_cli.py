@@ -133,7 +133,8 @@ def test_compress_json_and_stderr_summary(capsys, trained_workspace):
 @pytest.mark.parametrize("extra,match", [
     (["--grid", "0"], "grid must be"), (["--clusters", "0"], "clusters must be"),
     (["--energy", "0"], "energy must be"), (["--energy", "1.5"], "energy must be"),
-    (["--budget", "1"], "budget must be > 1"), (["--method", "pca"], "invalid choice"),
+    (["--budget", "1"], "budget must be a finite number > 1"), (["--budget", "inf"], "finite number > 1"),
+    (["--method", "pca"], "invalid choice"),
     (["--energy", "0.9", "--budget", "3"], "not allowed with"),
     (["--calibration", "chained"], "invalid choice: 'chained'"), (["--allocation", "best"], "invalid choice"),
     (["--method", "svd", "--calibration", "sequential"], "not available for Global SVD"),
@@ -273,6 +274,52 @@ def test_interrupted_bench_says_so_without_a_table(capsys, trained_workspace, mo
 def test_parallel_bench_refuses_to_time_runs(capsys, trained_workspace):
     code, out, err = run_cli(capsys, "bench", *_tiny_args(trained_workspace), "--workers", "2", "--json")
     assert code == 2 and out == "" and "--workers above 1 needs --no-speed" in err
+
+
+@pytest.mark.parametrize("argv,match", [
+    # A parallel sweep would time runs side by side (bench and search refused it, sweep did not).
+    (["sweep", "--workers", "2"], "--workers above 1 needs --no-speed"),
+    (["bench", "--speed", "--workers", "0"], "--workers must be >= 1"),  # it ran the whole speed table
+    # Options that make no run: "0 runs" and exit 0 before.
+    (["sweep", "--allocations", "foo"], "unknown allocation 'foo'"),
+    (["sweep", "--allocations", "greedy"], "spends a budget: give --budgets"),
+    (["sweep", "--grid", ""], "at least one value of --grid"), (["sweep", "--methods", ""], "--methods"),
+    (["sweep", "--clusters", ","], "at least one value of --clusters"),
+    (["sweep", "--finetune-epochs", ""], "--finetune-epochs"),
+    (["search", "--trials", "1", "--budget", "inf"], "finite number > 1"),
+    (["pareto", "--y", "foo_f1"], "unknown class in --y 'foo_f1'"),
+    (["runs", "--csv", "--json"], "not both"),
+])
+def test_commands_refuse_options_that_make_no_sense(capsys, trained_workspace, argv, match):
+    before = sorted(trained_workspace.store.keys())
+    code, out, err = run_cli(capsys, *argv, *_tiny_args(trained_workspace))
+    assert code == 2 and out == "" and err.count("\n") == 1 and match in err, err
+    assert sorted(trained_workspace.store.keys()) == before  # nothing computed, nothing removed
+
+
+def test_prune_with_csv_is_refused_and_removes_nothing(capsys, trained_workspace, tmp_path):
+    """`hscc runs --prune --csv` ignored --csv and removed every listed run."""
+    from conftest import copy_workspace
+
+    ws = copy_workspace(trained_workspace, tmp_path / "cache")
+    args = ["--data", str(ws.data), "--cache-dir", str(ws.cache_dir), "--arch", "tiny", "--input-size", "32",
+            "--epochs", "4", "--quiet"]
+    before = sorted(ws.store.keys())
+    code, out, err = run_cli(capsys, "runs", "--prune", "--csv", *args)
+    assert code == 2 and "--csv prints the runs table" in err and sorted(ws.store.keys()) == before
+    code, out, err = run_cli(capsys, "runs", "--csv", *args)  # the listing alone still works
+    header = out.splitlines()[0].split(",")
+    assert code == 0 and "key" in header and "accuracy" in header and sorted(ws.store.keys()) == before
+
+
+def test_export_study_refuses_a_file_that_is_not_a_study_store(capsys, trained_workspace, tmp_path):
+    notes = tmp_path / "notes.db"
+    notes.write_text("my notes")
+    for out_path, match in ((notes, "is not an SQLite database"), (tmp_path / "new.db", "--study-name is empty")):
+        extra = ["--study-name", ""] if out_path.name == "new.db" else []
+        code, out, err = run_cli(capsys, "export-study", "--out", str(out_path), *extra, *_tiny_args(trained_workspace))
+        assert code == 2 and match in err and "Traceback" not in err
+    assert notes.read_text() == "my notes"  # left as it was
 
 
 def test_list_options_take_words_quoted_words_and_commas():

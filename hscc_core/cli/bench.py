@@ -9,7 +9,7 @@ import sys
 from hscc_core.cli.common import (add_common, emit, float_list, list_option, log, run_summary, word_list,
                                   workspace_with_baseline)
 from hscc_core.compress.methods import get_method
-from hscc_core.cli.compress import check_runs, run_options, run_settings, stored_runs
+from hscc_core.cli.compress import check_runs, check_workers, run_options, run_settings, stored_runs
 from hscc_core.measure.machine import machine_description
 from hscc_core.runs.config import ALLOCATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig
 from hscc_core.runs.executors import make_executor
@@ -101,15 +101,11 @@ def _speed(args, ws, command: str) -> int:
 
 def cmd_bench(args) -> int:
     check_runs(args)
+    check_workers(args)  # also with --speed, which runs no table (--workers 0 ran it)
     command = "hscc " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hscc bench"
     ws = workspace_with_baseline(args)
     if args.speed:
         return _speed(args, ws, command)
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    if args.workers > 1 and not args.no_speed:
-        # Runs timed while other runs share the cores would report a made-up speed-up.
-        raise ValueError("--workers above 1 needs --no-speed (parallel runs disturb latency timing)")
     original, _, _ = original_run(ws)
     rows_cfg, ablation_cfg = bench_configs(args.budgets, args.bench_grid, args.bench_clusters,
                                            args.finetune_epochs, args.calib_size, args.seed, args.allocations,

@@ -154,6 +154,15 @@ def check_runs(args) -> None:
         raise ValueError(f"--latency-runs must be >= 1, got {args.latency_runs}")
 
 
+def check_workers(args) -> None:
+    """``--workers`` of a command that runs several runs (sweep, bench, search), checked before any work."""
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers > 1 and not args.no_speed:
+        # Runs timed while other runs share the cores would report a made-up speed-up.
+        raise ValueError("--workers above 1 needs --no-speed (parallel runs disturb latency timing)")
+
+
 def _config(args) -> RunConfig:
     energy = args.energy if (args.energy is not None or args.budget is not None) else DEFAULTS["energy"]
     return RunConfig(method=args.method, grid=args.grid, clusters=args.clusters, energy=energy,
@@ -184,6 +193,7 @@ def cmd_sweep(args) -> int:
         if m not in METHOD_NAMES:
             raise ValueError(f"unknown method '{m}' (allowed: {', '.join(METHOD_NAMES)})")
     check_runs(args)
+    check_workers(args)  # the docs said parallel sweeps must skip timing; the command did not check it
     energies = args.energy if args.energy is not None else ([] if args.budgets else list(DEFAULT_ENERGIES))
     configs = expand(args.methods, args.grid, args.clusters, energies, args.budgets,
                      args.finetune_epochs, args.calib_size, args.seed, args.cluster_sides, args.allocations,
@@ -233,6 +243,12 @@ def cmd_runs(args) -> int:
         raise ValueError("give --upgrade or --time, not both (upgrade first, then time what has no timing)")
     if args.retime_busy and not args.time:
         raise ValueError("--retime-busy applies to --time only")
+    # --csv is a listing: with --prune it was ignored and every listed run removed, with --json it broke
+    # the one-JSON-object rule. Refused before anything is read or removed.
+    if args.csv and (args.prune or args.upgrade or args.time):
+        raise ValueError("--csv prints the runs table: it does not go with --prune, --upgrade or --time")
+    if args.csv and args.json:
+        raise ValueError("give --csv (the runs table as CSV) or --json (one JSON object), not both")
     if args.upgrade:
         return _upgrade(args, ws)
     if args.no_speed:
@@ -323,9 +339,14 @@ def cmd_pareto(args) -> int:
     if args.x not in ("flops", "params", "latency"):
         raise ValueError(f"unknown x axis '{args.x}' (allowed: flops, params, latency)")
     get_axis(args.y)  # raises ValueError naming the allowed axes
+    classes = list(ws.index().classes)
+    if args.y.endswith("_f1") and args.y != "macro_f1" and args.y[:-3] not in classes:
+        # An unknown class gave an empty front and "original: foo_f1 nan" with exit 0.
+        raise ValueError(f"unknown class in --y {args.y!r} (this data's classes: {', '.join(classes)})")
     original, _, _ = original_run(ws)
     front = front_runs(stored_runs(args, ws), args.x, args.y)
+    reference = axis_value(original, args.y)  # none for agreement and KL (the original is the reference)
     human = "\n".join([f"{axis_value(r, args.x):>14.6g}  {axis_value(r, args.y):.4f}  {run_summary(r)}"
-                       for r in front] + [f"original: {args.y} {axis_value(original, args.y):.4f}"])
+                       for r in front] + ([f"original: {args.y} {reference:.4f}"] if reference == reference else []))
     emit(args, {"runs": front, "original": original, "x": args.x, "y": args.y}, human)
     return 0

@@ -5,11 +5,12 @@ They share the common options and error handling of :mod:`hscc_core.cli.common`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hscc_core.cli.common import (add_common, emit, float_list, int_list, list_option, log, run_summary,
                                   word_list, workspace_from, workspace_with_baseline)
-from hscc_core.cli.compress import stored_runs
+from hscc_core.cli.compress import check_workers, stored_runs
 from hscc_core.cli.progress import StageBars
 from hscc_core.runs.config import ALLOCATIONS, CLUSTER_SIDES, METHOD_NAMES, RunConfig
 from hscc_core.runs.executors import EXECUTORS, make_executor
@@ -90,10 +91,7 @@ def cmd_search(args) -> int:
     config = search_config(args)
     if args.latency_runs < 1:
         raise ValueError(f"--latency-runs must be >= 1, got {args.latency_runs}")
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    if args.workers > 1 and not args.no_speed:
-        raise ValueError("--workers above 1 needs --no-speed (parallel runs disturb latency timing)")
+    check_workers(args)
     if config.objectives and "latency" in config.objectives and args.no_speed:
         raise ValueError("a latency objective needs speed measurement: drop --no-speed")
     executor = make_executor(args.executor, args.workers, args.address)
@@ -129,13 +127,28 @@ def cmd_export_study(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_file():
         raise ValueError(f"--out is not a file: {out}")
-    if not out.parent.expanduser().resolve().is_dir():
+    folder = out.parent.expanduser().resolve()
+    if not folder.is_dir():
         raise ValueError(f"folder of --out does not exist: {out.parent}")
+    # An existing file is only ever added to when it is an SQLite database (a study store); checked
+    # here, it is one line instead of SQLAlchemy's traceback, and the file is left as it was.
+    if out.exists() and out.stat().st_size and out.read_bytes()[:16] != b"SQLite format 3\x00":
+        raise ValueError(f"--out exists and is not an SQLite database (an Optuna study store): {out}")
+    if not os.access(folder if not out.exists() else out, os.W_OK):
+        raise ValueError(f"cannot write {out}: permission denied")
+    if args.study_name is not None and not args.study_name.strip():
+        raise ValueError("--study-name is empty")
     ws = workspace_from(args)
     runs = stored_runs(args, ws)
     url = sqlite_url(out)
     name = args.study_name or STUDY_NAME
-    study, skipped = export_study(runs, url, name, attrs={"data": ws.data_label()})
+    from sqlalchemy.exc import SQLAlchemyError  # optuna's storage layer; imported only for this command
+
+    try:
+        study, skipped = export_study(runs, url, name, attrs={"data": ws.data_label()})
+    except SQLAlchemyError as exc:  # a locked, read-only or damaged database, a full disk
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise ValueError(f"cannot write the study to {out}: {reason}") from None
     n = len(study.trials)
     if skipped:
         log(f"{skipped} runs lack an objective value and were left out")

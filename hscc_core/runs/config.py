@@ -8,6 +8,8 @@ run's cache key (:func:`hscc_core.runs.pipeline.run_key`).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -155,8 +157,8 @@ class RunConfig:
             raise ValueError("give an energy threshold or a budget, not both")
         if self.energy is not None and not 0 < self.energy <= 1:
             raise ValueError(f"energy must be in (0, 1], got {self.energy}")
-        if self.budget is not None and not self.budget > 1:
-            raise ValueError(f"budget must be > 1 (a compression factor), got {self.budget}")
+        if self.budget is not None and not 1 < self.budget < math.inf:  # inf cannot key a cache entry
+            raise ValueError(f"budget must be a finite number > 1 (a compression factor), got {self.budget}")
         if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
             raise ValueError(f"finetune_epochs must be an integer >= 0, got {self.finetune_epochs}")
         if self.calib_size != "all" and (not isinstance(self.calib_size, int) or isinstance(self.calib_size, bool)

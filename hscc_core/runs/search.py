@@ -126,8 +126,8 @@ class SearchConfig:
     space: SearchSpace = field(default_factory=SearchSpace)
 
     def __post_init__(self):
-        if self.budget is not None and not float(self.budget) > 1:
-            raise ValueError(f"budget must be > 1 (a compression factor), got {self.budget}")
+        if self.budget is not None and not 1 < float(self.budget) < math.inf:  # before any trial runs
+            raise ValueError(f"budget must be a finite number > 1 (a compression factor), got {self.budget}")
         if not isinstance(self.trials, int) or self.trials < 1:
             raise ValueError(f"trials must be an integer >= 1, got {self.trials}")
         if self.sampler not in SAMPLERS:

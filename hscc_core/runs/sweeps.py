@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from hscc_core.compress.hscc import cluster_side
 from hscc_core.compress.methods import get_method
-from hscc_core.runs.config import DEFAULTS, METHOD_NAMES, RunConfig
+from hscc_core.runs.config import ALLOCATIONS, DEFAULTS, METHOD_NAMES, RunConfig
 from hscc_core.runs.pipeline import calibration_stats, compute_run, original_run, run_key
 from hscc_core.runs.store import Claim, RunStore
 from hscc_core.runs.workspace import Workspace
@@ -58,6 +58,23 @@ def expand(methods: Iterable[str] = METHOD_NAMES, grids: Iterable[int] = DEFAULT
     targets += [{"energy": None, "budget": float(b)} for b in budgets]
     if not targets:
         raise ValueError("a sweep needs at least one energy or budget")
+    methods, grids, clusters = list(methods), list(grids), list(clusters)
+    finetune_epochs, cluster_sides = list(finetune_epochs), list(cluster_sides)
+    # An empty list or an unknown allocation made no run and a "0 runs" success: refused instead.
+    for name, values in (("methods", methods), ("grid", grids), ("clusters", clusters),
+                         ("finetune-epochs", finetune_epochs), ("cluster-sides", cluster_sides)):
+        if not values:
+            raise ValueError(f"a sweep needs at least one value of --{name}")
+    if allocations is not None:
+        allocations = list(allocations)
+        if not allocations:
+            raise ValueError("a sweep needs at least one value of --allocations")
+        unknown = [a for a in allocations if a not in ALLOCATIONS]
+        if unknown:
+            raise ValueError(f"unknown allocation {unknown[0]!r} (allowed: {', '.join(ALLOCATIONS)})")
+        if all(a != "uniform" for a in allocations) and not budgets:
+            raise ValueError(f"allocation {allocations[0]!r} spends a budget: give --budgets (energy thresholds "
+                             "are the uniform rule)")
     multiples = [rank_multiple] if isinstance(rank_multiple, int) else list(dict.fromkeys(rank_multiple))
     if not multiples:
         raise ValueError("a sweep needs at least one rank multiple")
