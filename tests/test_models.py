@@ -34,7 +34,10 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     save_checkpoint(path, model, dict(meta, arch="alexnet"))
     with pytest.raises(CheckpointError, match="do not fit architecture 'alexnet'"):
         load_checkpoint(path)
-    path.write_bytes(b"junk")
+    path.write_bytes(b"junk")  # not a torch.save file: said plainly, not as a pickle that "could execute"
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
+        load_checkpoint(path)
+    path.write_bytes(b"PK\x03\x04 a damaged archive")  # looks like one, but torch cannot read it
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_checkpoint(path)
 

@@ -191,6 +191,16 @@ def _read_error(path: Path, exc: Exception) -> CheckpointError:
 
 
 def _read(path: Path, mmap: bool = False) -> tuple[dict, dict]:
+    # torch.save writes a zip archive (older versions a pickle, which starts with protocol 2+). Any
+    # other file (a PNG passed by mistake) would reach the unpickler, whose refusal reads as if the
+    # file held code: say what it is not instead.
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (saved by torch.save, as `hscc prepare` does)")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         meta, state = blob["meta"], blob["state_dict"]
