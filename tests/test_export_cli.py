@@ -118,6 +118,7 @@ def test_human_output(capsys, tmp_path, trained_workspace, runs):
     (["--run", "abcdef012345"], "no cached run"),
     (["--run", "{svd}", "--format", "pdf"], "invalid choice"),
     (["--run", "{svd}", "--out", "/nonexistent/folder/m.onnx"], "folder not found"),
+    (["--run", "{svd}", "--out", "/tmp"], "--out is a folder: give a file path"),
     (["--run", "{original}"], "original model's run"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, trained_workspace, runs, extra, match):

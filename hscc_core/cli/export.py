@@ -12,6 +12,7 @@ onnxruntime, interleaved in this process (median of ``--timing-runs``): ``speedu
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 from hscc_core.cli.common import add_common, add_run_option, emit, log, workspace_with_baseline
@@ -80,6 +81,8 @@ def export_run(ws, run: dict, fmt: str, out: Path, check_images: int = 0, timing
     out = Path(out)
     if not out.parent.is_dir():
         raise ValueError(f"folder not found: {out.parent}")
+    if out.is_dir():  # said before the model is rebuilt, not as "[Errno 21] Is a directory" after
+        raise ValueError(f"--out is a folder: give a file path, e.g. {out / ('model.' + fmt)}")
     model = rebuild_model(ws, run, progress)
     images = ws.images()
     x_test = images.x_test if not check_images else images.x_test[:check_images]
@@ -90,7 +93,10 @@ def export_run(ws, run: dict, fmt: str, out: Path, check_images: int = 0, timing
            "images": int(x.shape[0]), "tolerance": TOLERANCE, "pytorch_kernel": native.kernel_of(model)}
     if fmt == "torchscript":
         export_torchscript(model, out, shape)
-        loaded = torch.jit.load(str(out))
+        with warnings.catch_warnings():
+            # torch.jit.load warns that it is deprecated; the user can do nothing about this check's load.
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=FutureWarning)
+            loaded = torch.jit.load(str(out))
         obj["max_abs_diff"] = _max_abs_diff(loaded, model, x)
     else:
         export_onnx(model, out, shape)
