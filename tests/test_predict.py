@@ -128,10 +128,18 @@ def test_compare_both_models_with_cams_and_a_sentence(trained_workspace, stored)
 def test_resolve_run_refuses_what_it_cannot_use(trained_workspace, stored):
     ws = trained_workspace
     assert resolve_run(ws, stored["cache_key"][:10].upper())["cache_key"] == stored["cache_key"]
-    for key, match in (("../etc", "invalid run key"), ("ffff" * 4, "no cached run"),
+    for key, match in (("../etc", "invalid run key"), ("3b", "its first 4 or more"), ("ffff" * 4, "no cached run"),
                        (original_run(ws)[0]["cache_key"], "original model")):
         with pytest.raises(ValueError, match=match):
             resolve_run(ws, key)
+    # A run of other data (another folder, split or de-duplication) names all three options.
+    body, arrays = ws.store.get_entry(stored["cache_key"])
+    other = "e" * 24
+    ws.store.put_run(other, {k: v for k, v in dict(body, data_fingerprint="0" * 24, split="clean").items()
+                             if k not in ("cache_key", "cached")}, arrays)
+    with pytest.raises(ValueError, match=r"made on other data \(.*, clean split\): pass the --data, --split and"):
+        resolve_run(ws, other)
+    ws.store.prune([other])
     tuned = dict(stored, config=dict(stored["config"], finetune_epochs=2), label="hscc ft2")
     with pytest.raises(ValueError, match="fine-tuned for 2 epochs"):
         rebuild_compressed(ws, tuned)

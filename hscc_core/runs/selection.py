@@ -67,7 +67,8 @@ def resolve_run(ws: Workspace, key: str) -> dict:
     """
     key = str(key).strip().lower()
     if not _HEX.fullmatch(key):
-        raise ValueError(f"invalid run key {key!r}: expected the hexadecimal cache key that `hscc runs` lists")
+        raise ValueError(f"invalid run key {key!r}: expected a cache key that `hscc runs` lists, or its first 4 "
+                         "or more (hexadecimal) digits")
     keys = ws.store.keys()
     matches = [key] if key in keys else [k for k in keys if k.startswith(key)]
     if not matches:  # an older run brought up to date (hscc_core.runs.upgrade) lives under a new key
@@ -83,8 +84,11 @@ def resolve_run(ws: Workspace, key: str) -> dict:
     if run.get("method") == "original":
         raise ValueError(f"{matches[0]} is the original model's run: give a compressed run's key (`hscc runs`)")
     if run.get("data_fingerprint") != ws.index().fingerprint:
-        raise ValueError(f"run {matches[0]} was made on another dataset ({run.get('data', '?')}): "
-                         "pass that dataset with --data")
+        # The split and --dedupe change the data too (a run of the official split, asked for with
+        # --split clean, is on other test images): name all three.
+        split = f", {run['split']} split" if run.get("split") else ""
+        raise ValueError(f"run {matches[0]} was made on other data ({run.get('data', '?')}{split}): pass the "
+                         "--data, --split and --dedupe it was made with")
     if run.get("model_fingerprint") != ws.model_fingerprint():
         raise ValueError(f"run {matches[0]} was made with another baseline model than this workspace's "
                          "(check --arch, --input-size, --epochs, --checkpoint)")
