@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from tqdm import tqdm
@@ -347,6 +348,6 @@ def cmd_pareto(args) -> int:
     front = front_runs(stored_runs(args, ws), args.x, args.y)
     reference = axis_value(original, args.y)  # none for agreement and KL (the original is the reference)
     human = "\n".join([f"{axis_value(r, args.x):>14.6g}  {axis_value(r, args.y):.4f}  {run_summary(r)}"
-                       for r in front] + ([f"original: {args.y} {reference:.4f}"] if reference == reference else []))
+                       for r in front] + ([f"original: {args.y} {reference:.4f}"] if math.isfinite(reference) else []))
     emit(args, {"runs": front, "original": original, "x": args.x, "y": args.y}, human)
     return 0

@@ -34,12 +34,12 @@ __all__ = [
     "brush_mask",
     "column_format",
     "column_label",
-    "in_display_units",
     "constraints_for",
     "constraints_from_figure",
     "constraints_from_restyle",
     "encode_column",
     "importance_figure",
+    "in_display_units",
     "kept_fraction_figure",
     "parcoords_figure",
 ]

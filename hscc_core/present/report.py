@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from hscc_core.compress.methods import get_method
 from hscc_core.measure.machine import busy_timing, cpu_name
 from hscc_core.present import explain
 from hscc_core.present.dashboard import column_label
@@ -37,7 +38,6 @@ from hscc_core.present.labels import (NOTICE, budget_sentence, class_label, meth
                                       split_name)
 from hscc_core.present.plots import (confusion_difference_figure, confusion_figure, overlay_figure, pareto_figure,
                                      per_class_figure)
-from hscc_core.compress.methods import get_method
 from hscc_core.runs.config import (ALLOCATION_TITLES, CALIBRATION_TITLES, RunConfig, describe_calibration_set,
                                      run_name)
 
