@@ -204,8 +204,14 @@ class Workspace:
             path = self.store.blob_path("signatures", key, "json")
             if not self.store.verify_blob("signatures", key, "json"):
                 sigs = duplicates.compute_signatures(index, self.size, lambda d, t: progress("signatures", d, t))
-                self.store.put_blob_file("signatures", key, "json",
-                                         lambda p: p.write_text(json.dumps(sigs.to_json())))
+                try:
+                    self.store.put_blob_file("signatures", key, "json",
+                                             lambda p: p.write_text(json.dumps(sigs.to_json())))
+                except StoreError:
+                    # A read-only cache: the signatures are only a cache, so an audit (which reads)
+                    # uses them without storing them rather than refuse.
+                    self._memo["signatures"] = sigs
+                    return sigs
             self._memo["signatures"] = duplicates.Signatures.from_json(json.loads(path.read_text()))
         return self._memo["signatures"]
 
