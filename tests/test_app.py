@@ -179,6 +179,25 @@ def test_cached_run_is_shown_without_recomputation(app_env, stored_runs, counter
     assert flops.delta == f"{-100 * (1 - run['flops'] / run['flops_original']):+.1f} %"
 
 
+def test_an_about_as_fast_card_has_no_arrow_and_no_colour(trained_workspace, tmp_path, monkeypatch):
+    """A red down-arrow sat under "about as fast"; faster and slower keep theirs."""
+    from streamlit.proto.Metric_pb2 import Metric
+
+    from conftest import copy_workspace, use_tiny_app_env
+
+    ws = copy_workspace(trained_workspace, tmp_path / "cache")
+    use_tiny_app_env(monkeypatch, ws.data, ws.cache_dir)
+    run = compress_run(ws, LOW, latency_runs=2)[0]
+    body, arrays = ws.store.get_entry(run["cache_key"])
+    body = {k: v for k, v in body.items() if k not in ("cache_key", "cached")}
+    for b1, direction, colour in ((0.99, Metric.NONE, Metric.GRAY), (0.8, Metric.DOWN, Metric.RED),
+                                  (1.5, Metric.UP, Metric.GREEN)):
+        ws.store.put_run(run["cache_key"], dict(body, speedup=dict(body["speedup"], b1=b1)), arrays)
+        at = explorer_config(open_page("views/explorer.py"), LOW)
+        card = [m for m in at.main.metric if m.label == "Measured speed (batch 1)"][0].proto
+        assert (card.direction, card.color) == (direction, colour), b1
+
+
 
 
 def test_a_run_timed_on_a_busy_machine_says_so(trained_workspace, tmp_path, monkeypatch):

@@ -195,6 +195,16 @@ def test_per_class_bars_have_se_error_bars_and_patterns():
     assert name.replace("<br>", " ") == long and all(len(line) <= 30 for line in name.split("<br>"))
 
 
+def test_confusion_matrices_keep_class_names_upright_and_the_change_bar_below():
+    """Tilted two-line class names ran into each other (the change matrix at 1440 px, Compare at 1280 px)."""
+    cm = np.array([[5, 1], [2, 4]])
+    for fig in (confusion_figure(cm, ["glioma_tumor", "meningioma_tumor"]),
+                confusion_difference_figure(cm, cm[::-1], ["glioma_tumor", "meningioma_tumor"])):
+        assert fig.layout.xaxis.tickangle == 0 and list(fig.layout.xaxis.ticktext)[1] == "meningioma<br>tumor"
+    bar = confusion_difference_figure(cm, cm[::-1], ["a", "b"]).data[0].colorbar
+    assert bar.orientation == "h" and bar.yanchor == "top" and bar.y < 0  # under the matrix, not beside it
+
+
 def test_bars_take_their_run_s_method_colour_in_every_chart():
     """Colours followed the runs' order: HSCC was orange in one Compare chart and blue in the next."""
     hscc, svd, black = METHOD_STYLE["hscc"][1], METHOD_STYLE["svd"][1], METHOD_STYLE["original"][1]

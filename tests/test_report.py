@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from conftest import CLASSES, ORIGINAL, RUNS, sample_figures
 from hscc_core.present import report
 
@@ -118,6 +120,12 @@ def test_report_of_a_real_run_has_maps_grad_cam_and_the_layer_table(trained_work
                                                maps={"error": dict.fromkeys(layers)}))
     rows = report.layer_table(run)
     assert [r["layer"] for r in rows] == [f"conv {i} · {name}" for i, name in enumerate(layers, 1)]
+    # The output error in the unit of the error maps: ||Y'-Y||/||Y||, the root of the stored squared error
+    # (the table read 0.048 beside a map whose mean was 0.215); one cluster count when regions agree.
+    for row, name in zip(rows, layers):
+        assert row["output error"] == pytest.approx(run["layer_errors"][name] ** 0.5)
+        assert row["clusters used"] == "2" and row["FLOPs kept %"] <= 100
+    assert "kept %" not in rows[0]
     text = report.report_html(run, original, {}, {"python": "3"})
     assert "<h2>Per layer</h2>" in text and rows[0]["layer"] in text and rows[0]["ranks kept"] in text
     with zipfile.ZipFile(io.BytesIO(figures_zip({"Grad-CAM": figures["Grad-CAM, original model"]}))) as zf:
