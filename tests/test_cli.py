@@ -141,6 +141,10 @@ def test_compress_json_and_stderr_summary(capsys, trained_workspace):
     (["--calib-size", "most"], "expected an integer >= 1 or 'all', got 'most'"),
     (["--calib-size", "0"], "expected an integer >= 1 or 'all'"), (["--rank-multiple", "0"], "expected an integer >= 1"),
     (["--method", "tucker", "--rank-multiple", "8"], "rank_multiple applies to method 'hscc' only"),
+    # The baselines have no regions or clusters: the options were silently dropped before.
+    (["--method", "svd", "--grid", "4"], "--grid applies to --method hscc only (Global SVD"),
+    (["--method", "tucker", "--grid", "2", "--clusters", "4"],
+     "--grid and --clusters apply to --method hscc only"),
     (["--allocation", "sensitivity", "--energy", "0.9"], "needs a budget")])
 def test_compress_bad_values(capsys, trained_workspace, extra, match):
     code, out, err = run_cli(capsys, "compress", *_tiny_args(trained_workspace), *extra)

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from hscc_core.cli.common import (add_common, emit, float_list, int_list, list_option, log, positive_int,
                                   run_summary, word_list, workspace_from, workspace_with_baseline)
 from hscc_core.cli.progress import StageBars
+from hscc_core.compress.methods import get_method
 from hscc_core.runs.config import ALLOCATIONS, CALIBRATIONS, CLUSTER_SIDES, DEFAULTS, METHOD_NAMES, RunConfig
 from hscc_core.runs.executors import EXECUTORS, make_executor
 from hscc_core.runs.pareto import axis_value, front_runs, get_axis
@@ -80,8 +81,11 @@ def register(sub) -> dict:
                        description="Compress the baseline with one method and configuration.")
     add_common(p)
     p.add_argument("--method", choices=METHOD_NAMES, default=DEFAULTS["method"])
-    p.add_argument("--grid", type=int, default=DEFAULTS["grid"], help="HSCC region grid G (G x G regions)")
-    p.add_argument("--clusters", type=int, default=DEFAULTS["clusters"], help="HSCC channel clusters K per region")
+    # No parser default: a grid or cluster count given for a baseline is refused (_config), not ignored.
+    p.add_argument("--grid", type=int, default=None,
+                   help=f"HSCC region grid G (G x G regions; default {DEFAULTS['grid']})")
+    p.add_argument("--clusters", type=int, default=None,
+                   help=f"HSCC channel clusters K per region (default {DEFAULTS['clusters']})")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--energy", type=float, default=None,
                        help=f"energy threshold tau in (0, 1] (default {DEFAULTS['energy']})")
@@ -165,8 +169,16 @@ def check_workers(args) -> None:
 
 
 def _config(args) -> RunConfig:
+    given = [f"--{name}" for name in ("grid", "clusters") if getattr(args, name) is not None]
+    if given and not get_method(args.method).data_aware:
+        # The baselines have no regions or clusters: ignoring the options made a run the user did not ask for.
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ValueError(f"{' and '.join(given)} {verb} to --method hscc only ({get_method(args.method).title} "
+                         "compresses each whole layer)")
+    grid = DEFAULTS["grid"] if args.grid is None else args.grid
+    clusters = DEFAULTS["clusters"] if args.clusters is None else args.clusters
     energy = args.energy if (args.energy is not None or args.budget is not None) else DEFAULTS["energy"]
-    return RunConfig(method=args.method, grid=args.grid, clusters=args.clusters, energy=energy,
+    return RunConfig(method=args.method, grid=grid, clusters=clusters, energy=energy,
                      budget=args.budget, finetune_epochs=args.finetune_epochs, cluster_side=args.cluster_side,
                      allocation=args.allocation, **run_settings(args))
 
