@@ -36,18 +36,21 @@ def test_prepare_then_instant_second_run(capsys, folder, tmp_path):
 
 
 def test_evaluate_json_fields(capsys, folder, tmp_path):
-    code, out, _ = run_cli(capsys, "evaluate", "--data", str(folder), "--cache-dir", str(tmp_path / "c"),
-                           "--json", *TINY)
+    code, out, err = run_cli(capsys, "evaluate", "--data", str(folder), "--cache-dir", str(tmp_path / "c"),
+                             "--json", *TINY)
     run = json.loads(out)
     assert code == 0
+    # The baseline it trains first is announced, with how much training that is (it started unannounced).
+    assert "training the tiny baseline on 32 images (" in err and "epochs" in err
     for field in ("method", "config", "cache_key", "cached", "accuracy", "accuracy_se", "macro_f1",
                   "macro_f1_se", "per_class", "confusion_matrix", "flops", "params", "seconds"):
         assert field in run
     assert set(run["per_class"]) == {"glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"}
     assert {"precision", "precision_se", "recall", "recall_se", "f1", "f1_se"} <= set(run["per_class"]["no_tumor"])
-    code, out, _ = run_cli(capsys, "evaluate", "--data", str(folder), "--cache-dir", str(tmp_path / "c"),
-                           "--json", *TINY)
+    code, out, err = run_cli(capsys, "evaluate", "--data", str(folder), "--cache-dir", str(tmp_path / "c"),
+                             "--json", *TINY)
     assert json.loads(out)["cached"] is True and json.loads(out)["accuracy"] == run["accuracy"]
+    assert "training the" not in err
 
 
 def test_audit_json_and_dedupe_everywhere(capsys, folder, tmp_path):

@@ -22,8 +22,8 @@ from hscc_core.nn.models import ARCHITECTURES
 from hscc_core.nn.training import TrainConfig
 from hscc_core.runs.workspace import Workspace
 
-__all__ = ["EXIT_BAD_INPUT", "Parser", "UsageError", "add_common", "emit", "float_list", "format_metrics",
-           "int_list", "list_option", "log", "positive_int", "run_summary", "workspace_from",
+__all__ = ["EXIT_BAD_INPUT", "Parser", "UsageError", "add_common", "announce_training", "emit", "float_list",
+           "format_metrics", "int_list", "list_option", "log", "positive_int", "run_summary", "workspace_from",
            "workspace_with_baseline"]
 
 EXIT_BAD_INPUT = 2
@@ -125,13 +125,21 @@ def workspace_with_baseline(args) -> Workspace:
     if ws.has_baseline():
         return ws  # nothing loaded yet: cached runs are served without touching the model
     with bars(not args.quiet) as progress:
-        ws.images(progress)
+        images = ws.images(progress)
+    announce_training(ws, images)
     bar = TrainBar(not args.quiet)
     try:
         ws.baseline(progress=bar)  # trains once if absent, like `hscc prepare`
     finally:
         bar.close()
     return ws
+
+
+def announce_training(ws: Workspace, images) -> None:
+    """Say on stderr that the baseline is about to be trained, and how much (every command that trains
+    one first: a training run of minutes to hours must not start unannounced)."""
+    log(f"training the {ws.arch} baseline on {len(images.y_train)} images ({ws.train_recipe.epochs} epochs, "
+        f"input {ws.size}px; once per data and model, like `hscc prepare`)")
 
 
 def log(msg: str) -> None:

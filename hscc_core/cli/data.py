@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hscc_core.cli.common import add_common, emit, format_metrics, log, workspace_from
+from hscc_core.cli.common import add_common, announce_training, emit, format_metrics, log, workspace_from
 from hscc_core.cli.progress import TrainBar, bars
 from hscc_core.data.audit import audit, format_audit
 from hscc_core.runs.pipeline import original_run
@@ -38,8 +38,7 @@ def cmd_prepare(args) -> int:
     if existed:
         log(f"baseline already in the cache for {ws.data_label()} (nothing to train)")
     else:
-        log(f"training the {ws.arch} baseline on {len(images.y_train)} images "
-            f"({ws.train_recipe.epochs} epochs, input {ws.size}px)")
+        announce_training(ws, images)
     bar = TrainBar(not args.quiet)
     try:
         _, meta = ws.baseline(progress=bar)
@@ -60,7 +59,9 @@ def cmd_prepare(args) -> int:
 def cmd_evaluate(args) -> int:
     ws = workspace_from(args)
     with bars(not args.quiet) as progress:
-        ws.images(progress)
+        images = ws.images(progress)
+    if not ws.has_baseline():
+        announce_training(ws, images)  # the metrics need a model: it is trained first, as by `prepare`
     bar = TrainBar(not args.quiet)
     try:
         run, _, _ = original_run(ws, progress=bar)
