@@ -77,3 +77,10 @@ def test_heatmap_data_from_a_stored_run():
         heatmaps.heatmap_data(run, "fc")
     with pytest.raises(ValueError, match="without a kind"):
         heatmaps.layer_summaries({"layers": {"conv": {"macs": 1}}})
+
+
+def test_image_choice_names_both_answers_briefly():
+    # The Heatmaps page's image box cut "#0: original says ..., compressed says ..." at 1280 px.
+    assert heatmaps.image_choice(3, "glioma tumor", "glioma tumor") == "#3 · both say glioma tumor"
+    differ = heatmaps.image_choice(17, "meningioma tumor", "pituitary tumor")
+    assert differ == "#17 · original: meningioma tumor, compressed: pituitary tumor" and len(differ) <= 64

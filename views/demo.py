@@ -190,19 +190,20 @@ def results(ctx, result, run, opacity, without_run: str) -> None:
 def main(ctx) -> None:
     st.markdown(STYLE, unsafe_allow_html=True)
     st.warning(NOTICE, icon=":material/warning:")
-    top = st.columns([1.0, 2.2, 2.6, 1.0], vertical_alignment="top")  # room for a run's whole name
+    # The run box has a row of its own: a run's whole name (up to ~110 characters) was cut in a column
+    # at 1280 and 1440 px, and a clinician could not tell which model answered.
+    run, message = pick_run(ctx)
+    if message:
+        st.warning(message)
+    top = st.columns([1.2, 3.0, 1.3], vertical_alignment="top")
     source = top[0].radio("Slice", SOURCES, key="demo_source")
     with top[1]:
         picked = pick_test_slice(ctx) if source == SOURCES[0] else uploaded_slice()
-    with top[2]:
-        run, message = pick_run(ctx)
-        if message:
-            st.warning(message)
     # Why the original answers alone: nothing chosen, or a chosen run this page cannot rebuild (the
     # summary must not say "no run was chosen" under a box that shows one).
     without_run = ("the chosen run was fine-tuned, so it is not shown here" if message
                    else "no compressed run was chosen")
-    opacity = top[3].slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="demo_opacity",
+    opacity = top[2].slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="demo_opacity",
                             help="Opacity of the Grad-CAM map over the image")
     if picked is None:
         if source == SOURCES[1] and st.session_state.get("demo_upload") is None:

@@ -5,7 +5,7 @@ import streamlit as st
 
 from hscc_core.nn.layers import compress_candidates
 from hscc_core.present import explain
-from hscc_core.present.heatmaps import (REGION_LABELS, cluster_figure, cluster_label_map, error_figure,
+from hscc_core.present.heatmaps import (REGION_LABELS, cluster_figure, cluster_label_map, error_figure, image_choice,
                                         layer_summaries, region_figure)
 from hscc_core.present.labels import class_label
 from hscc_core.runs.config import run_name
@@ -55,7 +55,7 @@ def main(ctx: frame.Context) -> None:
     classes = ctx.classes
     orig_pred = frame.load_arrays(ctx, ctx.original["cache_key"])["predictions"]
     pred = arrays["predictions"]
-    c = st.columns([1, 1, 2])
+    c = st.columns([1, 1, 2.6])  # the test-image box names two answers: it was cut at 1280 px
     layer = c[0].selectbox("Layer", list(summaries), key="heatmaps_layer")
     true_cls = c[1].selectbox("True class", range(len(classes)), key="heatmaps_class",
                               format_func=lambda k: class_label(classes[k]))
@@ -65,8 +65,7 @@ def main(ctx: frame.Context) -> None:
         return
     index = c[2].selectbox(
         "Test image", idx, key=f"heatmaps_image_{run['cache_key']}",
-        format_func=lambda i: f"#{i}: original says {class_label(classes[orig_pred[i]])}, "
-                              f"compressed says {class_label(classes[pred[i]])}")
+        format_func=lambda i: image_choice(i, class_label(classes[orig_pred[i]]), class_label(classes[pred[i]])))
     cams = compress_candidates(ctx.ws.baseline(train_if_missing=False)[0])
     c = st.columns([2, 2, 2, 2])
     opacity = c[0].slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="heatmaps_opacity")

@@ -22,7 +22,7 @@ from hscc_core.present.explain import cluster_map
 from hscc_core.present.plots import overlay_figure
 
 __all__ = ["KINDS_OF_VALUE", "REGION_LABELS", "SLICE_MAPS", "cluster_figure", "cluster_label_map", "error_figure",
-           "heatmap_data", "layer_order", "layer_summaries", "layer_summary", "region_figure", "region_value_map",
+           "heatmap_data", "image_choice", "layer_order", "layer_summaries", "layer_summary", "region_figure", "region_value_map",
            "region_values", "slice_map_note"]
 
 # What a region map can show: the directions kept over the original's, or the MACs kept.
@@ -202,3 +202,24 @@ def slice_map_note(run: Mapping[str, Any], layer: str, kind: str, labels_stored:
         return ("Fine-tuned: its trained weights are not stored, so its output error needs the fine-tuning again "
                 "(the Heatmaps page offers it).")
     return None
+
+
+def image_choice(index: int, original: str, compressed: str) -> str:
+    """A test image's entry in the Heatmaps page's image box: its number and both models' answers.
+
+    Parameters
+    ----------
+    index : int
+        The image's index in the test split.
+    original, compressed : str
+        The class each model predicts, as a reader writes it (``class_label``).
+
+    Returns
+    -------
+    str
+        ``"#3 · both say glioma tumor"``, or ``"#7 · original: glioma tumor, compressed: no tumor"``
+        where they differ; short enough for the box at 1280 px (the longer wording was cut).
+    """
+    if original == compressed:
+        return f"#{index} · both say {original}"
+    return f"#{index} · original: {original}, compressed: {compressed}"
