@@ -176,9 +176,10 @@ def results(ctx, result, run, opacity, without_run: str) -> None:
             tag = "o" if ref is None else "c"
             with st.container(horizontal=True, wrap=True, gap="small"):
                 cam = overlay_figure(result["input"], res.get("cam"), opacity=opacity, colorscale="Inferno",
-                                     zmin=0, zmax=1, colorbar_title="evidence (Grad-CAM)", height=CAM_SIZE + 50,
+                                     zmin=0, zmax=1, colorbar_title="evidence (Grad-CAM)", height=CAM_SIZE + 58,
                                      title="Where it looked")
-                cam.update_layout(margin={"t": 40})  # a one-line title: the map gets the height
+                # A one-line title, the map gets the height; 48 px keeps the title off the time above it.
+                cam.update_layout(margin={"t": 48})
                 chart(cam, f"demo_cam_{tag}", width=CAM_SIZE)
                 chart(probability_figure(res, colour, title="Class probabilities", height=CAM_SIZE),
                       f"demo_probs_{tag}", width=PROBS_WIDTH)
@@ -190,20 +191,22 @@ def results(ctx, result, run, opacity, without_run: str) -> None:
 def main(ctx) -> None:
     st.markdown(STYLE, unsafe_allow_html=True)
     st.warning(NOTICE, icon=":material/warning:")
-    # The run box has a row of its own: a run's whole name (up to ~110 characters) was cut in a column
-    # at 1280 and 1440 px, and a clinician could not tell which model answered.
-    run, message = pick_run(ctx)
-    if message:
-        st.warning(message)
-    top = st.columns([1.2, 3.0, 1.3], vertical_alignment="top")
+    # One row, so that a slice's answers fit one 1920 x 1080 screen (a projector). A long run name is cut
+    # in the Run box at 1280 and 1440 px; the sidebar's "Selected run" and the compressed model's
+    # heading give it whole. (A row of its own for the box pushed the upload view past one screen.)
+    top = st.columns([1.0, 2.2, 2.6, 1.0], vertical_alignment="top")
     source = top[0].radio("Slice", SOURCES, key="demo_source")
     with top[1]:
         picked = pick_test_slice(ctx) if source == SOURCES[0] else uploaded_slice()
+    with top[2]:
+        run, message = pick_run(ctx)
+        if message:
+            st.warning(message)
     # Why the original answers alone: nothing chosen, or a chosen run this page cannot rebuild (the
     # summary must not say "no run was chosen" under a box that shows one).
     without_run = ("the chosen run was fine-tuned, so it is not shown here" if message
                    else "no compressed run was chosen")
-    opacity = top[2].slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="demo_opacity",
+    opacity = top[3].slider("Map opacity", 0.0, 1.0, 0.45, 0.05, key="demo_opacity",
                             help="Opacity of the Grad-CAM map over the image")
     if picked is None:
         if source == SOURCES[1] and st.session_state.get("demo_upload") is None:
