@@ -193,6 +193,22 @@ def test_per_class_bars_have_se_error_bars_and_patterns():
     long = "HSCC 4x4 regions, 4 input clusters, greedy budget x6, sequential calibration"
     name = per_class_figure({"original": ORIGINAL, long: RUNS[0]}, "f1").data[1].name
     assert name.replace("<br>", " ") == long and all(len(line) <= 30 for line in name.split("<br>"))
+    # The legend sits at the figure's bottom edge and the figure grows with the runs: placed at y = -0.2 of
+    # the plot, four wrapped run names hid the class names' second lines on the Compare page.
+    four = per_class_figure({"original": ORIGINAL, **{f"run {i}": RUNS[0] for i in range(3)}}, "f1")
+    assert four.layout.legend.yref == "container" and four.layout.legend.yanchor == "bottom"
+    assert four.layout.height > per_class_figure({"original": ORIGINAL, "hscc": RUNS[0]}, "f1").layout.height
+
+
+def test_chart_title_wraps_and_escapes_the_subtitle():
+    # A run's name under a half-width map at 1280 px lost its end: plotly neither wraps nor shrinks titles.
+    long = "HSCC 4x4 regions, 1 output cluster, greedy budget x6, sequential calibration, ranks in multiples of 8"
+    title = plots.chart_title("Rank kept per region · features.0", long)
+    head, sub = title.split("<br><sup>")
+    lines = sub.removesuffix("</sup>").split("<br>")
+    assert head == "Rank kept per region · features.0" and len(lines) == 2
+    assert " ".join(lines) == long and all(len(line) <= plots.SUBTITLE_WIDTH for line in lines)
+    assert plots.chart_title("H", "a < b") == "H<br><sup>a &lt; b</sup>"
 
 
 def test_confusion_matrices_keep_class_names_upright_and_the_change_bar_below():

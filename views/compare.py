@@ -3,8 +3,6 @@ per-class F1, confusion matrices, FLOPs kept per layer, and their heatmaps on on
 colour scale). The runs come from the Runs page's selection (session key ``compare_runs``) or the
 picker here."""
 
-import html
-import textwrap
 from collections import Counter
 
 import numpy as np
@@ -14,7 +12,7 @@ from hscc_core.present import explain
 from hscc_core.present.dashboard import kept_fraction_figure
 from hscc_core.present.heatmaps import (SLICE_MAPS, cluster_figure, cluster_label_map, error_figure, layer_summary,
                                         region_figure, slice_map_note)
-from hscc_core.present.plots import confusion_figure, per_class_figure
+from hscc_core.present.plots import chart_title, confusion_figure, per_class_figure
 from hscc_core.runs.compare import (COMPARE_MAX, COMPARE_MIN, compressed_layers, kept_fractions, metrics_wide,
                                     pairwise_tests, run_names)
 from hscc_core.present.labels import class_label, p_text, pct, speed_text
@@ -110,7 +108,7 @@ def main(ctx) -> None:
         if i % 2 == 0:
             cols = st.columns(2, gap="medium")
         frame.chart(confusion_figure(run["confusion_matrix"], classes, norm,
-                                     _title(f"{tags[name]} · accuracy {100 * run['accuracy']:.1f} %", name)),
+                                     chart_title(f"{tags[name]} · accuracy {100 * run['accuracy']:.1f} %", name)),
                     f"compare_confusion_{i}", cols[i % 2])
 
     kept = kept_fractions(runs)
@@ -125,12 +123,6 @@ def main(ctx) -> None:
 
 
 HEIGHT = 560  # two maps per row at 1280-1440 px
-
-
-def _title(head: str, sub: str) -> str:
-    """A chart title: a short ``head`` line, then ``sub`` (a run name) as a subtitle wrapped every 60
-    characters, since two charts share a row and a long run name in the title line would be cut off."""
-    return f"{head}<br><sup>{'<br>'.join(html.escape(line) for line in textwrap.wrap(sub, 60))}</sup>"
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -232,7 +224,7 @@ def heatmaps(ctx, runs, names, tags, predictions) -> None:
         summary, sub = panel[0], name
         if kind == "error":
             sub += f" · mean {float(np.mean(panel[1])):.3f}"
-        title = _title(f"{tags[name]} · {SLICE_MAPS[kind]} · {layer}", sub)
+        title = chart_title(f"{tags[name]} · {SLICE_MAPS[kind]} · {layer}", sub)
         if kind == "clusters":
             fig = cluster_figure(slice_, panel[1], summary, categories=categories, opacity=opacity, title=title,
                                  height=HEIGHT)

@@ -9,7 +9,7 @@ from hscc_core.present.heatmaps import (REGION_LABELS, cluster_figure, cluster_l
                                         layer_summaries, region_figure)
 from hscc_core.present.labels import class_label
 from hscc_core.runs.config import run_name
-from hscc_core.present.plots import overlay_figure
+from hscc_core.present.plots import chart_title, overlay_figure
 from hscc_core.present.text import plain
 from views import frame
 
@@ -39,7 +39,7 @@ HEIGHT = 600  # two maps side by side at 1280-1440 px: each about 560 px square
 def draw_regions(run, summary, layer, kind, opacity, slice_, key):
     return frame.chart(region_figure(
         slice_, summary, KINDS[kind], opacity=opacity, height=HEIGHT,
-        title=f"{kind.capitalize()} per region · {layer}<br><sup>{run_name(run)}</sup>"), key=key)
+        title=chart_title(f"{kind.capitalize()} per region · {layer}", run_name(run))), key=key)
 
 
 def main(ctx: frame.Context) -> None:
@@ -112,15 +112,17 @@ def draw(run, arrays, summary, layer, kind, opacity, slice_, maps, classes, cams
         frame.chart(cluster_figure(
             slice_, cmap, summary, categories=k, opacity=opacity, height=HEIGHT,
             # Short title (a half-width chart at 1280 px cut "... cluster · features"); the side goes below.
-            title=f"Dominant cluster · {layer}<br><sup>per position: the {summary.cluster_side}-channel "
-                  "cluster with the most activation</sup>"), key="heatmaps_clusters", where=right)
+            title=chart_title(f"Dominant cluster · {layer}", f"per position: the {summary.cluster_side}-channel "
+                                                             "cluster with the most activation")),
+            key="heatmaps_clusters", where=right)
     else:
         right.info("Cluster maps exist for HSCC runs only (the baselines do not cluster channels).")
     left, right = st.columns(2, gap="medium")
     frame.chart(error_figure(
         slice_, maps["error"], opacity=opacity, height=HEIGHT,
-        title=f"Output error · {layer}<br><sup>||y - y'|| / RMS ||y||, same input; "
-              f"mean {float(np.mean(maps['error'])):.3f}</sup>"), key="heatmaps_error", where=left)
+        title=chart_title(f"Output error · {layer}", f"||y - y'|| / RMS ||y||, same input; "
+                                                    f"mean {float(np.mean(maps['error'])):.3f}")),
+        key="heatmaps_error", where=left)
     right.markdown(f"**Grad-CAM** below: where each model finds evidence for "
                    f"**{class_label(classes[maps['target']])}** "
                    f"at layer {maps['cam_layer']} (Selvaraju et al. 2017). Brighter means more positive evidence; "
@@ -132,8 +134,8 @@ def draw(run, arrays, summary, layer, kind, opacity, slice_, maps, classes, cams
         with col:
             frame.chart(overlay_figure(
                 slice_, cam.cam, opacity=opacity, colorscale="Inferno", zmin=0, zmax=1, colorbar_title="Grad-CAM",
-                height=HEIGHT, title=f"Grad-CAM, {which} model<br><sup>class {tgt}, layer {cam.layer}, "
-                                     f"probability {100 * cam.probabilities[cam.target]:.0f} %</sup>"),
+                height=HEIGHT, title=chart_title(f"Grad-CAM, {which} model", f"class {tgt}, layer {cam.layer}, "
+                                                 f"probability {100 * cam.probabilities[cam.target]:.0f} %")),
                 key=f"heatmaps_cam_{which}")
             if cam.empty:
                 earlier = explain.earlier_layers(cams, cam.layer)

@@ -32,6 +32,7 @@ __all__ = [
     "METHOD_STYLE",
     "OKABE_ITO",
     "axis_se",
+    "chart_title",
     "confusion_difference_figure",
     "confusion_figure",
     "confusion_values",
@@ -655,9 +656,15 @@ def per_class_figure(runs: Mapping[str, Mapping[str, Any]], metric: str = "f1", 
         ))
     label = {"f1": "F1", "precision": "precision", "recall": "recall"}[metric]
     # The legend goes below the bars, anchored left: above them its wrapped run names ran into the title.
-    # Class names take two short lines, so the axis labels stay level and leave the legend room.
-    _layout(fig, title or f"Per-class {label} (± bootstrap SE)", height=460, barmode="group",
-            legend={"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0.0})
+    # Class names take two short lines, so the axis labels stay level. The legend sits at the figure's
+    # bottom edge (container coordinates) and the margin grows to hold it: placed in plot coordinates,
+    # y = -0.2 of a plot that four wrapped run names had shrunk hid the class names' second lines.
+    # Each legend entry takes up to three lines (wrapped run names): the figure grows with the runs so
+    # that the bars keep their height.
+    _layout(fig, title or f"Per-class {label} (± bootstrap SE)", height=460 + 40 * max(len(runs) - 2, 0),
+            barmode="group",
+            legend={"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0.0, "xanchor": "left",
+                    "x": 0.0})
     fig.update_xaxes(tickangle=0)
     fig.update_yaxes(title_text=label, range=[0, 1.08])
     return fig
@@ -677,6 +684,34 @@ def discrete_colorscale(n: int) -> list[list]:
         c = colours[i % len(colours)]
         scale += [[i / n, c], [(i + 1) / n, c]]
     return scale
+
+
+#: Characters per subtitle line: a half-width map at 1280 px holds about 60 of plotly's small type.
+SUBTITLE_WIDTH = 52
+
+
+def chart_title(head: str, sub: str, width: int = SUBTITLE_WIDTH) -> str:
+    """A chart title: ``head``, then ``sub`` in small type wrapped every ``width`` characters.
+
+    Plotly does not wrap titles, and a chart cuts what does not fit: a run's name under a half-width
+    map at 1280 px lost its end ("... greedy budget x6, sequer"). ``sub`` is plain text (escaped here).
+
+    Parameters
+    ----------
+    head : str
+        The title line, kept short by the caller (plotly markup allowed).
+    sub : str
+        The subtitle, plain text.
+    width : int
+        The longest subtitle line, in characters.
+
+    Returns
+    -------
+    str
+        The title in plotly's markup (``<br>`` and ``<sup>``).
+    """
+    lines = textwrap.wrap(sub, width) or [""]
+    return f"{head}<br><sup>{'<br>'.join(html.escape(line, quote=False) for line in lines)}</sup>"
 
 
 def overlay_figure(
