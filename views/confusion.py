@@ -3,7 +3,7 @@
 import streamlit as st
 
 from hscc_core.present.labels import split_name
-from hscc_core.present.plots import confusion_difference_figure, confusion_figure, per_class_figure
+from hscc_core.present.plots import chart_title, confusion_difference_figure, confusion_figure, per_class_figure
 from hscc_core.runs.config import run_name
 from views import frame
 
@@ -18,12 +18,17 @@ def main(ctx: frame.Context) -> None:
     st.caption(f"{original.get('n', '?')} test images of the {split_name(run)} split; rows: true class, "
                "columns: predicted class.")
     left, right = st.columns(2, gap="medium")
-    frame.chart(confusion_figure(original["confusion_matrix"], classes, norm,
-                                 f"Original model<br><sup>accuracy {100 * original['accuracy']:.1f} "
-                                 f"± {100 * original['accuracy_se']:.1f} %</sup>"), "confusion_original", left)
-    frame.chart(confusion_figure(run["confusion_matrix"], classes, norm,  # a long name would be cut as a title
-                                 f"Compressed model<br><sup>{name}<br>accuracy {100 * run['accuracy']:.1f} "
-                                 f"± {100 * run['accuracy_se']:.1f} %</sup>"), "confusion_run", right)
+    # The run's name and accuracy go under the title, wrapped: a name longer than the chart is wide was cut
+    # at 1440 px. Three subtitle lines need a taller top margin, the same on both so the matrices align.
+    matrices = [
+        confusion_figure(original["confusion_matrix"], classes, norm, chart_title(
+            "Original model", f"accuracy {100 * original['accuracy']:.1f} ± {100 * original['accuracy_se']:.1f} %")),
+        confusion_figure(run["confusion_matrix"], classes, norm, chart_title(
+            "Compressed model", f"{name} · accuracy {100 * run['accuracy']:.1f} ± {100 * run['accuracy_se']:.1f} %"))]
+    for fig in matrices:  # the title from the top edge down (plotly centres it in the margin by default)
+        fig.update_layout(margin_t=118, title_y=0.985, title_yanchor="top")
+    frame.chart(matrices[0], "confusion_original", left)
+    frame.chart(matrices[1], "confusion_run", right)
     left, right = st.columns(2, gap="medium")
     unit = "points of each row's share" if norm else "images"
     frame.chart(confusion_difference_figure(
