@@ -62,8 +62,13 @@ def main(ctx: frame.Context) -> None:
                          on_click="ignore", help=f"Every figure as a {PRINT_DPI}-dpi PNG and as an SVG.")
     st.caption(f"Measured on the {split_name(run)} split's {run.get('n', '?')} test images.")
     st.subheader("Metrics")
+    # The run's name heads its column in the downloaded report; here it is in the Run box above, and as a
+    # header it was cut at 1280 and 1440 px. The metric column is as wide as its longest name.
     st.dataframe(pd.DataFrame(metrics_rows(run, ctx.original), columns=["metric", "original", run_name(run)]),
-                 hide_index=True, key="report_metrics", height="content")
+                 hide_index=True, key="report_metrics", height="content",
+                 column_config={"metric": st.column_config.TextColumn(width=280),
+                                "original": st.column_config.TextColumn(width=160),
+                                run_name(run): st.column_config.TextColumn("this run", help=run_name(run))})
     rows = layer_table(run)
     if rows:
         st.subheader("Per layer")

@@ -3,11 +3,17 @@
 import pandas as pd
 import streamlit as st
 
+# Short headers with the long names in their help: with the full names the table was wider than the
+# page at 1280 px, and its last column was cut.
 _LAYER_COLUMNS = {
-    "original MFLOPs": st.column_config.NumberColumn(format="%.1f"),
-    "compressed MFLOPs": st.column_config.NumberColumn(format="%.1f"),
+    "original MFLOPs": st.column_config.NumberColumn(
+        "MFLOPs before", format="%.1f", help="The original layer's FLOPs, in millions (one image)."),
+    "compressed MFLOPs": st.column_config.NumberColumn(
+        "MFLOPs after", format="%.1f", help="The compressed layer's FLOPs, in millions (one image)."),
     "FLOPs kept %": st.column_config.NumberColumn(
         format="%.1f %%", help="The compressed layer's FLOPs as a share of the original layer's."),
+    "clusters used": st.column_config.TextColumn(
+        "clusters", help="Channel clusters per region (a range where regions differ)."),
     "ranks kept": st.column_config.TextColumn(
         help="Directions kept over the directions of the original layer's blocks (HSCC: summed over "
              "regions and clusters); 'dense': the layer runs as it was, factorising it would not save FLOPs."),
