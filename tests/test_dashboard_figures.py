@@ -54,8 +54,12 @@ def test_parcoords_figure_dimensions_and_colour(table):
     assert list(trace.meta) == ["method", "grid", "flops", "accuracy"]
     assert list(trace.dimensions[0].ticktext) == ["hscc", "svd"]
     assert trace.line.reversescale is True  # fewer FLOPs is better: the bright end stays "better"
-    assert parcoords_figure(table, ["grid", "accuracy"], color="accuracy").data[0].line.reversescale is False
+    by_accuracy = parcoords_figure(table, ["grid", "accuracy"], color="accuracy").data[0]
+    assert by_accuracy.line.reversescale is False
     assert all(d.constraintrange is None for d in trace.dimensions)
+    # The colour bar reads in the axis's units: accuracy in %, beside an accuracy axis in %.
+    assert by_accuracy.line.colorbar.tickformat == ".0%" and by_accuracy.dimensions[1].tickformat == ".1%"
+    assert trace.line.colorbar.tickformat != ".0%"
 
 
 @pytest.mark.parametrize("ranges, categories", [

@@ -241,7 +241,10 @@ def parcoords_figure(table: pd.DataFrame, columns: Sequence[str] = DEFAULT_DIMEN
         reverse = color in ("flops_kept", "latency_b1_ms", "latency_b32_ms", "p_value_vs_original")
     line = {"color": np.where(np.isfinite(colour_values), colour_values, fill), "colorscale": "Cividis",
             "reversescale": reverse, "showscale": True,
-            "colorbar": {"title": {"text": column_label(color)}}}
+            # The colour bar reads in the axis's units (accuracy 90%, not 0.9 beside an axis in %).
+            "colorbar": {"title": {"text": column_label(color)},
+                         "tickformat": ".0%" if column_format(color) == "percent" else ".3~s"
+                         if finite.size and float(np.abs(finite).max()) >= 1e4 else ".3~g"}}
     fig = go.Figure(go.Parcoords(dimensions=dims, line=line, meta=list(columns),
                                  labelfont={"size": 13}, tickfont={"size": 11}))
     fig.update_layout(template="none", font=FONT, height=520, paper_bgcolor="white",
