@@ -131,3 +131,15 @@ def test_report_of_a_real_run_has_maps_grad_cam_and_the_layer_table(trained_work
     with zipfile.ZipFile(io.BytesIO(figures_zip({"Grad-CAM": figures["Grad-CAM, original model"]}))) as zf:
         assert zf.namelist() == ["01-grad-cam.png", "01-grad-cam.svg"]
         assert round(Image.open(io.BytesIO(zf.read("01-grad-cam.png"))).info["dpi"][0]) == 300
+
+
+def test_per_class_rows_put_each_se_beside_its_value():
+    # The Baseline page's table had seven columns (each SE its own) and was cut at 1280 px.
+    run = {"per_class": {"no_tumor": {"precision": 0.7213, "precision_se": 0.0411, "recall": 0.8, "recall_se": 0.039,
+                                      "f1": 0.758, "f1_se": 0.032, "support": 100},
+                         "glioma_tumor": {"precision": 1.0, "precision_se": 0.0, "recall": None, "support": 3}}}
+    rows = report.per_class_rows(run)
+    assert rows[0] == {"class (test images)": "no tumor (100)", "precision": "0.721 ± 0.041",
+                       "recall": "0.800 ± 0.039", "F1": "0.758 ± 0.032"}
+    assert rows[1]["precision"] == "1.000 ± 0.000" and rows[1]["recall"] == "n/a" and rows[1]["F1"] == "n/a"
+    assert report.per_class_rows({}) == []

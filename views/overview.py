@@ -4,8 +4,9 @@ split measures (which split, how many test images have a twin in training)."""
 import pandas as pd
 import streamlit as st
 
-from hscc_core.present.labels import class_label, si, split_name
+from hscc_core.present.labels import si, split_name
 from hscc_core.present.plots import confusion_figure
+from hscc_core.present.report import per_class_rows
 from hscc_core.present.text import plain
 from hscc_core.runs.split_overview import split_overview
 from views import frame
@@ -44,14 +45,12 @@ def main(ctx: frame.Context) -> None:
     cols[2].metric("FLOPs", si(run["flops"], "FLOPs"))
     cols[3].metric("Parameters", si(run["params"]))
     split_section(ctx)
-    table = pd.DataFrame([{"class": class_label(name), "precision": m["precision"], "± SE (P)": m["precision_se"],
-                           "recall": m["recall"], "± SE (R)": m["recall_se"], "F1": m["f1"], "± SE (F1)": m["f1_se"],
-                           "test images": m["support"]} for name, m in run["per_class"].items()])
-    left, right = st.columns([1.1, 1], gap="medium")
+    left, right = st.columns([1.3, 1], gap="medium")
     left.subheader("Per class")
-    left.dataframe(table, hide_index=True, key="overview_per_class",
-                   column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                  for c in table.columns if c not in ("class", "test images")})
+    left.dataframe(pd.DataFrame(per_class_rows(run)), hide_index=True, key="overview_per_class",
+                   column_config={"class (test images)": st.column_config.TextColumn(width=155),
+                                  **{c: st.column_config.TextColumn(width=92, help="± its bootstrap SE")
+                                     for c in ("precision", "recall", "F1")}})
     frame.chart(confusion_figure(run["confusion_matrix"], ctx.classes, False,
                                  "Confusion matrix<br><sup>rows: true class, columns: predicted</sup>"),
                 "overview_confusion", right)
