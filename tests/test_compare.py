@@ -146,7 +146,11 @@ def test_shared_scale_figures():
     errors = [np.full((2, 2), 0.1), np.full((2, 2), 0.4)]
     figs = [error_figure(image, e, zmax=0.4) for e in errors]
     assert [f.data[1].zmax for f in figs] == [0.4, 0.4] and figs[0].data[1].zmin == 0
-    assert error_figure(image, errors[0]).data[1].zmax is None  # alone: its own maximum
+    # Alone: from 0 to its own maximum. Plotly ignores zmin without zmax, and the scale then started at
+    # the map's smallest error (a Tucker-2 layer's error of 0.25 read as none).
+    alone = error_figure(image, np.array([[0.25, 0.5], [0.75, 1.0]])).data[1]
+    assert (alone.zmin, alone.zmax) == (0, 1.0)
+    assert error_figure(image, np.zeros((2, 2))).data[1].zmax == 1.0  # no error: a scale that still draws
 
 
 @pytest.mark.parametrize("group", GROUPS, ids=["+".join(g) for g in GROUPS])

@@ -172,6 +172,12 @@ def error_figure(image: np.ndarray, error: np.ndarray, *, zmax: float | None = N
                  title: str = "", height: int = 600) -> go.Figure:
     """A layer's relative output error map (:func:`hscc_core.present.explain.relative_error_map`) over an
     MRI slice, from 0 to ``zmax`` (default: the map's own maximum; give several runs one ``zmax``)."""
+    if zmax is None:
+        # Plotly keeps its own colour range unless both ends are given: with zmin alone the scale started
+        # at the map's smallest error (0.25 on a Tucker-2 layer), and a large error read as none.
+        finite = np.asarray(error, dtype=float)
+        finite = finite[np.isfinite(finite)]
+        zmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     return overlay_figure(image, error, opacity=opacity, colorscale="Inferno", zmin=0, zmax=zmax,
                           colorbar_title="relative error", height=height, title=title)
 
