@@ -33,11 +33,11 @@ from hscc_core.compress.methods import get_method
 from hscc_core.measure.machine import busy_timing, cpu_name
 from hscc_core.present import explain
 from hscc_core.present.dashboard import column_label
-from hscc_core.present.heatmaps import layer_summaries, region_value_map
+from hscc_core.present.heatmaps import error_figure, layer_summaries, region_value_map
 from hscc_core.present.labels import (NOTICE, budget_sentence, class_label, method_title, p_text, si, speed_text,
                                       split_name)
-from hscc_core.present.plots import (confusion_difference_figure, confusion_figure, overlay_figure, pareto_figure,
-                                     per_class_figure)
+from hscc_core.present.plots import (chart_title, confusion_difference_figure, confusion_figure, overlay_figure,
+                                     pareto_figure, per_class_figure)
 from hscc_core.runs.config import (ALLOCATION_TITLES, CALIBRATION_TITLES, RunConfig, describe_calibration_set,
                                      run_name)
 
@@ -249,6 +249,7 @@ _CSS = """
 body{font-family:"DejaVu Sans",Arial,sans-serif;margin:2em auto;max-width:1200px;color:#111;line-height:1.45}
 h1{font-size:1.7em;margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.6em 0} td,th{border:1px solid #ccc;padding:.25em .7em;text-align:left}
+td+td{white-space:nowrap}
 th{background:#f2f2f2} .notice{background:#fff4e0;border-left:4px solid #E69F00;padding:.6em 1em}
 .fig{margin:1em 0} code{background:#f4f4f4;padding:0 .2em}
 """
@@ -332,6 +333,11 @@ def report_html(run: Mapping[str, Any], original: Mapping[str, Any] | None = Non
     return "\n".join(parts)
 
 
+# Subtitle line length of the report's figures: they span the report's page (up to 1200 px), where a
+# run's name in one title line could still be cut (a narrower window, the PNG export's fixed width).
+_WRAP = 90
+
+
 def report_figures(run: Mapping[str, Any], original: Mapping[str, Any], runs: list[Mapping[str, Any]],
                    slice_: np.ndarray, names_only: bool = False, maps: Mapping[str, Any] | None = None,
                    image_label: str = "test image #0") -> dict[str, go.Figure | None]:
@@ -345,33 +351,34 @@ def report_figures(run: Mapping[str, Any], original: Mapping[str, Any], runs: li
     builders = {
         "Pareto front: accuracy vs FLOPs": lambda: pareto_figure(
             runs, "flops", "accuracy", original, error_bars=True, selected=run.get("cache_key"),
-            title=f"Accuracy vs FLOPs, {len(runs)} runs (ringed: {name})"),
+            title=chart_title(f"Accuracy vs FLOPs, {len(runs)} runs", f"ringed: {name}", _WRAP)),
         "Pareto front: macro F1 vs FLOPs": lambda: pareto_figure(
             runs, "flops", "macro_f1", original, error_bars=True, selected=run.get("cache_key"),
-            title=f"Macro F1 vs FLOPs, {len(runs)} runs (ringed: {name})"),
+            title=chart_title(f"Macro F1 vs FLOPs, {len(runs)} runs", f"ringed: {name}", _WRAP)),
         "Confusion matrix, original": lambda: confusion_figure(original["confusion_matrix"], classes, False,
                                                                "Original model (rows: true class)"),
-        "Confusion matrix, compressed": lambda: confusion_figure(run["confusion_matrix"], classes, False,
-                                                                 f"{name} (rows: true class)"),
+        "Confusion matrix, compressed": lambda: confusion_figure(run["confusion_matrix"], classes, False, chart_title(
+            "Compressed model (rows: true class)", name, _WRAP)),
         "Confusion change": lambda: confusion_difference_figure(run["confusion_matrix"], original["confusion_matrix"],
                                                                 classes, False, "Compressed minus original<br><sup>"
                                                                 "images; blue better, vermillion worse</sup>"),
-        "Per-class F1": lambda: per_class_figure({"original": original, name: run}, "f1",
-                                                 f"Per-class F1 (± bootstrap SE): original vs {name}"),
+        "Per-class F1": lambda: per_class_figure({"original": original, name: run}, "f1", chart_title(
+            "Per-class F1 (± bootstrap SE)", f"original vs {name}", _WRAP)),
     }
     for layer, summary in layer_summaries(run).items():
         def regions(layer=layer, summary=summary):
             values, bounds, texts = region_value_map(summary, "rank")
             return overlay_figure(slice_, values, zmin=0, zmax=1, regions=bounds, region_text=texts,
                                   colorbar_title="rank kept (share of the original's)", height=560,
-                                  title=f"Rank kept per region · {layer}<br><sup>{name}, {image_label}</sup>")
+                                  title=chart_title(f"Rank kept per region · {layer}", f"{name}, {image_label}",
+                                                    _WRAP))
         builders[f"Rank kept per region, {layer}"] = regions
         if maps is not None and layer in maps.get("error", {}):
             def error(layer=layer):
                 err = maps["error"][layer]
-                return overlay_figure(slice_, err, colorscale="Inferno", zmin=0, colorbar_title="relative output error",
-                                      height=560, title=f"Output error · {layer}<br><sup>{name}, {image_label}; "
-                                                        f"mean {float(np.mean(err)):.3f}</sup>")
+                # From 0 (error_figure): with zmin alone plotly started the scale at the smallest error.
+                return error_figure(slice_, err, height=560, title=chart_title(
+                    f"Output error · {layer}", f"{name}, {image_label}; mean {float(np.mean(err)):.3f}", _WRAP))
             builders[f"Output error, {layer}"] = error
     if maps is not None:
         for which in ("original", "compressed"):
@@ -381,6 +388,7 @@ def report_figures(run: Mapping[str, Any], original: Mapping[str, Any], runs: li
                 note = "; empty: no positive evidence at this layer" if c.empty else ""
                 sub = f"layer {c.layer}, {image_label}, probability {100 * c.probabilities[c.target]:.0f} %{note}"
                 return overlay_figure(slice_, c.cam, colorscale="Inferno", zmin=0, zmax=1, colorbar_title="Grad-CAM",
-                                      height=560, title=f"Grad-CAM, {which} model · {target}<br><sup>{sub}</sup>")
+                                      height=560, title=chart_title(f"Grad-CAM, {which} model · {target}", sub,
+                                                                    _WRAP))
             builders[f"Grad-CAM, {which} model"] = cam
     return {k: None if names_only else build() for k, build in builders.items()}
