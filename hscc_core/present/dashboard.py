@@ -200,6 +200,13 @@ def constraints_for(table: pd.DataFrame, ranges: Mapping[str, tuple[float, float
     return out
 
 
+def _colour_format(column: str, values: np.ndarray) -> str:
+    """The colour bar's tick format: the axis's units (accuracy in %, not 0.9 beside an axis in %)."""
+    if column_format(column) == "percent":
+        return ".0%"
+    return ".3~s" if values.size and float(np.abs(values).max()) >= 1e4 else ".3~g"
+
+
 def parcoords_figure(table: pd.DataFrame, columns: Sequence[str] = DEFAULT_DIMENSIONS, color: str = "accuracy",
                      constraints: Mapping[str, Sequence] | None = None, title: str | None = None) -> go.Figure:
     """Parallel coordinates of the runs over ``columns``, lines coloured by ``color``.
@@ -242,9 +249,7 @@ def parcoords_figure(table: pd.DataFrame, columns: Sequence[str] = DEFAULT_DIMEN
     line = {"color": np.where(np.isfinite(colour_values), colour_values, fill), "colorscale": "Cividis",
             "reversescale": reverse, "showscale": True,
             # The colour bar reads in the axis's units (accuracy 90%, not 0.9 beside an axis in %).
-            "colorbar": {"title": {"text": column_label(color)},
-                         "tickformat": ".0%" if column_format(color) == "percent" else ".3~s"
-                         if finite.size and float(np.abs(finite).max()) >= 1e4 else ".3~g"}}
+            "colorbar": {"title": {"text": column_label(color)}, "tickformat": _colour_format(color, finite)}}
     fig = go.Figure(go.Parcoords(dimensions=dims, line=line, meta=list(columns),
                                  labelfont={"size": 13}, tickfont={"size": 11}))
     fig.update_layout(template="none", font=FONT, height=520, paper_bgcolor="white",

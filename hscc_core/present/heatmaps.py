@@ -22,8 +22,8 @@ from hscc_core.present.explain import cluster_map
 from hscc_core.present.plots import overlay_figure
 
 __all__ = ["KINDS_OF_VALUE", "REGION_LABELS", "SLICE_MAPS", "cluster_figure", "cluster_label_map", "error_figure",
-           "heatmap_data", "image_choice", "layer_order", "layer_summaries", "layer_summary", "region_figure", "region_value_map",
-           "region_values", "slice_map_note"]
+           "heatmap_data", "image_choice", "layer_order", "layer_summaries", "layer_summary", "region_figure",
+           "region_value_map", "region_values", "slice_map_note"]
 
 # What a region map can show: the directions kept over the original's, or the MACs kept.
 KINDS_OF_VALUE = ("rank", "flops")
