@@ -62,3 +62,24 @@ def test_overlay_colourbar_stays_under_its_image():
     rgb = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=float)
     cols = np.flatnonzero((rgb < 250).any(axis=0))
     assert image.shape == (32, 32) and cols.max() - cols.min() < 0.48 * rgb.shape[1]  # 0.53 with the bar at the edge
+
+
+def test_static_per_class_figure_has_plain_legend_names_and_a_wrapped_title():
+    # The report's zip drew "<br>" inside legend names and let a run's name in the title run off the
+    # figure, which squeezed the bars into its right half.
+    from hscc_core.present.plots import chart_title, per_class_figure
+    from hscc_core.present.png import _render
+
+    long = "HSCC 4x4 regions, 1 output cluster, greedy budget x6, sequential calibration, ranks in multiples of 8"
+    fig = per_class_figure({"original": ORIGINAL, long: RUNS[0]}, "f1",
+                           chart_title("Per-class F1 (± bootstrap SE)", f"original vs {long}", 90))
+    mfig = _render(fig, None, None, 110)
+    ax = mfig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == "original" and "<br>" not in labels[1] and labels[1].replace("\n", " ") == long
+    title = ax.get_title(loc="left").split("\n")
+    assert title[0] == "Per-class F1 (± bootstrap SE)" and len(title) >= 3
+    assert " ".join(title[1:]) == f"original vs {long}"
+    width_pt = mfig.get_figwidth() * 72
+    assert all(len(line) * 12 * 0.6 <= 0.8 * width_pt + 1 for line in title)
+    assert ax.get_position().width > 0.6  # the plot keeps most of the figure's width

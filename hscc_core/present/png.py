@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import io
 import re
+import textwrap
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -49,6 +50,19 @@ def _text(value: Any) -> str:
     return html.unescape(_TAG.sub("", s))
 
 
+def _title_lines(title: str, width_in: float, fontsize: float = 12) -> str:
+    """A title wrapped to a static figure ``width_in`` inches wide: its first line (the head), then the
+    rest (the subtitle) as one text. Plotly titles break their lines for a browser's width; as they
+    were, a run's name ran off the static figure, and matplotlib squeezed the plot to make room."""
+    # A character is about 0.6 em wide, and the title starts at the plot's left edge, not the figure's.
+    chars = max(int(0.8 * width_in * 72 / (fontsize * 0.6)), 20)
+    head, _, rest = title.partition("\n")
+    lines = textwrap.wrap(head, chars) or [""]
+    if rest.strip():
+        lines += textwrap.wrap(" ".join(rest.split()), chars)
+    return "\n".join(lines)
+
+
 def _colormap(scale: Any):
     if isinstance(scale, str):
         scale = get_colorscale(scale)
@@ -73,7 +87,7 @@ def _draw_scatter(ax, t) -> None:
     x = np.asarray(t.x, dtype=float)
     y = np.asarray(t.y, dtype=float)
     mode = t.mode or "markers"
-    label = t.name if t.showlegend is not False and t.name else None
+    label = _text(t.name) if t.showlegend is not False and t.name else None  # legend names carry <br>
     if "lines" in mode:
         shape = t.line.shape if t.line else None
         ls = _DASH.get(t.line.dash if t.line else None, "-")
@@ -113,7 +127,7 @@ def _draw_bars(ax, bars) -> None:
         m = t.marker
         hatch = _HATCH.get(m.pattern.shape if m and m.pattern and m.pattern.shape else "", "")
         ax.bar(pos, np.asarray(t.y, dtype=float), width=width, color=m.color if m else None, hatch=hatch,
-               edgecolor="white" if not hatch else "black", linewidth=0.5, label=t.name,
+               edgecolor="white" if not hatch else "black", linewidth=0.5, label=_text(t.name) if t.name else None,
                yerr=_errors(t.error_y), capsize=3)
     ax.set_xticks(range(len(cats)))
     ax.set_xticklabels([_text(c) for c in cats])
@@ -187,6 +201,13 @@ def figure_file(fig: go.Figure, fmt: str = "png", width: int | None = None, heig
     """:func:`figure_png` in another format: ``"png"``, ``"svg"`` or ``"pdf"`` (vector formats ignore dpi)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    buf = io.BytesIO()
+    _render(fig, width, height, dpi).savefig(buf, format=fmt, dpi=dpi)
+    return buf.getvalue()
+
+
+def _render(fig: go.Figure, width: int | None, height: int | None, dpi: int) -> Figure:
+    """The matplotlib figure :func:`figure_file` saves."""
     lay = fig.layout
     height = int(height or lay.height or 500)
     is_image = any(t.type == "heatmap" and t.name == "slice" for t in fig.data)
@@ -209,9 +230,7 @@ def figure_file(fig: go.Figure, fmt: str = "png", width: int | None = None, heig
     if is_image and any(t.type == "heatmap" and t.name == "overlay" and t.colorbar and t.colorbar.orientation == "h"
                         for t in fig.data):
         mfig.subplots_adjust(bottom=max(mfig.subplotpars.bottom, 0.13))  # room for the bar under the image
-    buf = io.BytesIO()
-    mfig.savefig(buf, format=fmt, dpi=dpi)
-    return buf.getvalue()
+    return mfig
 
 
 def _draw_shapes(ax, lay) -> None:
@@ -273,9 +292,12 @@ def _style_axes(ax, fig: go.Figure, is_image: bool) -> None:
         ax.grid(True, alpha=0.3)
     title = lay.title.text if lay.title else None
     if title:
-        ax.set_title(_text(title), fontsize=12, loc="left")
+        ax.set_title(_title_lines(_text(title), ax.figure.get_figwidth()), fontsize=12, loc="left")
     handles, _ = ax.get_legend_handles_labels()
-    if handles:
+    if handles and any(t.type == "bar" for t in fig.data):
+        # Under the bars, as in the app: inside, wrapped run names covered them.
+        ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=2, frameon=False)
+    elif handles:
         ax.legend(fontsize=9, loc="best", framealpha=0.85)
 
 
