@@ -155,6 +155,7 @@ def register(sub) -> dict:
 
 
 def check_runs(args) -> None:
+    """``--latency-runs`` of any command that times models, checked before any work."""
     if args.latency_runs < 1:
         raise ValueError(f"--latency-runs must be >= 1, got {args.latency_runs}")
 
@@ -307,8 +308,7 @@ def _time(args, ws) -> int:
     busy machine), timed against the original."""
     if args.prune or args.csv or args.all_data:
         raise ValueError("--time works on the runs of this data and model: leave out --prune, --csv and --all-data")
-    if args.latency_runs < 1:
-        raise ValueError(f"--latency-runs must be >= 1, got {args.latency_runs}")
+    check_runs(args)
     bar, progress = _bar(args, "timing runs")
     try:
         report = time_runs(ws, stored_runs(args, ws), latency_runs=args.latency_runs, progress=progress,
@@ -329,8 +329,7 @@ def _upgrade(args, ws) -> int:
     if args.prune or args.csv or args.all_data or args.method:
         raise ValueError("--upgrade works on every run of this data and model: leave out --prune, --csv, "
                          "--all-data and --method")
-    if args.latency_runs < 1:
-        raise ValueError(f"--latency-runs must be >= 1, got {args.latency_runs}")
+    check_runs(args)
     if not ws.has_baseline():
         raise ValueError("this workspace has no baseline model yet, so no runs to upgrade (`hscc prepare` trains it)")
     bar, progress = _bar(args, "upgrading runs")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hscc_core.cli.common import (add_common, emit, float_list, int_list, list_option, log, run_summary,
                                   word_list, workspace_from, workspace_with_baseline)
-from hscc_core.cli.compress import check_workers, stored_runs
+from hscc_core.cli.compress import check_runs, check_workers, stored_runs
 from hscc_core.cli.progress import StageBars
 from hscc_core.runs.config import ALLOCATIONS, CLUSTER_SIDES, METHOD_NAMES, RunConfig
 from hscc_core.runs.executors import EXECUTORS, make_executor
@@ -89,8 +89,7 @@ def search_config(args) -> SearchConfig:
 
 def cmd_search(args) -> int:
     config = search_config(args)
-    if args.latency_runs < 1:
-        raise ValueError(f"--latency-runs must be >= 1, got {args.latency_runs}")
+    check_runs(args)
     check_workers(args)
     if config.objectives and "latency" in config.objectives and args.no_speed:
         raise ValueError("a latency objective needs speed measurement: drop --no-speed")

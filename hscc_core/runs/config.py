@@ -9,7 +9,6 @@ run's cache key (:func:`hscc_core.runs.pipeline.run_key`).
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
